@@ -1,0 +1,42 @@
+// instanttensor/config.hpp: the one place that decides which optional parts are compiled in.
+//
+// CMake defines INSTANTTENSOR_HAS_CUDA / _NCCL / _URING to 0 or 1 on the instanttensor target,
+// according to what it found and linked. A consumer that includes the headers without CMake gets
+// the answer from __has_include, and must then link what it asked for itself.
+#pragma once
+
+#if !defined(INSTANTTENSOR_HAS_CUDA)
+#  if __has_include(<cuda_runtime_api.h>)
+#    define INSTANTTENSOR_HAS_CUDA 1
+#  else
+#    define INSTANTTENSOR_HAS_CUDA 0
+#  endif
+#endif
+
+#if !defined(INSTANTTENSOR_HAS_NCCL)
+#  if INSTANTTENSOR_HAS_CUDA && __has_include(<nccl.h>)
+#    define INSTANTTENSOR_HAS_NCCL 1
+#  else
+#    define INSTANTTENSOR_HAS_NCCL 0
+#  endif
+#endif
+
+#if !defined(INSTANTTENSOR_HAS_URING)
+#  if __has_include(<liburing.h>)
+#    define INSTANTTENSOR_HAS_URING 1
+#  else
+#    define INSTANTTENSOR_HAS_URING 0
+#  endif
+#endif
+
+#if INSTANTTENSOR_HAS_NCCL && !INSTANTTENSOR_HAS_CUDA
+#  error "instanttensor: NCCL support needs CUDA (INSTANTTENSOR_HAS_CUDA=1)"
+#endif
+
+#if __cplusplus < 202002L && !defined(_MSVC_LANG)
+#  error "instanttensor needs C++20"
+#endif
+
+#if !defined(__linux__)
+#  error "instanttensor targets Linux (io_uring, O_DIRECT, mincore)"
+#endif

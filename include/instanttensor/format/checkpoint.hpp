@@ -1,0 +1,100 @@
+// instanttensor/format/checkpoint.hpp: a checkpoint = the tensors of one or more safetensors files.
+//
+// Checkpoint::open accepts, for each path given:
+//   - a safetensors file;
+//   - an index (a file named *.json, such as model.safetensors.index.json): the shards it lists;
+//   - a directory: its one *.safetensors.index.json if it has one (two are ambiguous: an error),
+//     else every *.safetensors file in it, in name order.
+// Every header is read and validated (format/header.hpp) before open returns. Across the files,
+// tensor names must be unique and no file may appear twice. For an index, its "weight_map" must
+// name files inside the index's directory (relative, no "..", no symlink leading out), every tensor
+// it lists must be in the shard it names, and every tensor of a shard must be listed there.
+//
+// Tensors are kept in file then offset order, the order in which a loader reads them.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <initializer_list>
+#include <map>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "instanttensor/format/header.hpp"
+
+namespace instanttensor::format {
+
+/// One file of a checkpoint and its validated header.
+struct CheckpointFile {
+    std::filesystem::path path;
+    Header header;
+};
+
+/// Where a tensor of a checkpoint lives.
+struct TensorRef {
+    const TensorInfo* info = nullptr;  ///< name, dtype, shape, offsets within the data section
+    std::uint32_t file = 0;            ///< index into Checkpoint::files()
+    std::uint64_t file_offset = 0;     ///< absolute offset of the first byte in that file
+
+    [[nodiscard]] const std::string& name() const noexcept { return info->name; }
+    [[nodiscard]] std::uint64_t nbytes() const noexcept { return info->nbytes(); }
+};
+
+/// The contents of a model.safetensors.index.json.
+struct Index {
+    std::map<std::string, std::string, std::less<>> weight_map;  ///< tensor name → shard file name
+
+    /// Shard file names, each once, in name order.
+    [[nodiscard]] std::vector<std::string> shard_names() const;
+};
+
+/// Parses an index file's JSON: an object with "weight_map" (string → string) and optionally
+/// "metadata" (any value; not interpreted). Other keys, duplicate tensors, an empty map and shard
+/// names that could leave the index's directory are refused. Throws format_error naming `source`.
+Index parse_index(std::string_view json, std::string_view source);
+
+/// The validated tensor table of one or more safetensors files. Movable, not copyable (tensor
+/// references point into the headers it owns).
+class Checkpoint {
+public:
+    /// Opens a file, an index or a directory (see the top of this header).
+    static Checkpoint open(const std::filesystem::path& path);
+    /// Opens several of them as one checkpoint.
+    static Checkpoint open(std::span<const std::filesystem::path> paths);
+    static Checkpoint open(std::initializer_list<std::filesystem::path> paths) {
+        return open(std::span<const std::filesystem::path>(paths.begin(), paths.size()));
+    }
+
+    Checkpoint(Checkpoint&&) noexcept = default;
+    Checkpoint& operator=(Checkpoint&&) noexcept = default;
+    Checkpoint(const Checkpoint&) = delete;
+    Checkpoint& operator=(const Checkpoint&) = delete;
+
+    [[nodiscard]] const std::vector<CheckpointFile>& files() const noexcept { return files_; }
+    /// Every tensor, in file then offset order.
+    [[nodiscard]] std::span<const TensorRef> tensors() const noexcept { return tensors_; }
+    /// The tensor of this name, or nullptr.
+    [[nodiscard]] const TensorRef* find(std::string_view name) const noexcept;
+    /// Sum of all tensors' bytes.
+    [[nodiscard]] std::uint64_t total_bytes() const noexcept { return total_bytes_; }
+    /// Metadata of all files merged; where files disagree on a key, the first file's value is kept.
+    [[nodiscard]] Metadata metadata() const;
+
+private:
+    Checkpoint() = default;
+    void add_index(const std::filesystem::path& index_path);
+    void add_file(std::filesystem::path path);
+    void finish();
+
+    std::vector<CheckpointFile> files_;
+    std::vector<TensorRef> tensors_;
+    std::vector<std::uint32_t> by_name_;  // indices into tensors_, sorted by name
+    std::uint64_t total_bytes_ = 0;
+};
+
+}  // namespace instanttensor::format
+
+#include "instanttensor/format/detail/checkpoint_impl.hpp"

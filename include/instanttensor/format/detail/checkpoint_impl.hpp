@@ -1,0 +1,300 @@
+// instanttensor/format/detail/checkpoint_impl.hpp: index parsing and checkpoint assembly behind
+// format/checkpoint.hpp. Not part of the API.
+#pragma once
+
+#include <algorithm>
+#include <set>
+#include <string>
+#include <system_error>
+#include <utility>
+
+#include "instanttensor/detail/fd.hpp"
+#include "instanttensor/detail/json_sax.hpp"
+#include "instanttensor/error.hpp"
+#include "instanttensor/format/checkpoint.hpp"
+
+namespace instanttensor::format {
+namespace detail {
+
+/// A shard name from an index must name a file below the index's directory, lexically: not empty,
+/// relative, without "." or ".." components or NUL. Symlinks are checked once the file is opened.
+inline std::string shard_name_problem(std::string_view name) {
+    if (name.empty()) return "empty shard file name";
+    if (name.find('\0') != std::string_view::npos) return "shard file name contains NUL";
+    if (name.front() == '/') return "shard file name " + quote_name(name) + " is an absolute path";
+    std::size_t start = 0;
+    while (start <= name.size()) {
+        std::size_t slash = std::min(name.find('/', start), name.size());
+        std::string_view part = name.substr(start, slash - start);
+        if (part == ".." || part == "." || part.empty())
+            return "shard file name " + quote_name(name) + " must stay inside the index's directory";
+        start = slash + 1;
+    }
+    return {};
+}
+
+/// Reads {"metadata": any, "weight_map": {tensor: shard}}; "metadata" is skipped whatever it holds.
+class IndexHandler : public instanttensor::detail::StrictJsonHandler {
+public:
+    Index result() && { return std::move(index_); }
+
+    bool on_object_begin(error_code& ec) {
+        if (skip_depth_ > 0 || state_ == State::skip_value) return enter_skipped();
+        if (state_ == State::document) { state_ = State::top_key; return true; }
+        if (state_ == State::weight_map_value) { state_ = State::weight_key; return true; }
+        return refuse(ec, "an object");
+    }
+    bool on_object_end(std::size_t, error_code&) {
+        if (skip_depth_ > 0) return leave_skipped();
+        state_ = state_ == State::weight_key ? State::top_key : State::finished;
+        return true;
+    }
+    bool on_array_begin(error_code& ec) {
+        if (skip_depth_ > 0 || state_ == State::skip_value) return enter_skipped();
+        return refuse(ec, "an array");
+    }
+    bool on_array_end(std::size_t, error_code&) { return leave_skipped(); }
+
+    bool on_key_part(string_view part, std::size_t, error_code&) {
+        text_.append(part);
+        return true;
+    }
+    bool on_key(string_view last, std::size_t, error_code& ec) {
+        std::string_view key = text_.finish(last);
+        if (skip_depth_ > 0) return true;
+        if (state_ == State::top_key) {
+            if (key == "metadata") return once(seen_metadata_, key, ec) && (state_ = State::skip_value, true);
+            if (key == "weight_map") return once(seen_weight_map_, key, ec) && (state_ = State::weight_map_value, true);
+            return fail(ec, "unknown key " + quote_name(key) + " (an index holds \"metadata\" and \"weight_map\")");
+        }
+        // state_ == State::weight_key
+        tensor_ = key;
+        state_ = State::shard_name;
+        return true;
+    }
+
+    bool on_string_part(string_view part, std::size_t, error_code&) {
+        text_.append(part);
+        return true;
+    }
+    bool on_string(string_view last, std::size_t, error_code& ec) {
+        std::string_view value = text_.finish(last);
+        if (skip_depth_ > 0 || state_ == State::skip_value) return scalar_skipped();
+        if (state_ != State::shard_name) return refuse(ec, "a string");
+        if (auto why = shard_name_problem(value); !why.empty())
+            return fail(ec, "tensor " + quote_name(tensor_) + ": " + why);
+        if (!index_.weight_map.emplace(tensor_, value).second)
+            return fail(ec, "tensor " + quote_name(tensor_) + " is listed twice in weight_map");
+        state_ = State::weight_key;
+        return true;
+    }
+
+    bool on_int64(std::int64_t, string_view, error_code& ec) { return scalar(ec, "a number"); }
+    bool on_uint64(std::uint64_t, string_view, error_code& ec) { return scalar(ec, "a number"); }
+    bool on_double(double, string_view, error_code& ec) { return scalar(ec, "a number"); }
+    bool on_bool(bool, error_code& ec) { return scalar(ec, "a boolean"); }
+    bool on_null(error_code& ec) { return scalar(ec, "null"); }
+
+    bool on_document_end(error_code& ec) {
+        if (!seen_weight_map_) return fail(ec, "index has no \"weight_map\"");
+        if (index_.weight_map.empty()) return fail(ec, "index \"weight_map\" lists no tensor");
+        return true;
+    }
+
+private:
+    enum class State { document, top_key, skip_value, weight_map_value, weight_key, shard_name, finished };
+
+    bool enter_skipped() {
+        ++skip_depth_;
+        return true;
+    }
+    bool leave_skipped() {
+        if (--skip_depth_ == 0) state_ = State::top_key;
+        return true;
+    }
+    bool scalar_skipped() {
+        if (skip_depth_ == 0) state_ = State::top_key;
+        return true;
+    }
+    bool scalar(error_code& ec, std::string_view found) {
+        if (skip_depth_ > 0 || state_ == State::skip_value) return scalar_skipped();
+        return refuse(ec, found);
+    }
+    bool once(bool& seen, std::string_view key, error_code& ec) {
+        if (seen) return fail(ec, "duplicate key " + quote_name(key));
+        seen = true;
+        return true;
+    }
+    bool refuse(error_code& ec, std::string_view found) {
+        std::string what = state_ == State::document         ? "index is not a JSON object"
+                           : state_ == State::weight_map_value ? "\"weight_map\" must be an object"
+                           : state_ == State::shard_name       ? "weight_map value of " + quote_name(tensor_) + " must be a file name"
+                                                               : "unexpected JSON structure";
+        return fail(ec, what + " (found " + std::string(found) + ")");
+    }
+
+    Index index_;
+    State state_ = State::document;
+    unsigned skip_depth_ = 0;
+    bool seen_metadata_ = false;
+    bool seen_weight_map_ = false;
+    std::string tensor_;
+    instanttensor::detail::PartialText text_;
+};
+
+inline bool ends_with(std::string_view s, std::string_view suffix) {
+    return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
+}
+
+/// Canonical form of an existing path, or an io_error naming it.
+inline std::filesystem::path canonical_or_throw(const std::filesystem::path& p, std::string_view what) {
+    std::error_code ec;
+    auto c = std::filesystem::canonical(p, ec);
+    if (ec) throw io_error(p.string(), std::string(what), ec.value());
+    return c;
+}
+
+/// What a directory holds: its one index, or its safetensors files in name order.
+struct DirectoryListing {
+    std::filesystem::path index;
+    std::vector<std::filesystem::path> files;
+};
+
+inline DirectoryListing list_directory(const std::filesystem::path& dir) {
+    DirectoryListing listing;
+    std::error_code ec;
+    std::filesystem::directory_iterator it(dir, ec), end;
+    if (ec) throw io_error(dir.string(), "cannot list directory", ec.value());
+    std::vector<std::filesystem::path> indexes;
+    for (; it != end; it.increment(ec)) {
+        const std::string name = it->path().filename().string();
+        if (ends_with(name, ".safetensors.index.json")) indexes.push_back(it->path());
+        else if (ends_with(name, ".safetensors")) listing.files.push_back(it->path());
+    }
+    if (ec) throw io_error(dir.string(), "cannot list directory", ec.value());
+    if (indexes.size() > 1)
+        throw format_error(dir.string(), "directory holds several *.safetensors.index.json files; name the one to load");
+    if (indexes.size() == 1) listing.index = std::move(indexes.front());
+    else if (listing.files.empty())
+        throw format_error(dir.string(), "directory holds no *.safetensors file and no index");
+    std::sort(listing.files.begin(), listing.files.end());
+    return listing;
+}
+
+}  // namespace detail
+
+inline std::vector<std::string> Index::shard_names() const {
+    std::set<std::string_view> unique;
+    for (const auto& [tensor, shard] : weight_map) unique.insert(shard);
+    return {unique.begin(), unique.end()};
+}
+
+inline Index parse_index(std::string_view json, std::string_view source) {
+    return instanttensor::detail::parse_json<detail::IndexHandler>(json, source, 0);
+}
+
+inline Checkpoint Checkpoint::open(const std::filesystem::path& path) { return open({path}); }
+
+inline Checkpoint Checkpoint::open(std::span<const std::filesystem::path> paths) {
+    if (paths.empty()) throw format_error("", "no checkpoint path given");
+    Checkpoint c;
+    for (const auto& p : paths) {
+        std::error_code ec;
+        const bool is_dir = std::filesystem::is_directory(p, ec);
+        if (is_dir) {
+            auto listing = detail::list_directory(p);
+            if (!listing.index.empty()) c.add_index(listing.index);
+            else for (auto& f : listing.files) c.add_file(std::move(f));
+        } else if (detail::ends_with(p.string(), ".json")) {
+            c.add_index(p);
+        } else {
+            c.add_file(p);
+        }
+    }
+    c.finish();
+    return c;
+}
+
+inline void Checkpoint::add_index(const std::filesystem::path& index_path) {
+    const std::string source = index_path.string();
+    const Index index = parse_index(instanttensor::detail::read_small_file(index_path, max_header_size), source);
+    const auto dir = detail::canonical_or_throw(index_path, "cannot resolve index path").parent_path();
+    const auto shards = index.shard_names();
+    const std::size_t first_file = files_.size();
+    for (const auto& shard : shards) {
+        const auto path = index_path.parent_path() / shard;
+        const auto resolved = detail::canonical_or_throw(path, "cannot find shard listed by the index " + source);
+        if (std::mismatch(dir.begin(), dir.end(), resolved.begin(), resolved.end()).first != dir.end())
+            throw format_error(source, "shard " + detail::quote_name(shard) + " resolves to " + resolved.string() +
+                                           ", outside the index's directory (symlink?)");
+        add_file(path);
+    }
+    // Every tensor of a shard is listed for that shard; since names are unique per file, the
+    // counts then match exactly when every listed tensor was found.
+    std::size_t found = 0;
+    for (std::size_t k = 0; k < shards.size(); ++k)
+        for (const auto& t : files_[first_file + k].header.tensors) {
+            auto it = index.weight_map.find(t.name);
+            if (it == index.weight_map.end())
+                throw format_error(source, "tensor " + detail::quote_name(t.name) + " of shard " +
+                                               detail::quote_name(shards[k]) + " is not listed in weight_map");
+            if (it->second != shards[k])
+                throw format_error(source, "tensor " + detail::quote_name(t.name) + " is listed in shard " +
+                                               detail::quote_name(it->second) + " but found in " + detail::quote_name(shards[k]));
+            ++found;
+        }
+    if (found == index.weight_map.size()) return;
+    for (const auto& [tensor, shard] : index.weight_map) {
+        const auto k = static_cast<std::size_t>(std::lower_bound(shards.begin(), shards.end(), shard) - shards.begin());
+        const auto& tensors = files_[first_file + k].header.tensors;
+        if (std::none_of(tensors.begin(), tensors.end(), [&](const TensorInfo& t) { return t.name == tensor; }))
+            throw format_error(source, "tensor " + detail::quote_name(tensor) + " listed in weight_map is missing from shard " +
+                                           detail::quote_name(shard));
+    }
+}
+
+inline void Checkpoint::add_file(std::filesystem::path path) {
+    files_.push_back({path, read_header(path)});
+}
+
+inline void Checkpoint::finish() {
+    if (files_.size() > UINT32_MAX) throw format_error("", "too many files");
+    {
+        std::set<std::filesystem::path> seen;
+        for (const auto& f : files_)
+            if (!seen.insert(detail::canonical_or_throw(f.path, "cannot resolve path")).second)
+                throw format_error(f.path.string(), "file is part of the checkpoint twice");
+    }
+    for (std::uint32_t i = 0; i < files_.size(); ++i)
+        for (const auto& t : files_[i].header.tensors) {
+            tensors_.push_back({&t, i, files_[i].header.data_offset() + t.begin});
+            total_bytes_ += t.nbytes();
+        }
+    if (tensors_.size() > UINT32_MAX) throw format_error("", "too many tensors");
+    by_name_.resize(tensors_.size());
+    for (std::uint32_t i = 0; i < by_name_.size(); ++i) by_name_[i] = i;
+    std::sort(by_name_.begin(), by_name_.end(),
+              [&](std::uint32_t a, std::uint32_t b) { return tensors_[a].name() < tensors_[b].name(); });
+    auto same_name = [&](std::uint32_t a, std::uint32_t b) { return tensors_[a].name() == tensors_[b].name(); };
+    if (auto dup = std::adjacent_find(by_name_.begin(), by_name_.end(), same_name); dup != by_name_.end()) {
+        const auto& a = tensors_[*dup];
+        const auto& b = tensors_[*(dup + 1)];
+        throw format_error(files_[b.file].path.string(), "tensor " + detail::quote_name(b.name()) + " is also in " +
+                                                            files_[a.file].path.string());
+    }
+}
+
+inline const TensorRef* Checkpoint::find(std::string_view name) const noexcept {
+    auto it = std::lower_bound(by_name_.begin(), by_name_.end(), name,
+                               [&](std::uint32_t i, std::string_view n) { return tensors_[i].name() < n; });
+    if (it == by_name_.end() || tensors_[*it].name() != name) return nullptr;
+    return &tensors_[*it];
+}
+
+inline Metadata Checkpoint::metadata() const {
+    Metadata merged;
+    for (const auto& f : files_) merged.insert(f.header.metadata.begin(), f.header.metadata.end());
+    return merged;
+}
+
+}  // namespace instanttensor::format

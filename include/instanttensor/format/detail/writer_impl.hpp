@@ -1,0 +1,208 @@
+// instanttensor/format/detail/writer_impl.hpp: the code behind format/writer.hpp. Not part of the API.
+#pragma once
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <numeric>
+#include <set>
+
+#include "instanttensor/detail/fd.hpp"
+#include "instanttensor/error.hpp"
+#include "instanttensor/format/writer.hpp"
+
+namespace instanttensor::format {
+namespace detail {
+
+/// Appends `s` as a JSON string: quotes, backslashes and control characters escaped, other bytes
+/// (UTF-8) as they are, as serde_json writes them.
+inline void append_json_string(std::string& out, std::string_view s) {
+    out.push_back('"');
+    for (char ch : s) {
+        const auto c = static_cast<unsigned char>(ch);
+        switch (c) {
+        case '"': out.append("\\\""); break;
+        case '\\': out.append("\\\\"); break;
+        case '\n': out.append("\\n"); break;
+        case '\r': out.append("\\r"); break;
+        case '\t': out.append("\\t"); break;
+        case '\b': out.append("\\b"); break;
+        case '\f': out.append("\\f"); break;
+        default:
+            if (c < 0x20) {
+                char buf[8];
+                std::snprintf(buf, sizeof buf, "\\u%04x", c);
+                out.append(buf);
+            } else {
+                out.push_back(ch);
+            }
+        }
+    }
+    out.push_back('"');
+}
+
+inline void write_all(int fd, std::span<const std::byte> bytes, const std::string& source) {
+    while (!bytes.empty()) {
+        ssize_t n = ::write(fd, bytes.data(), bytes.size());
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            throw io_error(source, "write failed", errno);
+        }
+        bytes = bytes.subspan(static_cast<std::size_t>(n));
+    }
+}
+
+inline instanttensor::detail::FileDescriptor create_file(const std::filesystem::path& path) {
+    int fd;
+    do {
+        fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    } while (fd < 0 && errno == EINTR);
+    if (fd < 0) throw io_error(path.string(), "cannot create", errno);
+    return instanttensor::detail::FileDescriptor(fd);
+}
+
+inline std::uint64_t checked_size(const TensorSpec& t) {
+    auto bytes = byte_size(t.dtype, t.shape);
+    if (!bytes) throw format_error("", "tensor " + quote_name(t.name) + ": shape × dtype is not a whole number of bytes or overflows");
+    return *bytes;
+}
+
+}  // namespace detail
+
+inline std::string make_header_json(std::vector<TensorSpec>& tensors, const Metadata& metadata) {
+    std::stable_sort(tensors.begin(), tensors.end(), [](const TensorSpec& a, const TensorSpec& b) {
+        return a.dtype != b.dtype ? a.dtype > b.dtype : a.name < b.name;
+    });
+    for (const auto& t : tensors)
+        if (t.name.empty() || t.name == "__metadata__")
+            throw format_error("", "tensor name " + detail::quote_name(t.name) + " is not allowed");
+    {
+        std::set<std::string_view> names;
+        for (const auto& t : tensors)
+            if (!names.insert(t.name).second) throw format_error("", "duplicate tensor name " + detail::quote_name(t.name));
+    }
+    std::string json = "{";
+    if (!metadata.empty()) {
+        json.append("\"__metadata__\":{");
+        bool first = true;
+        for (const auto& [k, v] : metadata) {
+            if (!first) json.push_back(',');
+            first = false;
+            detail::append_json_string(json, k);
+            json.push_back(':');
+            detail::append_json_string(json, v);
+        }
+        json.push_back('}');
+    }
+    std::uint64_t offset = 0;
+    for (const auto& t : tensors) {
+        const std::uint64_t size = detail::checked_size(t);
+        if (json.size() > 1) json.push_back(',');
+        detail::append_json_string(json, t.name);
+        json.append(":{\"dtype\":\"").append(to_string(t.dtype)).append("\",\"shape\":[");
+        for (std::size_t d = 0; d < t.shape.size(); ++d) json.append(d ? "," : "").append(std::to_string(t.shape[d]));
+        json.append("],\"data_offsets\":[").append(std::to_string(offset)).append(",");
+        offset += size;
+        json.append(std::to_string(offset)).append("]}");
+    }
+    json.push_back('}');
+    json.append((8 - json.size() % 8) % 8, ' ');
+    if (json.size() > max_header_size) throw format_error("", "header would exceed " + std::to_string(max_header_size) + " bytes");
+    return json;
+}
+
+inline std::vector<std::byte> serialize_safetensors(std::span<const TensorData> tensors, const Metadata& metadata) {
+    std::vector<TensorSpec> specs;
+    std::map<std::string_view, std::span<const std::byte>> bytes;
+    for (const auto& t : tensors) {
+        if (detail::checked_size(t.spec) != t.bytes.size())
+            throw format_error("", "tensor " + detail::quote_name(t.spec.name) + ": " + std::to_string(t.bytes.size()) +
+                                       " bytes given, shape × dtype needs " + std::to_string(detail::checked_size(t.spec)));
+        specs.push_back(t.spec);
+        bytes[t.spec.name] = t.bytes;
+    }
+    const std::string json = make_header_json(specs, metadata);
+    std::vector<std::byte> out(header_length_size);
+    const std::uint64_t n = json.size();
+    for (unsigned i = 0; i < 8; ++i) out[i] = static_cast<std::byte>((n >> (8 * i)) & 0xff);
+    const auto* j = reinterpret_cast<const std::byte*>(json.data());
+    out.insert(out.end(), j, j + json.size());
+    for (const auto& s : specs) out.insert(out.end(), bytes[s.name].begin(), bytes[s.name].end());
+    return out;
+}
+
+inline void write_safetensors(const std::filesystem::path& path, std::vector<TensorSpec> tensors,
+                              const TensorFiller& fill, const Metadata& metadata) {
+    const std::string source = path.string();
+    const std::string json = make_header_json(tensors, metadata);
+    auto fd = detail::create_file(path);
+    std::byte prefix[header_length_size];
+    const std::uint64_t n = json.size();
+    for (unsigned i = 0; i < 8; ++i) prefix[i] = static_cast<std::byte>((n >> (8 * i)) & 0xff);
+    detail::write_all(fd.get(), prefix, source);
+    detail::write_all(fd.get(), std::as_bytes(std::span(json)), source);
+    std::vector<std::byte> buffer;
+    for (const auto& t : tensors) {
+        buffer.assign(detail::checked_size(t), std::byte{0});
+        fill(t, buffer);
+        detail::write_all(fd.get(), buffer, source);
+    }
+}
+
+inline void write_safetensors(const std::filesystem::path& path, std::span<const TensorData> tensors,
+                              const Metadata& metadata) {
+    const auto bytes = serialize_safetensors(tensors, metadata);
+    auto fd = detail::create_file(path);
+    detail::write_all(fd.get(), bytes, path.string());
+}
+
+inline std::filesystem::path write_sharded_checkpoint(const std::filesystem::path& directory,
+                                                      const std::vector<TensorSpec>& tensors, std::size_t shard_count,
+                                                      const TensorFiller& fill, const Metadata& metadata) {
+    if (shard_count == 0 || shard_count > tensors.size())
+        throw format_error(directory.string(), "cannot cut " + std::to_string(tensors.size()) + " tensors into " +
+                                                   std::to_string(shard_count) + " shards");
+    std::error_code ec;
+    std::filesystem::create_directories(directory, ec);
+    if (ec) throw io_error(directory.string(), "cannot create directory", ec.value());
+
+    std::uint64_t total = 0;
+    for (const auto& t : tensors) total += detail::checked_size(t);
+    std::map<std::string, std::string> weight_map;
+    std::size_t next = 0;
+    std::uint64_t written = 0;
+    for (std::size_t s = 0; s < shard_count; ++s) {
+        char name[64];
+        std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", s + 1, shard_count);
+        // Shard s ends once the running total reaches its share, leaving a tensor for each later shard.
+        const std::uint64_t target = total / shard_count * (s + 1);
+        std::vector<TensorSpec> shard;
+        while (next < tensors.size() && (shard.empty() || s + 1 == shard_count ||
+                                         (written < target && tensors.size() - next > shard_count - s - 1))) {
+            written += detail::checked_size(tensors[next]);
+            weight_map[tensors[next].name] = name;
+            shard.push_back(tensors[next++]);
+        }
+        write_safetensors(directory / name, std::move(shard), fill, metadata);
+    }
+
+    std::string json = "{\"metadata\":{\"total_size\":" + std::to_string(total) + "},\"weight_map\":{";
+    bool first = true;
+    for (const auto& [tensor, file] : weight_map) {
+        json.append(first ? "" : ",");
+        first = false;
+        detail::append_json_string(json, tensor);
+        json.push_back(':');
+        detail::append_json_string(json, file);
+    }
+    json.append("}}\n");
+    const auto index_path = directory / "model.safetensors.index.json";
+    auto fd = detail::create_file(index_path);
+    detail::write_all(fd.get(), std::as_bytes(std::span(json)), index_path.string());
+    return index_path;
+}
+
+}  // namespace instanttensor::format

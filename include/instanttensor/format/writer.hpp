@@ -1,0 +1,64 @@
+// instanttensor/format/writer.hpp: writing safetensors files and sharded checkpoints.
+//
+// Files are laid out as the Hugging Face reference implementation lays them out (tensors sorted by
+// dtype, widest first, then by name; "__metadata__" first; the JSON padded with spaces to a
+// multiple of 8 bytes), so the reference reads them and tools that compare layouts see no
+// difference. Tensor bytes come either from spans or from a callback that fills each tensor in
+// turn, so a multi-GB checkpoint is written with one tensor in memory at a time.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "instanttensor/format/dtype.hpp"
+#include "instanttensor/format/header.hpp"
+
+namespace instanttensor::format {
+
+/// A tensor to write: its description, without bytes.
+struct TensorSpec {
+    std::string name;
+    Dtype dtype{};
+    std::vector<std::uint64_t> shape;
+};
+
+/// A tensor to write with its bytes (byte_size(dtype, shape) of them).
+struct TensorData {
+    TensorSpec spec;
+    std::span<const std::byte> bytes;
+};
+
+/// Fills `out` (exactly the tensor's size) with the bytes of `tensor`.
+using TensorFiller = std::function<void(const TensorSpec& tensor, std::span<std::byte> out)>;
+
+/// The header JSON (padded) that write_safetensors would write for `tensors`, with the tensors
+/// reordered into file order. Throws format_error for a bad spec: duplicate or empty name, a size
+/// that overflows or is not whole bytes.
+std::string make_header_json(std::vector<TensorSpec>& tensors, const Metadata& metadata = {});
+
+/// The whole file as bytes.
+std::vector<std::byte> serialize_safetensors(std::span<const TensorData> tensors, const Metadata& metadata = {});
+
+/// Writes a file, calling `fill` once per tensor in file order. Throws io_error, format_error.
+void write_safetensors(const std::filesystem::path& path, std::vector<TensorSpec> tensors,
+                       const TensorFiller& fill, const Metadata& metadata = {});
+
+/// Writes a file from tensors held in memory.
+void write_safetensors(const std::filesystem::path& path, std::span<const TensorData> tensors,
+                       const Metadata& metadata = {});
+
+/// Writes a checkpoint of `shard_count` files (model-0000i-of-0000N.safetensors) and its
+/// model.safetensors.index.json into `directory` (created if missing), keeping the given tensor
+/// order and cutting it into shards of about equal bytes. Returns the index path.
+std::filesystem::path write_sharded_checkpoint(const std::filesystem::path& directory,
+                                               const std::vector<TensorSpec>& tensors, std::size_t shard_count,
+                                               const TensorFiller& fill, const Metadata& metadata = {});
+
+}  // namespace instanttensor::format
+
+#include "instanttensor/format/detail/writer_impl.hpp"
