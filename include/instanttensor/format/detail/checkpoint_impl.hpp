@@ -247,7 +247,8 @@ inline void Checkpoint::add_index(const std::filesystem::path& index_path) {
     for (const auto& [tensor, shard] : index.weight_map) {
         const auto k = static_cast<std::size_t>(std::lower_bound(shards.begin(), shards.end(), shard) - shards.begin());
         const auto& tensors = files_[first_file + k].header.tensors;
-        if (std::none_of(tensors.begin(), tensors.end(), [&](const TensorInfo& t) { return t.name == tensor; }))
+        const auto& name = tensor;  // clang 14 cannot capture a structured binding
+        if (std::none_of(tensors.begin(), tensors.end(), [&](const TensorInfo& t) { return t.name == name; }))
             throw format_error(source, "tensor " + detail::quote_name(tensor) + " listed in weight_map is missing from shard " +
                                            detail::quote_name(shard));
     }
