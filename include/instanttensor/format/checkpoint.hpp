@@ -21,6 +21,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "instanttensor/format/header.hpp"
@@ -68,6 +69,10 @@ public:
         return open(std::span<const std::filesystem::path>(paths.begin(), paths.size()));
     }
 
+    /// A checkpoint whose files are already in memory: one (name, bytes) pair per file. The names
+    /// stand for paths in messages; the bytes are parsed, not kept (read them with storage::memory).
+    static Checkpoint from_memory(std::span<const std::pair<std::string, std::span<const std::byte>>> files);
+
     Checkpoint(Checkpoint&&) noexcept = default;
     Checkpoint& operator=(Checkpoint&&) noexcept = default;
     Checkpoint(const Checkpoint&) = delete;
@@ -87,7 +92,7 @@ private:
     Checkpoint() = default;
     void add_index(const std::filesystem::path& index_path);
     void add_file(std::filesystem::path path);
-    void finish();
+    void finish(bool on_disk = true);
 
     std::vector<CheckpointFile> files_;
     std::vector<TensorRef> tensors_;

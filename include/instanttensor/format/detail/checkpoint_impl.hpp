@@ -215,6 +215,14 @@ inline Checkpoint Checkpoint::open(std::span<const std::filesystem::path> paths)
     return c;
 }
 
+inline Checkpoint Checkpoint::from_memory(std::span<const std::pair<std::string, std::span<const std::byte>>> files) {
+    if (files.empty()) throw format_error("", "no checkpoint file given");
+    Checkpoint c;
+    for (const auto& [name, bytes] : files) c.files_.push_back({name, parse_file_bytes(bytes, name)});
+    c.finish(false);
+    return c;
+}
+
 inline void Checkpoint::add_index(const std::filesystem::path& index_path) {
     const std::string source = index_path.string();
     const Index index = parse_index(instanttensor::detail::read_small_file(index_path, max_header_size), source);
@@ -258,9 +266,9 @@ inline void Checkpoint::add_file(std::filesystem::path path) {
     files_.push_back({path, read_header(path)});
 }
 
-inline void Checkpoint::finish() {
+inline void Checkpoint::finish(bool on_disk) {
     if (files_.size() > UINT32_MAX) throw format_error("", "too many files");
-    {
+    if (on_disk) {
         std::set<std::filesystem::path> seen;
         for (const auto& f : files_)
             if (!seen.insert(detail::canonical_or_throw(f.path, "cannot resolve path")).second)

@@ -1,0 +1,105 @@
+// instanttensor/concepts.hpp: the three policies a Loader<Storage, Transport, Sink> is made of.
+//
+// A loader reads the checkpoint's bytes through a StorageBackend into staging memory, lets the
+// Transport decide which rank reads what, and hands the bytes to a Sink that owns their
+// destination. Each policy is a concept checked at compile time; models opt in by providing the
+// expressions documented below. No virtual calls: the loader is instantiated for the exact types.
+#pragma once
+
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string_view>
+
+#include "instanttensor/format/checkpoint.hpp"
+
+namespace instanttensor {
+
+/// Where a piece of memory lives.
+enum class MemoryKind { host, device };
+
+/// One read a storage backend performs: `length` bytes of file `file` at `offset` into `destination`.
+/// For a file the backend opened with O_DIRECT, offset, length and destination are multiples of
+/// `alignment(file)`.
+struct ReadRequest {
+    std::uint32_t file = 0;
+    std::uint64_t offset = 0;
+    std::uint64_t length = 0;
+    std::byte* destination = nullptr;
+    std::uint64_t tag = 0;  ///< returned unchanged in the ReadResult
+};
+
+/// What became of a ReadRequest: bytes read (fewer than asked is a short read; 0 is end of file),
+/// or a negative errno. Retrying and continuing is the loader's job, not the backend's.
+struct ReadResult {
+    std::uint64_t tag = 0;
+    std::int64_t result = 0;
+};
+
+/// How a backend is asked to treat the page cache.
+enum class DirectIo {
+    automatic,  ///< O_DIRECT for files mostly not in the page cache, buffered for resident ones
+    on,         ///< O_DIRECT wherever the filesystem accepts it
+    off,        ///< always buffered
+};
+
+/// StorageBackend: reads byte ranges of a checkpoint's files into caller memory, asynchronously.
+///
+///   S::destination          MemoryKind: where `ReadRequest::destination` points (host or device)
+///   s.open(checkpoint)      opens every file of the checkpoint; throws io_error / unavailable_error
+///   s.alignment(file)       required alignment of offset, length and address for that file (1 if none)
+///   s.queue_depth()         reads the backend accepts in flight at once
+///   s.submit(request)       starts a read; at most queue_depth() may be in flight
+///   s.reap(results, wait)   stores finished reads into `results`, returns how many; with `wait`,
+///                           blocks until at least one finished (when any is in flight)
+///   s.name()                "uring", "pread", ... for reports
+///
+/// Destroying a backend waits for reads still in flight, so their destinations may be freed after.
+template <class S>
+concept StorageBackend =
+    requires(S& s, const S& cs, const format::Checkpoint& checkpoint, const ReadRequest& request,
+             std::span<ReadResult> results, std::uint32_t file, bool wait) {
+        { S::destination } -> std::convertible_to<MemoryKind>;
+        s.open(checkpoint);
+        { cs.alignment(file) } -> std::convertible_to<std::uint64_t>;
+        { cs.queue_depth() } -> std::convertible_to<std::size_t>;
+        s.submit(request);
+        { s.reap(results, wait) } -> std::convertible_to<std::size_t>;
+        { cs.name() } -> std::convertible_to<std::string_view>;
+    };
+
+/// Transport: the group of ranks that load one checkpoint together.
+///
+///   t.rank(), t.size()      this rank and the group size
+///   T::needs_device_memory  true when the transport moves bytes between GPUs (NCCL), so a
+///                           composition with a host sink is refused at compile time
+template <class T>
+concept Transport = requires(const T& t) {
+    { t.rank() } -> std::convertible_to<int>;
+    { t.size() } -> std::convertible_to<int>;
+    { T::needs_device_memory } -> std::convertible_to<bool>;
+};
+
+/// Sink: owns where tensors land and says how long a yielded view stays valid.
+///
+///   K::memory                  MemoryKind of the destinations
+///   k.prepare(largest_tensor)  called once before loading, with the largest selected tensor's size;
+///                              allocates the destination window (throws when it cannot fit)
+///   k.reserve(tensor)          a destination of tensor.nbytes() bytes, or an empty span while the
+///                              window is full (the loader then waits for the consumer)
+///   k.store(destination, staged, bytes)  copies `bytes` staged bytes (host memory) to destination
+///   k.release(tensor)          the consumer moved past `tensor`; its window space may be reused
+///
+/// The loader reserves and releases in tensor order.
+template <class K>
+concept Sink = requires(K& k, const format::TensorRef& tensor, std::uint64_t size, std::byte* destination,
+                        const std::byte* staged) {
+    { K::memory } -> std::convertible_to<MemoryKind>;
+    k.prepare(size);
+    { k.reserve(tensor) } -> std::same_as<std::span<std::byte>>;
+    k.store(destination, staged, size);
+    k.release(tensor);
+};
+
+}  // namespace instanttensor

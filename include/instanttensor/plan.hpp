@@ -1,0 +1,131 @@
+// instanttensor/plan.hpp: which reads load which tensors.
+//
+// A plan covers the selected tensors of a checkpoint in file then offset order and cuts their bytes
+// into extents: reads of at most `max_extent_bytes` each, at offsets and lengths aligned for the
+// file (O_DIRECT needs that; buffered files have alignment 1). Adjacent selected tensors share an
+// extent, so many tiny tensors cost few reads; a tensor larger than an extent spans several, and
+// each piece says where in the tensor its bytes go, so the tensor still lands contiguous.
+// Each extent has an owner rank: the ranks of a group split the bytes evenly, in order.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <functional>
+#include <stdexcept>
+#include <span>
+#include <vector>
+
+#include "instanttensor/error.hpp"
+#include "instanttensor/format/checkpoint.hpp"
+
+namespace instanttensor {
+
+/// Chooses the tensors to load; an empty function selects all.
+using TensorFilter = std::function<bool(const format::TensorRef&)>;
+
+/// Bytes of one extent that belong to one tensor.
+struct Piece {
+    std::uint32_t tensor = 0;         ///< index into Plan::tensors
+    std::uint64_t tensor_offset = 0;  ///< where in the tensor they go
+    std::uint64_t extent_offset = 0;  ///< where in the extent's buffer they are
+    std::uint64_t length = 0;
+};
+
+/// One read.
+struct Extent {
+    std::uint32_t file = 0;
+    std::uint64_t offset = 0;       ///< aligned file offset
+    std::uint64_t length = 0;       ///< aligned length (may run past the end of the file)
+    std::uint64_t needed = 0;       ///< bytes from `offset` that must be read: up to the last piece's end
+    std::uint32_t first_piece = 0;  ///< pieces [first_piece, first_piece + piece_count) of Plan::pieces
+    std::uint32_t piece_count = 0;
+    int owner = 0;                  ///< rank that reads it
+};
+
+/// A selected tensor and the extents that carry it.
+struct PlannedTensor {
+    const format::TensorRef* ref = nullptr;
+    std::uint32_t piece_count = 0;  ///< pieces that must land before it is complete (0 when empty)
+};
+
+struct Plan {
+    std::vector<PlannedTensor> tensors;  ///< selected tensors, in file then offset order
+    std::vector<Extent> extents;         ///< in the same order
+    std::vector<Piece> pieces;
+    std::uint64_t tensor_bytes = 0;      ///< bytes of the selected tensors
+    std::uint64_t read_bytes = 0;        ///< bytes the extents read (alignment and sharing included)
+    std::uint64_t largest_tensor = 0;
+};
+
+/// Plans the selected tensors of `checkpoint`. `alignment` gives each file's required alignment (a
+/// power of two; 1 for none), `max_extent_bytes` the largest read (a multiple of every alignment,
+/// at least three times the largest), `ranks` the size of the group that shares the reads.
+Plan make_plan(const format::Checkpoint& checkpoint, const TensorFilter& filter,
+               std::span<const std::uint64_t> alignment, std::uint64_t max_extent_bytes, int ranks = 1);
+
+inline Plan make_plan(const format::Checkpoint& checkpoint, const TensorFilter& filter,
+                      std::span<const std::uint64_t> alignment, std::uint64_t max_extent_bytes, int ranks) {
+    if (alignment.size() != checkpoint.files().size())
+        throw std::invalid_argument("make_plan: one alignment per file is needed");
+    if (ranks < 1) throw std::invalid_argument("make_plan: ranks must be at least 1");
+    for (auto a : alignment)
+        if (a == 0 || (a & (a - 1)) != 0 || max_extent_bytes % a != 0 || max_extent_bytes < 3 * a)
+            throw std::invalid_argument("make_plan: alignments must be powers of two dividing max_extent_bytes");
+
+    Plan plan;
+    auto align_down = [](std::uint64_t v, std::uint64_t a) { return v & ~(a - 1); };
+    auto align_up = [](std::uint64_t v, std::uint64_t a) { return (v + a - 1) & ~(a - 1); };
+    auto close_extent = [&] {
+        auto& e = plan.extents.back();
+        e.length = align_up(e.needed, alignment[e.file]);
+        plan.read_bytes += e.length;
+    };
+
+    bool open = false;  // whether plan.extents.back() may still take pieces
+    for (const auto& ref : checkpoint.tensors()) {
+        if (filter && !filter(ref)) continue;
+        if (plan.tensors.size() == UINT32_MAX) throw format_error("", "too many tensors selected");
+        const auto index = static_cast<std::uint32_t>(plan.tensors.size());
+        plan.tensors.push_back({&ref, 0});
+        plan.tensor_bytes += ref.nbytes();
+        plan.largest_tensor = std::max(plan.largest_tensor, ref.nbytes());
+
+        const std::uint64_t a = alignment[ref.file];
+        std::uint64_t cursor = ref.file_offset;
+        const std::uint64_t end = ref.file_offset + ref.nbytes();
+        while (cursor < end) {
+            auto* e = open ? &plan.extents.back() : nullptr;
+            const bool joins = e && e->file == ref.file && e->offset + e->needed == cursor &&
+                               e->needed < max_extent_bytes;
+            if (!joins) {
+                if (open) close_extent();
+                plan.extents.push_back({ref.file, align_down(cursor, a), 0, cursor - align_down(cursor, a),
+                                        static_cast<std::uint32_t>(plan.pieces.size()), 0, 0});
+                e = &plan.extents.back();
+                open = true;
+            }
+            // needed ≤ max_extent_bytes keeps the aligned length within it too (max is a multiple of a).
+            const std::uint64_t n = std::min(end - cursor, max_extent_bytes - e->needed);
+            plan.pieces.push_back({index, cursor - ref.file_offset, e->needed, n});
+            e->needed += n;
+            ++e->piece_count;
+            ++plan.tensors.back().piece_count;
+            cursor += n;
+            if (e->needed == max_extent_bytes) {
+                close_extent();
+                open = false;
+            }
+        }
+    }
+    if (open) close_extent();
+
+    // Owners: rank r reads the extents whose first byte falls in the r-th of `ranks` equal shares.
+    std::uint64_t before = 0;
+    for (auto& e : plan.extents) {
+        e.owner = plan.read_bytes == 0 ? 0 : static_cast<int>(before * static_cast<std::uint64_t>(ranks) / plan.read_bytes);
+        before += e.length;
+    }
+    return plan;
+}
+
+}  // namespace instanttensor
