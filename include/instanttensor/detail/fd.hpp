@@ -44,13 +44,22 @@ private:
 };
 
 /// Opens `path` read-only (plus `extra_flags`, such as O_DIRECT). Throws io_error.
+/// It opens with O_NONBLOCK so that a FIFO without a writer cannot block open(2) forever (callers
+/// then refuse it as not a regular file), and clears the flag again unless `extra_flags` asked for
+/// it: reads stay blocking (io_uring would otherwise treat the file as RWF_NOWAIT).
 inline FileDescriptor open_read_only(const std::filesystem::path& path, int extra_flags = 0) {
     int fd;
     do {
-        fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | extra_flags);
+        fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | extra_flags);
     } while (fd < 0 && errno == EINTR);
     if (fd < 0) throw io_error(path.string(), "cannot open", errno);
-    return FileDescriptor(fd);
+    FileDescriptor owned(fd);
+    if ((extra_flags & O_NONBLOCK) == 0) {
+        const int flags = ::fcntl(fd, F_GETFL);
+        if (flags < 0 || ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0)
+            throw io_error(path.string(), "cannot clear O_NONBLOCK", errno);
+    }
+    return owned;
 }
 
 /// Size of the regular file behind `fd`; refuses directories, pipes and devices.

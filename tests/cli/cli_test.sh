@@ -1,0 +1,260 @@
+#!/usr/bin/env bash
+# tests/cli/cli_test.sh: end-to-end tests of the `instanttensor` command, one case per ctest test.
+#
+#   cli_test.sh CASE BIN REFERENCE FIXTURES WORK VERSION
+#
+# BIN is build/bin/instanttensor, REFERENCE the hash_reference helper, FIXTURES tests/fixtures,
+# WORK a scratch directory (emptied first), VERSION the project version. Exit 0 pass, 1 fail,
+# 77 skipped (a tool the case needs is missing).
+set -uo pipefail
+
+case_name=$1 bin=$2 reference=$3 fixtures=$4 work=$5 version=$6
+rm -rf "$work" && mkdir -p "$work" || exit 1
+failures=0
+
+fail() {
+    echo "FAIL: $*" >&2
+    failures=$((failures + 1))
+}
+
+# run ARGS...: runs the command with a time limit; sets rc, and leaves stdout/stderr in files.
+run() {
+    timeout 60 "$bin" "$@" >"$work/stdout" 2>"$work/stderr"
+    rc=$?
+}
+
+# expect_failure NEEDLE ARGS...: exit 1, nothing on stdout, exactly one line on stderr, which
+# starts with "instanttensor: " and contains NEEDLE (the path at fault).
+expect_failure() {
+    local needle=$1
+    shift
+    run "$@"
+    local what="instanttensor $*"
+    [[ $rc == 124 ]] && { fail "$what: timed out"; return; }
+    [[ $rc == 1 ]] || fail "$what: exit status $rc, expected 1"
+    [[ -s $work/stdout ]] && fail "$what: printed on stdout: $(head -c 200 "$work/stdout")"
+    local lines
+    lines=$(wc -l <"$work/stderr")
+    [[ $lines == 1 && $(tail -c 1 "$work/stderr" | od -An -c | tr -d ' ') == '\n' ]] ||
+        fail "$what: stderr is not exactly one line: $(cat "$work/stderr")"
+    local line
+    line=$(head -n 1 "$work/stderr")
+    [[ $line == "instanttensor: "* ]] || fail "$what: stderr does not start with 'instanttensor: ': $line"
+    [[ $line == *"$needle"* ]] || fail "$what: stderr does not name '$needle': $line"
+}
+
+# expect_usage_error ARGS...: exit 2 with a message on stderr, nothing on stdout.
+expect_usage_error() {
+    run "$@"
+    [[ $rc == 2 ]] || fail "instanttensor $*: exit status $rc, expected 2 (stderr: $(cat "$work/stderr"))"
+    [[ -s $work/stderr ]] || fail "instanttensor $*: no message on stderr"
+    [[ -s $work/stdout ]] && fail "instanttensor $*: printed on stdout"
+}
+
+# expect_success ARGS...: exit 0 and nothing on stderr.
+expect_success() {
+    run "$@"
+    [[ $rc == 0 ]] || fail "instanttensor $*: exit status $rc (stderr: $(cat "$work/stderr"))"
+    [[ -s $work/stderr ]] && fail "instanttensor $*: printed on stderr: $(cat "$work/stderr")"
+}
+
+# check_hash_lines FILE: every line is 16 lowercase hex digits, two spaces, a name; names sorted
+# by raw bytes and unique (lines of escaped names, starting with a backslash, are left out of the
+# order check: their text is not their name).
+check_hash_lines() {
+    grep -Evq '^\\?[0-9a-f]{16}  .+$' "$1" && fail "malformed hash line: $(grep -Ev '^\\?[0-9a-f]{16}  .+$' "$1" | head -1)"
+    grep -v '^\\' "$1" | cut -c19- | LC_ALL=C sort -c -u || fail "hash lines are not sorted by name (or repeat a name)"
+}
+
+# Writes a 2 MiB sample in $work/sample (3 shards); its tensor count is fixed by the size ladder.
+make_sample() {
+    expect_success sample "$work/sample" --size-mib 2 --shards 3
+    cp "$work/stdout" "$work/sample.out"
+    index=$(head -n 1 "$work/sample.out")
+    [[ $index == "$work/sample/model.safetensors.index.json" ]] || fail "sample printed index path '$index'"
+    sample_tensors=156
+}
+
+case_sample_inspect_hash() {
+    make_sample
+    grep -q "^$sample_tensors tensors in 3 files" "$work/sample.out" || fail "sample summary: $(tail -1 "$work/sample.out")"
+    local shards=("$work"/sample/model-0000?-of-00003.safetensors)
+    [[ ${#shards[@]} == 3 ]] || fail "expected 3 shard files, found ${#shards[@]}"
+
+    expect_success inspect "$index"
+    local rows
+    rows=$(grep -Ec '^(model\.|lm_head)' "$work/stdout")
+    [[ $rows == "$sample_tensors" ]] || fail "inspect printed $rows tensor rows, expected $sample_tensors"
+    head -n 1 "$work/stdout" | grep -Eq '^NAME +DTYPE +SHAPE +FILE +OFFSET +BYTES$' || fail "inspect header row"
+    grep -Eq '^lm_head\.weight +BF16 +\[1024, 64\] ' "$work/stdout" || fail "inspect lm_head row"
+    grep -qx 'format=pt' "$work/stdout" || fail "inspect metadata line"
+    tail -n 1 "$work/stdout" | grep -q "^$sample_tensors tensors, 3 files, " || fail "inspect summary: $(tail -1 "$work/stdout")"
+
+    expect_success hash "$index"
+    cp "$work/stdout" "$work/hash.index"
+    [[ $(wc -l <"$work/hash.index") == "$sample_tensors" ]] || fail "hash printed $(wc -l <"$work/hash.index") lines"
+    check_hash_lines "$work/hash.index"
+
+    # The same checkpoint named as a directory, as its shard files, with options: same digests.
+    expect_success hash "$work/sample"
+    cmp -s "$work/stdout" "$work/hash.index" || fail "hash of the directory differs from hash of the index"
+    expect_success hash --device cpu --backend pread "${shards[@]}"
+    cmp -s "$work/stdout" "$work/hash.index" || fail "hash of the shard files differs from hash of the index"
+
+    # Same size, one shard, written twice: identical tensor bytes, identical files.
+    expect_success sample "$work/one" --size-mib 2 --shards 1
+    expect_success sample "$work/one-again" --size-mib 2 --shards 1
+    cmp -s "$work/one/model-00001-of-00001.safetensors" "$work/one-again/model-00001-of-00001.safetensors" ||
+        fail "sample is not deterministic"
+    expect_success hash "$work/one"
+    cmp -s "$work/stdout" "$work/hash.index" || fail "hash depends on how the checkpoint is sharded"
+
+    # The 16 GiB target gives the Llama-3.1-8B shapes (checked without writing 16 GB).
+    expect_success sample --dry-run --size-mib 16384 "$work/big"
+    grep -q 'hidden 4096, intermediate 14336, 32 layers, vocab 128256, 32 heads (8 kv) of 128, BF16' "$work/stdout" ||
+        fail "16384 MiB sample shape: $(tail -1 "$work/stdout")"
+    grep -q '^291 tensors in 4 files, .*(16060522496 bytes)' "$work/stdout" || fail "16384 MiB sample size: $(tail -1 "$work/stdout")"
+    [[ -e $work/big ]] && fail "sample --dry-run wrote $work/big"
+}
+
+case_inspect_json() {
+    command -v python3 >/dev/null || { echo "python3 not found: skipped"; exit 77; }
+    make_sample
+    expect_success inspect --json "$index"
+    python3 - "$work/stdout" "$sample_tensors" <<'EOF' || fail "inspect --json of the sample"
+import json, sys
+doc = json.load(open(sys.argv[1], encoding="utf-8"))
+assert set(doc) == {"tensors", "metadata"}, doc.keys()
+assert doc["metadata"] == {"format": "pt"}, doc["metadata"]
+tensors = doc["tensors"]
+assert len(tensors) == int(sys.argv[2]), len(tensors)
+for t in tensors:
+    assert set(t) == {"name", "dtype", "shape", "file", "offset", "nbytes"}, t
+    assert t["dtype"] == "BF16" and all(isinstance(d, int) for d in t["shape"]), t
+    n = 2
+    for d in t["shape"]:
+        n *= d
+    assert t["nbytes"] == n and t["offset"] >= 8 and t["file"].endswith(".safetensors"), t
+EOF
+    # Awkward names survive the JSON escaping exactly.
+    "$reference" "$work/names.safetensors" >/dev/null || { fail "hash_reference could not write its file"; return; }
+    expect_success inspect --json "$work/names.safetensors"
+    python3 - "$work/stdout" <<'EOF' || fail "inspect --json with awkward names"
+import json, sys
+doc = json.load(open(sys.argv[1], encoding="utf-8"))
+names = {t["name"] for t in doc["tensors"]}
+expected = {"empty", "scalar", "B", "a", "z", "\u00e9t\u00e9", 'with "quotes"', "back\\slash", "new\nline", "big"}
+assert names == expected, names
+assert doc["metadata"] == {"purpose": "hash reference"}, doc["metadata"]
+scalar = [t for t in doc["tensors"] if t["name"] == "scalar"][0]
+assert scalar["shape"] == [] and scalar["nbytes"] == 8 and scalar["dtype"] == "I64", scalar
+EOF
+    # In the table a newline in a name is escaped: one row per tensor still.
+    expect_success inspect "$work/names.safetensors"
+    grep -q '^new\\nline ' "$work/stdout" || fail "inspect does not escape the newline of a name"
+    [[ $(sed '/^$/q' "$work/stdout" | grep -c .) == 11 ]] || fail "inspect table is not 1 header + 10 rows"
+}
+
+case_hash_reference() {
+    "$reference" "$work/ref.safetensors" >"$work/expected" || { fail "hash_reference failed"; return; }
+    expect_success hash "$work/ref.safetensors"
+    diff "$work/expected" "$work/stdout" >&2 || fail "hash differs from the one-shot XXH3 reference"
+    # XXH3-64 of no bytes is a published constant; "B" sorts before "a"; escaped names start with \.
+    grep -qx '2d06800538d394c2  empty' "$work/stdout" || fail "digest of the empty tensor"
+    [[ $(cut -c19- "$work/stdout" | head -2 | tr '\n' ' ') == "B a " ]] || fail "names are not in raw byte order"
+    grep -Eqx '\\[0-9a-f]{16}  new\\nline' "$work/stdout" || fail "newline in a name is not escaped as sha256sum does"
+    grep -Eqx '\\[0-9a-f]{16}  back\\\\slash' "$work/stdout" || fail "backslash in a name is not escaped as sha256sum does"
+    check_hash_lines "$work/stdout"
+}
+
+case_usage_errors() {
+    expect_usage_error
+    expect_usage_error frobnicate
+    expect_usage_error inspect
+    expect_usage_error hash
+    expect_usage_error sample
+    expect_usage_error inspect --bogus "$work"
+    expect_usage_error hash --device cuda "$work"
+    grep -q 'GPU loading is not built yet' "$work/stderr" || fail "--device cuda does not say why"
+    expect_usage_error hash --device "$work"
+    expect_usage_error hash --backend uring "$work"
+    expect_usage_error sample --dtype F4 "$work/s"
+    expect_usage_error sample --dtype bf16 "$work/s"
+    expect_usage_error sample --shards 0 "$work/s"
+    expect_usage_error sample --size-mib 0 "$work/s"
+    expect_usage_error sample --size-mib lots "$work/s"
+    [[ -e $work/s ]] && fail "a refused sample command wrote $work/s"
+}
+
+case_help_version() {
+    expect_success --version
+    [[ $(cat "$work/stdout") == "$version" ]] || fail "--version printed '$(cat "$work/stdout")', expected $version"
+    expect_success --help
+    for sub in inspect hash sample; do
+        grep -q "^  $sub " "$work/stdout" || fail "--help does not list $sub"
+    done
+    expect_success --help-all
+    for opt in --json --device --backend --shards --size-mib --dtype --dry-run; do
+        grep -q -- "$opt" "$work/stdout" || fail "--help-all does not document $opt"
+    done
+    for sub in inspect hash sample; do
+        expect_success "$sub" --help
+        grep -q "^Usage: .*$sub" "$work/stdout" || fail "$sub --help has no usage line"
+    done
+}
+
+case_bad_inputs() {
+    local n=0 f
+    shopt -s nullglob
+    for f in "$fixtures"/bad/*.safetensors; do
+        expect_failure "$f" inspect "$f"
+        expect_failure "$f" hash "$f"
+        n=$((n + 1))
+    done
+    echo "fixtures/bad: $n files"
+
+    make_sample
+    local shard="$work/sample/model-00001-of-00003.safetensors"
+    expect_failure "$work/missing.safetensors" inspect "$work/missing.safetensors"
+    expect_failure "$work/missing.safetensors" hash "$shard" "$work/missing.safetensors"
+    mkdir -p "$work/empty-dir" "$work/other-dir"
+    touch "$work/other-dir/notes.txt"
+    expect_failure "$work/empty-dir" inspect "$work/empty-dir"
+    expect_failure "$work/other-dir" hash "$work/other-dir"
+    : >"$work/empty.safetensors"
+    expect_failure "$work/empty.safetensors" inspect "$work/empty.safetensors"
+    expect_failure "$work/empty.safetensors" hash "$work/empty.safetensors"
+    head -c 1000 "$shard" >"$work/truncated.safetensors"
+    expect_failure "$work/truncated.safetensors" inspect "$work/truncated.safetensors"
+    head -c -1 "$shard" >"$work/short.safetensors"
+    expect_failure "$work/short.safetensors" hash "$work/short.safetensors"
+    printf '\xff\xff\xff\xff\xff\xff\xff\x7f' >"$work/huge-header.safetensors"
+    expect_failure "$work/huge-header.safetensors" inspect "$work/huge-header.safetensors"
+    printf '\x08\x00\x00\x00\x00\x00\x00\x00[1,2,3]' >"$work/array.safetensors"
+    expect_failure "$work/array.safetensors" inspect "$work/array.safetensors"
+    # The same file twice, and a tensor name repeated across files of one checkpoint.
+    expect_failure "$shard" inspect "$shard" "$shard"
+    cp "$shard" "$work/copy.safetensors"
+    expect_failure "$work/copy.safetensors" hash "$shard" "$work/copy.safetensors"
+    # An index naming a shard that is not there.
+    mkdir -p "$work/lost"
+    printf '{"weight_map": {"w": "gone.safetensors"}}' >"$work/lost/model.safetensors.index.json"
+    expect_failure "$work/lost" inspect "$work/lost"
+    # A FIFO must be refused, not waited on; a device is not a checkpoint either.
+    if mkfifo "$work/fifo.safetensors" 2>/dev/null; then
+        expect_failure "$work/fifo.safetensors" hash "$work/fifo.safetensors"
+    fi
+    expect_failure "/dev/null" inspect /dev/null
+    # A newline in a path is escaped: the message stays one line.
+    cp "$work/empty.safetensors" "$work/new"$'\n'"line.safetensors"
+    expect_failure "$work/new\\nline.safetensors" inspect "$work/new"$'\n'"line.safetensors"
+    # sample into a path that is a file.
+    expect_failure "$work/empty.safetensors" sample "$work/empty.safetensors" --size-mib 1
+}
+
+"case_$case_name"
+if ((failures > 0)); then
+    echo "$case_name: $failures failure(s)" >&2
+    exit 1
+fi
+echo "$case_name: passed"

@@ -1,0 +1,136 @@
+// tools/cli.hpp: what the subcommands of the `instanttensor` command share.
+//
+// Each subcommand lives in its own file and registers itself with add_<name>(). Its CLI11
+// callback only records what to run; main() runs it after parsing, inside run_reporting_errors(),
+// so that failures of the work itself never pass through CLI11 and always end the same way:
+// exit status 1 and one line `instanttensor: <what>` on stderr.
+#pragma once
+
+#include <cerrno>
+#include <cstdint>
+#include <cstdio>
+#include <exception>
+#include <filesystem>
+#include <functional>
+#include <new>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <fmt/core.h>
+
+#include "instanttensor/error.hpp"
+
+namespace CLI {
+class App;
+}
+
+namespace instanttensor::cli {
+
+/// Exit statuses of the command.
+inline constexpr int exit_ok = 0;
+inline constexpr int exit_failure = 1;  ///< the input or the system refused (bad file, I/O error)
+inline constexpr int exit_usage = 2;    ///< the command line is wrong
+
+/// The work a parsed subcommand asks for; returns the exit status.
+using Action = std::function<int()>;
+
+/// Subcommands: each adds itself to `app` and, when it is the one parsed, sets `action`.
+void add_inspect(CLI::App& app, Action& action);
+void add_hash(CLI::App& app, Action& action);
+void add_sample(CLI::App& app, Action& action);
+
+/// `text` with control characters (newline, tab, ESC...) written as \n, \t, \xNN, so that a tensor
+/// name or path cannot break a table row or an error message in two. Other bytes pass unchanged.
+inline std::string escape_control(std::string_view text) {
+    std::string out;
+    out.reserve(text.size());
+    for (char ch : text) {
+        const auto c = static_cast<unsigned char>(ch);
+        if (c >= 0x20 && c != 0x7f) {
+            out.push_back(ch);
+        } else if (c == '\n') {
+            out.append("\\n");
+        } else if (c == '\r') {
+            out.append("\\r");
+        } else if (c == '\t') {
+            out.append("\\t");
+        } else {
+            out.append(fmt::format("\\x{:02x}", c));
+        }
+    }
+    return out;
+}
+
+/// Columns a UTF-8 string takes in a terminal, approximated as its number of code points.
+inline std::size_t display_width(std::string_view text) {
+    std::size_t width = 0;
+    for (char ch : text)
+        if ((static_cast<unsigned char>(ch) & 0xc0) != 0x80) ++width;
+    return width;
+}
+
+/// A byte count for people: "512 B", "64.0 MiB", "14.96 GiB" (binary units, 3 significant digits).
+inline std::string human_bytes(std::uint64_t bytes) {
+    static constexpr const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+    if (bytes < 1024) return fmt::format("{} B", bytes);
+    double value = static_cast<double>(bytes);
+    std::size_t unit = 0;
+    while (value >= 1024.0 && unit + 1 < std::size(units)) {
+        value /= 1024.0;
+        ++unit;
+    }
+    const int decimals = value < 10.0 ? 2 : value < 100.0 ? 1 : 0;
+    return fmt::format("{:.{}f} {}", value, decimals, units[unit]);
+}
+
+/// "[4096, 4096]"; "[]" for a scalar.
+inline std::string format_shape(std::span<const std::uint64_t> shape) {
+    std::string out = "[";
+    for (std::size_t i = 0; i < shape.size(); ++i) out.append(i ? ", " : "").append(std::to_string(shape[i]));
+    out.push_back(']');
+    return out;
+}
+
+/// "1 tensor", "3 tensors".
+inline std::string count_of(std::uint64_t n, std::string_view noun) {
+    return fmt::format("{} {}{}", n, noun, n == 1 ? "" : "s");
+}
+
+/// Command-line paths as given; Checkpoint::open resolves files, indexes and directories.
+inline std::vector<std::filesystem::path> to_paths(const std::vector<std::string>& args) {
+    return {args.begin(), args.end()};
+}
+
+/// Makes sure everything printed reached stdout (a full disk or closed pipe is an error too).
+inline void finish_stdout() {
+    if (std::fflush(stdout) != 0 || std::ferror(stdout))
+        throw io_error("<stdout>", "write failed", errno);
+}
+
+/// Prints `instanttensor: <message>` as one line on stderr.
+inline void report_error(std::string_view message) noexcept {
+    try {
+        fmt::print(stderr, "instanttensor: {}\n", escape_control(message));
+    } catch (...) {
+        std::fputs("instanttensor: error (and reporting it failed)\n", stderr);
+    }
+}
+
+/// Runs `action`, turning every exception into exit status 1 and one line on stderr.
+/// instanttensor::error's what() already reads "<path>: <what is wrong>".
+inline int run_reporting_errors(const Action& action) noexcept {
+    try {
+        return action();
+    } catch (const std::bad_alloc&) {
+        report_error("out of memory");
+    } catch (const std::exception& e) {
+        report_error(e.what());
+    } catch (...) {
+        report_error("unknown error");
+    }
+    return exit_failure;
+}
+
+}  // namespace instanttensor::cli
