@@ -38,7 +38,7 @@ using TensorFiller = std::function<void(const TensorSpec& tensor, std::span<std:
 
 /// The header JSON (padded) that write_safetensors would write for `tensors`, with the tensors
 /// reordered into file order. Throws format_error for a bad spec: duplicate or empty name, a size
-/// that overflows or is not whole bytes.
+/// that overflows or is not whole bytes, a name or metadata that is not valid UTF-8.
 std::string make_header_json(std::vector<TensorSpec>& tensors, const Metadata& metadata = {});
 
 /// The whole file as bytes.
@@ -54,7 +54,8 @@ void write_safetensors(const std::filesystem::path& path, std::span<const Tensor
 
 /// Writes a checkpoint of `shard_count` files (model-0000i-of-0000N.safetensors) and its
 /// model.safetensors.index.json into `directory` (created if missing), keeping the given tensor
-/// order and cutting it into shards of about equal bytes. Returns the index path.
+/// order and cutting it into shards of about equal bytes. Returns the index path. Tensor names must
+/// be unique across all shards (format_error).
 std::filesystem::path write_sharded_checkpoint(const std::filesystem::path& directory,
                                                const std::vector<TensorSpec>& tensors, std::size_t shard_count,
                                                const TensorFiller& fill, const Metadata& metadata = {});

@@ -264,9 +264,14 @@ inline void validate(Header& h, std::string_view source) {
     std::uint64_t covered = 0;  // the data section is covered up to here
     const TensorInfo* previous = nullptr;
     for (const auto& t : h.tensors) {
-        if (t.end > h.data_size)
-            fail("tensor " + quote_name(t.name) + " ends at byte " + std::to_string(h.data_offset() + t.end) +
-                 " of the file, past its end at " + std::to_string(h.file_size()) + " (truncated file?)");
+        if (t.end > h.data_size) {
+            std::uint64_t end_in_file = 0;  // an end offset near 2^64 must not wrap in the message
+            const std::string end = __builtin_add_overflow(h.data_offset(), t.end, &end_in_file)
+                                        ? "data byte " + std::to_string(t.end)
+                                        : "byte " + std::to_string(end_in_file) + " of the file";
+            fail("tensor " + quote_name(t.name) + " ends at " + end + ", past its end at " +
+                 std::to_string(h.file_size()) + " (truncated file?)");
+        }
         if (t.begin < covered)
             fail("tensor " + quote_name(t.name) + " overlaps tensor " + quote_name(previous->name) + " at data byte " +
                  std::to_string(t.begin));
