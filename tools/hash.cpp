@@ -6,10 +6,10 @@
 // A name holding a backslash, newline or carriage return is escaped as sha256sum escapes file
 // names: the line starts with a backslash and those characters read \\, \n and \r.
 //
-// The bytes are read here with plain pread, 16 MiB at a time, one descriptor per file opened once,
-// files and tensors in checkpoint order. A later stage routes them through the loader instead, so
-// that `hash --device cuda --backend uring` checks what actually lands in GPU memory; --device and
-// --backend are accepted now, with the only values that exist yet, so scripts can pass them already.
+// The bytes are those the loader delivers, with the same --device, --backend, --direct and
+// --staging-mib options as `load`: `hash --device 0 --backend uring` digests what actually landed
+// in GPU memory (copied back), so comparing it with `hash --device cpu --backend pread` checks
+// every path against every other.
 #include <xxhash.h>
 
 #include <algorithm>
@@ -26,72 +26,31 @@
 #include <fmt/core.h>
 
 #include "cli.hpp"
-#include "instanttensor/detail/fd.hpp"
 #include "instanttensor/format/checkpoint.hpp"
+#include "loading.hpp"
 
 namespace instanttensor::cli {
 namespace {
 
 using format::Checkpoint;
 
-/// Bytes read per pread: large enough that the syscall count does not matter, small enough that
-/// a multi-GB tensor is never held whole.
-constexpr std::uint64_t chunk_size = std::uint64_t{16} << 20;
-
 struct HashOptions {
     std::vector<std::string> paths;
-    std::string device = "cpu";
-    std::string backend = "auto";
+    LoadSettings settings;
 };
-
-struct FreeXxh3State {
-    void operator()(XXH3_state_t* state) const noexcept { XXH3_freeState(state); }
-};
-using Xxh3State = std::unique_ptr<XXH3_state_t, FreeXxh3State>;
 
 struct Digest {
     std::string_view name;  // points into the checkpoint's headers
     XXH64_hash_t hash;
 };
 
-/// Hashes every tensor, reading the files in checkpoint order.
-std::vector<Digest> hash_tensors(const Checkpoint& checkpoint) {
-    std::uint64_t largest = 0;
-    for (const auto& t : checkpoint.tensors()) largest = std::max(largest, t.nbytes());
-    const auto buffer_size = static_cast<std::size_t>(std::min(largest, chunk_size));
-    const auto buffer = std::make_unique_for_overwrite<std::byte[]>(std::max<std::size_t>(buffer_size, 1));
-
-    Xxh3State state(XXH3_createState());
-    if (!state) throw std::bad_alloc();
-
+/// Hashes every tensor as the loader delivers it.
+std::vector<Digest> hash_tensors(const Checkpoint& checkpoint, const LoadSettings& settings) {
     std::vector<Digest> digests;
     digests.reserve(checkpoint.tensors().size());
-    instanttensor::detail::FileDescriptor fd;
-    std::uint32_t open_file = UINT32_MAX;
-    std::string source;
-    // Tensors come file by file, so each file is opened once, when its first tensor is reached.
-    for (const auto& t : checkpoint.tensors()) {
-        if (t.file != open_file) {
-            const auto& file = checkpoint.files()[t.file];
-            source = file.path.string();
-            fd = instanttensor::detail::open_read_only(file.path);
-            const auto size = instanttensor::detail::regular_file_size(fd.get(), source);
-            if (size != file.header.file_size())
-                throw format_error(source, "file is now " + std::to_string(size) + " bytes, its header says " +
-                                               std::to_string(file.header.file_size()) + " (was it changed?)");
-            open_file = t.file;
-        }
-        if (XXH3_64bits_reset(state.get()) != XXH_OK) throw error(source, "cannot reset the XXH3 state");
-        for (std::uint64_t done = 0; done < t.nbytes();) {
-            const auto length = static_cast<std::size_t>(std::min(chunk_size, t.nbytes() - done));
-            const std::span<std::byte> chunk(buffer.get(), length);
-            instanttensor::detail::read_exact(fd.get(), chunk, t.file_offset + done, source);
-            if (XXH3_64bits_update(state.get(), chunk.data(), chunk.size()) != XXH_OK)
-                throw error(source, "cannot hash tensor " + t.name());
-            done += length;
-        }
-        digests.push_back({t.name(), XXH3_64bits_digest(state.get())});
-    }
+    load_checkpoint(checkpoint, settings, true, [&](const TensorView& t, std::span<const std::byte> bytes) {
+        digests.push_back({t.name, XXH3_64bits(bytes.data(), bytes.size())});
+    });
     return digests;
 }
 
@@ -111,7 +70,7 @@ std::pair<std::string, bool> escape_name(std::string_view name) {
 
 int run_hash(const HashOptions& options) {
     const auto checkpoint = Checkpoint::open(to_paths(options.paths));
-    auto digests = hash_tensors(checkpoint);
+    auto digests = hash_tensors(checkpoint, options.settings);
     // string_view's operator< compares as unsigned char: raw UTF-8 byte order, like LC_ALL=C sort.
     std::sort(digests.begin(), digests.end(), [](const Digest& a, const Digest& b) { return a.name < b.name; });
     std::string out;
@@ -123,16 +82,6 @@ int run_hash(const HashOptions& options) {
     return exit_ok;
 }
 
-/// A validator accepting only `allowed`, saying why anything else is refused.
-CLI::Validator only(std::vector<std::string> allowed, std::string why) {
-    return CLI::Validator(
-        [allowed, why](std::string& value) -> std::string {
-            if (std::find(allowed.begin(), allowed.end(), value) != allowed.end()) return {};
-            return "'" + value + "' is not available: " + why;
-        },
-        "", "only");
-}
-
 }  // namespace
 
 void add_hash(CLI::App& app, Action& action) {
@@ -141,20 +90,12 @@ void add_hash(CLI::App& app, Action& action) {
     sub->footer(
         "Each line is '<16 lowercase hex digits>  <name>'; lines are sorted by the bytes of the name, so\n"
         "the same tensors give the same text however the checkpoint is sharded. Compare two with diff.\n"
-        "--device and --backend take only the values built so far; GPU devices and the io_uring and GDS\n"
-        "backends come with the loader.\n");
+        "The bytes come through the loader: --device and --backend choose the path they take.\n");
     sub->add_option("PATH", options->paths,
                     "Checkpoint file, index .json or directory; several make one checkpoint")
         ->type_name("")
         ->required();
-    sub->add_option("--device", options->device, "Where the bytes are loaded before hashing (only 'cpu' for now)")
-        ->type_name("DEVICE")
-        ->capture_default_str()
-        ->check(only({"cpu"}, "GPU loading is not built yet; use --device cpu"));
-    sub->add_option("--backend", options->backend, "How files are read: 'auto' or 'pread' (the same for now)")
-        ->type_name("BACKEND")
-        ->capture_default_str()
-        ->check(only({"auto", "pread"}, "only the pread backend is built yet; use --backend auto or pread"));
+    add_load_options(*sub, options->settings, "cpu");
     sub->callback([options, &action] { action = [options] { return run_hash(*options); }; });
 }
 

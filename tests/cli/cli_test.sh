@@ -167,6 +167,34 @@ case_hash_reference() {
     check_hash_lines "$work/stdout"
 }
 
+# Every backend and page-cache policy delivers the same bytes: hash through each equals hash
+# through pread; load reports what it did, as text and as JSON.
+case_load_backends() {
+    make_sample
+    expect_success hash --device cpu --backend pread --direct off "$work/sample"
+    cp "$work/stdout" "$work/hash.pread"
+    local backend direct
+    for backend in auto uring pread memory; do
+        for direct in auto on off; do
+            expect_success hash --device cpu --backend "$backend" --direct "$direct" --staging-mib 1 "$work/sample"
+            cmp -s "$work/stdout" "$work/hash.pread" || fail "hash via $backend (direct $direct) differs from pread"
+        done
+    done
+    expect_success load --device cpu "$work/sample"
+    grep -Eq '^loaded [0-9]+ tensors .* to cpu in [0-9.]+ s: [0-9.]+ GB/s$' "$work/stdout" || fail "load summary: $(cat "$work/stdout")"
+    grep -q '^backend ' "$work/stdout" || fail "load does not report its backend"
+    expect_success load --device cpu --backend pread --json "$work/sample"
+    if command -v python3 >/dev/null; then
+        python3 - "$work/stdout" <<'PY' || fail "load --json: $(cat "$work/stdout")"
+import json, sys
+doc = json.load(open(sys.argv[1]))
+for key in ("device", "backend", "tensors", "bytes", "seconds", "gbps", "staging_bytes", "window_bytes", "peak_rss_bytes"):
+    assert key in doc, key
+assert doc["device"] == "cpu" and doc["backend"] == "pread" and doc["bytes"] > 0, doc
+PY
+    fi
+}
+
 case_usage_errors() {
     expect_usage_error
     expect_usage_error frobnicate
@@ -175,9 +203,12 @@ case_usage_errors() {
     expect_usage_error sample
     expect_usage_error inspect --bogus "$work"
     expect_usage_error hash --device cuda "$work"
-    grep -q 'GPU loading is not built yet' "$work/stderr" || fail "--device cuda does not say why"
+    grep -q 'not cpu, auto or a GPU ordinal' "$work/stderr" || fail "--device cuda does not say why"
     expect_usage_error hash --device "$work"
-    expect_usage_error hash --backend uring "$work"
+    expect_usage_error hash --backend floppy "$work"
+    expect_usage_error load
+    expect_usage_error load --direct sometimes "$work"
+    expect_usage_error load --staging-mib 0 "$work"
     expect_usage_error sample --dtype F4 "$work/s"
     expect_usage_error sample --dtype bf16 "$work/s"
     expect_usage_error sample --shards 0 "$work/s"
@@ -190,14 +221,14 @@ case_help_version() {
     expect_success --version
     [[ $(cat "$work/stdout") == "$version" ]] || fail "--version printed '$(cat "$work/stdout")', expected $version"
     expect_success --help
-    for sub in inspect hash sample; do
+    for sub in inspect hash load sample; do
         grep -q "^  $sub " "$work/stdout" || fail "--help does not list $sub"
     done
     expect_success --help-all
-    for opt in --json --device --backend --shards --size-mib --dtype --dry-run; do
+    for opt in --json --device --backend --direct --staging-mib --shards --size-mib --dtype --dry-run; do
         grep -q -- "$opt" "$work/stdout" || fail "--help-all does not document $opt"
     done
-    for sub in inspect hash sample; do
+    for sub in inspect hash load sample; do
         expect_success "$sub" --help
         grep -q "^Usage: .*$sub" "$work/stdout" || fail "$sub --help has no usage line"
     done
@@ -209,6 +240,7 @@ case_bad_inputs() {
     for f in "$fixtures"/bad/*.safetensors; do
         expect_failure "$f" inspect "$f"
         expect_failure "$f" hash "$f"
+        expect_failure "$f" load --device cpu "$f"
         n=$((n + 1))
     done
     echo "fixtures/bad: $n files"

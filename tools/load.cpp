@@ -1,0 +1,79 @@
+// tools/load.cpp: `instanttensor load PATH...`: loads every tensor and reports how fast.
+//
+// Loads to the GPU (--device N, or auto when one is present) or to host memory (--device cpu),
+// then prints bytes, seconds, GB/s, the storage backend chosen and the memory the load held:
+// staging, the host window or device ring, the peak of device memory in use, the peak resident
+// set. --json prints the same as one object, for scripts such as scripts/gpu-check.sh.
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <boost/json.hpp>
+#include <fmt/core.h>
+
+#include "cli.hpp"
+#include "loading.hpp"
+
+namespace instanttensor::cli {
+namespace {
+
+struct LoadCommand {
+    std::vector<std::string> paths;
+    LoadSettings settings;
+    bool json = false;
+};
+
+int run_load(const LoadCommand& command) {
+    const auto checkpoint = format::Checkpoint::open(to_paths(command.paths));
+    const auto report = load_checkpoint(checkpoint, command.settings, false, [](const TensorView&, std::span<const std::byte>) {});
+    const double seconds = report.stats.seconds;
+    const double gbps = seconds > 0 ? static_cast<double>(report.stats.tensor_bytes) / seconds / 1e9 : 0.0;
+    if (command.json) {
+        boost::json::object o;
+        o["device"] = report.device;
+        o["backend"] = report.backend;
+        o["fallback_reason"] = report.fallback;
+        o["direct_files"] = report.direct_files;
+        o["files"] = checkpoint.files().size();
+        o["tensors"] = report.stats.tensors;
+        o["bytes"] = report.stats.tensor_bytes;
+        o["read_bytes"] = report.stats.read_bytes;
+        o["reads"] = report.stats.reads;
+        o["seconds"] = seconds;
+        o["gbps"] = gbps;
+        o["staging_bytes"] = report.stats.staging_bytes;
+        o["window_bytes"] = report.window_bytes;
+        o["peak_device_bytes"] = report.peak_device_bytes;
+        o["peak_rss_bytes"] = report.peak_rss_bytes;
+        fmt::print("{}\n", boost::json::serialize(o));
+        return exit_ok;
+    }
+    fmt::print("loaded {} ({}) from {} to {} in {:.3f} s: {:.2f} GB/s\n", count_of(report.stats.tensors, "tensor"),
+               human_bytes(report.stats.tensor_bytes), count_of(checkpoint.files().size(), "file"), report.device,
+               seconds, gbps);
+    fmt::print("backend {}, {} of {} with O_DIRECT{}\n", report.backend, report.direct_files,
+               count_of(checkpoint.files().size(), "file"),
+               report.fallback.empty() ? "" : " (io_uring unavailable: " + escape_control(report.fallback) + ")");
+    fmt::print("memory: staging {}{}, {} {}, peak device use {}, peak resident {}\n", human_bytes(report.stats.staging_bytes),
+               report.device == "cpu" ? "" : " pinned", report.device == "cpu" ? "host window" : "device ring",
+               human_bytes(report.window_bytes), human_bytes(report.peak_device_bytes), human_bytes(report.peak_rss_bytes));
+    return exit_ok;
+}
+
+}  // namespace
+
+void add_load(CLI::App& app, Action& action) {
+    auto command = std::make_shared<LoadCommand>();
+    auto* sub = app.add_subcommand("load", "Load every tensor to a GPU or host memory and report the speed");
+    sub->footer("Prints tensors, bytes, seconds and GB/s, the storage backend chosen (and why io_uring was\n"
+                "not, if it was not), and the memory the load held. A progress bar shows on a terminal.");
+    sub->add_option("PATH", command->paths, "Checkpoint file, index .json or directory; several make one checkpoint")
+        ->type_name("")
+        ->required();
+    add_load_options(*sub, command->settings, "auto");
+    sub->add_flag("--json", command->json, "Print one JSON object instead of text");
+    sub->callback([command, &action] { action = [command] { return run_load(*command); }; });
+}
+
+}  // namespace instanttensor::cli

@@ -1,0 +1,51 @@
+// tools/loading.hpp: how `load` and `hash` run the loader: the options they share, the choice of
+// host or GPU loader, the progress bar and the figures a load reports.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "instanttensor/format/checkpoint.hpp"
+#include "instanttensor/loader.hpp"
+
+namespace CLI {
+class App;
+}
+
+namespace instanttensor::cli {
+
+/// Options of a load, as the command line gives them.
+struct LoadSettings {
+    std::string device;            ///< "cpu", "auto" (GPU 0 if there is one, else cpu) or a GPU ordinal
+    std::string backend = "auto";  ///< storage::Backend name
+    std::string direct = "auto";   ///< auto | on | off
+    std::uint64_t staging_mib = 256;
+    bool progress = true;          ///< a progress bar on stderr, if stderr is a terminal
+};
+
+/// Adds --device, --backend, --direct and --staging-mib to `sub`, with `default_device`.
+void add_load_options(CLI::App& sub, LoadSettings& settings, const std::string& default_device);
+
+/// What a load did.
+struct LoadReport {
+    std::string device;           ///< "cpu" or "cuda:N"
+    std::string backend;          ///< chosen storage backend
+    std::string fallback;         ///< why the automatic choice did not take io_uring, if it did not
+    std::size_t direct_files = 0; ///< files read with O_DIRECT
+    LoadStats stats;
+    std::uint64_t window_bytes = 0;       ///< host window or device ring
+    std::uint64_t peak_device_bytes = 0;  ///< device memory in use at the peak of the load, over its start
+    std::uint64_t peak_rss_bytes = 0;     ///< the process's peak resident memory
+};
+
+/// Called with each tensor as it lands; `host_bytes` holds its bytes in host memory (copied back
+/// from the device for a GPU load, only when `want_host_bytes`).
+using TensorConsumer = std::function<void(const TensorView& tensor, std::span<const std::byte> host_bytes)>;
+
+/// Loads every tensor of `checkpoint` as `settings` say, calling `consume` for each.
+LoadReport load_checkpoint(const format::Checkpoint& checkpoint, const LoadSettings& settings,
+                           bool want_host_bytes, const TensorConsumer& consume);
+
+}  // namespace instanttensor::cli
