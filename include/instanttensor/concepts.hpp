@@ -92,6 +92,14 @@ concept Transport = requires(const T& t) {
 ///   k.release(tensor)          the consumer moved past `tensor`; its window space may be reused
 ///
 /// The loader reserves and releases in tensor order.
+///
+/// A sink whose store() only queues the copy (device sinks: cudaMemcpyAsync from pinned staging)
+/// also models CopiesAsynchronously, so that the loader reuses a staging slot only after the copies
+/// from it ran, and yields a tensor only once its copies did:
+///   k.prepare_copies(slots)   called once, with the number of staging slots
+///   k.extent_stored()         after the pieces of one read were stored: a ticket for their copies
+///   k.copies_done(ticket)     whether the copies up to that ticket ran
+///   k.wait_copies(ticket)     blocks until they did
 template <class K>
 concept Sink = requires(K& k, const format::TensorRef& tensor, std::uint64_t size, std::byte* destination,
                         const std::byte* staged) {
@@ -100,6 +108,14 @@ concept Sink = requires(K& k, const format::TensorRef& tensor, std::uint64_t siz
     { k.reserve(tensor) } -> std::same_as<std::span<std::byte>>;
     k.store(destination, staged, size);
     k.release(tensor);
+};
+
+template <class K>
+concept CopiesAsynchronously = requires(K& k, std::size_t slots, std::uint64_t ticket) {
+    k.prepare_copies(slots);
+    { k.extent_stored() } -> std::same_as<std::uint64_t>;
+    { k.copies_done(ticket) } -> std::same_as<bool>;
+    k.wait_copies(ticket);
 };
 
 }  // namespace instanttensor

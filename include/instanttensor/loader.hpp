@@ -21,6 +21,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <deque>
+#include <type_traits>
 #include <cstring>
 #include <iterator>
 #include <stdexcept>
@@ -28,7 +30,12 @@
 #include <vector>
 
 #include "instanttensor/concepts.hpp"
+#include "instanttensor/config.hpp"
 #include "instanttensor/detail/aligned.hpp"
+#if INSTANTTENSOR_HAS_CUDA
+#include "instanttensor/detail/cuda.hpp"
+#include "instanttensor/sink/device_ring.hpp"
+#endif
 #include "instanttensor/error.hpp"
 #include "instanttensor/format/checkpoint.hpp"
 #include "instanttensor/plan.hpp"
@@ -106,7 +113,7 @@ public:
 
         const std::uint64_t slots = std::clamp<std::uint64_t>(options_.staging_bytes / options_.slot_bytes, 2,
                                                               std::max<std::uint64_t>(2, plan_.extents.size()));
-        staging_ = detail::AlignedBuffer(slots * options_.slot_bytes);
+        staging_ = StagingMemory(slots * options_.slot_bytes);
         if constexpr (requires { storage_.register_memory(staging_.span()); }) storage_.register_memory(staging_.span());
         slots_.resize(slots);
         for (std::uint64_t s = slots; s-- > 0;) free_slots_.push_back(static_cast<std::uint32_t>(s));
@@ -114,6 +121,10 @@ public:
         stats_.staging_bytes = staging_.size();
 
         sink_.prepare(plan_.largest_tensor);
+        if constexpr (asynchronous) {
+            sink_.prepare_copies(slots);
+            tickets_.resize(plan_.tensors.size());
+        }
         destinations_.resize(plan_.tensors.size());
         reserved_.resize(plan_.tensors.size(), false);
         remaining_.resize(plan_.tensors.size());
@@ -177,17 +188,38 @@ private:
                 return;
             }
             while (remaining_[current_] > 0) {
+                reclaim_slots();
                 submit_reads();
-                if (in_flight_ == 0) throw std::logic_error("loader: no read in flight for an incomplete tensor");
-                process(storage_.reap(results_, true));
+                if (in_flight_ > 0) process(storage_.reap(results_, true));
+                else if (!copying_.empty()) wait_oldest_copies();
+                else throw std::logic_error("loader: nothing in flight for an incomplete tensor");
             }
             const auto& ref = *plan_.tensors[current_].ref;
+            if constexpr (asynchronous)
+                if (plan_.tensors[current_].piece_count > 0) sink_.wait_copies(tickets_[current_]);
             view_ = {ref.name(), ref.info->dtype, ref.info->shape, destinations_[current_], Sk::memory, &ref};
             ++stats_.tensors;
             stats_.tensor_bytes += ref.nbytes();
         } catch (const std::exception& e) {
             failure_ = e.what();
             throw;
+        }
+    }
+
+    /// Frees the slots whose copies ran (in order: copies complete in the order they were issued).
+    void reclaim_slots() {
+        if constexpr (asynchronous) {
+            while (!copying_.empty() && sink_.copies_done(copying_.front().ticket)) {
+                free_slots_.push_back(copying_.front().slot);
+                copying_.pop_front();
+            }
+        }
+    }
+
+    void wait_oldest_copies() {
+        if constexpr (asynchronous) {
+            sink_.wait_copies(copying_.front().ticket);
+            reclaim_slots();
         }
     }
 
@@ -273,7 +305,13 @@ private:
             --remaining_[piece.tensor];
         }
         stats_.read_bytes += e.length;
-        free_slots_.push_back(slot);
+        if constexpr (asynchronous) {
+            const std::uint64_t ticket = sink_.extent_stored();
+            for (std::uint32_t p = e.first_piece; p < e.first_piece + e.piece_count; ++p) tickets_[plan_.pieces[p].tensor] = ticket;
+            copying_.push_back({slot, ticket});
+        } else {
+            free_slots_.push_back(slot);
+        }
     }
 
     double seconds_since_start() const {
@@ -281,11 +319,22 @@ private:
     }
 
     static constexpr unsigned max_retries_in_a_row = 1000;
+    static constexpr bool asynchronous = CopiesAsynchronously<Sk>;
+#if INSTANTTENSOR_HAS_CUDA
+    // Device sinks copy from staging with the DMA engine, which needs page-locked memory.
+    using StagingMemory = std::conditional_t<Sk::memory == MemoryKind::device, detail::PinnedBuffer, detail::AlignedBuffer>;
+#else
+    using StagingMemory = detail::AlignedBuffer;
+#endif
+    struct Copying {
+        std::uint32_t slot;
+        std::uint64_t ticket;
+    };
 
     const format::Checkpoint& checkpoint_;
     // Staging memory is declared before the storage backend, so the backend is destroyed first:
     // its destructor waits for reads still writing into staging.
-    detail::AlignedBuffer staging_;
+    StagingMemory staging_;
     Storage storage_;
     Tr transport_;
     Sk sink_;
@@ -294,6 +343,7 @@ private:
 
     std::vector<Slot> slots_;
     std::vector<std::uint32_t> free_slots_;
+    std::deque<Copying> copying_;                    // slots whose copies may still run, oldest first
     std::vector<ReadResult> results_;
     std::size_t depth_ = 0;
     std::size_t in_flight_ = 0;
@@ -303,6 +353,7 @@ private:
     std::vector<std::span<std::byte>> destinations_;  // per planned tensor
     std::vector<std::uint32_t> remaining_;            // pieces still to land, per planned tensor
     std::vector<bool> reserved_;                      // whether the sink holds a destination
+    std::vector<std::uint64_t> tickets_;              // copy ticket of each tensor's last piece
     std::uint32_t reserved_upto_ = 0;
 
     std::size_t current_ = 0;
@@ -327,5 +378,23 @@ inline Loader<storage::automatic, transport::single, sink::placement> load_into(
     return {checkpoint, storage::automatic(storage), transport::single{}, sink::placement(std::move(destination)),
             std::move(options)};
 }
+
+#if INSTANTTENSOR_HAS_CUDA
+/// A loader that reads with the automatic backend choice through pinned staging into a ring of
+/// device memory on `ring.device`.
+inline Loader<storage::automatic, transport::single, sink::device_ring> load_to_device(
+    const format::Checkpoint& checkpoint, sink::device_ring::Options ring = {}, LoadOptions options = {},
+    storage::automatic::Options storage = {}) {
+    return {checkpoint, storage::automatic(storage), transport::single{}, sink::device_ring(ring), std::move(options)};
+}
+
+/// A loader that copies each tensor into the device memory `destination` returns for it.
+inline Loader<storage::automatic, transport::single, sink::device_placement> load_into_device(
+    const format::Checkpoint& checkpoint, sink::placement::Destination destination,
+    sink::device_placement::Options placement = {}, LoadOptions options = {}, storage::automatic::Options storage = {}) {
+    return {checkpoint, storage::automatic(storage), transport::single{},
+            sink::device_placement(std::move(destination), placement), std::move(options)};
+}
+#endif
 
 }  // namespace instanttensor

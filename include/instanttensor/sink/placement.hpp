@@ -11,7 +11,12 @@
 #include <string>
 
 #include "instanttensor/concepts.hpp"
+#include "instanttensor/config.hpp"
 #include "instanttensor/error.hpp"
+
+#if INSTANTTENSOR_HAS_CUDA
+#include "instanttensor/detail/device_copier.hpp"
+#endif
 
 namespace instanttensor::sink {
 
@@ -43,5 +48,50 @@ public:
 private:
     Destination destination_;
 };
+
+#if INSTANTTENSOR_HAS_CUDA
+/// sink::placement on the GPU: the caller's function returns device memory of each tensor's size
+/// (for example slices of its preallocated weight buffers); bytes are copied there straight from
+/// pinned staging, with no ring and no second copy. Once the loader yields a tensor its bytes are
+/// on the device; the memory stays the caller's.
+class device_placement {
+public:
+    static constexpr MemoryKind memory = MemoryKind::device;
+    using Destination = placement::Destination;
+
+    struct Options {
+        int device = 0;
+        cudaStream_t consumer_stream = nullptr;  ///< stream the runtime uses the tensors on, if any
+    };
+
+    explicit device_placement(Destination destination) : device_placement(std::move(destination), Options{}) {}
+    device_placement(Destination destination, Options options)
+        : host_(std::move(destination)), options_(options), copier_(options.device, options.consumer_stream) {}
+
+    void prepare(std::uint64_t largest_tensor) { host_.prepare(largest_tensor); }
+    std::span<std::byte> reserve(const format::TensorRef& tensor) { return host_.reserve(tensor); }
+    void store(std::byte* destination, const std::byte* staged, std::uint64_t bytes) {
+        copier_.copy(destination, staged, bytes);
+    }
+    void release(const format::TensorRef&) noexcept {}
+
+    void prepare_copies(std::size_t slots) { copier_.prepare(2 * slots); }
+    std::uint64_t extent_stored() { return copier_.finish(); }
+    bool copies_done(std::uint64_t ticket) { return copier_.done(ticket); }
+    void wait_copies(std::uint64_t ticket) { copier_.wait(ticket); }
+    void synchronize() noexcept { copier_.synchronize(); }
+
+    [[nodiscard]] int device() const noexcept { return options_.device; }
+
+    ~device_placement() { copier_.synchronize(); }
+    device_placement(device_placement&&) = default;
+    device_placement& operator=(device_placement&&) = delete;
+
+private:
+    placement host_;  // validates each destination the caller returns
+    Options options_;
+    detail::DeviceCopier copier_;
+};
+#endif  // INSTANTTENSOR_HAS_CUDA
 
 }  // namespace instanttensor::sink

@@ -1,0 +1,90 @@
+// instanttensor/sink/device_ring.hpp: tensors land in a ring of device memory.
+//
+// The ring holds at most `ring_bytes` (default 3 × the largest selected tensor): destinations are
+// allocated in load order and a region is reused only once the consumer has moved past its tensor
+// and, when a consumer stream is given, once the work the consumer queued on it before moving on
+// has run. A tensor is always contiguous. A yielded view stays valid until the loader advances;
+// copy it (cudaMemcpyAsync on your stream) into memory of your own, or load with
+// sink::device_placement to have the bytes land there directly.
+#pragma once
+
+#include "instanttensor/config.hpp"
+
+#if INSTANTTENSOR_HAS_CUDA
+
+#include <string>
+
+#include "instanttensor/concepts.hpp"
+#include "instanttensor/detail/cuda.hpp"
+#include "instanttensor/detail/device_copier.hpp"
+#include "instanttensor/detail/ring_allocator.hpp"
+#include "instanttensor/error.hpp"
+
+namespace instanttensor::sink {
+
+class device_ring {
+public:
+    static constexpr MemoryKind memory = MemoryKind::device;
+    /// Tensor data starts at multiples of this (cudaMalloc's own alignment).
+    static constexpr std::uint64_t tensor_alignment = 256;
+
+    struct Options {
+        int device = 0;
+        std::uint64_t ring_bytes = 0;         ///< 0: three times the largest selected tensor
+        cudaStream_t consumer_stream = nullptr;  ///< where the runtime uses the tensors, if anywhere
+    };
+
+    device_ring() : device_ring(Options{}) {}
+    explicit device_ring(Options options) : options_(options), copier_(options.device, options.consumer_stream) {}
+
+    void prepare(std::uint64_t largest_tensor) {
+        const std::uint64_t needed = largest_tensor + tensor_alignment;
+        if (options_.ring_bytes != 0 && options_.ring_bytes < needed)
+            throw error("", "device ring of " + std::to_string(options_.ring_bytes) +
+                                " bytes cannot hold the largest tensor (" + std::to_string(largest_tensor) +
+                                " bytes); give at least " + std::to_string(needed));
+        const std::uint64_t size = options_.ring_bytes != 0 ? options_.ring_bytes : 3 * needed;
+        detail::DeviceGuard guard(options_.device);
+        ring_ = detail::DeviceBuffer(size, "the device ring (device_ring::Options::ring_bytes, --ring-mib)");
+        allocator_ = detail::RingAllocator(size, tensor_alignment);
+    }
+
+    std::span<std::byte> reserve(const format::TensorRef& tensor) {
+        const auto at = allocator_.allocate(tensor.nbytes());
+        if (!at) return {};
+        return {ring_.data() + *at, tensor.nbytes()};
+    }
+
+    void store(std::byte* destination, const std::byte* staged, std::uint64_t bytes) {
+        copier_.copy(destination, staged, bytes);
+    }
+
+    void release(const format::TensorRef&) {
+        allocator_.release_oldest();
+        copier_.after_consumer();
+    }
+
+    // The asynchronous part of the Sink protocol (see loader.hpp).
+    void prepare_copies(std::size_t slots) { copier_.prepare(2 * slots); }
+    std::uint64_t extent_stored() { return copier_.finish(); }
+    bool copies_done(std::uint64_t ticket) { return copier_.done(ticket); }
+    void wait_copies(std::uint64_t ticket) { copier_.wait(ticket); }
+    void synchronize() noexcept { copier_.synchronize(); }
+
+    [[nodiscard]] int device() const noexcept { return options_.device; }
+    [[nodiscard]] std::uint64_t ring_bytes() const noexcept { return ring_.size(); }
+
+    ~device_ring() { copier_.synchronize(); }
+    device_ring(device_ring&&) = default;
+    device_ring& operator=(device_ring&&) = delete;
+
+private:
+    Options options_;
+    detail::DeviceCopier copier_;
+    detail::DeviceBuffer ring_;
+    detail::RingAllocator allocator_;
+};
+
+}  // namespace instanttensor::sink
+
+#endif  // INSTANTTENSOR_HAS_CUDA
