@@ -13,6 +13,7 @@
 #include <string_view>
 
 #include "instanttensor/format/checkpoint.hpp"
+#include "instanttensor/plan.hpp"
 
 namespace instanttensor {
 
@@ -84,8 +85,8 @@ concept Transport = requires(const T& t) {
 /// Sink: owns where tensors land and says how long a yielded view stays valid.
 ///
 ///   K::memory                  MemoryKind of the destinations
-///   k.prepare(largest_tensor)  called once before loading, with the largest selected tensor's size;
-///                              allocates the destination window (throws when it cannot fit)
+///   k.prepare(plan)            called once before loading; allocates the destination window, which
+///                              must hold plan.window_needed(granularity) (throws when it cannot)
 ///   k.reserve(tensor)          a destination of tensor.nbytes() bytes, or an empty span while the
 ///                              window is full (the loader then waits for the consumer)
 ///   k.store(destination, staged, bytes)  copies `bytes` staged bytes (host memory) to destination
@@ -101,10 +102,10 @@ concept Transport = requires(const T& t) {
 ///   k.copies_done(ticket)     whether the copies up to that ticket ran
 ///   k.wait_copies(ticket)     blocks until they did
 template <class K>
-concept Sink = requires(K& k, const format::TensorRef& tensor, std::uint64_t size, std::byte* destination,
-                        const std::byte* staged) {
+concept Sink = requires(K& k, const Plan& plan, const format::TensorRef& tensor, std::uint64_t size,
+                        std::byte* destination, const std::byte* staged) {
     { K::memory } -> std::convertible_to<MemoryKind>;
-    k.prepare(size);
+    k.prepare(plan);
     { k.reserve(tensor) } -> std::same_as<std::span<std::byte>>;
     k.store(destination, staged, size);
     k.release(tensor);

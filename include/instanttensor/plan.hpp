@@ -55,6 +55,26 @@ struct Plan {
     std::uint64_t tensor_bytes = 0;      ///< bytes of the selected tensors
     std::uint64_t read_bytes = 0;        ///< bytes the extents read (alignment and sharing included)
     std::uint64_t largest_tensor = 0;
+
+    /// The smallest sink window (allocating in FIFO order, each tensor rounded up to `granularity`)
+    /// with which a load always progresses: twice the largest sum of the tensors one extent
+    /// touches. Reads are submitted only once every tensor of the extent has a destination, and a
+    /// ring may lose up to half its space to a region that does not fit before the wrap.
+    [[nodiscard]] std::uint64_t window_needed(std::uint64_t granularity) const {
+        auto rounded = [&](std::uint64_t n) { return (std::max<std::uint64_t>(n, 1) + granularity - 1) / granularity * granularity; };
+        std::uint64_t most = rounded(largest_tensor);
+        for (const auto& e : extents) {
+            std::uint64_t sum = 0;
+            std::uint32_t last = UINT32_MAX;
+            for (std::uint32_t p = e.first_piece; p < e.first_piece + e.piece_count; ++p)
+                if (pieces[p].tensor != last) {
+                    last = pieces[p].tensor;
+                    sum += rounded(tensors[last].ref->nbytes());
+                }
+            most = std::max(most, sum);
+        }
+        return 2 * most;
+    }
 };
 
 /// Plans the selected tensors of `checkpoint`. `alignment` gives each file's required alignment (a

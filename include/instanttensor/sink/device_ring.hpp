@@ -1,6 +1,7 @@
 // instanttensor/sink/device_ring.hpp: tensors land in a ring of device memory.
 //
-// The ring holds at most `ring_bytes` (default 3 × the largest selected tensor): destinations are
+// The ring holds `ring_bytes` (default 3 × the largest selected tensor, more only when many small
+// tensors share a read and need room together: see Plan::window_needed): destinations are
 // allocated in load order and a region is reused only once the consumer has moved past its tensor
 // and, when a consumer stream is given, once the work the consumer queued on it before moving on
 // has run. A tensor is always contiguous. A yielded view stays valid until the loader advances;
@@ -30,20 +31,22 @@ public:
 
     struct Options {
         int device = 0;
-        std::uint64_t ring_bytes = 0;         ///< 0: three times the largest selected tensor
+        std::uint64_t ring_bytes = 0;  ///< 0: three times the largest selected tensor, or what the plan needs
         cudaStream_t consumer_stream = nullptr;  ///< where the runtime uses the tensors, if anywhere
+        unsigned copy_streams = 2;     ///< streams taking turns at the copies (keeps the DMA engine busy)
     };
 
     device_ring() : device_ring(Options{}) {}
-    explicit device_ring(Options options) : options_(options), copier_(options.device, options.consumer_stream) {}
+    explicit device_ring(Options options) : options_(options), copier_(options.device, options.consumer_stream, options.copy_streams) {}
 
-    void prepare(std::uint64_t largest_tensor) {
-        const std::uint64_t needed = largest_tensor + tensor_alignment;
+    void prepare(const Plan& plan) {
+        const std::uint64_t needed = plan.window_needed(tensor_alignment);
         if (options_.ring_bytes != 0 && options_.ring_bytes < needed)
             throw error("", "device ring of " + std::to_string(options_.ring_bytes) +
-                                " bytes cannot hold the largest tensor (" + std::to_string(largest_tensor) +
+                                " bytes is too small for this load (largest tensor " + std::to_string(plan.largest_tensor) +
                                 " bytes); give at least " + std::to_string(needed));
-        const std::uint64_t size = options_.ring_bytes != 0 ? options_.ring_bytes : 3 * needed;
+        const std::uint64_t size =
+            options_.ring_bytes != 0 ? options_.ring_bytes : std::max(3 * (plan.largest_tensor + tensor_alignment), needed);
         detail::DeviceGuard guard(options_.device);
         ring_ = detail::DeviceBuffer(size, "the device ring (device_ring::Options::ring_bytes, --ring-mib)");
         allocator_ = detail::RingAllocator(size, tensor_alignment);

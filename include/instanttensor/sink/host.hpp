@@ -22,18 +22,19 @@ public:
     static constexpr MemoryKind memory = MemoryKind::host;
     /// Tensor data starts at multiples of this (any dtype, and SIMD loads, are aligned).
     static constexpr std::uint64_t tensor_alignment = 256;
-    /// The default window is twice the largest tensor, and at least this much.
+    /// The default window is what the plan needs (Plan::window_needed: at least twice the largest
+    /// tensor), and at least this much, so that reads run well ahead of the consumer.
     static constexpr std::uint64_t default_min_window = 256ull << 20;
 
-    /// `window_bytes` = 0 picks the default; a smaller window than the largest tensor is an error.
+    /// `window_bytes` = 0 picks the default; a window smaller than the plan needs is an error.
     explicit host(std::uint64_t window_bytes = 0) : requested_(window_bytes) {}
 
-    void prepare(std::uint64_t largest_tensor) {
-        const std::uint64_t needed = largest_tensor + tensor_alignment;
+    void prepare(const Plan& plan) {
+        const std::uint64_t needed = plan.window_needed(tensor_alignment);
         if (requested_ != 0 && requested_ < needed)
-            throw error("", "host window of " + std::to_string(requested_) + " bytes cannot hold the largest tensor (" +
-                                std::to_string(largest_tensor) + " bytes); give at least " + std::to_string(needed));
-        const std::uint64_t size = requested_ != 0 ? requested_ : std::max(2 * needed, default_min_window);
+            throw error("", "host window of " + std::to_string(requested_) + " bytes is too small for this load (largest tensor " +
+                                std::to_string(plan.largest_tensor) + " bytes); give at least " + std::to_string(needed));
+        const std::uint64_t size = requested_ != 0 ? requested_ : std::max(needed, default_min_window);
         window_ = detail::AlignedBuffer(size);
         ring_ = detail::RingAllocator(size, tensor_alignment);
     }

@@ -27,7 +27,7 @@ public:
 
     explicit placement(Destination destination) : destination_(std::move(destination)) {}
 
-    void prepare(std::uint64_t) {
+    void prepare(const Plan&) {
         if (!destination_) throw error("", "sink::placement needs a destination function");
     }
 
@@ -62,13 +62,14 @@ public:
     struct Options {
         int device = 0;
         cudaStream_t consumer_stream = nullptr;  ///< stream the runtime uses the tensors on, if any
+        unsigned copy_streams = 2;               ///< streams taking turns at the copies
     };
 
     explicit device_placement(Destination destination) : device_placement(std::move(destination), Options{}) {}
     device_placement(Destination destination, Options options)
-        : host_(std::move(destination)), options_(options), copier_(options.device, options.consumer_stream) {}
+        : host_(std::move(destination)), options_(options), copier_(options.device, options.consumer_stream, options.copy_streams) {}
 
-    void prepare(std::uint64_t largest_tensor) { host_.prepare(largest_tensor); }
+    void prepare(const Plan& plan) { host_.prepare(plan); }
     std::span<std::byte> reserve(const format::TensorRef& tensor) { return host_.reserve(tensor); }
     void store(std::byte* destination, const std::byte* staged, std::uint64_t bytes) {
         copier_.copy(destination, staged, bytes);
