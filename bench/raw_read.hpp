@@ -28,11 +28,10 @@ inline void drop_cache(const instanttensor::format::Checkpoint& checkpoint) {
     }
 }
 
-/// Reads every file whole, one after the other: queue depth 64 × 1 MiB into a ring of buffers,
-/// buffered with IOSQE_ASYNC or O_DIRECT. Returns the bytes read.
-inline std::uint64_t raw_uring_read(const instanttensor::format::Checkpoint& checkpoint, bool direct) {
-    constexpr unsigned depth = 64;
-    constexpr std::size_t chunk = 1 << 20;
+/// Reads every file whole, one after the other: `depth` reads of `chunk` bytes in flight into a
+/// ring of buffers, buffered with IOSQE_ASYNC or O_DIRECT. Returns the bytes read.
+inline std::uint64_t raw_uring_read(const instanttensor::format::Checkpoint& checkpoint, bool direct,
+                                    unsigned depth = 64, std::size_t chunk = 1 << 20) {
     instanttensor::detail::AlignedBuffer buffers(depth * chunk);
     io_uring ring{};
     if (const int rc = ::io_uring_queue_init(depth, &ring, 0); rc != 0)
@@ -50,7 +49,7 @@ inline std::uint64_t raw_uring_read(const instanttensor::format::Checkpoint& che
                 const unsigned b = free_buffers.back();
                 free_buffers.pop_back();
                 io_uring_sqe* sqe = ::io_uring_get_sqe(&ring);
-                ::io_uring_prep_read(sqe, fd.get(), buffers.data() + b * chunk, chunk, next);
+                ::io_uring_prep_read(sqe, fd.get(), buffers.data() + b * chunk, static_cast<unsigned>(chunk), next);
                 if (!direct) sqe->flags |= IOSQE_ASYNC;
                 ::io_uring_sqe_set_data64(sqe, b);
                 next += chunk;

@@ -109,6 +109,14 @@ void add_load_options(CLI::App& sub, LoadSettings& settings, const std::string& 
         ->type_name("N")
         ->capture_default_str()
         ->check(CLI::Range(1, 1 << 20));
+    sub.add_option("--slot-mib", settings.slot_mib, "Largest single read (one staging slot), in MiB; at most half the staging")
+        ->type_name("N")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 1 << 12));
+    sub.add_option("--copy-streams", settings.copy_streams, "GPU loads: CUDA streams taking turns at the copies")
+        ->type_name("N")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 8));
 }
 
 LoadReport load_checkpoint(const format::Checkpoint& checkpoint, const LoadSettings& settings, bool want_host_bytes,
@@ -116,7 +124,8 @@ LoadReport load_checkpoint(const format::Checkpoint& checkpoint, const LoadSetti
     const storage::automatic::Options storage{*storage::parse_backend(settings.backend), parse_direct(settings.direct)};
     LoadOptions options;
     options.staging_bytes = settings.staging_mib << 20;
-    options.slot_bytes = std::min<std::uint64_t>(options.slot_bytes, std::max<std::uint64_t>(options.staging_bytes / 2, 1 << 20));
+    // Two slots at least, so that a read and a copy overlap.
+    options.slot_bytes = std::min<std::uint64_t>(settings.slot_mib << 20, std::max<std::uint64_t>(options.staging_bytes / 2, 1 << 20));
 
     LoadReport report;
     std::string device = settings.device;
@@ -149,8 +158,8 @@ LoadReport load_checkpoint(const format::Checkpoint& checkpoint, const LoadSetti
     }
     std::size_t lowest_free = free_at_start;
     std::vector<std::byte> host;
-    auto loader = load_to_device(checkpoint, {.device = ordinal}, options, storage);
-    std::uint64_t tensors = 0;
+    auto loader = load_to_device(checkpoint, {.device = ordinal, .copy_streams = settings.copy_streams}, options, storage);
+    auto next_sample = clock_type::now();
     drain(
         loader, checkpoint, settings, consume,
         [&](const TensorView& t) {
@@ -161,7 +170,9 @@ LoadReport load_checkpoint(const format::Checkpoint& checkpoint, const LoadSetti
             return std::span<const std::byte>(host);
         },
         [&] {
-            if (++tensors % 8 != 1) return;  // cudaMemGetInfo costs microseconds; sample
+            // cudaMemGetInfo asks the driver: sample it every 20 ms, not at every tensor.
+            if (clock_type::now() < next_sample) return;
+            next_sample = clock_type::now() + std::chrono::milliseconds(20);
             detail::DeviceGuard guard(ordinal);
             if (cudaMemGetInfo(&free_now, &total) == cudaSuccess) lowest_free = std::min(lowest_free, free_now);
         });

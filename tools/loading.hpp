@@ -21,7 +21,9 @@ struct LoadSettings {
     std::string device;            ///< "cpu", "auto" (GPU 0 if there is one, else cpu) or a GPU ordinal
     std::string backend = "auto";  ///< storage::Backend name
     std::string direct = "auto";   ///< auto | on | off
-    std::uint64_t staging_mib = 256;
+    std::uint64_t staging_mib = LoadOptions{}.staging_bytes >> 20;
+    std::uint64_t slot_mib = LoadOptions{}.slot_bytes >> 20;  ///< the largest single read
+    unsigned copy_streams = 2;     ///< GPU loads: streams taking turns at host-to-device copies
     bool progress = true;          ///< a progress bar on stderr, if stderr is a terminal
 };
 

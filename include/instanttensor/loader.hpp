@@ -21,12 +21,13 @@
 
 #include <algorithm>
 #include <chrono>
-#include <deque>
-#include <type_traits>
 #include <cstring>
+#include <deque>
 #include <iterator>
 #include <stdexcept>
 #include <string>
+#include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "instanttensor/concepts.hpp"
@@ -58,11 +59,13 @@ struct TensorView {
     const format::TensorRef* ref = nullptr;  ///< file and offsets, from the checkpoint
 };
 
-/// Knobs of a load; the defaults suit loading to the GPU from NVMe or the page cache.
+/// Knobs of a load. The defaults were measured best for loading to an H100 from the page cache
+/// (docs/benchmarks.md): 32 slots of 4 MiB. Larger staging was slower there, not faster: a slot
+/// that the kernel just filled is still in the CPU caches when the copy engine reads it.
 struct LoadOptions {
     TensorFilter filter;                        ///< tensors to load; empty = all
-    std::uint64_t staging_bytes = 256ull << 20; ///< total staging memory (a ring of slots)
-    std::uint64_t slot_bytes = 8ull << 20;      ///< one slot = the largest single read
+    std::uint64_t staging_bytes = 128ull << 20; ///< total staging memory (a ring of slots)
+    std::uint64_t slot_bytes = 4ull << 20;      ///< one slot = the largest single read
 };
 
 /// Selects tensors by exact name.
@@ -120,7 +123,7 @@ public:
         depth_ = std::min<std::size_t>(slots, storage_.queue_depth());
         stats_.staging_bytes = staging_.size();
 
-        sink_.prepare(plan_.largest_tensor);
+        sink_.prepare(plan_);
         if constexpr (asynchronous) {
             sink_.prepare_copies(slots);
             tickets_.resize(plan_.tensors.size());
@@ -157,6 +160,7 @@ public:
 
     /// Starts the load and returns once the first tensor landed. A loader is iterated once.
     iterator begin() {
+        if (!failure_.empty()) throw error("", "loader stopped after an earlier error: " + failure_);
         if (started_) throw std::logic_error("a Loader is iterated only once");
         started_ = true;
         start_ = std::chrono::steady_clock::now();
@@ -187,16 +191,8 @@ private:
                 stats_.seconds = seconds_since_start();
                 return;
             }
-            while (remaining_[current_] > 0) {
-                reclaim_slots();
-                submit_reads();
-                if (in_flight_ > 0) process(storage_.reap(results_, true));
-                else if (!copying_.empty()) wait_oldest_copies();
-                else throw std::logic_error("loader: nothing in flight for an incomplete tensor");
-            }
+            wait_until_landed(current_);
             const auto& ref = *plan_.tensors[current_].ref;
-            if constexpr (asynchronous)
-                if (plan_.tensors[current_].piece_count > 0) sink_.wait_copies(tickets_[current_]);
             view_ = {ref.name(), ref.info->dtype, ref.info->shape, destinations_[current_], Sk::memory, &ref};
             ++stats_.tensors;
             stats_.tensor_bytes += ref.nbytes();
@@ -204,6 +200,33 @@ private:
             failure_ = e.what();
             throw;
         }
+    }
+
+    /// Runs the pipeline until every byte of tensor `t` is in its destination. While a device sink's
+    /// copies run, the loop polls (reaping reads without blocking, so that slots keep cycling and
+    /// reads stay in flight) instead of sleeping in the kernel or on an event, which would let the
+    /// read queue or the copy engine run dry; with nothing but copies left it blocks on the oldest.
+    void wait_until_landed(std::size_t t) {
+        for (;;) {
+            reclaim_slots();
+            submit_reads();
+            if (remaining_[t] == 0 && copies_done(t)) return;
+            const bool watching_copies = asynchronous && !copying_.empty();
+            if (in_flight_ > 0) {
+                const std::size_t n = storage_.reap(results_, !watching_copies);
+                process(n);
+                if (n == 0) std::this_thread::yield();
+            } else if (watching_copies) {
+                wait_oldest_copies();
+            } else {
+                throw std::logic_error("loader: nothing in flight for an incomplete tensor");
+            }
+        }
+    }
+
+    bool copies_done(std::size_t t) {
+        if constexpr (asynchronous) return plan_.tensors[t].piece_count == 0 || sink_.copies_done(tickets_[t]);
+        else return true;
     }
 
     /// Frees the slots whose copies ran (in order: copies complete in the order they were issued).

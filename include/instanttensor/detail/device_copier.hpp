@@ -1,16 +1,19 @@
-// instanttensor/detail/device_copier.hpp: host-to-device copies from staging slots, ordered on one
-// stream, with a ticket per landed extent so the loader knows when a slot may be reused and when a
-// tensor's bytes are all on the device. Shared by the device sinks.
+// instanttensor/detail/device_copier.hpp: host-to-device copies from staging slots, with a ticket
+// per landed extent so the loader knows when a slot may be reused and when a tensor's bytes are
+// all on the device. Shared by the device sinks.
 //
-// One stream keeps completion in issue order: ticket t done implies every earlier ticket done.
-// The copy engine stays saturated as long as reads keep slots full; a second stream would not add
-// bandwidth in the host-to-device direction.
+// Extents go to K streams in turn (K = 2 by default): while one copy finishes, the next one is
+// already queued on the other stream, so the DMA engine does not idle between copies. Ticket t
+// goes to stream t mod K, and each stream completes in order; so "tickets t, t-1, ..., t-K+1 are
+// done" means every ticket up to t is done. done() and wait() check exactly that, which keeps the
+// loader's view simple: tickets complete in the order they were issued.
 #pragma once
 
 #include "instanttensor/config.hpp"
 
 #if INSTANTTENSOR_HAS_CUDA
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <vector>
@@ -22,44 +25,46 @@ namespace instanttensor::detail {
 class DeviceCopier {
 public:
     /// `consumer` (may be null) is the stream the runtime uses the tensors on: copies into memory
-    /// it released wait for its work before overwriting.
-    DeviceCopier(int device, cudaStream_t consumer) : device_(device), consumer_(consumer) {}
+    /// it released wait for its work before overwriting. `streams` copy streams take turns.
+    DeviceCopier(int device, cudaStream_t consumer, unsigned streams)
+        : device_(device), consumer_(consumer), stream_count_(std::clamp(streams, 1u, 8u)) {}
 
-    /// Creates the stream and `events` events; called once before loading.
-    void prepare(std::size_t events) {
+    /// Creates the streams and events for up to `tickets_in_flight` unfinished tickets; called
+    /// once before loading.
+    void prepare(std::size_t tickets_in_flight) {
         DeviceGuard guard(device_);
-        stream_.emplace();
+        streams_ = std::vector<Stream>(stream_count_);
+        // A multiple of the stream count, so an event is always re-recorded on the same stream.
+        const std::size_t events = (tickets_in_flight + stream_count_) / stream_count_ * stream_count_;
         events_ = std::vector<Event>(events);
         released_.emplace();
     }
 
     [[nodiscard]] int device() const noexcept { return device_; }
-    [[nodiscard]] cudaStream_t stream() const noexcept { return stream_->get(); }
 
     void copy(std::byte* device_destination, const std::byte* staged, std::uint64_t bytes) {
-        INSTANTTENSOR_CUDA_CHECK(cudaMemcpyAsync(device_destination, staged, bytes, cudaMemcpyHostToDevice, stream()));
+        INSTANTTENSOR_CUDA_CHECK(cudaMemcpyAsync(device_destination, staged, bytes, cudaMemcpyHostToDevice, current()));
     }
 
-    /// Marks the end of one extent's copies; returns its ticket.
+    /// Marks the end of one extent's copies; returns its ticket. The next extent uses the next stream.
     std::uint64_t finish() {
-        events_[next_ % events_.size()].record(stream());
+        events_[next_ % events_.size()].record(current());
         return next_++;
     }
 
-    /// Whether the copies up to `ticket` completed.
+    /// Whether every copy up to `ticket` completed.
     [[nodiscard]] bool done(std::uint64_t ticket) {
-        if (ticket < completed_) return true;
-        if (!events_[ticket % events_.size()].done()) return false;
-        completed_ = ticket + 1;
+        for (std::uint64_t t = first_unknown(ticket); t <= ticket; ++t)
+            if (!events_[t % events_.size()].done()) return false;
+        completed_ = std::max(completed_, ticket + 1);
         return true;
     }
 
-    /// Blocks until the copies up to `ticket` completed. A later ticket may have reused the event:
+    /// Blocks until every copy up to `ticket` completed. A later ticket may have reused an event:
     /// waiting for it waits for more than needed, never less.
     void wait(std::uint64_t ticket) {
-        if (ticket < completed_) return;
-        events_[ticket % events_.size()].wait();
-        completed_ = ticket + 1;
+        for (std::uint64_t t = first_unknown(ticket); t <= ticket; ++t) events_[t % events_.size()].wait();
+        completed_ = std::max(completed_, ticket + 1);
     }
 
     /// The consumer moved past memory that later copies may overwrite: order those copies after
@@ -67,22 +72,32 @@ public:
     void after_consumer() {
         if (consumer_ == nullptr) return;
         released_->record(consumer_);
-        INSTANTTENSOR_CUDA_CHECK(cudaStreamWaitEvent(stream(), released_->get(), 0));
+        for (const auto& s : streams_) INSTANTTENSOR_CUDA_CHECK(cudaStreamWaitEvent(s.get(), released_->get(), 0));
     }
 
     /// Waits for every copy issued (before freeing staging or destination memory).
     void synchronize() noexcept {
-        if (stream_) cudaStreamSynchronize(stream());
+        for (const auto& s : streams_) cudaStreamSynchronize(s.get());
     }
 
 private:
+    /// The first ticket whose event must be checked to know `ticket` done: the last ticket of each
+    /// stream up to `ticket`, less those already known done.
+    std::uint64_t first_unknown(std::uint64_t ticket) const noexcept {
+        const std::uint64_t first = ticket + 1 >= stream_count_ ? ticket + 1 - stream_count_ : 0;
+        return std::max(first, completed_);
+    }
+
+    cudaStream_t current() const noexcept { return streams_[next_ % streams_.size()].get(); }
+
     int device_;
     cudaStream_t consumer_;
-    std::optional<Stream> stream_;
+    unsigned stream_count_;
+    std::vector<Stream> streams_;
     std::vector<Event> events_;       // ring of per-ticket events
     std::optional<Event> released_;   // recorded on the consumer's stream
-    std::uint64_t next_ = 0;
-    std::uint64_t completed_ = 0;
+    std::uint64_t next_ = 0;          // the next ticket
+    std::uint64_t completed_ = 0;     // every ticket below this is done
 };
 
 }  // namespace instanttensor::detail

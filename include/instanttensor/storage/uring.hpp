@@ -99,7 +99,7 @@ public:
     std::size_t reap(std::span<ReadResult> out, bool wait) {
         std::size_t n = 0;
         while (n == 0) {
-            flush(wait && in_flight_ > 0);
+            if (unsubmitted_ > 0 || (wait && in_flight_ > 0)) flush(wait && in_flight_ > 0);
             io_uring_cqe* cqe = nullptr;
             unsigned head, seen = 0;
             io_uring_for_each_cqe(&ring_, head, cqe) {
