@@ -3,6 +3,7 @@
 // released in the same order once the consumer moved past.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <deque>
 #include <optional>
@@ -19,8 +20,11 @@ public:
     [[nodiscard]] bool empty() const noexcept { return live_.empty(); }
 
     /// Offset of a free contiguous region of `size` bytes, or nullopt while the window is too full.
+    /// Sizes are rounded up to the granularity; a request of 0 bytes takes one granule, so that
+    /// every live region is non-empty (an empty region would make wrapped live regions look
+    /// unwrapped, and the next region would overlap the oldest).
     std::optional<std::uint64_t> allocate(std::uint64_t size) {
-        size = (size + granularity_ - 1) / granularity_ * granularity_;
+        size = (std::max<std::uint64_t>(size, 1) + granularity_ - 1) / granularity_ * granularity_;
         std::optional<std::uint64_t> at;
         if (live_.empty()) {
             if (size <= capacity_) at = 0;

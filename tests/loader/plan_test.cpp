@@ -1,0 +1,459 @@
+// make_plan: extents cover every selected tensor's bytes exactly once, aligned and bounded, shared
+// by adjacent tensors, split across extents for large tensors, owned by ranks in balanced order.
+// RingAllocator: FIFO regions in a fixed window, checked against a simple model.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <deque>
+#include <optional>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "instanttensor/detail/ring_allocator.hpp"
+#include "instanttensor/format/writer.hpp"
+#include "instanttensor/plan.hpp"
+#include "support.hpp"
+
+namespace {
+
+using namespace loader_test;
+using it::Plan;
+
+/// Checkpoints parsed from memory: only the layout matters to a plan, so the bytes are zeros.
+fmt::Checkpoint checkpoint_of(const std::vector<std::vector<fmt::TensorSpec>>& files) {
+    std::uint64_t largest = 0;
+    for (const auto& f : files)
+        for (const auto& s : f) largest = std::max(largest, spec_bytes(s));
+    const std::vector<std::byte> zeros(static_cast<std::size_t>(largest));
+    std::vector<std::vector<std::byte>> bytes;
+    for (const auto& f : files) {
+        std::vector<fmt::TensorData> data;
+        for (const auto& s : f) data.push_back({s, std::span(zeros).first(static_cast<std::size_t>(spec_bytes(s)))});
+        bytes.push_back(fmt::serialize_safetensors(data));
+    }
+    std::vector<std::pair<std::string, std::span<const std::byte>>> named;
+    for (std::size_t i = 0; i < bytes.size(); ++i) named.emplace_back("file" + std::to_string(i), bytes[i]);
+    return fmt::Checkpoint::from_memory(named);
+}
+
+std::uint64_t align_down(std::uint64_t v, std::uint64_t a) { return v / a * a; }
+
+/// Every property a plan must have, checked from the checkpoint and the plan alone.
+void check_plan(const fmt::Checkpoint& checkpoint, const Plan& plan, const it::TensorFilter& filter,
+                const std::vector<std::uint64_t>& alignment, std::uint64_t max_extent) {
+    // The selected tensors, in file then offset order.
+    const auto refs = expected_order(checkpoint, filter);
+    REQUIRE(plan.tensors.size() == refs.size());
+    std::uint64_t tensor_bytes = 0, largest = 0;
+    for (std::size_t t = 0; t < refs.size(); ++t) {
+        CHECK(plan.tensors[t].ref == refs[t]);
+        tensor_bytes += refs[t]->nbytes();
+        largest = std::max(largest, refs[t]->nbytes());
+    }
+    CHECK(plan.tensor_bytes == tensor_bytes);
+    CHECK(plan.largest_tensor == largest);
+
+    // Extents: aligned, bounded, in file then offset order, owning consecutive runs of pieces.
+    std::uint32_t next_piece = 0;
+    std::uint64_t read_bytes = 0;
+    std::vector<std::vector<std::uint32_t>> pieces_of(refs.size());
+    for (std::size_t x = 0; x < plan.extents.size(); ++x) {
+        const auto& e = plan.extents[x];
+        CAPTURE(x);
+        REQUIRE(e.file < alignment.size());
+        const std::uint64_t a = alignment[e.file];
+        CHECK(e.offset % a == 0);
+        CHECK(e.length % a == 0);
+        CHECK(e.length <= max_extent);
+        CHECK(e.needed > 0);
+        CHECK(e.needed <= e.length);
+        CHECK(e.length - e.needed < a);  // no more than the alignment's round-up
+        CHECK(e.first_piece == next_piece);
+        CHECK(e.piece_count >= 1);
+        CHECK(e.owner == 0);
+        if (x > 0) {
+            const auto& prev = plan.extents[x - 1];
+            CHECK((prev.file < e.file || (prev.file == e.file && prev.offset <= e.offset)));
+            // A new extent starts only when the previous one is full or the bytes are not adjacent.
+            const auto& first = plan.pieces[e.first_piece];
+            const std::uint64_t starts_at = refs[first.tensor]->file_offset + first.tensor_offset;
+            if (prev.file == e.file && prev.offset + prev.needed == starts_at) CHECK(prev.needed == max_extent);
+        }
+        std::uint64_t cursor = 0;
+        for (std::uint32_t p = e.first_piece; p < e.first_piece + e.piece_count; ++p) {
+            REQUIRE(p < plan.pieces.size());
+            const auto& piece = plan.pieces[p];
+            REQUIRE(piece.tensor < refs.size());
+            const auto& ref = *refs[piece.tensor];
+            CHECK(ref.file == e.file);
+            CHECK(piece.length > 0);
+            // The piece's bytes in the extent are the tensor's bytes in the file.
+            CHECK(e.offset + piece.extent_offset == ref.file_offset + piece.tensor_offset);
+            if (p == e.first_piece) CHECK(piece.extent_offset < a);  // extents start at most one alignment early
+            else CHECK(piece.extent_offset == cursor);               // pieces of an extent are adjacent
+            cursor = piece.extent_offset + piece.length;
+            pieces_of[piece.tensor].push_back(p);
+        }
+        CHECK(cursor == e.needed);
+        next_piece += e.piece_count;
+        read_bytes += e.length;
+    }
+    CHECK(next_piece == plan.pieces.size());
+    CHECK(plan.read_bytes == read_bytes);
+
+    // Each tensor's bytes are covered exactly once, by consecutive pieces in tensor order.
+    for (std::size_t t = 0; t < refs.size(); ++t) {
+        CAPTURE(refs[t]->name());
+        const auto& mine = pieces_of[t];
+        CHECK(plan.tensors[t].piece_count == mine.size());
+        if (refs[t]->nbytes() == 0) CHECK(mine.empty());
+        std::uint64_t covered = 0;
+        for (std::size_t k = 0; k < mine.size(); ++k) {
+            CHECK(mine[k] == mine[0] + k);
+            CHECK(plan.pieces[mine[k]].tensor_offset == covered);
+            covered += plan.pieces[mine[k]].length;
+        }
+        CHECK(covered == refs[t]->nbytes());
+    }
+
+    // Unselected tensors are not planned, and with no alignment padding no extent touches them.
+    for (const auto& t : checkpoint.tensors()) {
+        if (!filter || filter(t) || t.nbytes() == 0) continue;
+        if (alignment[t.file] != 1) continue;
+        for (const auto& e : plan.extents)
+            if (e.file == t.file)
+                CHECK((e.offset + e.length <= t.file_offset || e.offset >= t.file_offset + t.nbytes()));
+    }
+}
+
+/// Rank owners: non-decreasing, within [0, ranks), each rank's bytes within one extent of its share.
+void check_owners(const Plan& plan, int ranks, std::uint64_t max_extent) {
+    CAPTURE(ranks);
+    std::vector<std::uint64_t> bytes(static_cast<std::size_t>(ranks));
+    int previous = 0;
+    for (const auto& e : plan.extents) {
+        CHECK(e.owner >= previous);
+        CHECK(e.owner >= 0);
+        REQUIRE(e.owner < ranks);
+        previous = e.owner;
+        bytes[static_cast<std::size_t>(e.owner)] += e.length;
+    }
+    if (!plan.extents.empty()) CHECK(plan.extents.front().owner == 0);
+    const double share = static_cast<double>(plan.read_bytes) / ranks;
+    for (int r = 0; r < ranks; ++r) {
+        CAPTURE(r);
+        CHECK(static_cast<double>(bytes[static_cast<std::size_t>(r)]) <= share + static_cast<double>(max_extent));
+        CHECK(static_cast<double>(bytes[static_cast<std::size_t>(r)]) + static_cast<double>(max_extent) >= share);
+    }
+}
+
+std::vector<std::uint64_t> alignments(const fmt::Checkpoint& c, std::uint64_t a) {
+    return std::vector<std::uint64_t>(c.files().size(), a);
+}
+
+}  // namespace
+
+TEST_CASE("plan: tiny adjacent tensors share extents") {
+    const auto checkpoint = checkpoint_of({tiny_specs(400)});
+    const auto& file = checkpoint.files()[0];
+    const std::uint64_t begin = file.header.data_offset(), end = file.header.file_size();
+    for (std::uint64_t a : {1ull, 512ull, 4096ull}) {
+        for (std::uint64_t max : {3 * 4096ull, 16384ull, 1ull << 20}) {
+            CAPTURE(a);
+            CAPTURE(max);
+            const auto align = alignments(checkpoint, a);
+            const auto plan = it::make_plan(checkpoint, {}, align, max);
+            check_plan(checkpoint, plan, {}, align, max);
+            // Extents are as few as the bytes allow: full extents from the aligned start, then the rest.
+            const std::uint64_t span = end - align_down(begin, a);
+            CHECK(plan.extents.size() == (span + max - 1) / max);
+            CHECK(plan.extents.size() < plan.tensors.size() / 10);
+            if (a == 1) CHECK(plan.read_bytes == plan.tensor_bytes);
+        }
+    }
+}
+
+TEST_CASE("plan: a tensor larger than an extent is cut into consecutive pieces") {
+    const auto checkpoint = checkpoint_of({{{"small.a", fmt::Dtype::U8, {3}},
+                                            {"big", fmt::Dtype::U8, {(1u << 20) + 77}},
+                                            {"small.b", fmt::Dtype::U8, {5}},
+                                            {"medium", fmt::Dtype::F32, {3000}}}});
+    for (std::uint64_t a : {1ull, 4096ull}) {
+        for (std::uint64_t max : {3 * 4096ull, 65536ull, 1ull << 19}) {
+            CAPTURE(a);
+            CAPTURE(max);
+            const auto align = alignments(checkpoint, a);
+            const auto plan = it::make_plan(checkpoint, {}, align, max);
+            check_plan(checkpoint, plan, {}, align, max);
+            const auto* big = checkpoint.find("big");
+            REQUIRE(big != nullptr);
+            std::uint32_t big_index = 0;
+            while (plan.tensors[big_index].ref != big) ++big_index;
+            CHECK(plan.tensors[big_index].piece_count >= big->nbytes() / max);
+            CHECK(plan.tensors[big_index].piece_count <= big->nbytes() / max + 2);
+        }
+    }
+}
+
+TEST_CASE("plan: unaligned data sections, odd offsets, several files") {
+    const auto checkpoint = checkpoint_of({odd_specs(), tiny_specs(50, 7), {{"last", fmt::Dtype::U8, {99999}}}});
+    // Data sections start at 8 + header length: a multiple of 8, not of 4096.
+    for (const auto& f : checkpoint.files()) CHECK(f.header.data_offset() % 4096 != 0);
+    std::size_t odd = 0;
+    for (const auto& t : checkpoint.tensors()) odd += t.file_offset % 2;
+    CHECK(odd > 3);
+    for (std::uint64_t max : {3 * 4096ull, 16384ull, 20480ull, 1ull << 20}) {
+        CAPTURE(max);
+        for (const auto& align : {std::vector<std::uint64_t>{1, 1, 1}, std::vector<std::uint64_t>{4096, 4096, 4096},
+                                  std::vector<std::uint64_t>{512, 1, 4096}}) {
+            const auto plan = it::make_plan(checkpoint, {}, align, max);
+            check_plan(checkpoint, plan, {}, align, max);
+            for (const auto& e : plan.extents)
+                CHECK(e.offset >= align_down(checkpoint.files()[e.file].header.data_offset(), align[e.file]));
+        }
+    }
+}
+
+TEST_CASE("plan: a filter leaves unselected tensors out and unread") {
+    const auto checkpoint = checkpoint_of({odd_specs(), tiny_specs(60, 3)});
+    const it::TensorFilter by_names = it::select_names({"odd.2", "odd.6", "odd.12", "tiny.7", "tiny.8", "wide.b"});
+    const it::TensorFilter by_predicate = [](const fmt::TensorRef& t) { return t.nbytes() % 3 != 0; };
+    const it::TensorFilter none = [](const fmt::TensorRef&) { return false; };
+    for (const auto* filter : {&by_names, &by_predicate, &none}) {
+        for (std::uint64_t a : {1ull, 4096ull}) {
+            CAPTURE(a);
+            const auto align = alignments(checkpoint, a);
+            const auto plan = it::make_plan(checkpoint, *filter, align, 16384);
+            check_plan(checkpoint, plan, *filter, align, 16384);
+            if (a == 1) CHECK(plan.read_bytes == plan.tensor_bytes);
+        }
+    }
+    const auto plan = it::make_plan(checkpoint, by_names, alignments(checkpoint, 1), 16384);
+    CHECK(plan.tensors.size() == 6);
+    const auto empty = it::make_plan(checkpoint, none, alignments(checkpoint, 4096), 16384);
+    CHECK(empty.tensors.empty());
+    CHECK(empty.extents.empty());
+    CHECK(empty.read_bytes == 0);
+}
+
+TEST_CASE("plan: empty tensors and scalars") {
+    const auto checkpoint = checkpoint_of({edge_specs()});
+    for (std::uint64_t a : {1ull, 4096ull}) {
+        const auto align = alignments(checkpoint, a);
+        const auto plan = it::make_plan(checkpoint, {}, align, 16384);
+        check_plan(checkpoint, plan, {}, align, 16384);
+        for (const auto& t : plan.tensors) CHECK((t.piece_count == 0) == (t.ref->nbytes() == 0));
+    }
+    const auto only_empty = checkpoint_of({{{"e1", fmt::Dtype::F32, {0}}, {"e2", fmt::Dtype::U8, {4, 0}}}});
+    const auto plan = it::make_plan(only_empty, {}, alignments(only_empty, 4096), 16384);
+    CHECK(plan.tensors.size() == 2);
+    CHECK(plan.extents.empty());
+    CHECK(plan.pieces.empty());
+    CHECK(plan.largest_tensor == 0);
+    for (const auto& t : plan.tensors) CHECK(t.piece_count == 0);
+}
+
+TEST_CASE("plan: owners for 1 to 8 ranks are in order and balanced") {
+    const auto checkpoint = checkpoint_of({odd_specs(), tiny_specs(100, 11), {{"big", fmt::Dtype::U8, {300001}}}});
+    for (std::uint64_t a : {1ull, 4096ull}) {
+        for (std::uint64_t max : {3 * 4096ull, 65536ull}) {
+            const auto align = alignments(checkpoint, a);
+            const auto single = it::make_plan(checkpoint, {}, align, max, 1);
+            for (int ranks = 1; ranks <= 8; ++ranks) {
+                const auto plan = it::make_plan(checkpoint, {}, align, max, ranks);
+                check_owners(plan, ranks, max);
+                // The reads do not depend on the group size; only their owners do.
+                REQUIRE(plan.extents.size() == single.extents.size());
+                for (std::size_t x = 0; x < plan.extents.size(); ++x) {
+                    CHECK(plan.extents[x].offset == single.extents[x].offset);
+                    CHECK(plan.extents[x].length == single.extents[x].length);
+                }
+                // The last rank reads the last extent whenever that extent is no larger than a share.
+                if (plan.extents.back().length * static_cast<std::uint64_t>(ranks) <= plan.read_bytes)
+                    CHECK(plan.extents.back().owner == ranks - 1);
+            }
+        }
+    }
+}
+
+TEST_CASE("plan: randomized layouts, filters, alignments and extent sizes") {
+    std::mt19937_64 rng(20240611);
+    for (int round = 0; round < 150; ++round) {
+        CAPTURE(round);
+        std::vector<std::vector<fmt::TensorSpec>> files(1 + rng() % 3);
+        std::size_t n = 0;
+        for (auto& f : files) {
+            const std::size_t count = 1 + rng() % 30;
+            for (std::size_t i = 0; i < count; ++i, ++n) {
+                std::uint64_t size;
+                switch (rng() % 10) {
+                case 0: size = 0; break;
+                case 1: case 2: case 3: case 4: size = 1 + rng() % 100; break;
+                case 5: case 6: case 7: size = 100 + rng() % 20000; break;
+                case 8: size = 4096 * (1 + rng() % 8) + rng() % 3; break;
+                default: size = 20000 + rng() % 150000; break;
+                }
+                f.push_back({"t" + std::to_string(n), fmt::Dtype::U8, {size}});
+            }
+        }
+        const auto checkpoint = checkpoint_of(files);
+        std::vector<std::uint64_t> align;
+        std::uint64_t largest_a = 1;
+        for (std::size_t f = 0; f < files.size(); ++f) {
+            const std::uint64_t choices[] = {1, 1, 512, 4096};
+            align.push_back(choices[rng() % 4]);
+            largest_a = std::max(largest_a, align.back());
+        }
+        const std::uint64_t max = largest_a * 3 + largest_a * (rng() % 40);
+        const std::uint64_t keep = rng() % 4;  // 0: all; otherwise a pseudo-random subset
+        const std::uint64_t salt = rng();
+        it::TensorFilter filter;
+        if (keep != 0)
+            filter = [keep, salt](const fmt::TensorRef& t) {
+                return (std::hash<std::string>{}(t.name()) ^ salt) % 4 < keep;
+            };
+        const int ranks = 1 + static_cast<int>(rng() % 8);
+        CAPTURE(max);
+        CAPTURE(ranks);
+        const auto plan = it::make_plan(checkpoint, filter, align, max, ranks);
+        // check_plan expects owner 0; check the owners separately.
+        auto single = plan;
+        for (auto& e : single.extents) e.owner = 0;
+        check_plan(checkpoint, single, filter, align, max);
+        check_owners(plan, ranks, max);
+    }
+}
+
+TEST_CASE("plan: invalid arguments are refused") {
+    const auto checkpoint = checkpoint_of({tiny_specs(5)});
+    const std::vector<std::uint64_t> one{1};
+    const std::vector<std::uint64_t> two{1, 1};
+    CHECK_THROWS_AS(it::make_plan(checkpoint, {}, two, 16384), std::invalid_argument);
+    CHECK_THROWS_AS(it::make_plan(checkpoint, {}, std::vector<std::uint64_t>{3}, 16384), std::invalid_argument);
+    CHECK_THROWS_AS(it::make_plan(checkpoint, {}, std::vector<std::uint64_t>{0}, 16384), std::invalid_argument);
+    CHECK_THROWS_AS(it::make_plan(checkpoint, {}, std::vector<std::uint64_t>{4096}, 8192), std::invalid_argument);
+    CHECK_THROWS_AS(it::make_plan(checkpoint, {}, std::vector<std::uint64_t>{4096}, 4096 * 3 + 1),
+                    std::invalid_argument);
+    CHECK_THROWS_AS(it::make_plan(checkpoint, {}, one, 16384, 0), std::invalid_argument);
+    CHECK_NOTHROW(it::make_plan(checkpoint, {}, std::vector<std::uint64_t>{4096}, 4096 * 3));
+}
+
+// ---- RingAllocator --------------------------------------------------------------------------
+
+using instanttensor::detail::RingAllocator;
+
+TEST_CASE("ring allocator: first in, first out, with wrap-around") {
+    RingAllocator ring(1000, 1);
+    CHECK(ring.empty());
+    CHECK(ring.allocate(400) == 0u);
+    CHECK(ring.allocate(400) == 400u);
+    CHECK_FALSE(ring.allocate(300).has_value());  // 200 free at the end, the start is taken
+    CHECK(ring.allocate(200) == 800u);
+    CHECK_FALSE(ring.allocate(1).has_value());  // full
+    ring.release_oldest();                       // frees [0, 400)
+    CHECK_FALSE(ring.allocate(401).has_value());
+    CHECK(ring.allocate(300) == 0u);  // wraps
+    CHECK(ring.allocate(100) == 300u);
+    CHECK_FALSE(ring.allocate(1).has_value());  // the gap before the oldest is used up
+    ring.release_oldest();                       // frees [400, 800)
+    CHECK(ring.allocate(400) == 400u);           // the gap between newest and oldest
+    ring.release_oldest();                       // frees [800, 1000)
+    ring.release_oldest();                       // frees [0, 300)
+    ring.release_oldest();                       // frees [300, 400)
+    CHECK_FALSE(ring.empty());
+    CHECK_FALSE(ring.allocate(600).has_value());  // only [400, 800) is live: 200 free at the end, 400 at the start
+    CHECK(ring.allocate(400) == 0u);
+    ring.release_oldest();
+    ring.release_oldest();
+    CHECK(ring.empty());
+    ring.release_oldest();  // releasing an empty ring is harmless
+    CHECK(ring.allocate(1000) == 0u);  // an empty ring starts over at 0
+    CHECK_FALSE(ring.allocate(1).has_value());
+}
+
+TEST_CASE("ring allocator: a 0-byte request never makes wrapped regions look unwrapped") {
+    RingAllocator ring(1000, 1);
+    CHECK(ring.allocate(500) == 0u);
+    CHECK(ring.allocate(500) == 500u);
+    ring.release_oldest();                       // live: [500, 1000)
+    CHECK(ring.allocate(500) == 0u);             // wraps: live [500, 1000), [0, 500): full
+    CHECK_FALSE(ring.allocate(0).has_value());   // even 0 bytes take a granule; none is free
+    CHECK_FALSE(ring.allocate(100).has_value()); // and nothing may land on [500, 1000)
+    ring.release_oldest();                       // live: [0, 500)
+    CHECK(ring.allocate(0) == 500u);
+    CHECK(ring.allocate(100) == 501u);
+}
+
+TEST_CASE("ring allocator: granularity and sizes past the capacity") {
+    RingAllocator ring(4096, 256);
+    CHECK(ring.capacity() == 4096);
+    CHECK(ring.granularity() == 256);
+    CHECK(ring.allocate(1) == 0u);
+    CHECK(ring.allocate(257) == 256u);
+    CHECK(ring.allocate(256) == 768u);
+    CHECK_FALSE(ring.allocate(4096).has_value());
+    RingAllocator fresh(4096, 256);
+    CHECK_FALSE(fresh.allocate(4097).has_value());
+    CHECK(fresh.allocate(4096) == 0u);
+}
+
+TEST_CASE("ring allocator: randomized against a model, never overlapping live regions") {
+    struct Region {
+        std::uint64_t begin, end;
+    };
+    std::mt19937_64 rng(77);
+    for (int trial = 0; trial < 40; ++trial) {
+        const std::uint64_t capacity = 64 + rng() % 5000;
+        const std::uint64_t granularity = std::uint64_t{1} << (rng() % 6);
+        RingAllocator ring(capacity, granularity);
+        std::deque<Region> live;  // the model: FIFO regions
+        CAPTURE(trial);
+        CAPTURE(capacity);
+        CAPTURE(granularity);
+        for (int step = 0; step < 3000; ++step) {
+            if (!live.empty() && rng() % 3 == 0) {
+                ring.release_oldest();
+                live.pop_front();
+                CHECK(ring.empty() == live.empty());
+                continue;
+            }
+            const std::uint64_t size = rng() % 8 == 0 ? 0 : rng() % (capacity / 2 + 1);
+            // A request of 0 bytes takes one granule: every live region is non-empty.
+            const std::uint64_t rounded =
+                (std::max<std::uint64_t>(size, 1) + granularity - 1) / granularity * granularity;
+            // Where a ring puts the region: after the newest one if it fits before the oldest (or
+            // the window's end), else at the window's start if it fits before the oldest.
+            std::optional<std::uint64_t> expected;
+            if (live.empty()) {
+                if (rounded <= capacity) expected = 0;
+            } else {
+                std::uint64_t used = 0;  // the model knows whether the live regions wrap: they do
+                for (std::size_t i = 1; i < live.size(); ++i)  // when one starts before its predecessor
+                    used += live[i].begin < live[i - 1].begin ? 1 : 0;
+                const bool wraps = used > 0;
+                const std::uint64_t after = live.back().end;
+                if (!wraps) {
+                    if (capacity - after >= rounded) expected = after;
+                    else if (live.front().begin >= rounded) expected = 0;
+                } else if (live.front().begin - after >= rounded) {
+                    expected = after;
+                }
+            }
+            const auto got = ring.allocate(size);
+            CAPTURE(step);
+            CAPTURE(size);
+            REQUIRE(got == expected);
+            if (!got) continue;
+            CHECK(*got % granularity == 0);
+            REQUIRE(*got + rounded <= capacity);
+            bool overlaps = false;
+            for (const auto& r : live) overlaps = overlaps || !(*got + rounded <= r.begin || *got >= r.end);
+            REQUIRE_FALSE(overlaps);
+            live.push_back({*got, *got + rounded});
+        }
+    }
+}
