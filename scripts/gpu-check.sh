@@ -77,6 +77,9 @@ json() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]]
 best() { printf '%s\n' "$@" | sort -g | tail -n 1; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
 
+echo "== GPUDirect Storage (expected to be refused where nvidia-fs is missing)"
+"$cli" load --device 0 --backend gds "$ckpt" || true
+
 echo "== ceilings"
 ceil=$("$bin/instanttensor_bench_ceilings" "$ckpt")
 echo "$ceil"
@@ -107,8 +110,7 @@ for r in $(seq "$runs"); do
 done
 echo "$it_warm_json"
 echo "sweep (warm, GB/s, one run each):"
-for args in "--copy-streams 1" "--copy-streams 3" "--staging-mib 96 --slot-mib 3" "--staging-mib 192 --slot-mib 4" \
-            "--staging-mib 256 --slot-mib 8" "--backend pread"; do
+for args in "--copy-streams 1" "--staging-mib 256 --slot-mib 8" "--staging-mib 64 --slot-mib 2" "--backend pread"; do
   # shellcheck disable=SC2086
   printf '  %-32s %s %s\n' "$args" "$(json "$(it_load $args)" gbps)" "$(json "$(it_load $args)" gbps)"
 done

@@ -76,11 +76,55 @@ void drain(Loader& loader, const format::Checkpoint& checkpoint, const LoadSetti
 
 template <class Loader>
 void fill_report(LoadReport& report, const Loader& loader) {
-    report.backend = std::string(loader.storage().name());
-    report.fallback = loader.storage().fallback_reason();
-    report.direct_files = loader.storage().direct_files();
+    const auto& storage = loader.storage();
+    report.backend = std::string(storage.name());
+    if constexpr (requires { storage.fallback_reason(); }) report.fallback = storage.fallback_reason();
+    if constexpr (requires { storage.direct_files(); }) report.direct_files = storage.direct_files();
     report.stats = loader.stats();
 }
+
+#if INSTANTTENSOR_HAS_CUDA
+/// Device memory free on GPU `ordinal` now (its context created first, so that the context does
+/// not count as the load's memory).
+std::size_t device_free(int ordinal) {
+    detail::DeviceGuard guard(ordinal);
+    std::size_t free = 0, total = 0;
+    INSTANTTENSOR_CUDA_CHECK(cudaFree(nullptr));
+    INSTANTTENSOR_CUDA_CHECK(cudaMemGetInfo(&free, &total));
+    return free;
+}
+
+/// Runs a GPU loader to the end and fills `report`; `free_before` is the device memory free before
+/// the loader was made, against which the peak in use is measured (sampled every 20 ms: it asks
+/// the driver).
+template <class Loader>
+LoadReport run_device_load(Loader& loader, const format::Checkpoint& checkpoint, const LoadSettings& settings,
+                           int ordinal, std::size_t free_before, bool want_host_bytes, const TensorConsumer& consume,
+                           LoadReport report) {
+    std::size_t lowest_free = device_free(ordinal);
+    std::vector<std::byte> host;
+    auto next_sample = clock_type::now() + std::chrono::milliseconds(20);
+    drain(
+        loader, checkpoint, settings, consume,
+        [&](const TensorView& t) {
+            if (!want_host_bytes) return std::span<const std::byte>();
+            host.resize(t.data.size());
+            if (!host.empty())
+                INSTANTTENSOR_CUDA_CHECK(cudaMemcpy(host.data(), t.data.data(), host.size(), cudaMemcpyDeviceToHost));
+            return std::span<const std::byte>(host);
+        },
+        [&] {
+            if (clock_type::now() < next_sample) return;
+            next_sample = clock_type::now() + std::chrono::milliseconds(20);
+            lowest_free = std::min(lowest_free, device_free(ordinal));
+        });
+    fill_report(report, loader);
+    report.window_bytes = loader.sink().ring_bytes();
+    report.peak_device_bytes = free_before - std::min(free_before, lowest_free);
+    report.peak_rss_bytes = peak_rss();
+    return report;
+}
+#endif
 
 }  // namespace
 
@@ -96,10 +140,10 @@ void add_load_options(CLI::App& sub, LoadSettings& settings, const std::string& 
                 return "'" + v + "' is not cpu, auto or a GPU ordinal";
             },
             "", "device"));
-    sub.add_option("--backend", settings.backend, "Storage backend: auto (io_uring, else pread), uring, pread or memory")
+    sub.add_option("--backend", settings.backend, "Storage backend: auto (GDS where nvidia-fs is, else io_uring, else pread), uring, pread, memory or gds")
         ->type_name("BACKEND")
         ->capture_default_str()
-        ->check(CLI::IsMember({"auto", "uring", "pread", "memory"}));
+        ->check(CLI::IsMember({"auto", "uring", "pread", "memory", "gds"}));
     sub.add_option("--direct", settings.direct,
                    "O_DIRECT: auto (for files not in the page cache), on, or off (always buffered)")
         ->type_name("MODE")
@@ -121,7 +165,9 @@ void add_load_options(CLI::App& sub, LoadSettings& settings, const std::string& 
 
 LoadReport load_checkpoint(const format::Checkpoint& checkpoint, const LoadSettings& settings, bool want_host_bytes,
                            const TensorConsumer& consume) {
-    const storage::automatic::Options storage{*storage::parse_backend(settings.backend), parse_direct(settings.direct)};
+    // "gds" is not a host backend: automatic's choice then does not matter (GDS is tried first).
+    const storage::automatic::Options storage{storage::parse_backend(settings.backend).value_or(storage::Backend::automatic),
+                                              parse_direct(settings.direct)};
     LoadOptions options;
     options.staging_bytes = settings.staging_mib << 20;
     // Two slots at least, so that a read and a copy overlap.
@@ -135,6 +181,7 @@ LoadReport load_checkpoint(const format::Checkpoint& checkpoint, const LoadSetti
     if (device == "auto") device = "cpu";
 #endif
     if (device == "cpu") {
+        if (settings.backend == "gds") throw unavailable_error("gds", "GPUDirect Storage reads into GPU memory; use --device N");
         report.device = "cpu";
         auto loader = load_to_host(checkpoint, options, storage);
         drain(loader, checkpoint, settings, consume,
@@ -150,36 +197,24 @@ LoadReport load_checkpoint(const format::Checkpoint& checkpoint, const LoadSetti
         throw unavailable_error("cuda:" + device, detail::device_count() == 0 ? "no CUDA device on this machine; use --device cpu"
                                                                             : "no such GPU (" + std::to_string(detail::device_count()) + " present)");
     report.device = "cuda:" + device;
-    std::size_t free_at_start = 0, free_now = 0, total = 0;
-    {
-        detail::DeviceGuard guard(ordinal);
-        cudaFree(nullptr);  // create the context first, so that it does not count as the load's memory
-        INSTANTTENSOR_CUDA_CHECK(cudaMemGetInfo(&free_at_start, &total));
+    const std::size_t free_before = device_free(ordinal);
+    // GDS where it can work (asked for, or under auto where nvidia-fs is present), else the host
+    // backends through pinned staging; the reason GDS was passed over is reported.
+    std::string gds_refusal;
+    if (settings.backend == "gds" || (settings.backend == "auto" && storage::gds::available())) {
+        try {
+            Loader<storage::gds, transport::single, sink::device_ring> loader(
+                checkpoint, storage::gds({.device = ordinal}), {}, sink::device_ring({.device = ordinal, .copy_streams = settings.copy_streams}),
+                options);
+            return run_device_load(loader, checkpoint, settings, ordinal, free_before, want_host_bytes, consume, report);
+        } catch (const unavailable_error& e) {
+            if (settings.backend == "gds") throw;
+            gds_refusal = e.what();
+        }
     }
-    std::size_t lowest_free = free_at_start;
-    std::vector<std::byte> host;
     auto loader = load_to_device(checkpoint, {.device = ordinal, .copy_streams = settings.copy_streams}, options, storage);
-    auto next_sample = clock_type::now();
-    drain(
-        loader, checkpoint, settings, consume,
-        [&](const TensorView& t) {
-            if (!want_host_bytes) return std::span<const std::byte>();
-            host.resize(t.data.size());
-            if (!host.empty())
-                INSTANTTENSOR_CUDA_CHECK(cudaMemcpy(host.data(), t.data.data(), host.size(), cudaMemcpyDeviceToHost));
-            return std::span<const std::byte>(host);
-        },
-        [&] {
-            // cudaMemGetInfo asks the driver: sample it every 20 ms, not at every tensor.
-            if (clock_type::now() < next_sample) return;
-            next_sample = clock_type::now() + std::chrono::milliseconds(20);
-            detail::DeviceGuard guard(ordinal);
-            if (cudaMemGetInfo(&free_now, &total) == cudaSuccess) lowest_free = std::min(lowest_free, free_now);
-        });
-    fill_report(report, loader);
-    report.window_bytes = loader.sink().ring_bytes();
-    report.peak_device_bytes = free_at_start - lowest_free;
-    report.peak_rss_bytes = peak_rss();
+    report = run_device_load(loader, checkpoint, settings, ordinal, free_before, want_host_bytes, consume, report);
+    if (!gds_refusal.empty()) report.fallback = "GDS: " + gds_refusal + (report.fallback.empty() ? "" : "; " + report.fallback);
     return report;
 #else
     throw unavailable_error("--device " + device, "this build has no CUDA; use --device cpu");

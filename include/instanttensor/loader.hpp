@@ -36,6 +36,7 @@
 #if INSTANTTENSOR_HAS_CUDA
 #include "instanttensor/detail/cuda.hpp"
 #include "instanttensor/sink/device_ring.hpp"
+#include "instanttensor/storage/gds.hpp"
 #endif
 #include "instanttensor/error.hpp"
 #include "instanttensor/format/checkpoint.hpp"
@@ -99,6 +100,17 @@ concept TransportFitsSink = !T::needs_device_memory || K::memory == MemoryKind::
 template <StorageBackend Storage, Transport Tr, Sink Sk>
     requires ReadsIntoSinkMemory<Storage, Sk> && TransportFitsSink<Tr, Sk>
 class Loader {
+    static constexpr bool asynchronous = CopiesAsynchronously<Sk>;
+#if INSTANTTENSOR_HAS_CUDA
+    // A storage that reads into device memory (GDS) stages there; device sinks copy from host
+    // staging with the DMA engine, which needs page-locked memory.
+    using StagingMemory = std::conditional_t<
+        Storage::destination == MemoryKind::device, detail::DeviceBuffer,
+        std::conditional_t<Sk::memory == MemoryKind::device, detail::PinnedBuffer, detail::AlignedBuffer>>;
+#else
+    using StagingMemory = detail::AlignedBuffer;
+#endif
+
 public:
     /// Opens the checkpoint's files with `storage`, plans the selected tensors and allocates staging
     /// memory and the sink's window. `checkpoint` must outlive the loader.
@@ -116,7 +128,7 @@ public:
 
         const std::uint64_t slots = std::clamp<std::uint64_t>(options_.staging_bytes / options_.slot_bytes, 2,
                                                               std::max<std::uint64_t>(2, plan_.extents.size()));
-        staging_ = StagingMemory(slots * options_.slot_bytes);
+        staging_ = allocate_staging(slots * options_.slot_bytes);
         if constexpr (requires { storage_.register_memory(staging_.span()); }) storage_.register_memory(staging_.span());
         slots_.resize(slots);
         for (std::uint64_t s = slots; s-- > 0;) free_slots_.push_back(static_cast<std::uint32_t>(s));
@@ -178,8 +190,19 @@ public:
 private:
     struct Slot {
         std::uint32_t extent = 0;
-        std::uint64_t done = 0;  // bytes of the extent read so far
+        std::uint64_t done = 0;    // bytes of the extent read so far
+        std::byte* buffer = nullptr;  // where the extent is read: the slot, or its tensor's destination
     };
+
+    StagingMemory allocate_staging(std::uint64_t bytes) {
+#if INSTANTTENSOR_HAS_CUDA
+        if constexpr (Storage::destination == MemoryKind::device) {
+            detail::DeviceGuard guard(storage_.device());
+            return StagingMemory(bytes);
+        }
+#endif
+        return StagingMemory(bytes);
+    }
 
     /// Releases the current tensor, then loads the next one.
     void advance() {
@@ -254,7 +277,7 @@ private:
             if (!reserve_through(last_tensor)) return;  // the sink is full until the consumer moves on
             const std::uint32_t slot = free_slots_.back();
             free_slots_.pop_back();
-            slots_[slot] = {static_cast<std::uint32_t>(next_extent_), 0};
+            slots_[slot] = {static_cast<std::uint32_t>(next_extent_), 0, read_buffer(e, slot)};
             ++next_extent_;
             read(slot);
         }
@@ -277,8 +300,7 @@ private:
     void read(std::uint32_t slot) {
         const Slot& s = slots_[slot];
         const Extent& e = plan_.extents[s.extent];
-        storage_.submit({e.file, e.offset + s.done, e.length - s.done,
-                         staging_.data() + std::uint64_t{slot} * options_.slot_bytes + s.done, slot});
+        storage_.submit({e.file, e.offset + s.done, e.length - s.done, s.buffer + s.done, slot});
         ++in_flight_;
         ++stats_.reads;
     }
@@ -317,14 +339,29 @@ private:
         read(slot);
     }
 
-    /// Copies the pieces of a fully read extent to their tensors and frees the slot.
+    /// Where extent `e` is read. Straight into its tensor's destination when the storage writes the
+    /// sink's kind of memory, the file is read buffered (O_DIRECT would need the destination
+    /// aligned) and the extent is exactly one piece (no alignment head or tail, no other tensor):
+    /// a tensor larger than a slot then costs no second copy. Else into the slot.
+    std::byte* read_buffer(const Extent& e, std::uint32_t slot) {
+        const Piece& first = plan_.pieces[e.first_piece];
+        if (Storage::destination == Sk::memory && storage_.alignment(e.file) == 1 && e.piece_count == 1 &&
+            first.extent_offset == 0 && e.length == first.length)
+            return destinations_[first.tensor].data() + first.tensor_offset;
+        return staging_.data() + std::uint64_t{slot} * options_.slot_bytes;
+    }
+
+    /// Copies the pieces of a fully read extent to their tensors (unless it was read in place) and
+    /// frees the slot.
     void land(std::uint32_t slot) {
         retries_in_a_row_ = 0;
         const Extent& e = plan_.extents[slots_[slot].extent];
         const std::byte* staged = staging_.data() + std::uint64_t{slot} * options_.slot_bytes;
+        const bool in_place = slots_[slot].buffer != staged;
         for (std::uint32_t p = e.first_piece; p < e.first_piece + e.piece_count; ++p) {
             const Piece& piece = plan_.pieces[p];
-            sink_.store(destinations_[piece.tensor].data() + piece.tensor_offset, staged + piece.extent_offset, piece.length);
+            if (!in_place)
+                sink_.store(destinations_[piece.tensor].data() + piece.tensor_offset, staged + piece.extent_offset, piece.length);
             --remaining_[piece.tensor];
         }
         stats_.read_bytes += e.length;
@@ -342,13 +379,7 @@ private:
     }
 
     static constexpr unsigned max_retries_in_a_row = 1000;
-    static constexpr bool asynchronous = CopiesAsynchronously<Sk>;
-#if INSTANTTENSOR_HAS_CUDA
-    // Device sinks copy from staging with the DMA engine, which needs page-locked memory.
-    using StagingMemory = std::conditional_t<Sk::memory == MemoryKind::device, detail::PinnedBuffer, detail::AlignedBuffer>;
-#else
-    using StagingMemory = detail::AlignedBuffer;
-#endif
+
     struct Copying {
         std::uint32_t slot;
         std::uint64_t ticket;

@@ -202,3 +202,22 @@ TEST_CASE("a load that fails midway frees its device and pinned memory") {
     // Ten rounds of 256 MiB pinned staging each would show as gigabytes here if any leaked.
     CHECK(resident_bytes() < rss_before + (512ull << 20));
 }
+
+TEST_CASE("GPUDirect Storage loads bit-exact where it runs, and says which part refused where not") {
+    TempDir dir;
+    const auto index = write_awkward_checkpoint(dir.path, 3'000'001);
+    const auto checkpoint = it::format::Checkpoint::open(index);
+    const auto expected = file_hashes(checkpoint);
+    try {
+        it::Loader<it::storage::gds, it::transport::single, it::sink::device_ring> loader(
+            checkpoint, it::storage::gds{}, {}, it::sink::device_ring{});
+        CHECK(check_all(loader, expected) == checkpoint.tensors().size());
+        MESSAGE("GDS ran here");
+    } catch (const it::unavailable_error& e) {
+        const std::string what = e.what();
+        MESSAGE("GDS unavailable here: " << what);
+        CHECK((what.find("cuFile") != std::string::npos || what.find("libcufile") != std::string::npos ||
+               what.find("GPUDirect") != std::string::npos));
+        CHECK(it::storage::gds::available() == std::filesystem::exists("/proc/driver/nvidia-fs"));
+    }
+}

@@ -74,7 +74,8 @@ private:
 class DeviceBuffer {
 public:
     DeviceBuffer() noexcept = default;
-    DeviceBuffer(std::size_t size, const char* lower_with) : size_(size) {
+    explicit DeviceBuffer(std::size_t size, const char* lower_with = "the staging size (staging_bytes, --staging-mib)")
+        : size_(size) {
         if (size == 0) return;
         if (const cudaError_t status = cudaMalloc(&data_, size); status != cudaSuccess) {
             std::size_t free = 0, total = 0;
@@ -101,6 +102,7 @@ public:
 
     [[nodiscard]] std::byte* data() const noexcept { return static_cast<std::byte*>(data_); }
     [[nodiscard]] std::size_t size() const noexcept { return size_; }
+    [[nodiscard]] std::span<std::byte> span() const noexcept { return {data(), size_}; }
 
 private:
     void reset() noexcept {

@@ -42,8 +42,9 @@ public:
 
     [[nodiscard]] int device() const noexcept { return device_; }
 
+    /// Copies from staging: pinned host memory, or device memory when the storage reads there (GDS).
     void copy(std::byte* device_destination, const std::byte* staged, std::uint64_t bytes) {
-        INSTANTTENSOR_CUDA_CHECK(cudaMemcpyAsync(device_destination, staged, bytes, cudaMemcpyHostToDevice, current()));
+        INSTANTTENSOR_CUDA_CHECK(cudaMemcpyAsync(device_destination, staged, bytes, cudaMemcpyDefault, current()));
     }
 
     /// Marks the end of one extent's copies; returns its ticket. The next extent uses the next stream.
