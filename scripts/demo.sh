@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs missing Debian packages, builds the instanttensor command and loads a checkpoint:
 # the PATHs given (files, index.json or directories), or else a sample 4-shard checkpoint it
-# writes to build/demo-checkpoint. Prints the tensor table and the XXH3 of every tensor's bytes.
+# writes to build/demo-checkpoint. Loads to GPU 0 when there is one (and CUDA in
+# /usr/local/cuda), else to host memory; prints the tensor table and what the load did.
 #   scripts/demo.sh [PATH...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,10 +20,11 @@ if [ ${#paths[@]} -eq 0 ]; then
   paths=("$sample")
 fi
 
-"$cli" inspect "${paths[@]}"
+# The tensor table (first rows and the summary), then the load itself: to GPU 0 when this
+# machine has one and the build has CUDA, else to host memory.
+"$cli" inspect "${paths[@]}" > build/demo-inspect.txt
+head -n 8 build/demo-inspect.txt
+echo "..."
+tail -n 3 build/demo-inspect.txt
 echo
-start=$(date +%s%N)
-"$cli" hash "${paths[@]}" > build/demo-hashes.txt
-ms=$(( ($(date +%s%N) - start) / 1000000 ))
-echo "read and hashed $(wc -l < build/demo-hashes.txt) tensors in ${ms} ms; hashes in build/demo-hashes.txt:"
-head -n 5 build/demo-hashes.txt
+"$cli" load --device auto "${paths[@]}"

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 source scripts/lib/common.sh
 
 ensure_packages "${INSTANTTENSOR_BUILD_PACKAGES[@]}" "${INSTANTTENSOR_TEST_PACKAGES[@]}"
-configure build
+configure build -DINSTANTTENSOR_BUILD_TESTS=ON -DINSTANTTENSOR_BUILD_BENCHMARKS=ON
 jobs=$(nproc)
 cmake --build build -j "$jobs"
 cmake --build build -j "$jobs" --target all_verify_interface_header_sets
