@@ -115,8 +115,8 @@ public:
     /// Opens the checkpoint's files with `storage`, plans the selected tensors and allocates staging
     /// memory and the sink's window. `checkpoint` must outlive the loader.
     Loader(const format::Checkpoint& checkpoint, Storage storage, Tr transport, Sk sink, LoadOptions options = {})
-        : checkpoint_(checkpoint), storage_(std::move(storage)), transport_(std::move(transport)),
-          sink_(std::move(sink)), options_(std::move(options)) {
+        : checkpoint_(checkpoint), sink_(std::move(sink)), storage_(std::move(storage)),
+          transport_(std::move(transport)), options_(std::move(options)) {
         if (transport_.size() != 1)
             throw unavailable_error("transport", "this loader reads on one rank; groups of ranks need transport::nccl");
         if (options_.slot_bytes < 3 * detail::page_alignment || options_.slot_bytes % detail::page_alignment != 0)
@@ -386,12 +386,13 @@ private:
     };
 
     const format::Checkpoint& checkpoint_;
-    // Staging memory is declared before the storage backend, so the backend is destroyed first:
-    // its destructor waits for reads still writing into staging.
+    // Declared in this order so that they are destroyed storage first: its destructor waits for
+    // the reads still in flight, which write into staging or (read in place) into the sink's
+    // memory; then the sink, whose destructor waits for its copies out of staging.
     StagingMemory staging_;
+    Sk sink_;
     Storage storage_;
     Tr transport_;
-    Sk sink_;
     LoadOptions options_;
     Plan plan_;
 
