@@ -25,6 +25,7 @@
 #include "instanttensor/error.hpp"
 #include "instanttensor/format/dtype.hpp"
 #include "instanttensor/format/header.hpp"
+#include "temp_dir.hpp"
 
 namespace format_test {
 
@@ -191,27 +192,7 @@ inline void write_text(const fs::path& path, std::string_view text) {
 
 inline std::span<const std::byte> as_bytes(std::string_view s) { return std::as_bytes(std::span(s.data(), s.size())); }
 
-/// A fresh directory under the system's temporary directory, removed with everything in it.
-class TempDir {
-public:
-    TempDir() {
-        std::string pattern = (fs::temp_directory_path() / "instanttensor-format-XXXXXX").string();
-        if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-        path_ = pattern;
-    }
-    ~TempDir() {
-        std::error_code ec;
-        fs::remove_all(path_, ec);
-    }
-    TempDir(const TempDir&) = delete;
-    TempDir& operator=(const TempDir&) = delete;
-
-    [[nodiscard]] const fs::path& path() const noexcept { return path_; }
-    [[nodiscard]] fs::path operator/(const fs::path& p) const { return path_ / p; }
-
-private:
-    fs::path path_;
-};
+using instanttensor_test::TempDir;
 
 /// What a call threw: the exception's class among the library's, and its what().
 struct Thrown {

@@ -7,6 +7,8 @@
 #include <doctest/doctest.h>
 #include <xxhash.h>
 
+#include "temp_dir.hpp"
+
 #include <unistd.h>
 
 #include <cstdlib>
@@ -22,16 +24,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-/// A directory removed at the end of the test.
-struct TempDir {
-    fs::path path = fs::temp_directory_path() / ("instanttensor-gpu-" + std::to_string(::getpid()) + "-" +
-                                                 std::to_string(std::random_device{}()));
-    TempDir() { fs::create_directories(path); }
-    ~TempDir() {
-        std::error_code ec;
-        fs::remove_all(path, ec);
-    }
-};
+using instanttensor_test::TempDir;
 
 void fill_random(const it::format::TensorSpec& t, std::span<std::byte> out) {
     std::uint64_t x = std::hash<std::string>{}(t.name) | 1;
@@ -145,7 +138,7 @@ TEST_CASE("every fixture loads to the device bit-exact, for every backend and bo
 
 TEST_CASE("odd offsets, tiny and empty tensors and a tensor larger than the staging ring") {
     TempDir dir;
-    const auto index = write_awkward_checkpoint(dir.path, 3'000'001);
+    const auto index = write_awkward_checkpoint(dir.path(), 3'000'001);
     check_checkpoint(index, {.filter = {}, .staging_bytes = 1 << 20, .slot_bytes = 256 << 10});
     check_checkpoint(index, {});
 }
@@ -157,7 +150,7 @@ TEST_CASE("a multi-GB checkpoint loads bit-exact and device memory stays within 
         for (const char* w : {"q", "k", "v", "o", "gate", "up", "down"})
             specs.push_back({"layers." + std::to_string(layer) + "." + w, it::format::Dtype::BF16,
                              {4096, std::string(w).size() > 1 ? 7168u : 4096u}});
-    const auto index = it::format::write_sharded_checkpoint(dir.path, specs, 4, fill_random);
+    const auto index = it::format::write_sharded_checkpoint(dir.path(), specs, 4, fill_random);
     const auto checkpoint = it::format::Checkpoint::open(index);
     REQUIRE(checkpoint.total_bytes() > 2'000'000'000);
     const auto expected = file_hashes(checkpoint);
@@ -181,7 +174,7 @@ TEST_CASE("a multi-GB checkpoint loads bit-exact and device memory stays within 
 
 TEST_CASE("a load that fails midway frees its device and pinned memory") {
     TempDir dir;
-    const auto index = write_awkward_checkpoint(dir.path, 40'000'000);
+    const auto index = write_awkward_checkpoint(dir.path(), 40'000'000);
     const auto checkpoint = it::format::Checkpoint::open(index);
     const std::uint64_t device_before = device_free();
     const std::uint64_t rss_before = resident_bytes();
@@ -205,7 +198,7 @@ TEST_CASE("a load that fails midway frees its device and pinned memory") {
 
 TEST_CASE("GPUDirect Storage loads bit-exact where it runs, and says which part refused where not") {
     TempDir dir;
-    const auto index = write_awkward_checkpoint(dir.path, 3'000'001);
+    const auto index = write_awkward_checkpoint(dir.path(), 3'000'001);
     const auto checkpoint = it::format::Checkpoint::open(index);
     const auto expected = file_hashes(checkpoint);
     try {

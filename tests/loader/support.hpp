@@ -26,6 +26,7 @@
 #include "instanttensor/config.hpp"
 #include "instanttensor/format/writer.hpp"
 #include "instanttensor/loader.hpp"
+#include "temp_dir.hpp"
 
 #if INSTANTTENSOR_HAS_URING
 #include <liburing.h>
@@ -37,31 +38,7 @@ namespace fs = std::filesystem;
 namespace it = instanttensor;
 namespace fmt = instanttensor::format;
 
-/// A fresh directory under the system temporary directory, removed with everything in it.
-class TempDir {
-public:
-    explicit TempDir(const fs::path& parent = fs::temp_directory_path()) {
-        static std::atomic<unsigned> counter{0};
-        std::random_device rd;
-        for (;;) {
-            path_ = parent / ("instanttensor-loader-" + std::to_string(::getpid()) + "-" +
-                              std::to_string(counter++) + "-" + std::to_string(rd() & 0xffffff));
-            if (fs::create_directory(path_)) break;
-        }
-    }
-    ~TempDir() {
-        std::error_code ec;
-        fs::remove_all(path_, ec);
-    }
-    TempDir(const TempDir&) = delete;
-    TempDir& operator=(const TempDir&) = delete;
-
-    [[nodiscard]] const fs::path& path() const noexcept { return path_; }
-    [[nodiscard]] fs::path operator/(const std::string& name) const { return path_ / name; }
-
-private:
-    fs::path path_;
-};
+using instanttensor_test::TempDir;
 
 /// The bytes tensor `name` is written with: a splitmix64 stream seeded by the name.
 inline void fill_bytes(std::string_view name, std::span<std::byte> out) {
