@@ -1,6 +1,7 @@
 // instanttensor/detail/device_copier.hpp: host-to-device copies from staging slots, with a ticket
 // per landed extent so the loader knows when a slot may be reused and when a tensor's bytes are
-// all on the device. Shared by the device sinks.
+// all on the device. The device sinks derive from it: it is their store() and the asynchronous
+// half of the Sink protocol (CopiesAsynchronously in concepts.hpp).
 //
 // Extents go to K streams in turn (K = 2 by default): while one copy finishes, the next one is
 // already queued on the other stream, so the DMA engine does not idle between copies. Ticket t
@@ -29,9 +30,14 @@ public:
     DeviceCopier(int device, cudaStream_t consumer, unsigned streams)
         : device_(device), consumer_(consumer), stream_count_(std::clamp(streams, 1u, 8u)) {}
 
-    /// Creates the streams and events for up to `tickets_in_flight` unfinished tickets; called
-    /// once before loading.
-    void prepare(std::size_t tickets_in_flight) {
+    DeviceCopier(DeviceCopier&&) = default;
+    DeviceCopier& operator=(DeviceCopier&&) = delete;
+    ~DeviceCopier() { synchronize(); }
+
+    /// Creates the streams, and events for the tickets of `slots` staging slots (and of the tensors
+    /// they complete); called once before loading.
+    void prepare_copies(std::size_t slots) {
+        const std::size_t tickets_in_flight = 2 * slots;
         DeviceGuard guard(device_);
         streams_ = std::vector<Stream>(stream_count_);
         // A multiple of the stream count, so an event is always re-recorded on the same stream.
@@ -43,18 +49,18 @@ public:
     [[nodiscard]] int device() const noexcept { return device_; }
 
     /// Copies from staging: pinned host memory, or device memory when the storage reads there (GDS).
-    void copy(std::byte* device_destination, const std::byte* staged, std::uint64_t bytes) {
+    void store(std::byte* device_destination, const std::byte* staged, std::uint64_t bytes) {
         INSTANTTENSOR_CUDA_CHECK(cudaMemcpyAsync(device_destination, staged, bytes, cudaMemcpyDefault, current()));
     }
 
     /// Marks the end of one extent's copies; returns its ticket. The next extent uses the next stream.
-    std::uint64_t finish() {
+    std::uint64_t extent_stored() {
         events_[next_ % events_.size()].record(current());
         return next_++;
     }
 
     /// Whether every copy up to `ticket` completed.
-    [[nodiscard]] bool done(std::uint64_t ticket) {
+    [[nodiscard]] bool copies_done(std::uint64_t ticket) {
         for (std::uint64_t t = first_unknown(ticket); t <= ticket; ++t)
             if (!events_[t % events_.size()].done()) return false;
         completed_ = std::max(completed_, ticket + 1);
@@ -63,7 +69,7 @@ public:
 
     /// Blocks until every copy up to `ticket` completed. A later ticket may have reused an event:
     /// waiting for it waits for more than needed, never less.
-    void wait(std::uint64_t ticket) {
+    void wait_copies(std::uint64_t ticket) {
         for (std::uint64_t t = first_unknown(ticket); t <= ticket; ++t) events_[t % events_.size()].wait();
         completed_ = std::max(completed_, ticket + 1);
     }

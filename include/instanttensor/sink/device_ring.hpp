@@ -23,7 +23,7 @@
 
 namespace instanttensor::sink {
 
-class device_ring {
+class device_ring : public detail::DeviceCopier {
 public:
     static constexpr MemoryKind memory = MemoryKind::device;
     /// Tensor data starts at multiples of this (cudaMalloc's own alignment).
@@ -37,7 +37,8 @@ public:
     };
 
     device_ring() : device_ring(Options{}) {}
-    explicit device_ring(Options options) : options_(options), copier_(options.device, options.consumer_stream, options.copy_streams) {}
+    explicit device_ring(Options options)
+        : DeviceCopier(options.device, options.consumer_stream, options.copy_streams), options_(options) {}
 
     void prepare(const Plan& plan) {
         const std::uint64_t needed = plan.window_needed(tensor_alignment);
@@ -58,32 +59,21 @@ public:
         return {ring_.data() + *at, tensor.nbytes()};
     }
 
-    void store(std::byte* destination, const std::byte* staged, std::uint64_t bytes) {
-        copier_.copy(destination, staged, bytes);
-    }
+    // store(), prepare_copies(), extent_stored(), copies_done(), wait_copies(): DeviceCopier's.
 
     void release(const format::TensorRef&) {
         allocator_.release_oldest();
-        copier_.after_consumer();
+        after_consumer();
     }
 
-    // The asynchronous part of the Sink protocol (see loader.hpp).
-    void prepare_copies(std::size_t slots) { copier_.prepare(2 * slots); }
-    std::uint64_t extent_stored() { return copier_.finish(); }
-    bool copies_done(std::uint64_t ticket) { return copier_.done(ticket); }
-    void wait_copies(std::uint64_t ticket) { copier_.wait(ticket); }
-    void synchronize() noexcept { copier_.synchronize(); }
-
-    [[nodiscard]] int device() const noexcept { return options_.device; }
     [[nodiscard]] std::uint64_t ring_bytes() const noexcept { return ring_.size(); }
 
-    ~device_ring() { copier_.synchronize(); }
+    ~device_ring() { synchronize(); }  // copies into the ring finish before it is freed
     device_ring(device_ring&&) = default;
     device_ring& operator=(device_ring&&) = delete;
 
 private:
     Options options_;
-    detail::DeviceCopier copier_;
     detail::DeviceBuffer ring_;
     detail::RingAllocator allocator_;
 };

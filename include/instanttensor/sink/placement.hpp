@@ -54,7 +54,7 @@ private:
 /// (for example slices of its preallocated weight buffers); bytes are copied there straight from
 /// pinned staging, with no ring and no second copy. Once the loader yields a tensor its bytes are
 /// on the device; the memory stays the caller's.
-class device_placement {
+class device_placement : public detail::DeviceCopier {
 public:
     static constexpr MemoryKind memory = MemoryKind::device;
     using Destination = placement::Destination;
@@ -67,31 +67,15 @@ public:
 
     explicit device_placement(Destination destination) : device_placement(std::move(destination), Options{}) {}
     device_placement(Destination destination, Options options)
-        : host_(std::move(destination)), options_(options), copier_(options.device, options.consumer_stream, options.copy_streams) {}
+        : DeviceCopier(options.device, options.consumer_stream, options.copy_streams), destinations_(std::move(destination)) {}
 
-    void prepare(const Plan& plan) { host_.prepare(plan); }
-    std::span<std::byte> reserve(const format::TensorRef& tensor) { return host_.reserve(tensor); }
-    void store(std::byte* destination, const std::byte* staged, std::uint64_t bytes) {
-        copier_.copy(destination, staged, bytes);
-    }
+    void prepare(const Plan& plan) { destinations_.prepare(plan); }
+    std::span<std::byte> reserve(const format::TensorRef& tensor) { return destinations_.reserve(tensor); }
+    // store(), prepare_copies(), extent_stored(), copies_done(), wait_copies(): DeviceCopier's.
     void release(const format::TensorRef&) noexcept {}
 
-    void prepare_copies(std::size_t slots) { copier_.prepare(2 * slots); }
-    std::uint64_t extent_stored() { return copier_.finish(); }
-    bool copies_done(std::uint64_t ticket) { return copier_.done(ticket); }
-    void wait_copies(std::uint64_t ticket) { copier_.wait(ticket); }
-    void synchronize() noexcept { copier_.synchronize(); }
-
-    [[nodiscard]] int device() const noexcept { return options_.device; }
-
-    ~device_placement() { copier_.synchronize(); }
-    device_placement(device_placement&&) = default;
-    device_placement& operator=(device_placement&&) = delete;
-
 private:
-    placement host_;  // validates each destination the caller returns
-    Options options_;
-    detail::DeviceCopier copier_;
+    placement destinations_;  // asks the caller and checks each destination's size
 };
 #endif  // INSTANTTENSOR_HAS_CUDA
 
