@@ -69,26 +69,13 @@ private:
     int previous_ = 0;
 };
 
-/// Device memory, freed on destruction. An allocation that does not fit says how much was asked,
-/// how much is free, and `lower_with` (the option that lowers the need).
-class DeviceBuffer {
+/// Sole owner of memory from a CUDA allocator, released with `Free` on destruction.
+template <cudaError_t (*Free)(void*)>
+class CudaMemory {
 public:
-    DeviceBuffer() noexcept = default;
-    explicit DeviceBuffer(std::size_t size, const char* lower_with = "the staging size (staging_bytes, --staging-mib)")
-        : size_(size) {
-        if (size == 0) return;
-        if (const cudaError_t status = cudaMalloc(&data_, size); status != cudaSuccess) {
-            std::size_t free = 0, total = 0;
-            cudaGetLastError();
-            cudaMemGetInfo(&free, &total);
-            data_ = nullptr;
-            throw_cuda_error(status, "cudaMalloc", __FILE__, __LINE__,
-                             "asked for " + gib(size) + " of device memory, " + gib(free) + " of " + gib(total) +
-                                 " free; lower " + lower_with);
-        }
-    }
-    DeviceBuffer(DeviceBuffer&& o) noexcept : data_(std::exchange(o.data_, nullptr)), size_(std::exchange(o.size_, 0)) {}
-    DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    CudaMemory() noexcept = default;
+    CudaMemory(CudaMemory&& o) noexcept : data_(std::exchange(o.data_, nullptr)), size_(std::exchange(o.size_, 0)) {}
+    CudaMemory& operator=(CudaMemory&& o) noexcept {
         if (this != &o) {
             reset();
             data_ = std::exchange(o.data_, nullptr);
@@ -96,59 +83,56 @@ public:
         }
         return *this;
     }
-    DeviceBuffer(const DeviceBuffer&) = delete;
-    DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-    ~DeviceBuffer() { reset(); }
+    CudaMemory(const CudaMemory&) = delete;
+    CudaMemory& operator=(const CudaMemory&) = delete;
+    ~CudaMemory() { reset(); }
 
     [[nodiscard]] std::byte* data() const noexcept { return static_cast<std::byte*>(data_); }
     [[nodiscard]] std::size_t size() const noexcept { return size_; }
     [[nodiscard]] std::span<std::byte> span() const noexcept { return {data(), size_}; }
 
-private:
+protected:
     void reset() noexcept {
-        if (data_ != nullptr) cudaFree(data_);
+        if (data_ != nullptr) Free(data_);
         data_ = nullptr;
     }
     void* data_ = nullptr;
     std::size_t size_ = 0;
 };
 
-/// Page-locked host memory (page aligned), freed on destruction.
-class PinnedBuffer {
+/// Device memory (cudaMalloc). An allocation that does not fit says how much was asked, how much
+/// is free, and `lower_with` (the option that lowers the need).
+class DeviceBuffer : public CudaMemory<cudaFree> {
+public:
+    DeviceBuffer() noexcept = default;
+    explicit DeviceBuffer(std::size_t size, const char* lower_with = "the staging size (staging_bytes, --staging-mib)") {
+        if (size == 0) return;
+        if (const cudaError_t status = cudaMalloc(&data_, size); status != cudaSuccess) {
+            data_ = nullptr;
+            std::size_t free = 0, total = 0;
+            cudaGetLastError();
+            cudaMemGetInfo(&free, &total);
+            throw_cuda_error(status, "cudaMalloc", __FILE__, __LINE__,
+                             "asked for " + gib(size) + " of device memory, " + gib(free) + " of " + gib(total) +
+                                 " free; lower " + lower_with);
+        }
+        size_ = size;
+    }
+};
+
+/// Page-locked host memory (cudaHostAlloc, page aligned).
+class PinnedBuffer : public CudaMemory<cudaFreeHost> {
 public:
     PinnedBuffer() noexcept = default;
-    explicit PinnedBuffer(std::size_t size) : size_(size) {
+    explicit PinnedBuffer(std::size_t size) {
         if (size == 0) return;
         if (const cudaError_t status = cudaHostAlloc(&data_, size, cudaHostAllocDefault); status != cudaSuccess) {
             data_ = nullptr;
             throw_cuda_error(status, "cudaHostAlloc", __FILE__, __LINE__,
                              "asked for " + gib(size) + " of pinned host memory; lower the staging size (staging_bytes, --staging-mib)");
         }
+        size_ = size;
     }
-    PinnedBuffer(PinnedBuffer&& o) noexcept : data_(std::exchange(o.data_, nullptr)), size_(std::exchange(o.size_, 0)) {}
-    PinnedBuffer& operator=(PinnedBuffer&& o) noexcept {
-        if (this != &o) {
-            reset();
-            data_ = std::exchange(o.data_, nullptr);
-            size_ = std::exchange(o.size_, 0);
-        }
-        return *this;
-    }
-    PinnedBuffer(const PinnedBuffer&) = delete;
-    PinnedBuffer& operator=(const PinnedBuffer&) = delete;
-    ~PinnedBuffer() { reset(); }
-
-    [[nodiscard]] std::byte* data() const noexcept { return static_cast<std::byte*>(data_); }
-    [[nodiscard]] std::size_t size() const noexcept { return size_; }
-    [[nodiscard]] std::span<std::byte> span() const noexcept { return {data(), size_}; }
-
-private:
-    void reset() noexcept {
-        if (data_ != nullptr) cudaFreeHost(data_);
-        data_ = nullptr;
-    }
-    void* data_ = nullptr;
-    std::size_t size_ = 0;
 };
 
 /// A non-blocking stream, destroyed (after its work) on destruction.
