@@ -118,7 +118,7 @@ public:
         : checkpoint_(checkpoint), sink_(std::move(sink)), storage_(std::move(storage)),
           transport_(std::move(transport)), options_(std::move(options)) {
         if (transport_.size() != 1)
-            throw unavailable_error("transport", "this loader reads on one rank; groups of ranks need transport::nccl");
+            throw unavailable_error("transport", "loading as one of " + std::to_string(transport_.size()) + " ranks is not implemented yet: use a transport of size 1 (transport::single)");
         if (options_.slot_bytes < 3 * detail::page_alignment || options_.slot_bytes % detail::page_alignment != 0)
             throw std::invalid_argument("slot_bytes must be a multiple of 4096 and at least 12288");
         storage_.open(checkpoint_);

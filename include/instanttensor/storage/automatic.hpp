@@ -3,7 +3,10 @@
 // A closed std::variant of the host backends: the choice is made when the checkpoint is opened
 // and each read then dispatches on the variant's index (a switch, no virtual call). Under
 // Backend::automatic it is io_uring where the kernel allows it, else pread; `chosen()` and
-// `fallback_reason()` report what happened.
+// `fallback_reason()` report what happened. storage::gds is not among the alternatives, since it
+// writes device memory and so changes the loader's type: a GPU load that wants it tries
+// Loader<storage::gds, ...> first where storage::gds::available(), and falls back to this on
+// unavailable_error (as `instanttensor load --backend auto` does, tools/loading.cpp).
 #pragma once
 
 #include <optional>
