@@ -117,6 +117,17 @@ std::vector<fmt::TensorSpec> fallback_specs() {
 
 const it::LoadOptions small_slots = ring_of(64 << 10, 16 << 10);
 
+/// Judges the exit status of a test's child: 0 passed, 10 could not install its seccomp filter
+/// (the case is skipped), anything else names the check that failed.
+void check_child_status(int status) {
+    if (status == 10) {
+        MESSAGE("skipped: this process may not install a seccomp filter");
+        return;
+    }
+    INFO("child exit status: ", status);
+    CHECK(status == 0);
+}
+
 }  // namespace
 
 TEST_CASE("fallback: io_uring refused by seccomp") {
@@ -180,12 +191,7 @@ TEST_CASE("fallback: io_uring refused by seccomp") {
         }
         return 0;
     });
-    if (status == 10) {
-        MESSAGE("skipped: this process may not install a seccomp filter");
-        return;
-    }
-    INFO("child exit status: ", status);
-    CHECK(status == 0);
+    check_child_status(status);
 }
 
 TEST_CASE("fallback: O_DIRECT refused when the file is opened") {
@@ -221,12 +227,7 @@ TEST_CASE("fallback: O_DIRECT refused when the file is opened") {
         }
         return 0;
     });
-    if (status == 10) {
-        MESSAGE("skipped: this process may not install a seccomp filter");
-        return;
-    }
-    INFO("child exit status: ", status);
-    CHECK(status == 0);
+    check_child_status(status);
 }
 
 TEST_CASE("fallback: O_DIRECT refused at read time (EINVAL) reads the file buffered") {
