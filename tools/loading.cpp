@@ -163,7 +163,7 @@ void add_load_options(CLI::App& sub, LoadSettings& settings, const std::string& 
         ->check(CLI::Range(1, 8));
 }
 
-LoadReport load_checkpoint(const format::Checkpoint& checkpoint, const LoadSettings& settings, bool want_host_bytes,
+LoadReport load_checkpoint(const format::Checkpoint& checkpoint, const LoadSettings& settings, [[maybe_unused]] bool want_host_bytes,
                            const TensorConsumer& consume) {
     // "gds" is not a host backend: automatic's choice then does not matter (GDS is tried first).
     const storage::automatic::Options storage{storage::parse_backend(settings.backend).value_or(storage::Backend::automatic),
