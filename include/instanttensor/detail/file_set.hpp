@@ -66,7 +66,6 @@ public:
         FileDescriptor buffered;
         FileDescriptor direct;        // open when the file is read with O_DIRECT
         std::uint64_t alignment = 1;  // O_DIRECT alignment of offsets, lengths and addresses
-        double resident = 0;          // sampled page-cache residency when opened
     };
 
     void open(const format::Checkpoint& checkpoint, DirectIo policy) {
@@ -77,10 +76,10 @@ public:
             file.path = f.path.string();
             file.buffered = open_read_only(f.path);
             file.size = regular_file_size(file.buffered.get(), file.path);
-            if (policy != DirectIo::off) {
-                file.resident = resident_fraction(file.buffered.get(), file.size);
-                if (policy == DirectIo::on || file.resident < resident_threshold) open_direct(file);
-            }
+            // Residency is sampled only where it decides something.
+            if (policy == DirectIo::on ||
+                (policy == DirectIo::automatic && resident_fraction(file.buffered.get(), file.size) < resident_threshold))
+                open_direct(file);
             files_.push_back(std::move(file));
         }
         use_direct_ = std::make_unique<std::atomic<bool>[]>(files_.size());
