@@ -36,6 +36,14 @@ constexpr std::uint32_t audit_arch = AUDIT_ARCH_AARCH64;
 constexpr std::uint32_t audit_arch = 0;  // seccomp tests are skipped
 #endif
 
+/// Installs `filter` for this process (and its threads) for good; false where it may not.
+template <std::size_t N>
+bool install_seccomp_filter(sock_filter (&filter)[N]) {
+    sock_fprog program{static_cast<unsigned short>(N), filter};
+    return ::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 &&
+           ::prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &program, 0, 0) == 0;
+}
+
 /// Installs a seccomp filter (in this process: call it in a forked child) that fails
 /// io_uring_setup with EPERM, as container runtimes and kernel.io_uring_disabled do.
 bool refuse_io_uring() {
@@ -48,9 +56,7 @@ bool refuse_io_uring() {
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
     };
-    sock_fprog program{static_cast<unsigned short>(std::size(filter)), filter};
-    return ::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 &&
-           ::prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &program, 0, 0) == 0;
+    return install_seccomp_filter(filter);
 }
 
 /// Installs a seccomp filter that fails every open with O_DIRECT with EINVAL, as filesystems
@@ -69,9 +75,7 @@ bool refuse_o_direct() {
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EINVAL & SECCOMP_RET_DATA)),
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
     };
-    sock_fprog program{static_cast<unsigned short>(std::size(filter)), filter};
-    return ::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 &&
-           ::prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &program, 0, 0) == 0;
+    return install_seccomp_filter(filter);
 }
 
 /// Runs `body` in a forked child and returns its exit status (0 = every check passed); a child
