@@ -13,6 +13,7 @@
 #include <string_view>
 
 #include "instanttensor/format/checkpoint.hpp"
+#include "instanttensor/group_plan.hpp"
 #include "instanttensor/plan.hpp"
 
 namespace instanttensor {
@@ -82,14 +83,39 @@ concept Transport = requires(const T& t) {
     { T::needs_device_memory } -> std::convertible_to<bool>;
 };
 
+/// GroupTransport: a Transport that exchanges the bytes of each window of a group load (see
+/// group_plan.hpp); transport::single is not one, it loads alone.
+///
+///   T::memory                    MemoryKind of the window buffers it exchanges
+///   t.device()                   (device memory only) the CUDA device of this rank
+///   t.exchange(window, x)        starts window exchange `x` over this rank's window buffer and
+///                                returns a ticket; every rank starts the same exchanges in the
+///                                same order, each over its own buffer
+///   t.exchange_done(ticket)      whether that exchange (and every earlier one) completed here;
+///                                throws when the group failed (a peer stopped, an NCCL error)
+///   t.abandon()                  this rank stops before the end of the load: peers must not wait
+///                                for it forever; returns once nothing more touches its buffers
+template <class T>
+concept GroupTransport =
+    Transport<T> && requires(T& t, std::byte* window, const WindowExchange& x, std::uint64_t ticket) {
+        { T::memory } -> std::convertible_to<MemoryKind>;
+        { t.exchange(window, x) } -> std::same_as<std::uint64_t>;
+        { t.exchange_done(ticket) } -> std::same_as<bool>;
+        t.abandon();
+    } && (T::memory == MemoryKind::host || requires(const T& t) {
+        { t.device() } -> std::convertible_to<int>;
+    });
+
 /// Sink: owns where tensors land and says how long a yielded view stays valid.
 ///
 ///   K::memory                  MemoryKind of the destinations
 ///   k.prepare(plan)            called once before loading; allocates the destination window, which
 ///                              must hold plan.window_needed(granularity) (throws when it cannot)
-///   k.reserve(tensor)          a destination of tensor.nbytes() bytes, or an empty span while the
+///   k.reserve(tensor, bytes)   a destination of `bytes` bytes for `tensor` (all of its bytes, or in
+///                              a group load the rows this rank keeps), or an empty span while the
 ///                              window is full (the loader then waits for the consumer)
-///   k.store(destination, staged, bytes)  copies `bytes` staged bytes (host memory) to destination
+///   k.store(destination, staged, bytes)  copies `bytes` staged bytes to destination (from host
+///                              memory, or from device memory when the storage or transport is there)
 ///   k.release(tensor)          the consumer moved past `tensor`; its window space may be reused
 ///
 /// The loader reserves and releases in tensor order.
@@ -106,7 +132,7 @@ concept Sink = requires(K& k, const Plan& plan, const format::TensorRef& tensor,
                         std::byte* destination, const std::byte* staged) {
     { K::memory } -> std::convertible_to<MemoryKind>;
     k.prepare(plan);
-    { k.reserve(tensor) } -> std::same_as<std::span<std::byte>>;
+    { k.reserve(tensor, size) } -> std::same_as<std::span<std::byte>>;
     k.store(destination, staged, size);
     k.release(tensor);
 };

@@ -13,6 +13,12 @@
 // consumer by up to the staging size (and the sink's window). No thread of the loader's own:
 // parallelism comes from the kernel (io_uring) or the backend's pool (pread).
 //
+// Group loads (a GroupTransport such as transport::nccl): each rank reads about 1/N of every
+// window of the plan into a window buffer, the transport exchanges the windows (group_plan.hpp),
+// and each rank lands the bytes it keeps (share.hpp) from its window buffer into its sink. Reads of
+// later windows, the exchange of one and the landing of an earlier one overlap. A rank that keeps
+// nothing more still takes part in every exchange: reaching the end of the iteration does that.
+//
 // Errors: any failure (io_error naming the file and byte offset, a refused destination, ...)
 // propagates from operator++ (or begin()), after which the loader is stopped: further use throws
 // an error that repeats the first. Destroying a loader waits for reads still in flight, then frees
@@ -24,10 +30,12 @@
 #include <cstring>
 #include <deque>
 #include <iterator>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <thread>
 #include <type_traits>
+#include <variant>
 #include <vector>
 
 #include "instanttensor/concepts.hpp"
@@ -35,12 +43,15 @@
 #include "instanttensor/detail/aligned.hpp"
 #if INSTANTTENSOR_HAS_CUDA
 #include "instanttensor/detail/cuda.hpp"
+#include "instanttensor/detail/device_copier.hpp"
 #include "instanttensor/sink/device_ring.hpp"
 #include "instanttensor/storage/gds.hpp"
 #endif
 #include "instanttensor/error.hpp"
 #include "instanttensor/format/checkpoint.hpp"
+#include "instanttensor/group_plan.hpp"
 #include "instanttensor/plan.hpp"
+#include "instanttensor/share.hpp"
 #include "instanttensor/sink/host.hpp"
 #include "instanttensor/sink/placement.hpp"
 #include "instanttensor/storage/automatic.hpp"
@@ -58,6 +69,7 @@ struct TensorView {
     std::span<std::byte> data;
     MemoryKind memory = MemoryKind::host;
     const format::TensorRef* ref = nullptr;  ///< file and offsets, from the checkpoint
+    std::uint64_t first_row = 0;  ///< group loads that split the tensor: its first row here (shape[0] rows)
 };
 
 /// Knobs of a load. The defaults were measured best for loading to an H100 from the page cache
@@ -67,6 +79,11 @@ struct LoadOptions {
     TensorFilter filter;                        ///< tensors to load; empty = all
     std::uint64_t staging_bytes = 128ull << 20; ///< total staging memory (a ring of slots)
     std::uint64_t slot_bytes = 4ull << 20;      ///< one slot = the largest single read
+
+    // Group loads only (a GroupTransport); every rank must pass the same values.
+    ShareFunction share;                        ///< what each rank keeps (share.hpp); empty = everything
+    std::uint64_t window_bytes = 128ull << 20;  ///< bytes the group reads, then exchanges, at a time
+    unsigned windows = 3;                       ///< window buffers: reading, exchanging, landing overlap
 };
 
 /// Selects tensors by exact name.
@@ -85,6 +102,8 @@ struct LoadStats {
     std::uint64_t reads = 0;          ///< read requests submitted (continuations included)
     std::uint64_t retries = 0;        ///< EINTR/EAGAIN retries and short-read continuations
     std::uint64_t staging_bytes = 0;  ///< staging memory allocated
+    std::uint64_t received_bytes = 0; ///< group loads: bytes this rank receives from the others (whole load)
+    std::uint64_t window_memory = 0;  ///< group loads: bytes of the window buffers (transport's memory)
     double seconds = 0;               ///< from begin() to the last tensor
 };
 
@@ -97,28 +116,55 @@ concept ReadsIntoSinkMemory = S::destination == MemoryKind::host || K::memory ==
 template <class T, class K>
 concept TransportFitsSink = !T::needs_device_memory || K::memory == MemoryKind::device;
 
+namespace detail {
+/// Where a transport's window buffers live (host for a transport that does not exchange).
+template <class T>
+constexpr MemoryKind window_memory() {
+    if constexpr (GroupTransport<T>) return T::memory;
+    else return MemoryKind::host;
+}
+}  // namespace detail
+
 template <StorageBackend Storage, Transport Tr, Sink Sk>
     requires ReadsIntoSinkMemory<Storage, Sk> && TransportFitsSink<Tr, Sk>
 class Loader {
     static constexpr bool asynchronous = CopiesAsynchronously<Sk>;
+    static constexpr bool grouped = GroupTransport<Tr>;
+    static constexpr MemoryKind window_memory = detail::window_memory<Tr>();
+    // A group load whose storage reads host memory while the transport exchanges device memory
+    // reads into pinned staging slots and uploads each read into the window buffer.
+    static constexpr bool uploads = grouped && Storage::destination != window_memory;
+    static_assert(!grouped || Storage::destination == MemoryKind::host || window_memory == MemoryKind::device,
+                  "a storage that reads device memory needs a transport that exchanges device memory");
 #if INSTANTTENSOR_HAS_CUDA
     // A storage that reads into device memory (GDS) stages there; device sinks copy from host
     // staging with the DMA engine, which needs page-locked memory.
     using StagingMemory = std::conditional_t<
         Storage::destination == MemoryKind::device, detail::DeviceBuffer,
         std::conditional_t<Sk::memory == MemoryKind::device, detail::PinnedBuffer, detail::AlignedBuffer>>;
+    using WindowMemory = std::conditional_t<window_memory == MemoryKind::device, detail::DeviceBuffer, detail::AlignedBuffer>;
+    using Uploader = std::conditional_t<uploads, std::optional<detail::DeviceCopier>, std::monostate>;
 #else
     using StagingMemory = detail::AlignedBuffer;
+    using WindowMemory = detail::AlignedBuffer;
+    using Uploader = std::monostate;
 #endif
 
 public:
     /// Opens the checkpoint's files with `storage`, plans the selected tensors and allocates staging
-    /// memory and the sink's window. `checkpoint` must outlive the loader.
+    /// memory and the sink's window (and for a group load its window buffers). `checkpoint` must
+    /// outlive the loader.
     Loader(const format::Checkpoint& checkpoint, Storage storage, Tr transport, Sk sink, LoadOptions options = {})
         : checkpoint_(checkpoint), sink_(std::move(sink)), storage_(std::move(storage)),
           transport_(std::move(transport)), options_(std::move(options)) {
-        if (transport_.size() != 1)
-            throw unavailable_error("transport", "loading as one of " + std::to_string(transport_.size()) + " ranks is not implemented yet: use a transport of size 1 (transport::single)");
+        if constexpr (!grouped) {
+            if (transport_.size() != 1)
+                throw std::invalid_argument("a transport of " + std::to_string(transport_.size()) +
+                                            " ranks must exchange bytes (model GroupTransport, as transport::nccl does)");
+            if (options_.share)
+                throw std::invalid_argument("LoadOptions::share splits tensors across a group: it needs a GroupTransport "
+                                            "(for one rank, select tensors with LoadOptions::filter)");
+        }
         if (options_.slot_bytes < 3 * detail::page_alignment || options_.slot_bytes % detail::page_alignment != 0)
             throw std::invalid_argument("slot_bytes must be a multiple of 4096 and at least 12288");
         storage_.open(checkpoint_);
@@ -126,29 +172,45 @@ public:
         for (std::uint32_t f = 0; f < alignment.size(); ++f) alignment[f] = storage_.alignment(f);
         plan_ = make_plan(checkpoint_, options_.filter, alignment, options_.slot_bytes);
 
-        const std::uint64_t slots = std::clamp<std::uint64_t>(options_.staging_bytes / options_.slot_bytes, 2,
-                                                              std::max<std::uint64_t>(2, plan_.extents.size()));
-        staging_ = allocate_staging(slots * options_.slot_bytes);
-        if constexpr (requires { storage_.register_memory(staging_.span()); }) storage_.register_memory(staging_.span());
+        std::uint64_t slots = std::clamp<std::uint64_t>(options_.staging_bytes / options_.slot_bytes, 2,
+                                                        std::max<std::uint64_t>(2, plan_.extents.size()));
+        if constexpr (grouped) {
+            prepare_group();
+            if constexpr (!uploads) slots = 0;  // reads land in the window buffers themselves
+        }
+        if (slots > 0) {
+            staging_ = allocate_staging(slots * options_.slot_bytes);
+            if constexpr (requires { storage_.register_memory(staging_.span()); }) storage_.register_memory(staging_.span());
+        }
         slots_.resize(slots);
         for (std::uint64_t s = slots; s-- > 0;) free_slots_.push_back(static_cast<std::uint32_t>(s));
-        depth_ = std::min<std::size_t>(slots, storage_.queue_depth());
+        depth_ = std::min<std::size_t>(grouped && slots == 0 ? max_group_reads : slots, storage_.queue_depth());
         stats_.staging_bytes = staging_.size();
 
         sink_.prepare(plan_);
-        if constexpr (asynchronous) {
-            sink_.prepare_copies(slots);
-            tickets_.resize(plan_.tensors.size());
-        }
         destinations_.resize(plan_.tensors.size());
         reserved_.resize(plan_.tensors.size(), false);
-        remaining_.resize(plan_.tensors.size());
-        for (std::size_t t = 0; t < plan_.tensors.size(); ++t) remaining_[t] = plan_.tensors[t].piece_count;
+        count_remaining_pieces();
+        if constexpr (asynchronous) {
+            sink_.prepare_copies(std::max<std::uint64_t>(slots, 2 * options_.windows));
+            tickets_.assign(plan_.tensors.size(), no_ticket);
+        }
         results_.resize(depth_);
+        if constexpr (grouped) {
+            reads_.resize(depth_);
+            for (std::uint64_t tag = depth_; tag-- > 0;) free_reads_.push_back(tag);
+        }
     }
 
     Loader(const Loader&) = delete;
     Loader& operator=(const Loader&) = delete;
+
+    /// A group load stopped early (an error, or the loader dropped before the end) lets its peers
+    /// know, so that they fail instead of waiting for it.
+    ~Loader() {
+        if constexpr (grouped)
+            if (!group_finished()) transport_.abandon();
+    }
 
     class iterator {
     public:
@@ -183,15 +245,24 @@ public:
     std::default_sentinel_t end() const noexcept { return {}; }
 
     [[nodiscard]] const Plan& plan() const noexcept { return plan_; }
+    /// Group loads: how the group splits the reads and exchanges the windows.
+    [[nodiscard]] const GroupPlan& group_plan() const noexcept { return group_; }
     [[nodiscard]] const LoadStats& stats() const noexcept { return stats_; }
     [[nodiscard]] const Storage& storage() const noexcept { return storage_; }
     [[nodiscard]] const Sk& sink() const noexcept { return sink_; }
 
 private:
-    struct Slot {
-        std::uint32_t extent = 0;
-        std::uint64_t done = 0;    // bytes of the extent read so far
-        std::byte* buffer = nullptr;  // where the extent is read: the slot, or its tensor's destination
+    /// A read in flight: `length` bytes of `file` at `offset` into `buffer`, of which `done` arrived.
+    struct Read {
+        std::uint32_t file = 0;
+        std::uint64_t offset = 0;
+        std::uint64_t length = 0;
+        std::uint64_t needed = 0;   // bytes that must arrive (the rest may lie past the end of the file)
+        std::uint64_t done = 0;
+        std::byte* buffer = nullptr;
+        std::uint32_t extent = 0;   // single loads: the extent; group loads: the window
+        std::byte* upload_to = nullptr;  // group loads through staging: where in the window buffer it goes
+        std::uint32_t slot = 0;     // the staging slot it uses, if any
     };
 
     StagingMemory allocate_staging(std::uint64_t bytes) {
@@ -204,26 +275,139 @@ private:
         return StagingMemory(bytes);
     }
 
-    /// Releases the current tensor, then loads the next one.
+    // ---- the consumer's side: reservations, yielded views --------------------------------------
+
+    /// Whether this rank yields tensor t, and how many of its bytes land here.
+    bool yields(std::size_t t) const {
+        if constexpr (grouped) return group_.keeps(static_cast<std::uint32_t>(t), transport_.rank()).kept;
+        else return true;
+    }
+    std::uint64_t destination_bytes(std::size_t t) const {
+        if constexpr (grouped) return group_.keeps(static_cast<std::uint32_t>(t), transport_.rank()).size();
+        else return plan_.tensors[t].ref->nbytes();
+    }
+
+    /// Pieces that must land before each tensor is complete: all of them, or in a group load those
+    /// holding bytes this rank keeps.
+    void count_remaining_pieces() {
+        remaining_.assign(plan_.tensors.size(), 0);
+        for (const Piece& p : plan_.pieces) {
+            if constexpr (grouped) {
+                const KeptBytes& k = group_.keeps(p.tensor, transport_.rank());
+                if (!k.kept || k.size() == 0 || p.tensor_offset >= k.end || p.tensor_offset + p.length <= k.begin) continue;
+            }
+            ++remaining_[p.tensor];
+        }
+    }
+
+    /// Releases the current tensor, then loads the next one this rank yields.
     void advance() {
         if (!failure_.empty()) throw error("", "loader stopped after an earlier error: " + failure_);
         try {
             if (current_ < plan_.tensors.size() && reserved_[current_]) sink_.release(*plan_.tensors[current_].ref);
-            ++current_;
+            do ++current_;
+            while (current_ < plan_.tensors.size() && !yields(current_));
             if (current_ >= plan_.tensors.size()) {
+                if constexpr (grouped) pump_group([this] { return group_finished(); });
                 stats_.seconds = seconds_since_start();
                 return;
             }
-            wait_until_landed(current_);
-            const auto& ref = *plan_.tensors[current_].ref;
-            view_ = {ref.name(), ref.info->dtype, ref.info->shape, destinations_[current_], Sk::memory, &ref};
-            ++stats_.tensors;
-            stats_.tensor_bytes += ref.nbytes();
+            if constexpr (grouped) pump_group([this] { return landed(current_); });
+            else wait_until_landed(current_);
+            set_view(current_);
         } catch (const std::exception& e) {
             failure_ = e.what();
             throw;
         }
     }
+
+    void set_view(std::size_t t) {
+        const auto& ref = *plan_.tensors[t].ref;
+        view_ = {ref.name(), ref.info->dtype, ref.info->shape, destinations_[t], Sk::memory, &ref, 0};
+        if constexpr (grouped) {
+            const KeptBytes& k = group_.keeps(static_cast<std::uint32_t>(t), transport_.rank());
+            if (!ref.info->shape.empty() && k.rows != ref.info->shape[0]) {
+                view_shape_.assign(ref.info->shape.begin(), ref.info->shape.end());
+                view_shape_[0] = k.rows;
+                view_.shape = view_shape_;
+                view_.first_row = k.first_row;
+            }
+        }
+        ++stats_.tensors;
+        stats_.tensor_bytes += view_.data.size();
+    }
+
+    bool landed(std::size_t t) { return remaining_[t] == 0 && copies_done(t); }
+
+    bool copies_done(std::size_t t) {
+        if constexpr (asynchronous) return tickets_[t] == no_ticket || sink_.copies_done(tickets_[t]);
+        else return true;
+    }
+
+    /// Reserves destinations for every tensor up to `last` (in order); false while the sink is full.
+    bool reserve_through(std::uint32_t last) {
+        for (; reserved_upto_ <= last; ++reserved_upto_) {
+            if (!yields(reserved_upto_)) continue;
+            const std::uint64_t bytes = destination_bytes(reserved_upto_);
+            if (bytes == 0) continue;
+            auto destination = sink_.reserve(*plan_.tensors[reserved_upto_].ref, bytes);
+            if (destination.empty()) return false;
+            destinations_[reserved_upto_] = destination;
+            reserved_[reserved_upto_] = true;
+        }
+        return true;
+    }
+
+    // ---- reads, for both kinds of load ------------------------------------------------------------
+
+    Read& read_of(std::uint64_t tag) { return grouped ? reads_[tag] : slots_[tag]; }
+
+    /// Submits the unread rest of read `tag`.
+    void submit(std::uint64_t tag) {
+        const Read& r = read_of(tag);
+        storage_.submit({r.file, r.offset + r.done, r.length - r.done, r.buffer + r.done, tag});
+        ++in_flight_;
+        ++stats_.reads;
+    }
+
+    /// Handles `count` reaped results: retries, continues short reads, and hands complete reads on.
+    void process(std::size_t count) {
+        for (std::size_t i = 0; i < count; ++i) {
+            const std::uint64_t tag = results_[i].tag;
+            const std::int64_t result = results_[i].result;
+            --in_flight_;
+            Read& r = read_of(tag);
+            if (result == -EINTR || result == -EAGAIN) {
+                retry(tag);
+                continue;
+            }
+            const std::string& path = checkpoint_.files()[r.file].path.native();
+            if (result < 0)
+                throw io_error(path, "read failed at byte " + std::to_string(r.offset + r.done), static_cast<int>(-result));
+            r.done += static_cast<std::uint64_t>(result);
+            if (r.done < r.needed) {
+                if (result == 0)
+                    throw io_error(path, "unexpected end of file at byte " + std::to_string(r.offset + r.done) +
+                                             " (was the file truncated after it was opened?)", 0);
+                retry(tag);  // a short read: continue where it stopped
+                continue;
+            }
+            retries_in_a_row_ = 0;
+            stats_.read_bytes += r.length;
+            if constexpr (grouped) share_read_done(tag);
+            else land(static_cast<std::uint32_t>(tag));
+        }
+    }
+
+    void retry(std::uint64_t tag) {
+        if (++retries_in_a_row_ > max_retries_in_a_row)
+            throw io_error(checkpoint_.files()[read_of(tag).file].path.native(),
+                           "reads keep failing with EINTR/EAGAIN or returning short", EAGAIN);
+        ++stats_.retries;
+        submit(tag);
+    }
+
+    // ---- single loads: extents through staging slots -------------------------------------------
 
     /// Runs the pipeline until every byte of tensor `t` is in its destination. While a device sink's
     /// copies run, the loop polls (reaping reads without blocking, so that slots keep cycling and
@@ -233,7 +417,7 @@ private:
         for (;;) {
             reclaim_slots();
             submit_reads();
-            if (remaining_[t] == 0 && copies_done(t)) return;
+            if (landed(t)) return;
             const bool watching_copies = asynchronous && !copying_.empty();
             if (in_flight_ > 0) {
                 const std::size_t n = storage_.reap(results_, !watching_copies);
@@ -245,11 +429,6 @@ private:
                 throw std::logic_error("loader: nothing in flight for an incomplete tensor");
             }
         }
-    }
-
-    bool copies_done(std::size_t t) {
-        if constexpr (asynchronous) return plan_.tensors[t].piece_count == 0 || sink_.copies_done(tickets_[t]);
-        else return true;
     }
 
     /// Frees the slots whose copies ran (in order: copies complete in the order they were issued).
@@ -277,67 +456,13 @@ private:
             if (!reserve_through(last_tensor)) return;  // the sink is full until the consumer moves on
             const std::uint32_t slot = free_slots_.back();
             free_slots_.pop_back();
-            slots_[slot] = {static_cast<std::uint32_t>(next_extent_), 0, read_buffer(e, slot)};
+            slots_[slot] = {e.file, e.offset, e.length, e.needed, 0, read_buffer(e, slot), static_cast<std::uint32_t>(next_extent_)};
             ++next_extent_;
-            read(slot);
+            submit(slot);
         }
     }
 
-    /// Reserves destinations for every tensor up to `last` (in order); false while the sink is full.
-    bool reserve_through(std::uint32_t last) {
-        for (; reserved_upto_ <= last; ++reserved_upto_) {
-            const auto& ref = *plan_.tensors[reserved_upto_].ref;
-            if (ref.nbytes() == 0) continue;
-            auto destination = sink_.reserve(ref);
-            if (destination.empty()) return false;
-            destinations_[reserved_upto_] = destination;
-            reserved_[reserved_upto_] = true;
-        }
-        return true;
-    }
-
-    /// Submits the unread rest of the extent in `slot`.
-    void read(std::uint32_t slot) {
-        const Slot& s = slots_[slot];
-        const Extent& e = plan_.extents[s.extent];
-        storage_.submit({e.file, e.offset + s.done, e.length - s.done, s.buffer + s.done, slot});
-        ++in_flight_;
-        ++stats_.reads;
-    }
-
-    void process(std::size_t count) {
-        for (std::size_t i = 0; i < count; ++i) {
-            const auto slot = static_cast<std::uint32_t>(results_[i].tag);
-            const std::int64_t result = results_[i].result;
-            --in_flight_;
-            Slot& s = slots_[slot];
-            const Extent& e = plan_.extents[s.extent];
-            if (result == -EINTR || result == -EAGAIN) {
-                retry(slot);
-                continue;
-            }
-            const std::string& path = checkpoint_.files()[e.file].path.native();
-            if (result < 0)
-                throw io_error(path, "read failed at byte " + std::to_string(e.offset + s.done), static_cast<int>(-result));
-            s.done += static_cast<std::uint64_t>(result);
-            if (s.done < e.needed) {
-                if (result == 0)
-                    throw io_error(path, "unexpected end of file at byte " + std::to_string(e.offset + s.done) +
-                                             " (was the file truncated after it was opened?)", 0);
-                retry(slot);  // a short read: continue where it stopped
-                continue;
-            }
-            land(slot);
-        }
-    }
-
-    void retry(std::uint32_t slot) {
-        if (++retries_in_a_row_ > max_retries_in_a_row)
-            throw io_error(checkpoint_.files()[plan_.extents[slots_[slot].extent].file].path.native(),
-                           "reads keep failing with EINTR/EAGAIN or returning short", EAGAIN);
-        ++stats_.retries;
-        read(slot);
-    }
+    std::byte* slot_memory(std::uint32_t slot) { return staging_.data() + std::uint64_t{slot} * options_.slot_bytes; }
 
     /// Where extent `e` is read. Straight into its tensor's destination when the storage writes the
     /// sink's kind of memory, the file is read buffered (O_DIRECT would need the destination
@@ -348,15 +473,14 @@ private:
         if (Storage::destination == Sk::memory && storage_.alignment(e.file) == 1 && e.piece_count == 1 &&
             first.extent_offset == 0 && e.length == first.length)
             return destinations_[first.tensor].data() + first.tensor_offset;
-        return staging_.data() + std::uint64_t{slot} * options_.slot_bytes;
+        return slot_memory(slot);
     }
 
     /// Copies the pieces of a fully read extent to their tensors (unless it was read in place) and
     /// frees the slot.
     void land(std::uint32_t slot) {
-        retries_in_a_row_ = 0;
         const Extent& e = plan_.extents[slots_[slot].extent];
-        const std::byte* staged = staging_.data() + std::uint64_t{slot} * options_.slot_bytes;
+        const std::byte* staged = slot_memory(slot);
         const bool in_place = slots_[slot].buffer != staged;
         for (std::uint32_t p = e.first_piece; p < e.first_piece + e.piece_count; ++p) {
             const Piece& piece = plan_.pieces[p];
@@ -364,7 +488,6 @@ private:
                 sink_.store(destinations_[piece.tensor].data() + piece.tensor_offset, staged + piece.extent_offset, piece.length);
             --remaining_[piece.tensor];
         }
-        stats_.read_bytes += e.length;
         if constexpr (asynchronous) {
             const std::uint64_t ticket = sink_.extent_stored();
             for (std::uint32_t p = e.first_piece; p < e.first_piece + e.piece_count; ++p) tickets_[plan_.pieces[p].tensor] = ticket;
@@ -374,11 +497,243 @@ private:
         }
     }
 
+    // ---- group loads: windows read in shares, exchanged, landed ------------------------------
+
+    /// A window between the start of its reads and the end of the copies out of its buffer.
+    struct ActiveWindow {
+        std::uint32_t index = 0;
+        std::byte* buffer = nullptr;
+        std::vector<ShareRead> reads;  // this rank's share
+        std::size_t next_read = 0;     // reads[next_read..] are not submitted yet
+        std::size_t reads_left = 0;    // reads not complete yet
+        std::uint64_t last_upload = no_ticket;
+        bool exchange_started = false;
+        bool exchange_done = false;
+        std::uint64_t exchange_ticket = 0;
+        std::uint32_t next_piece = 0;  // landing cursor into Plan::pieces
+        bool landed = false;
+        std::uint64_t copy_ticket = no_ticket;
+    };
+
+    void prepare_group() {
+        const int rank = transport_.rank(), ranks = transport_.size();
+        if (ranks < 1 || rank < 0 || rank >= ranks)
+            throw std::invalid_argument("transport: rank " + std::to_string(rank) + " of " + std::to_string(ranks));
+        if (options_.windows < 2 || options_.windows > 16) throw std::invalid_argument("LoadOptions::windows must be 2 to 16");
+        group_ = make_group_plan(plan_, ranks, options_.share, std::max(options_.window_bytes, options_.slot_bytes));
+        stats_.received_bytes = group_.received_bytes[static_cast<std::size_t>(rank)];
+        const std::uint64_t buffers = std::min<std::uint64_t>(options_.windows, std::max<std::size_t>(group_.windows.size(), 1));
+#if INSTANTTENSOR_HAS_CUDA
+        if constexpr (window_memory == MemoryKind::device) {
+            detail::DeviceGuard guard(transport_.device());
+            window_buffers_ = WindowMemory(buffers * group_.buffer_bytes, "the group's window buffers (LoadOptions::window_bytes, windows)");
+        } else
+#endif
+        {
+            window_buffers_ = WindowMemory(buffers * group_.buffer_bytes);
+        }
+        if constexpr (window_memory == Storage::destination)
+            if constexpr (requires { storage_.register_memory(window_buffers_.span()); })
+                storage_.register_memory(window_buffers_.span());
+#if INSTANTTENSOR_HAS_CUDA
+        if constexpr (uploads) {
+            uploader_.emplace(transport_.device(), nullptr, 2);
+            uploader_->prepare_copies(std::clamp<std::uint64_t>(options_.staging_bytes / options_.slot_bytes, 2,
+                                                                std::max<std::uint64_t>(2, plan_.extents.size())));
+        }
+#endif
+        for (std::uint64_t b = buffers; b-- > 0;) free_buffers_.push_back(window_buffers_.data() + b * group_.buffer_bytes);
+        stats_.window_memory = window_buffers_.size();
+    }
+
+    bool group_finished() const { return next_window_ == group_.windows.size() && active_.empty(); }
+
+    /// Drives the group pipeline until `done()`. It polls: reads, uploads, exchanges and copies
+    /// each complete on their own, and the loop keeps every stage fed; it sleeps in the kernel only
+    /// when reads are all that is in flight.
+    template <class Done>
+    void pump_group(Done done) {
+        for (;;) {
+            bool moved = reclaim_windows();
+            moved |= start_windows();
+            moved |= submit_share_reads();
+            moved |= start_exchanges();
+            moved |= land_windows();
+            if (done()) return;
+            const bool others_pending = !uploading_.empty() || std::any_of(active_.begin(), active_.end(), [](const ActiveWindow& w) {
+                return w.exchange_started && (!w.exchange_done || !w.landed || w.copy_ticket != no_ticket);
+            });
+            if (in_flight_ > 0) {
+                const std::size_t n = storage_.reap(results_, !moved && !others_pending);
+                process(n);
+                moved |= n > 0;
+            }
+            if (!moved) {
+                if (in_flight_ == 0 && !others_pending) throw std::logic_error("loader: a group load stalled");
+                std::this_thread::yield();
+            }
+        }
+    }
+
+    ActiveWindow& active(std::uint32_t window) { return active_[window - active_.front().index]; }
+
+    /// Starts windows while window buffers are free.
+    bool start_windows() {
+        bool moved = false;
+        while (next_window_ < group_.windows.size() && !free_buffers_.empty()) {
+            ActiveWindow w;
+            w.index = static_cast<std::uint32_t>(next_window_++);
+            w.buffer = free_buffers_.back();
+            free_buffers_.pop_back();
+            group_.for_each_read(plan_, w.index, transport_.rank(), [&](const ShareRead& r) { w.reads.push_back(r); });
+            w.reads_left = w.reads.size();
+            w.next_piece = plan_.extents[group_.windows[w.index].first_extent].first_piece;
+            active_.push_back(std::move(w));
+            moved = true;
+        }
+        return moved;
+    }
+
+    /// Submits this rank's reads of the started windows, oldest window first.
+    bool submit_share_reads() {
+        bool moved = false;
+        for (ActiveWindow& w : active_) {
+            while (w.next_read < w.reads.size() && in_flight_ < depth_ && !free_reads_.empty()) {
+                if (uploads && free_slots_.empty()) return moved;
+                const ShareRead& s = w.reads[w.next_read++];
+                const Extent& e = plan_.extents[s.extent];
+                const std::uint64_t tag = free_reads_.back();
+                free_reads_.pop_back();
+                Read& r = reads_[tag];
+                r = {e.file, e.offset + s.extent_offset, s.length, s.needed, 0, w.buffer + s.window_offset, w.index, nullptr, 0};
+                if constexpr (uploads) {
+                    r.slot = free_slots_.back();
+                    free_slots_.pop_back();
+                    r.upload_to = r.buffer;
+                    r.buffer = slot_memory(r.slot);
+                }
+                submit(tag);
+                moved = true;
+            }
+        }
+        return moved;
+    }
+
+    /// A share read is complete: upload it (through staging) and free its tag.
+    void share_read_done(std::uint64_t tag) {
+        Read& r = reads_[tag];
+        ActiveWindow& w = active(r.extent);
+#if INSTANTTENSOR_HAS_CUDA
+        if constexpr (uploads) {
+            uploader_->store(r.upload_to, r.buffer, r.length);
+            w.last_upload = uploader_->extent_stored();
+            uploading_.push_back({r.slot, w.last_upload});
+        }
+#endif
+        --w.reads_left;
+        free_reads_.push_back(tag);
+    }
+
+    /// Frees the staging slots whose uploads ran, and the window buffers whose bytes all landed.
+    bool reclaim_windows() {
+        bool moved = false;
+#if INSTANTTENSOR_HAS_CUDA
+        if constexpr (uploads)
+            while (!uploading_.empty() && uploader_->copies_done(uploading_.front().ticket)) {
+                free_slots_.push_back(uploading_.front().slot);
+                uploading_.pop_front();
+                moved = true;
+            }
+#endif
+        while (!active_.empty() && active_.front().landed) {
+            ActiveWindow& w = active_.front();
+            if constexpr (asynchronous)
+                if (w.copy_ticket != no_ticket && !sink_.copies_done(w.copy_ticket)) break;
+            free_buffers_.push_back(w.buffer);
+            active_.pop_front();
+            moved = true;
+        }
+        return moved;
+    }
+
+    bool uploaded(const ActiveWindow& w) {
+#if INSTANTTENSOR_HAS_CUDA
+        if constexpr (uploads) return w.last_upload == no_ticket || uploader_->copies_done(w.last_upload);
+#endif
+        (void)w;
+        return true;
+    }
+
+    /// Starts the exchanges of windows whose share is read, in window order on every rank.
+    bool start_exchanges() {
+        bool moved = false;
+        for (ActiveWindow& w : active_) {
+            if (w.exchange_started) continue;
+            if (w.reads_left > 0 || !uploaded(w)) break;
+            w.exchange_ticket = transport_.exchange(w.buffer, group_.exchange(w.index));
+            w.exchange_started = moved = true;
+        }
+        return moved;
+    }
+
+    /// Lands the kept bytes of exchanged windows into the sink, oldest first, as far as it has room.
+    bool land_windows() {
+        bool moved = false;
+        const int rank = transport_.rank();
+        for (ActiveWindow& w : active_) {
+            if (w.landed) continue;
+            if (!w.exchange_started) break;
+            if (!w.exchange_done) {
+                if (!transport_.exchange_done(w.exchange_ticket)) break;
+                w.exchange_done = moved = true;
+            }
+            const Window& window = group_.windows[w.index];
+            const Extent& last = plan_.extents[window.first_extent + window.extent_count - 1];
+            const std::uint32_t end_piece = last.first_piece + last.piece_count;
+            bool stored = false;
+            std::uint32_t from_piece = w.next_piece;
+            for (; w.next_piece < end_piece; ++w.next_piece) {
+                const Piece& piece = plan_.pieces[w.next_piece];
+                const KeptBytes& k = group_.keeps(piece.tensor, rank);
+                const std::uint64_t begin = std::max(k.begin, piece.tensor_offset);
+                const std::uint64_t end = std::min(k.end, piece.tensor_offset + piece.length);
+                if (!k.kept || begin >= end) continue;
+                if (!reserve_through(piece.tensor)) break;
+                const std::uint32_t x = extent_of(piece, window);
+                const std::byte* source = w.buffer + group_.extent_window_offset[x] + piece.extent_offset + (begin - piece.tensor_offset);
+                sink_.store(destinations_[piece.tensor].data() + (begin - k.begin), source, end - begin);
+                --remaining_[piece.tensor];
+                stored = moved = true;
+            }
+            if constexpr (asynchronous) {
+                if (stored) {
+                    const std::uint64_t ticket = sink_.extent_stored();
+                    for (std::uint32_t p = from_piece; p < w.next_piece; ++p) tickets_[plan_.pieces[p].tensor] = ticket;
+                    w.copy_ticket = ticket;
+                }
+            }
+            if (w.next_piece < end_piece) break;  // the sink is full until the consumer moves on
+            w.landed = moved = true;
+        }
+        return moved;
+    }
+
+    /// The extent of `window` that holds `piece` (pieces are in extent order).
+    std::uint32_t extent_of(const Piece& piece, const Window& window) const {
+        const auto index = static_cast<std::uint32_t>(&piece - plan_.pieces.data());
+        const auto begin = plan_.extents.begin() + window.first_extent;
+        const auto end = begin + window.extent_count;
+        const auto it = std::upper_bound(begin, end, index, [](std::uint32_t p, const Extent& e) { return p < e.first_piece; });
+        return static_cast<std::uint32_t>((it - plan_.extents.begin()) - 1);
+    }
+
     double seconds_since_start() const {
         return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
     }
 
     static constexpr unsigned max_retries_in_a_row = 1000;
+    static constexpr std::uint64_t no_ticket = UINT64_MAX;
+    static constexpr std::size_t max_group_reads = 64;  // reads in flight when they land in window buffers
 
     struct Copying {
         std::uint32_t slot;
@@ -386,17 +741,22 @@ private:
     };
 
     const format::Checkpoint& checkpoint_;
-    // Declared in this order so that they are destroyed storage first: its destructor waits for
-    // the reads still in flight, which write into staging or (read in place) into the sink's
-    // memory; then the sink, whose destructor waits for its copies out of staging.
+    // Declared in this order so that they are destroyed transport first (it stops touching the
+    // window buffers), then the uploader (copies from staging into the window buffers), the storage
+    // (its destructor waits for the reads still in flight, which write into staging, the window
+    // buffers or, read in place, the sink's memory), then the sink, whose destructor waits for its
+    // copies out of staging or the window buffers.
     StagingMemory staging_;
+    WindowMemory window_buffers_;
     Sk sink_;
     Storage storage_;
+    Uploader uploader_;
     Tr transport_;
     LoadOptions options_;
     Plan plan_;
+    GroupPlan group_;
 
-    std::vector<Slot> slots_;
+    std::vector<Read> slots_;                        // single loads: the read in each staging slot
     std::vector<std::uint32_t> free_slots_;
     std::deque<Copying> copying_;                    // slots whose copies may still run, oldest first
     std::vector<ReadResult> results_;
@@ -404,6 +764,13 @@ private:
     std::size_t in_flight_ = 0;
     std::size_t next_extent_ = 0;
     unsigned retries_in_a_row_ = 0;
+
+    std::vector<Read> reads_;                        // group loads: reads in flight, by tag
+    std::vector<std::uint64_t> free_reads_;
+    std::deque<ActiveWindow> active_;                // in window order
+    std::vector<std::byte*> free_buffers_;
+    std::deque<Copying> uploading_;                  // staging slots whose uploads may still run
+    std::size_t next_window_ = 0;
 
     std::vector<std::span<std::byte>> destinations_;  // per planned tensor
     std::vector<std::uint32_t> remaining_;            // pieces still to land, per planned tensor
@@ -414,6 +781,7 @@ private:
     std::size_t current_ = 0;
     bool started_ = false;
     TensorView view_;
+    std::vector<std::uint64_t> view_shape_;           // a split tensor's shape on this rank
     LoadStats stats_;
     std::string failure_;
     std::chrono::steady_clock::time_point start_;

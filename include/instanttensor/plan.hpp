@@ -5,7 +5,7 @@
 // file (O_DIRECT needs that; buffered files have alignment 1). Adjacent selected tensors share an
 // extent, so many tiny tensors cost few reads; a tensor larger than an extent spans several, and
 // each piece says where in the tensor its bytes go, so the tensor still lands contiguous.
-// Each extent has an owner rank: the ranks of a group split the bytes evenly, in order.
+// A group of ranks splits these extents further (group_plan.hpp).
 #pragma once
 
 #include <algorithm>
@@ -39,7 +39,6 @@ struct Extent {
     std::uint64_t needed = 0;       ///< bytes from `offset` that must be read: up to the last piece's end
     std::uint32_t first_piece = 0;  ///< pieces [first_piece, first_piece + piece_count) of Plan::pieces
     std::uint32_t piece_count = 0;
-    int owner = 0;                  ///< rank that reads it
 };
 
 /// A selected tensor and the extents that carry it.
@@ -79,15 +78,14 @@ struct Plan {
 
 /// Plans the selected tensors of `checkpoint`. `alignment` gives each file's required alignment (a
 /// power of two; 1 for none), `max_extent_bytes` the largest read (a multiple of every alignment,
-/// at least three times the largest), `ranks` the size of the group that shares the reads.
+/// at least three times the largest).
 Plan make_plan(const format::Checkpoint& checkpoint, const TensorFilter& filter,
-               std::span<const std::uint64_t> alignment, std::uint64_t max_extent_bytes, int ranks = 1);
+               std::span<const std::uint64_t> alignment, std::uint64_t max_extent_bytes);
 
 inline Plan make_plan(const format::Checkpoint& checkpoint, const TensorFilter& filter,
-                      std::span<const std::uint64_t> alignment, std::uint64_t max_extent_bytes, int ranks) {
+                      std::span<const std::uint64_t> alignment, std::uint64_t max_extent_bytes) {
     if (alignment.size() != checkpoint.files().size())
         throw std::invalid_argument("make_plan: one alignment per file is needed");
-    if (ranks < 1) throw std::invalid_argument("make_plan: ranks must be at least 1");
     for (auto a : alignment)
         if (a == 0 || (a & (a - 1)) != 0 || max_extent_bytes % a != 0 || max_extent_bytes < 3 * a)
             throw std::invalid_argument("make_plan: alignments must be powers of two dividing max_extent_bytes");
@@ -120,7 +118,7 @@ inline Plan make_plan(const format::Checkpoint& checkpoint, const TensorFilter& 
             if (!joins) {
                 if (open) close_extent();
                 plan.extents.push_back({ref.file, align_down(cursor, a), 0, cursor - align_down(cursor, a),
-                                        static_cast<std::uint32_t>(plan.pieces.size()), 0, 0});
+                                        static_cast<std::uint32_t>(plan.pieces.size()), 0});
                 e = &plan.extents.back();
                 open = true;
             }
@@ -139,12 +137,6 @@ inline Plan make_plan(const format::Checkpoint& checkpoint, const TensorFilter& 
     }
     if (open) close_extent();
 
-    // Owners: rank r reads the extents whose first byte falls in the r-th of `ranks` equal shares.
-    std::uint64_t before = 0;
-    for (auto& e : plan.extents) {
-        e.owner = plan.read_bytes == 0 ? 0 : static_cast<int>(before * static_cast<std::uint64_t>(ranks) / plan.read_bytes);
-        before += e.length;
-    }
     return plan;
 }
 

@@ -137,7 +137,7 @@ static_assert(it::Sink<it::sink::placement>);
 struct GoodSink {
     static constexpr MemoryKind memory = MemoryKind::host;
     void prepare(const it::Plan&) {}
-    std::span<std::byte> reserve(const it::format::TensorRef&) { return {}; }
+    std::span<std::byte> reserve(const it::format::TensorRef&, std::uint64_t) { return {}; }
     void store(std::byte*, const std::byte*, std::uint64_t) {}
     void release(const it::format::TensorRef&) {}
 };
@@ -146,7 +146,7 @@ static_assert(it::Sink<GoodSink>);
 struct SinkWhoseReserveReturnsAPointer {
     static constexpr MemoryKind memory = MemoryKind::host;
     void prepare(const it::Plan&) {}
-    std::byte* reserve(const it::format::TensorRef&) { return nullptr; }
+    std::byte* reserve(const it::format::TensorRef&, std::uint64_t) { return nullptr; }
     void store(std::byte*, const std::byte*, std::uint64_t) {}
     void release(const it::format::TensorRef&) {}
 };
@@ -155,7 +155,7 @@ static_assert(!it::Sink<SinkWhoseReserveReturnsAPointer>);
 struct SinkWhoseReserveReturnsConstBytes {  // reserve must give writable bytes, exactly std::span<std::byte>
     static constexpr MemoryKind memory = MemoryKind::host;
     void prepare(const it::Plan&) {}
-    std::span<const std::byte> reserve(const it::format::TensorRef&) { return {}; }
+    std::span<const std::byte> reserve(const it::format::TensorRef&, std::uint64_t) { return {}; }
     void store(std::byte*, const std::byte*, std::uint64_t) {}
     void release(const it::format::TensorRef&) {}
 };
@@ -164,14 +164,14 @@ static_assert(!it::Sink<SinkWhoseReserveReturnsConstBytes>);
 struct SinkWithoutRelease {
     static constexpr MemoryKind memory = MemoryKind::host;
     void prepare(const it::Plan&) {}
-    std::span<std::byte> reserve(const it::format::TensorRef&) { return {}; }
+    std::span<std::byte> reserve(const it::format::TensorRef&, std::uint64_t) { return {}; }
     void store(std::byte*, const std::byte*, std::uint64_t) {}
 };
 static_assert(!it::Sink<SinkWithoutRelease>);
 
 struct SinkWithoutMemory {
     void prepare(const it::Plan&) {}
-    std::span<std::byte> reserve(const it::format::TensorRef&) { return {}; }
+    std::span<std::byte> reserve(const it::format::TensorRef&, std::uint64_t) { return {}; }
     void store(std::byte*, const std::byte*, std::uint64_t) {}
     void release(const it::format::TensorRef&) {}
 };
@@ -180,7 +180,7 @@ static_assert(!it::Sink<SinkWithoutMemory>);
 struct SinkPreparedWithASize {  // prepare takes the plan, not just the largest tensor's size
     static constexpr MemoryKind memory = MemoryKind::host;
     void prepare(std::uint64_t) {}
-    std::span<std::byte> reserve(const it::format::TensorRef&) { return {}; }
+    std::span<std::byte> reserve(const it::format::TensorRef&, std::uint64_t) { return {}; }
     void store(std::byte*, const std::byte*, std::uint64_t) {}
     void release(const it::format::TensorRef&) {}
 };
@@ -189,7 +189,7 @@ static_assert(!it::Sink<SinkPreparedWithASize>);
 struct SinkWithoutStore {
     static constexpr MemoryKind memory = MemoryKind::host;
     void prepare(const it::Plan&) {}
-    std::span<std::byte> reserve(const it::format::TensorRef&) { return {}; }
+    std::span<std::byte> reserve(const it::format::TensorRef&, std::uint64_t) { return {}; }
     void release(const it::format::TensorRef&) {}
 };
 static_assert(!it::Sink<SinkWithoutStore>);
@@ -225,7 +225,7 @@ static_assert(it::Transport<FakeNcclTransport>);
 struct FakeDeviceSink {
     static constexpr MemoryKind memory = MemoryKind::device;
     void prepare(const it::Plan&) {}
-    std::span<std::byte> reserve(const it::format::TensorRef&) { return {}; }
+    std::span<std::byte> reserve(const it::format::TensorRef&, std::uint64_t) { return {}; }
     void store(std::byte*, const std::byte*, std::uint64_t) {}
     void release(const it::format::TensorRef&) {}
 };

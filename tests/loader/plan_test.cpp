@@ -1,5 +1,5 @@
 // make_plan: extents cover every selected tensor's bytes exactly once, aligned and bounded, shared
-// by adjacent tensors, split across extents for large tensors, owned by ranks in balanced order.
+// by adjacent tensors, split across extents for large tensors.
 // RingAllocator: FIFO regions in a fixed window, checked against a simple model.
 #include <doctest/doctest.h>
 
@@ -23,22 +23,6 @@ namespace {
 using namespace loader_test;
 using it::Plan;
 
-/// Checkpoints parsed from memory: only the layout matters to a plan, so the bytes are zeros.
-fmt::Checkpoint checkpoint_of(const std::vector<std::vector<fmt::TensorSpec>>& files) {
-    std::uint64_t largest = 0;
-    for (const auto& f : files)
-        for (const auto& s : f) largest = std::max(largest, spec_bytes(s));
-    const std::vector<std::byte> zeros(static_cast<std::size_t>(largest));
-    std::vector<std::vector<std::byte>> bytes;
-    for (const auto& f : files) {
-        std::vector<fmt::TensorData> data;
-        for (const auto& s : f) data.push_back({s, std::span(zeros).first(static_cast<std::size_t>(spec_bytes(s)))});
-        bytes.push_back(fmt::serialize_safetensors(data));
-    }
-    std::vector<std::pair<std::string, std::span<const std::byte>>> named;
-    for (std::size_t i = 0; i < bytes.size(); ++i) named.emplace_back("file" + std::to_string(i), bytes[i]);
-    return fmt::Checkpoint::from_memory(named);
-}
 
 std::uint64_t align_down(std::uint64_t v, std::uint64_t a) { return v / a * a; }
 
@@ -74,7 +58,6 @@ void check_plan(const fmt::Checkpoint& checkpoint, const Plan& plan, const it::T
         CHECK(e.length - e.needed < a);  // no more than the alignment's round-up
         CHECK(e.first_piece == next_piece);
         CHECK(e.piece_count >= 1);
-        CHECK(e.owner == 0);
         if (x > 0) {
             const auto& prev = plan.extents[x - 1];
             CHECK((prev.file < e.file || (prev.file == e.file && prev.offset <= e.offset)));
@@ -127,27 +110,6 @@ void check_plan(const fmt::Checkpoint& checkpoint, const Plan& plan, const it::T
         for (const auto& e : plan.extents)
             if (e.file == t.file)
                 CHECK((e.offset + e.length <= t.file_offset || e.offset >= t.file_offset + t.nbytes()));
-    }
-}
-
-/// Rank owners: non-decreasing, within [0, ranks), each rank's bytes within one extent of its share.
-void check_owners(const Plan& plan, int ranks, std::uint64_t max_extent) {
-    CAPTURE(ranks);
-    std::vector<std::uint64_t> bytes(static_cast<std::size_t>(ranks));
-    int previous = 0;
-    for (const auto& e : plan.extents) {
-        CHECK(e.owner >= previous);
-        CHECK(e.owner >= 0);
-        REQUIRE(e.owner < ranks);
-        previous = e.owner;
-        bytes[static_cast<std::size_t>(e.owner)] += e.length;
-    }
-    if (!plan.extents.empty()) CHECK(plan.extents.front().owner == 0);
-    const double share = static_cast<double>(plan.read_bytes) / ranks;
-    for (int r = 0; r < ranks; ++r) {
-        CAPTURE(r);
-        CHECK(static_cast<double>(bytes[static_cast<std::size_t>(r)]) <= share + static_cast<double>(max_extent));
-        CHECK(static_cast<double>(bytes[static_cast<std::size_t>(r)]) + static_cast<double>(max_extent) >= share);
     }
 }
 
@@ -257,29 +219,6 @@ TEST_CASE("plan: empty tensors and scalars") {
     for (const auto& t : plan.tensors) CHECK(t.piece_count == 0);
 }
 
-TEST_CASE("plan: owners for 1 to 8 ranks are in order and balanced") {
-    const auto checkpoint = checkpoint_of({odd_specs(), tiny_specs(100, 11), {{"big", fmt::Dtype::U8, {300001}}}});
-    for (std::uint64_t a : {1ull, 4096ull}) {
-        for (std::uint64_t max : {3 * 4096ull, 65536ull}) {
-            const auto align = alignments(checkpoint, a);
-            const auto single = it::make_plan(checkpoint, {}, align, max, 1);
-            for (int ranks = 1; ranks <= 8; ++ranks) {
-                const auto plan = it::make_plan(checkpoint, {}, align, max, ranks);
-                check_owners(plan, ranks, max);
-                // The reads do not depend on the group size; only their owners do.
-                REQUIRE(plan.extents.size() == single.extents.size());
-                for (std::size_t x = 0; x < plan.extents.size(); ++x) {
-                    CHECK(plan.extents[x].offset == single.extents[x].offset);
-                    CHECK(plan.extents[x].length == single.extents[x].length);
-                }
-                // The last rank reads the last extent whenever that extent is no larger than a share.
-                if (plan.extents.back().length * static_cast<std::uint64_t>(ranks) <= plan.read_bytes)
-                    CHECK(plan.extents.back().owner == ranks - 1);
-            }
-        }
-    }
-}
-
 TEST_CASE("plan: randomized layouts, filters, alignments and extent sizes") {
     std::mt19937_64 rng(20240611);
     for (int round = 0; round < 150; ++round) {
@@ -316,21 +255,14 @@ TEST_CASE("plan: randomized layouts, filters, alignments and extent sizes") {
             filter = [keep, salt](const fmt::TensorRef& t) {
                 return (std::hash<std::string>{}(t.name()) ^ salt) % 4 < keep;
             };
-        const int ranks = 1 + static_cast<int>(rng() % 8);
         CAPTURE(max);
-        CAPTURE(ranks);
-        const auto plan = it::make_plan(checkpoint, filter, align, max, ranks);
-        // check_plan expects owner 0; check the owners separately.
-        auto single = plan;
-        for (auto& e : single.extents) e.owner = 0;
-        check_plan(checkpoint, single, filter, align, max);
-        check_owners(plan, ranks, max);
+        const auto plan = it::make_plan(checkpoint, filter, align, max);
+        check_plan(checkpoint, plan, filter, align, max);
     }
 }
 
 TEST_CASE("plan: invalid arguments are refused") {
     const auto checkpoint = checkpoint_of({tiny_specs(5)});
-    const std::vector<std::uint64_t> one{1};
     const std::vector<std::uint64_t> two{1, 1};
     CHECK_THROWS_AS(it::make_plan(checkpoint, {}, two, 16384), std::invalid_argument);
     CHECK_THROWS_AS(it::make_plan(checkpoint, {}, std::vector<std::uint64_t>{3}, 16384), std::invalid_argument);
@@ -338,7 +270,6 @@ TEST_CASE("plan: invalid arguments are refused") {
     CHECK_THROWS_AS(it::make_plan(checkpoint, {}, std::vector<std::uint64_t>{4096}, 8192), std::invalid_argument);
     CHECK_THROWS_AS(it::make_plan(checkpoint, {}, std::vector<std::uint64_t>{4096}, 4096 * 3 + 1),
                     std::invalid_argument);
-    CHECK_THROWS_AS(it::make_plan(checkpoint, {}, one, 16384, 0), std::invalid_argument);
     CHECK_NOTHROW(it::make_plan(checkpoint, {}, std::vector<std::uint64_t>{4096}, 4096 * 3));
 }
 

@@ -157,6 +157,23 @@ inline std::vector<fmt::TensorSpec> edge_specs() {
     };
 }
 
+/// Checkpoints parsed from memory: only the layout matters to a plan, so the bytes are zeros.
+inline fmt::Checkpoint checkpoint_of(const std::vector<std::vector<fmt::TensorSpec>>& files) {
+    std::uint64_t largest = 0;
+    for (const auto& f : files)
+        for (const auto& s : f) largest = std::max(largest, spec_bytes(s));
+    const std::vector<std::byte> zeros(static_cast<std::size_t>(largest));
+    std::vector<std::vector<std::byte>> bytes;
+    for (const auto& f : files) {
+        std::vector<fmt::TensorData> data;
+        for (const auto& s : f) data.push_back({s, std::span(zeros).first(static_cast<std::size_t>(spec_bytes(s)))});
+        bytes.push_back(fmt::serialize_safetensors(data));
+    }
+    std::vector<std::pair<std::string, std::span<const std::byte>>> named;
+    for (std::size_t i = 0; i < bytes.size(); ++i) named.emplace_back("file" + std::to_string(i), bytes[i]);
+    return fmt::Checkpoint::from_memory(named);
+}
+
 /// Load options with the given staging ring (all tensors selected).
 inline it::LoadOptions ring_of(std::uint64_t staging_bytes, std::uint64_t slot_bytes) {
     it::LoadOptions options;

@@ -53,10 +53,10 @@ public:
         allocator_ = detail::RingAllocator(size, tensor_alignment);
     }
 
-    std::span<std::byte> reserve(const format::TensorRef& tensor) {
-        const auto at = allocator_.allocate(tensor.nbytes());
+    std::span<std::byte> reserve(const format::TensorRef&, std::uint64_t bytes) {
+        const auto at = allocator_.allocate(bytes);
         if (!at) return {};
-        return {ring_.data() + *at, tensor.nbytes()};
+        return {ring_.data() + *at, bytes};
     }
 
     // store(), prepare_copies(), extent_stored(), copies_done(), wait_copies(): DeviceCopier's.

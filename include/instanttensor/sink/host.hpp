@@ -39,10 +39,10 @@ public:
         ring_ = detail::RingAllocator(size, tensor_alignment);
     }
 
-    std::span<std::byte> reserve(const format::TensorRef& tensor) {
-        const auto at = ring_.allocate(tensor.nbytes());
+    std::span<std::byte> reserve(const format::TensorRef&, std::uint64_t bytes) {
+        const auto at = ring_.allocate(bytes);
         if (!at) return {};
-        return {window_.data() + *at, tensor.nbytes()};
+        return {window_.data() + *at, bytes};
     }
 
     void store(std::byte* destination, const std::byte* staged, std::uint64_t bytes) {

@@ -1,7 +1,8 @@
 // instanttensor/sink/placement.hpp: tensors land in memory the caller chose for each of them.
 //
 // The caller's function returns, for each selected tensor, a span of exactly its size (for example
-// a slice of the runtime's own preallocated weight buffer); bytes go there and nowhere else, so a
+// a slice of the runtime's own preallocated weight buffer; in a group load whose share function
+// splits the tensor, the size of this rank's rows); bytes go there and nowhere else, so a
 // view stays valid as long as the caller's memory does. The function is called in load order,
 // before any byte of that tensor is read.
 #pragma once
@@ -31,11 +32,12 @@ public:
         if (!destination_) throw error("", "sink::placement needs a destination function");
     }
 
-    std::span<std::byte> reserve(const format::TensorRef& tensor) {
+    std::span<std::byte> reserve(const format::TensorRef& tensor, std::uint64_t bytes) {
         const auto span = destination_(tensor);
-        if (span.size() != tensor.nbytes() || span.data() == nullptr)
+        if (span.size() != bytes || span.data() == nullptr)
             throw error("", "destination for tensor '" + tensor.name() + "' has " + std::to_string(span.size()) +
-                                " bytes; the tensor needs " + std::to_string(tensor.nbytes()));
+                                " bytes; " + (bytes == tensor.nbytes() ? "the tensor needs " : "this rank's rows of it need ") +
+                                std::to_string(bytes));
         return span;
     }
 
@@ -70,7 +72,9 @@ public:
         : DeviceCopier(options.device, options.consumer_stream, options.copy_streams), destinations_(std::move(destination)) {}
 
     void prepare(const Plan& plan) { destinations_.prepare(plan); }
-    std::span<std::byte> reserve(const format::TensorRef& tensor) { return destinations_.reserve(tensor); }
+    std::span<std::byte> reserve(const format::TensorRef& tensor, std::uint64_t bytes) {
+        return destinations_.reserve(tensor, bytes);
+    }
     // store(), prepare_copies(), extent_stored(), copies_done(), wait_copies(): DeviceCopier's.
     void release(const format::TensorRef&) noexcept {}
 
