@@ -41,6 +41,7 @@ void add_inspect(CLI::App& app, Action& action);
 void add_hash(CLI::App& app, Action& action);
 void add_sample(CLI::App& app, Action& action);
 void add_load(CLI::App& app, Action& action);
+void add_plan(CLI::App& app, Action& action);
 
 /// `text` with control characters (newline, tab, ESC...) written as \n, \t, \xNN, so that a tensor
 /// name or path cannot break a table row or an error message in two. Other bytes pass unchanged.

@@ -3,6 +3,7 @@
 //   instanttensor inspect [--json] PATH...   the tensor table of a checkpoint
 //   instanttensor hash PATH...               XXH3-64 of every tensor's bytes, sorted by name
 //   instanttensor load PATH...               loads every tensor to a GPU or host memory, reports GB/s
+//   instanttensor plan PATH... --ranks N     what each rank of a group load reads, keeps, receives
 //   instanttensor sample DIR [options]       writes a Llama-shaped checkpoint of random bytes
 //
 // Exit status: 0 success, 1 the work failed (one line `instanttensor: <path>: <what>` on stderr),
@@ -22,7 +23,7 @@ namespace instanttensor::cli {
 namespace {
 
 constexpr const char* description =
-    "instanttensor: inspect, load, hash and write safetensors checkpoints.\n"
+    "instanttensor: inspect, load, hash, plan and write safetensors checkpoints.\n"
     "A PATH is a .safetensors file, a model.safetensors.index.json, or a directory (its one\n"
     "*.safetensors.index.json, else all its *.safetensors files); several PATHs form one checkpoint.";
 
@@ -61,11 +62,12 @@ int run(int argc, char** argv) {
     add_inspect(app, action);
     add_hash(app, action);
     add_load(app, action);
+    add_plan(app, action);
     add_sample(app, action);
 
     // CLI11 would only say "A subcommand is required" for a misspelt one.
     if (argc > 1 && argv[1][0] != '-' && !is_subcommand(app, argv[1])) {
-        fmt::print(stderr, "unknown subcommand '{}' (inspect, hash, load or sample)\n"
+        fmt::print(stderr, "unknown subcommand '{}' (inspect, hash, load, plan or sample)\n"
                            "Run with --help or --help-all for more information.\n", escape_control(argv[1]));
         return exit_usage;
     }

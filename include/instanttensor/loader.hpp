@@ -56,6 +56,9 @@
 #include "instanttensor/sink/placement.hpp"
 #include "instanttensor/storage/automatic.hpp"
 #include "instanttensor/transport/single.hpp"
+#if INSTANTTENSOR_HAS_NCCL
+#include "instanttensor/transport/nccl.hpp"
+#endif
 
 namespace instanttensor {
 
@@ -817,6 +820,18 @@ inline Loader<storage::automatic, transport::single, sink::device_placement> loa
     sink::device_placement::Options placement = {}, LoadOptions options = {}, storage::automatic::Options storage = {}) {
     return {checkpoint, storage::automatic(storage), transport::single{},
             sink::device_placement(std::move(destination), placement), std::move(options)};
+}
+#endif
+
+#if INSTANTTENSOR_HAS_NCCL
+/// A loader for one rank of an NCCL group: it reads about 1/N of the checkpoint, the group
+/// exchanges the rest, and the tensors this rank keeps (options.share) land in a device ring on
+/// the communicator's GPU.
+inline Loader<storage::automatic, transport::nccl, sink::device_ring> load_distributed(
+    const format::Checkpoint& checkpoint, transport::nccl group, LoadOptions options = {},
+    sink::device_ring::Options ring = {}, storage::automatic::Options storage = {}) {
+    ring.device = group.device();
+    return {checkpoint, storage::automatic(storage), std::move(group), sink::device_ring(ring), std::move(options)};
 }
 #endif
 

@@ -195,6 +195,38 @@ PY
     fi
 }
 
+# plan: one row per rank; with every tensor kept, each of 4 ranks reads about a quarter and
+# receives the rest; splitting the projections along their rows makes every rank receive less.
+case_plan() {
+    make_sample
+    expect_success plan --ranks 4 --window-mib 1 --slot-mib 1 "$work/sample"
+    grep -Eq "^$sample_tensors tensors \(.*\) for 4 ranks in [0-9]+ windows of at most 1.00 MiB" "$work/stdout" ||
+        fail "plan summary: $(head -1 "$work/stdout")"
+    [[ $(grep -Ec '^ +[0-3]  ' "$work/stdout") == 4 ]] || fail "plan does not print 4 rank rows: $(cat "$work/stdout")"
+    expect_success plan --json --ranks 4 --window-mib 1 --slot-mib 1 "$work/sample"
+    cp "$work/stdout" "$work/plan.all"
+    expect_success plan --json --ranks 4 --window-mib 1 --slot-mib 1 --split-rows 'proj\.weight$' "$work/sample"
+    if command -v python3 >/dev/null; then
+        python3 - "$work/plan.all" "$work/stdout" <<'PY' || fail "plan --json: $(cat "$work/plan.all" "$work/stdout")"
+import json, sys
+everything, split = (json.load(open(p)) for p in sys.argv[1:3])
+for doc in (everything, split):
+    assert doc["ranks"] == 4 and len(doc["per_rank"]) == 4, doc
+for whole, part in zip(everything["per_rank"], split["per_rank"]):
+    assert whole["kept_bytes"] == everything["bytes"], whole
+    # Each rank reads about a quarter (pages of alignment aside) and receives the rest.
+    assert abs(whole["read_bytes"] - everything["bytes"] / 4) < 0.1 * everything["bytes"], whole
+    assert whole["read_bytes"] + whole["received_bytes"] >= whole["kept_bytes"], whole
+    assert part["kept_bytes"] < whole["kept_bytes"] and part["received_bytes"] < whole["received_bytes"], (whole, part)
+assert split["send_windows"] > 0, split
+PY
+    fi
+    expect_usage_error plan --ranks 0 "$work/sample"
+    expect_usage_error plan --split-rows '(' "$work/sample"
+    expect_usage_error plan --window-mib 1 --slot-mib 4 "$work/sample"
+    expect_failure "$work/missing" plan "$work/missing"
+}
+
 case_usage_errors() {
     expect_usage_error
     expect_usage_error frobnicate
@@ -221,14 +253,14 @@ case_help_version() {
     expect_success --version
     [[ $(cat "$work/stdout") == "$version" ]] || fail "--version printed '$(cat "$work/stdout")', expected $version"
     expect_success --help
-    for sub in inspect hash load sample; do
+    for sub in inspect hash load plan sample; do
         grep -q "^  $sub " "$work/stdout" || fail "--help does not list $sub"
     done
     expect_success --help-all
     for opt in --json --device --backend --direct --staging-mib --shards --size-mib --dtype --dry-run; do
         grep -q -- "$opt" "$work/stdout" || fail "--help-all does not document $opt"
     done
-    for sub in inspect hash load sample; do
+    for sub in inspect hash load plan sample; do
         expect_success "$sub" --help
         grep -q "^Usage: .*$sub" "$work/stdout" || fail "$sub --help has no usage line"
     done

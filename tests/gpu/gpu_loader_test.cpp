@@ -1,6 +1,7 @@
 // Loading to the GPU: every backend that runs here × both device sinks gives each tensor's exact
 // bytes (XXH3 of the bytes copied back == XXH3 of the file's bytes), device memory stays within the
-// ring, and a load that fails midway leaks neither device nor pinned memory.
+// ring, a load that fails midway leaks neither device nor pinned memory, and transport::nccl with
+// a world of one runs the group path end to end.
 #include <instanttensor/loader.hpp>
 #include <instanttensor/format/writer.hpp>
 
@@ -217,3 +218,83 @@ TEST_CASE("GPUDirect Storage loads bit-exact where it runs, and says which part 
         CHECK(it::storage::gds::available() == std::filesystem::exists("/proc/driver/nvidia-fs"));
     }
 }
+
+#if INSTANTTENSOR_HAS_NCCL
+/// A communicator of one rank on device 0: the group path end to end (pinned staging, uploads
+/// into device window buffers, NCCL calls, device-to-device landing) on a one-GPU machine.
+class SoloCommunicator {
+public:
+    SoloCommunicator() {
+        int device = 0;
+        INSTANTTENSOR_NCCL_CHECK(nullptr, ncclCommInitAll(&comm_, 1, &device));
+    }
+    SoloCommunicator(const SoloCommunicator&) = delete;
+    SoloCommunicator& operator=(const SoloCommunicator&) = delete;
+    ~SoloCommunicator() { ncclCommDestroy(comm_); }
+    ncclComm_t get() const { return comm_; }
+
+private:
+    ncclComm_t comm_ = nullptr;
+};
+
+TEST_CASE("transport::nccl with world size 1: group loads are bit-exact through both device sinks") {
+    TempDir dir;
+    const auto index = write_awkward_checkpoint(dir.path(), 3'000'001);
+    const auto checkpoint = it::format::Checkpoint::open(index);
+    const auto expected = file_hashes(checkpoint);
+    SoloCommunicator comm;
+    it::detail::Stream stream;
+    it::transport::nccl group(comm.get(), stream.get());
+    CHECK(group.rank() == 0);
+    CHECK(group.size() == 1);
+
+    it::LoadOptions small;  // many windows, tensors larger than one
+    small.slot_bytes = 256 << 10;
+    small.staging_bytes = 4 << 20;
+    small.window_bytes = 1 << 20;
+    for (const auto& options : {it::LoadOptions{}, small}) {
+        for (const auto backend : backends) {
+            CAPTURE(it::storage::to_string(backend));
+            auto loader = it::load_distributed(checkpoint, it::transport::nccl(comm.get(), stream.get()), options, {},
+                                               {backend, it::DirectIo::on});
+            CHECK(check_all(loader, expected) == checkpoint.tensors().size());
+            CHECK(loader.stats().received_bytes == 0);
+
+            std::vector<it::detail::DeviceBuffer> owned;
+            it::Loader<it::storage::automatic, it::transport::nccl, it::sink::device_placement> placed(
+                checkpoint, it::storage::automatic({backend}), it::transport::nccl(comm.get(), stream.get()),
+                it::sink::device_placement([&](const it::format::TensorRef& t) {
+                    owned.emplace_back(t.nbytes(), "test buffers");
+                    return std::span<std::byte>(owned.back().data(), t.nbytes());
+                }),
+                options);
+            CHECK(check_all(placed, expected) == checkpoint.tensors().size());
+        }
+    }
+}
+
+TEST_CASE("transport::nccl with world size 1: every exchange mode runs and leaves the window intact") {
+    SoloCommunicator comm;
+    it::detail::Stream stream;
+    it::transport::nccl group(comm.get(), stream.get());
+    constexpr std::uint64_t bytes = 3 * 4096;
+    std::vector<std::byte> host(bytes);
+    for (std::size_t i = 0; i < host.size(); ++i) host[i] = static_cast<std::byte>(i * 7 + 1);
+    it::detail::DeviceBuffer window(bytes, "test window");
+    INSTANTTENSOR_CUDA_CHECK(cudaMemcpy(window.data(), host.data(), bytes, cudaMemcpyHostToDevice));
+    const std::vector<it::Transfer> broadcasts{{0, it::Transfer::everyone, 0, 4096}, {0, it::Transfer::everyone, 4096, 8192}};
+    const it::WindowExchange exchanges[] = {
+        {it::ExchangeMode::none, bytes, bytes, {}},
+        {it::ExchangeMode::all_gather, bytes, bytes, {}},
+        {it::ExchangeMode::broadcasts, bytes, bytes, broadcasts},
+    };
+    for (const auto& x : exchanges) {
+        CAPTURE(static_cast<int>(x.mode));
+        const auto ticket = group.exchange(window.data(), x);
+        while (!group.exchange_done(ticket)) {}
+        std::vector<std::byte> back(bytes);
+        INSTANTTENSOR_CUDA_CHECK(cudaMemcpy(back.data(), window.data(), bytes, cudaMemcpyDeviceToHost));
+        CHECK(back == host);
+    }
+}
+#endif

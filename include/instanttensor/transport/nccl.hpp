@@ -1,0 +1,153 @@
+// instanttensor/transport/nccl.hpp: a group of GPUs that load one checkpoint together over NCCL.
+//
+// The caller brings a communicator it already has (the world, or any subgroup: one per tensor
+// parallel group, one per node, ...) and the stream the exchanges run on. Each window's exchange
+// is one NCCL call or one NCCL group (group_plan.hpp):
+//
+//   all_gather   ncclAllGather, in place (rank r's share already sits at r·S)
+//   broadcasts   one in-place ncclBroadcast per reader, in one ncclGroupStart/End
+//   sends        ncclSend / ncclRecv of exactly the kept bytes, in one group, in the same order
+//                on both sides of every pair
+//
+// Every rank of the communicator must load the same checkpoint with the same LoadOptions (filter,
+// slot_bytes, window_bytes, share function): the exchanges are derived from them, and ranks that
+// disagree would wait on each other. If a rank fails mid-load, its loader abandons the group:
+// with Options::abort_on_failure it calls ncclCommAbort (the communicator is then gone, and every
+// peer's pending exchange ends with an error instead of waiting); without it, it waits for its own
+// exchanges in flight, which end only when the peers take part.
+#pragma once
+
+#include "instanttensor/config.hpp"
+
+#if INSTANTTENSOR_HAS_NCCL
+
+#include <nccl.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "instanttensor/concepts.hpp"
+#include "instanttensor/detail/cuda.hpp"
+#include "instanttensor/error.hpp"
+#include "instanttensor/group_plan.hpp"
+
+namespace instanttensor::transport {
+
+namespace detail {
+[[noreturn]] inline void throw_nccl_error(ncclResult_t status, ncclComm_t comm, const char* call) {
+    std::string message = std::string(call) + " failed: " + ncclGetErrorString(status);
+    if (comm != nullptr)
+        if (const char* last = ncclGetLastError(comm); last != nullptr && *last != '\0') message += " (" + std::string(last) + ")";
+    throw nccl_error("nccl", message);
+}
+}  // namespace detail
+
+#define INSTANTTENSOR_NCCL_CHECK(comm, call)                                                          \
+    do {                                                                                              \
+        if (const ncclResult_t instanttensor_nccl_status_ = (call); instanttensor_nccl_status_ != ncclSuccess) \
+            ::instanttensor::transport::detail::throw_nccl_error(instanttensor_nccl_status_, comm, #call);  \
+    } while (0)
+
+class nccl {
+public:
+    static constexpr bool needs_device_memory = true;
+    static constexpr MemoryKind memory = MemoryKind::device;
+
+    struct Options {
+        /// When the load stops early on this rank, abort the communicator (ncclCommAbort), so that
+        /// no rank waits forever; the caller must then neither use nor destroy it.
+        bool abort_on_failure = false;
+    };
+
+    /// `comm` stays the caller's: it must outlive the transport and is never destroyed here.
+    /// Exchanges run on `stream` (the caller's, or null for the default stream).
+    nccl(ncclComm_t comm, cudaStream_t stream) : nccl(comm, stream, Options{}) {}
+    nccl(ncclComm_t comm, cudaStream_t stream, Options options) : comm_(comm), stream_(stream), options_(options) {
+        if (comm_ == nullptr) throw std::invalid_argument("transport::nccl needs a communicator");
+        INSTANTTENSOR_NCCL_CHECK(comm_, ncclCommUserRank(comm_, &rank_));
+        INSTANTTENSOR_NCCL_CHECK(comm_, ncclCommCount(comm_, &size_));
+        INSTANTTENSOR_NCCL_CHECK(comm_, ncclCommCuDevice(comm_, &device_));
+        instanttensor::detail::DeviceGuard guard(device_);
+        events_ = std::vector<instanttensor::detail::Event>(max_in_flight);
+    }
+    nccl(nccl&&) = default;
+    nccl& operator=(nccl&&) = delete;
+
+    [[nodiscard]] int rank() const noexcept { return rank_; }
+    [[nodiscard]] int size() const noexcept { return size_; }
+    [[nodiscard]] int device() const noexcept { return device_; }
+    [[nodiscard]] ncclComm_t communicator() const noexcept { return comm_; }
+
+    /// Queues the exchange of one window on the stream; the ticket's event follows it. At most
+    /// `max_in_flight` exchanges may be unfinished at once (the loader keeps at most 16 windows).
+    std::uint64_t exchange(std::byte* window, const WindowExchange& x) {
+        instanttensor::detail::DeviceGuard guard(device_);
+        switch (x.mode) {
+        case ExchangeMode::none: break;
+        case ExchangeMode::all_gather:
+            INSTANTTENSOR_NCCL_CHECK(comm_, ncclAllGather(window + x.share * static_cast<std::uint64_t>(rank_), window,
+                                                          x.share, ncclUint8, comm_, stream_));
+            break;
+        case ExchangeMode::broadcasts:
+            INSTANTTENSOR_NCCL_CHECK(comm_, ncclGroupStart());
+            for (const Transfer& t : x.transfers)
+                INSTANTTENSOR_NCCL_CHECK(comm_, ncclBroadcast(window + t.offset, window + t.offset, t.length, ncclUint8,
+                                                              t.from, comm_, stream_));
+            INSTANTTENSOR_NCCL_CHECK(comm_, ncclGroupEnd());
+            break;
+        case ExchangeMode::sends:
+            INSTANTTENSOR_NCCL_CHECK(comm_, ncclGroupStart());
+            for (const Transfer& t : x.transfers) {
+                if (t.from == rank_) INSTANTTENSOR_NCCL_CHECK(comm_, ncclSend(window + t.offset, t.length, ncclUint8, t.to, comm_, stream_));
+                if (t.to == rank_) INSTANTTENSOR_NCCL_CHECK(comm_, ncclRecv(window + t.offset, t.length, ncclUint8, t.from, comm_, stream_));
+            }
+            INSTANTTENSOR_NCCL_CHECK(comm_, ncclGroupEnd());
+            break;
+        }
+        events_[next_ % max_in_flight].record(stream_);
+        return next_++;
+    }
+
+    /// Whether the exchange `ticket` (and, the stream being in order, every earlier one) finished.
+    /// Throws nccl_error when the communicator reports an asynchronous error (a peer aborted, a
+    /// network failure), so that a rank does not poll a dead group forever.
+    bool exchange_done(std::uint64_t ticket) {
+        if (events_[ticket % max_in_flight].done()) return true;
+        ncclResult_t state = ncclSuccess;
+        INSTANTTENSOR_NCCL_CHECK(comm_, ncclCommGetAsyncError(comm_, &state));
+        if (state != ncclSuccess && state != ncclInProgress) detail::throw_nccl_error(state, comm_, "an exchange");
+        return false;
+    }
+
+    void abandon() noexcept {
+        if (options_.abort_on_failure) {
+            ncclCommAbort(comm_);
+            return;
+        }
+        int previous = 0;  // no DeviceGuard: it throws, and this must not
+        cudaGetDevice(&previous);
+        cudaSetDevice(device_);
+        cudaStreamSynchronize(stream_);
+        cudaSetDevice(previous);
+    }
+
+    static constexpr std::size_t max_in_flight = 16;
+
+private:
+    ncclComm_t comm_;
+    cudaStream_t stream_;
+    Options options_;
+    int rank_ = 0;
+    int size_ = 0;
+    int device_ = 0;
+    std::vector<instanttensor::detail::Event> events_;
+    std::uint64_t next_ = 0;
+};
+
+static_assert(GroupTransport<nccl>);
+
+}  // namespace instanttensor::transport
+
+#endif  // INSTANTTENSOR_HAS_NCCL
