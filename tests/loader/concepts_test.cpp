@@ -129,6 +129,44 @@ struct TransportWithMutableRank {  // rank() must be callable on a const transpo
 };
 static_assert(!it::Transport<TransportWithMutableRank>);
 
+// A group transport also exchanges windows; a single rank does not.
+static_assert(!it::GroupTransport<it::transport::single>);
+
+struct HostGroup {
+    static constexpr bool needs_device_memory = false;
+    static constexpr MemoryKind memory = MemoryKind::host;
+    int rank() const { return 0; }
+    int size() const { return 2; }
+    std::uint64_t exchange(std::byte*, const it::WindowExchange&) { return 0; }
+    bool exchange_done(std::uint64_t) { return true; }
+    void abandon() noexcept {}
+};
+static_assert(it::GroupTransport<HostGroup>);
+
+struct DeviceGroupWithoutDevice : HostGroup {  // device memory: which device must be known
+    static constexpr bool needs_device_memory = true;
+    static constexpr MemoryKind memory = MemoryKind::device;
+};
+static_assert(!it::GroupTransport<DeviceGroupWithoutDevice>);
+
+struct DeviceGroup : DeviceGroupWithoutDevice {
+    int device() const { return 0; }
+};
+static_assert(it::GroupTransport<DeviceGroup>);
+
+struct GroupWithoutAbandon {  // a rank that stops must be able to release its peers
+    static constexpr bool needs_device_memory = false;
+    static constexpr MemoryKind memory = MemoryKind::host;
+    int rank() const { return 0; }
+    int size() const { return 2; }
+    std::uint64_t exchange(std::byte*, const it::WindowExchange&) { return 0; }
+    bool exchange_done(std::uint64_t) { return true; }
+};
+static_assert(!it::GroupTransport<GroupWithoutAbandon>);
+#if INSTANTTENSOR_HAS_NCCL
+static_assert(it::GroupTransport<it::transport::nccl>);
+#endif
+
 // ---- sink -----------------------------------------------------------------------------------
 
 static_assert(it::Sink<it::sink::host>);
@@ -251,6 +289,14 @@ static_assert(!composes<FakeDeviceStorage, FakeNcclTransport, it::sink::host>);
 static_assert(composes<FakeDeviceStorage, it::transport::single, FakeDeviceSink>);
 static_assert(composes<it::storage::pread, FakeNcclTransport, FakeDeviceSink>);
 static_assert(composes<FakeDeviceStorage, FakeNcclTransport, FakeDeviceSink>);
+
+// A host group composes with host sinks; a device group needs a device sink.
+static_assert(composes<it::storage::pread, HostGroup, it::sink::host>);
+static_assert(!composes<it::storage::pread, DeviceGroup, it::sink::host>);
+static_assert(composes<it::storage::pread, DeviceGroup, FakeDeviceSink>);
+#if INSTANTTENSOR_HAS_NCCL
+static_assert(!composes<it::storage::pread, it::transport::nccl, it::sink::host>);
+#endif
 
 // Types that are not policies at all.
 static_assert(!composes<StorageWithoutReap, it::transport::single, it::sink::host>);
