@@ -13,32 +13,10 @@
 
 #include <nccl.h>
 
-#include <chrono>
 #include <cstdio>
-#include <filesystem>
-#include <fstream>
 #include <string>
-#include <thread>
 
 namespace {
-
-/// Rank 0 creates the id and publishes it atomically (write, then rename); the others wait for it.
-ncclUniqueId share_unique_id(int rank, const std::filesystem::path& file) {
-    ncclUniqueId id{};
-    if (rank == 0) {
-        INSTANTTENSOR_NCCL_CHECK(nullptr, ncclGetUniqueId(&id));
-        const auto partial = file.string() + ".partial";
-        std::ofstream(partial, std::ios::binary).write(id.internal, sizeof id.internal);
-        std::filesystem::rename(partial, file);
-        return id;
-    }
-    for (int waited_ms = 0; !std::filesystem::exists(file); waited_ms += 10) {
-        if (waited_ms > 120'000) throw std::runtime_error("no NCCL id in " + file.string() + " after 2 minutes");
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    std::ifstream(file, std::ios::binary).read(id.internal, sizeof id.internal);
-    return id;
-}
 
 bool is_projection(const instanttensor::format::TensorRef& t) { return t.name().ends_with("proj.weight"); }
 
@@ -52,7 +30,7 @@ int main(int argc, char** argv) try {
     INSTANTTENSOR_CUDA_CHECK(cudaGetDeviceCount(&gpus));
     INSTANTTENSOR_CUDA_CHECK(cudaSetDevice(rank % gpus));
 
-    const ncclUniqueId id = share_unique_id(rank, argv[4]);
+    const ncclUniqueId id = it::transport::unique_id_through_file(rank, argv[4]);
     ncclComm_t comm = nullptr;
     INSTANTTENSOR_NCCL_CHECK(nullptr, ncclCommInitRank(&comm, world, id, rank));
     cudaStream_t stream = nullptr;

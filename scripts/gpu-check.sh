@@ -2,7 +2,8 @@
 # On the GPU machine: runs the GPU tests, writes a 16 GB bf16 checkpoint shaped like an 8B model in
 # 4 shards with an index, and measures side by side, cold (page cache dropped) and warm:
 #   - Hugging Face safetensors.torch.load_file(device="cuda:0") for every shard,
-#   - instanttensor load --device 0,
+#   - instanttensor load --device 0, and warm also as a group of one over NCCL (--ranks 1: pinned
+#     staging, uploads into window buffers, device-to-device landing),
 #   - the ceilings: pinned host→device copy (warm) and an O_DIRECT read of the same files (cold).
 # Prints one table: GB/s, ratio to safetensors, ratio to the ceiling, peak device memory, pinned
 # staging, page-cache growth during the cold load. Needs root (drop_caches), python3 with torch
@@ -115,7 +116,15 @@ for args in "--copy-streams 1" "--staging-mib 256 --slot-mib 8" "--staging-mib 6
   printf '  %-32s %s %s\n' "$args" "$(json "$(it_load $args)" gbps)" "$(json "$(it_load $args)" gbps)"
 done
 
+echo "group of one over NCCL (warm):"
+it_group=() it_group_json='{"peak_device_bytes": 0, "staging_bytes": 0}'
+for r in $(seq "$runs"); do
+  it_group_json=$(it_load --ranks 1) && it_group+=("$(json "$it_group_json" gbps)") || it_group+=(0)
+  echo "run $r: ${it_group[-1]} GB/s"
+done
+
 hfc=$(best "${hf_cold[@]}") itc=$(best "${it_cold[@]}") hfw=$(best "${hf_warm[@]}") itw=$(best "${it_warm[@]}")
+itg=$(best "${it_group[@]}")
 mib() { echo $(( $1 / 1048576 )); }
 echo
 echo "== results (best of $runs; $(json "$it_warm_json" bytes) bytes in $(json "$it_warm_json" tensors) tensors, 4 shards)"
@@ -130,4 +139,7 @@ printf '%-6s %-22s %9.2f %14s %12.2f %12s %12s %14s\n' warm safetensors "$hfw" 1
 printf '%-6s %-22s %9.2f %14.2f %12.2f %12s %12s %14s\n' warm instanttensor "$itw" "$(ratio "$itw" "$hfw")" \
   "$(ratio "$itw" "$h2d")" "$(mib "$(json "$it_warm_json" peak_device_bytes)")" \
   "$(mib "$(json "$it_warm_json" staging_bytes)")" -
+printf '%-6s %-22s %9.2f %14.2f %12.2f %12s %12s %14s\n' warm "instanttensor, NCCL x1" "$itg" "$(ratio "$itg" "$hfw")" \
+  "$(ratio "$itg" "$h2d")" "$(mib "$(json "$it_group_json" peak_device_bytes)")" \
+  "$(mib "$(json "$it_group_json" staging_bytes)")" -
 echo "device ring $(mib "$(json "$it_warm_json" window_bytes)") MiB; targets: warm >= 0.85 x H2D, cold >= 0.95 x O_DIRECT, cache growth <= 64 MiB"

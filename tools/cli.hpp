@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <functional>
 #include <new>
+#include <regex>
 #include <span>
 #include <string>
 #include <string_view>
@@ -63,6 +64,16 @@ inline std::string escape_control(std::string_view text) {
         }
     }
     return out;
+}
+
+/// A CLI11 validator's check that `text` is an ECMAScript regular expression ("" when it is).
+inline std::string check_regex(std::string& text) {
+    try {
+        std::regex{text};
+        return {};
+    } catch (const std::regex_error& e) {
+        return std::string("not a regular expression: ") + e.what();
+    }
 }
 
 /// Columns a UTF-8 string takes in a terminal, approximated as its number of code points.

@@ -46,6 +46,8 @@ int run_load(const LoadCommand& command) {
         o["window_bytes"] = report.window_bytes;
         o["peak_device_bytes"] = report.peak_device_bytes;
         o["peak_rss_bytes"] = report.peak_rss_bytes;
+        o["ranks"] = report.ranks;
+        o["received_bytes"] = report.stats.received_bytes;
         fmt::print("{}\n", boost::json::serialize(o));
         return exit_ok;
     }
@@ -58,6 +60,9 @@ int run_load(const LoadCommand& command) {
     fmt::print("memory: staging {}{}, {} {}, peak device use {}, peak resident {}\n", human_bytes(report.stats.staging_bytes),
                report.device == "cpu" ? "" : " pinned", report.device == "cpu" ? "host window" : "device ring",
                human_bytes(report.window_bytes), human_bytes(report.peak_device_bytes), human_bytes(report.peak_rss_bytes));
+    if (report.ranks > 0)
+        fmt::print("group of {}: read {}, received {}, window buffers {}\n", report.ranks, human_bytes(report.stats.read_bytes),
+                   human_bytes(report.stats.received_bytes), human_bytes(report.stats.window_memory));
     return exit_ok;
 }
 

@@ -6,6 +6,8 @@
 
 #include <chrono>
 #include <cstdio>
+#include <exception>
+#include <regex>
 
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
@@ -126,6 +128,33 @@ LoadReport run_device_load(Loader& loader, const format::Checkpoint& checkpoint,
 }
 #endif
 
+#if INSTANTTENSOR_HAS_NCCL
+/// The group's communicator on GPU `ordinal`: a world of one, or rank `rank` of `ranks` with the
+/// unique id handed out through the --nccl-id file.
+class Communicator {
+public:
+    Communicator(const LoadSettings& settings, int ordinal) {
+        detail::DeviceGuard guard(ordinal);
+        ncclUniqueId id{};
+        if (settings.nccl_id.empty()) INSTANTTENSOR_NCCL_CHECK(nullptr, ncclGetUniqueId(&id));
+        else id = transport::unique_id_through_file(settings.rank, settings.nccl_id);
+        INSTANTTENSOR_NCCL_CHECK(nullptr, ncclCommInitRank(&comm_, settings.ranks, id, settings.rank));
+    }
+    Communicator(const Communicator&) = delete;
+    Communicator& operator=(const Communicator&) = delete;
+    /// Destroyed while an exception unwinds, the load failed and its loader may have aborted the
+    /// communicator (abort_on_failure), which frees it: then it is left alone (the process exits).
+    ~Communicator() {
+        if (std::uncaught_exceptions() == unwinding_) ncclCommDestroy(comm_);
+    }
+    [[nodiscard]] ncclComm_t get() const noexcept { return comm_; }
+
+private:
+    ncclComm_t comm_ = nullptr;
+    int unwinding_ = std::uncaught_exceptions();
+};
+#endif
+
 }  // namespace
 
 void add_load_options(CLI::App& sub, LoadSettings& settings, const std::string& default_device) {
@@ -161,6 +190,34 @@ void add_load_options(CLI::App& sub, LoadSettings& settings, const std::string& 
         ->type_name("N")
         ->capture_default_str()
         ->check(CLI::Range(1, 8));
+
+    auto* group = sub.add_option_group("group", "Loading as one rank of an NCCL group (docs/distributed.md)");
+    group->add_option("--ranks", settings.ranks, "Load as one of N processes, each reading 1/N; 1 runs the group path on one GPU")
+        ->type_name("N")
+        ->check(CLI::Range(1, 4096));
+    group->add_option("--rank", settings.rank, "This process's rank, 0 to N-1")->type_name("R")->capture_default_str();
+    group->add_option("--nccl-id", settings.nccl_id, "File through which rank 0 hands out the NCCL unique id (remove it before each job)")
+        ->type_name("FILE");
+    group->add_option("--split-rows", settings.split_rows, "Split the tensors whose name matches this regular expression by rows across the ranks")
+        ->type_name("REGEX")
+        ->check(CLI::Validator(check_regex, "", "regex"));
+    group->add_option("--window-mib", settings.window_mib, "Bytes the group reads, then exchanges, at a time")
+        ->type_name("N")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 1 << 20));
+    sub.parse_complete_callback([&settings] {
+        if (settings.ranks == 0) {
+            if (settings.rank != 0 || !settings.nccl_id.empty() || !settings.split_rows.empty())
+                throw CLI::ValidationError("--rank, --nccl-id and --split-rows", "need --ranks");
+            return;
+        }
+        if (settings.rank < 0 || settings.rank >= settings.ranks)
+            throw CLI::ValidationError("--rank", "must be 0 to " + std::to_string(settings.ranks - 1));
+        if (settings.ranks > 1 && settings.nccl_id.empty())
+            throw CLI::ValidationError("--nccl-id", "is needed with more than one rank");
+        if (settings.device == "cpu") throw CLI::ValidationError("--ranks", "loads over NCCL, into GPU memory: not with --device cpu");
+        if (settings.window_mib < settings.slot_mib) throw CLI::ValidationError("--window-mib", "must be at least --slot-mib");
+    });
 }
 
 LoadReport load_checkpoint(const format::Checkpoint& checkpoint, const LoadSettings& settings, [[maybe_unused]] bool want_host_bytes,
@@ -176,11 +233,12 @@ LoadReport load_checkpoint(const format::Checkpoint& checkpoint, const LoadSetti
     LoadReport report;
     std::string device = settings.device;
 #if INSTANTTENSOR_HAS_CUDA
-    if (device == "auto") device = detail::device_count() > 0 ? "0" : "cpu";
+    if (device == "auto") device = detail::device_count() > 0 ? std::to_string(settings.rank % detail::device_count()) : "cpu";
 #else
     if (device == "auto") device = "cpu";
 #endif
     if (device == "cpu") {
+        if (settings.ranks > 0) throw unavailable_error("--ranks", "group loads exchange GPU memory over NCCL, and there is no GPU here");
         if (settings.backend == "gds") throw unavailable_error("gds", "GPUDirect Storage reads into GPU memory; use --device N");
         report.device = "cpu";
         auto loader = load_to_host(checkpoint, options, storage);
@@ -198,6 +256,24 @@ LoadReport load_checkpoint(const format::Checkpoint& checkpoint, const LoadSetti
                                                                             : "no such GPU (" + std::to_string(detail::device_count()) + " present)");
     report.device = "cuda:" + device;
     const std::size_t free_before = device_free(ordinal);
+    if (settings.ranks > 0) {
+#if INSTANTTENSOR_HAS_NCCL
+        if (settings.backend == "gds") throw unavailable_error("gds", "group loads read through pinned staging; use another --backend");
+        options.window_bytes = settings.window_mib << 20;
+        if (!settings.split_rows.empty()) {
+            const std::regex pattern(settings.split_rows);
+            options.share = split_rows([pattern](const format::TensorRef& t) { return std::regex_search(t.name(), pattern); });
+        }
+        const Communicator comm(settings, ordinal);
+        const detail::Stream stream;
+        auto loader = load_distributed(checkpoint, transport::nccl(comm.get(), stream.get(), {.abort_on_failure = true}),
+                                       options, {.device = ordinal, .copy_streams = settings.copy_streams}, storage);
+        report.ranks = settings.ranks;
+        return run_device_load(loader, checkpoint, settings, ordinal, free_before, want_host_bytes, consume, report);
+#else
+        throw unavailable_error("--ranks", "this build has no NCCL");
+#endif
+    }
     // GDS where it can work (asked for, or under auto where nvidia-fs is present), else the host
     // backends through pinned staging; the reason GDS was passed over is reported.
     std::string gds_refusal;

@@ -25,9 +25,17 @@ struct LoadSettings {
     std::uint64_t slot_mib = LoadOptions{}.slot_bytes >> 20;  ///< the largest single read
     unsigned copy_streams = 2;     ///< GPU loads: streams taking turns at host-to-device copies
     bool progress = true;          ///< a progress bar on stderr, if stderr is a terminal
+
+    // Group loads over NCCL (ranks > 0): this process is rank `rank` of `ranks`.
+    int ranks = 0;
+    int rank = 0;
+    std::string nccl_id;           ///< the file through which rank 0 hands out the NCCL unique id
+    std::string split_rows;        ///< a regular expression: tensors split by rows across the ranks
+    std::uint64_t window_mib = LoadOptions{}.window_bytes >> 20;
 };
 
-/// Adds --device, --backend, --direct and --staging-mib to `sub`, with `default_device`.
+/// Adds --device, --backend, --direct, --staging-mib, --slot-mib, --copy-streams and the group
+/// options (--ranks, --rank, --nccl-id, --split-rows, --window-mib) to `sub`, with `default_device`.
 void add_load_options(CLI::App& sub, LoadSettings& settings, const std::string& default_device);
 
 /// What a load did.
@@ -40,6 +48,7 @@ struct LoadReport {
     std::uint64_t window_bytes = 0;       ///< host window or device ring
     std::uint64_t peak_device_bytes = 0;  ///< device memory in use at the peak of the load, over its start
     std::uint64_t peak_rss_bytes = 0;     ///< the process's peak resident memory
+    int ranks = 0;                        ///< group loads: the group's size (0: not a group load)
 };
 
 /// Called with each tensor as it lands; `host_bytes` holds its bytes in host memory (copied back

@@ -94,16 +94,7 @@ void add_plan(CLI::App& app, Action& action) {
     sub->add_option("--ranks", command->ranks, "Ranks in the group")->capture_default_str()->check(CLI::Range(1, 4096));
     sub->add_option("--split-rows", command->split_rows, "Split the tensors whose name matches this regular expression")
         ->type_name("REGEX")
-        ->check(CLI::Validator(
-            [](std::string& text) -> std::string {
-                try {
-                    std::regex{text};
-                    return {};
-                } catch (const std::regex_error& e) {
-                    return std::string("not a regular expression: ") + e.what();
-                }
-            },
-            "", "regex"));
+        ->check(CLI::Validator(check_regex, "", "regex"));
     sub->add_option("--window-mib", command->window_mib, "Bytes the group reads, then exchanges, at a time")
         ->capture_default_str()
         ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{1} << 20));

@@ -225,6 +225,10 @@ PY
     expect_usage_error plan --split-rows '(' "$work/sample"
     expect_usage_error plan --window-mib 1 --slot-mib 4 "$work/sample"
     expect_failure "$work/missing" plan "$work/missing"
+    # Loading as a rank of a group needs a GPU (and NCCL); here it says which option cannot run.
+    if ! command -v nvidia-smi >/dev/null || ! nvidia-smi -L >/dev/null 2>&1; then
+        expect_failure "--ranks" load --ranks 1 "$work/sample"
+    fi
 }
 
 case_usage_errors() {
@@ -241,6 +245,12 @@ case_usage_errors() {
     expect_usage_error load
     expect_usage_error load --direct sometimes "$work"
     expect_usage_error load --staging-mib 0 "$work"
+    expect_usage_error load --rank 1 "$work"
+    expect_usage_error load --ranks 2 "$work"
+    expect_usage_error load --ranks 2 --rank 2 --nccl-id "$work/id" "$work"
+    expect_usage_error load --ranks 1 --device cpu "$work"
+    expect_usage_error load --ranks 1 --split-rows '[' "$work"
+    expect_usage_error hash --ranks 1 --window-mib 1 --slot-mib 4 "$work"
     expect_usage_error sample --dtype F4 "$work/s"
     expect_usage_error sample --dtype bf16 "$work/s"
     expect_usage_error sample --shards 0 "$work/s"

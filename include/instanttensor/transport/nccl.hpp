@@ -23,9 +23,14 @@
 
 #include <nccl.h>
 
+#include <cerrno>
+#include <chrono>
 #include <cstdint>
+#include <filesystem>
+#include <fstream>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "instanttensor/concepts.hpp"
@@ -147,6 +152,35 @@ private:
 };
 
 static_assert(GroupTransport<nccl>);
+
+/// The NCCL unique id of a new communicator, through a file every rank can see (a shared
+/// filesystem across nodes, /tmp on one host), for launchers without a better channel: rank 0
+/// makes the id and publishes it (written aside, then renamed, so no rank reads half of it); the
+/// others wait up to `timeout` for it. Remove the file before each job: a stale one would hand the
+/// other ranks an old id.
+inline ncclUniqueId unique_id_through_file(int rank, const std::filesystem::path& file,
+                                           std::chrono::milliseconds timeout = std::chrono::minutes(2)) {
+    ncclUniqueId id{};
+    if (rank == 0) {
+        INSTANTTENSOR_NCCL_CHECK(nullptr, ncclGetUniqueId(&id));
+        const std::filesystem::path partial = file.string() + ".partial";
+        std::ofstream(partial, std::ios::binary).write(id.internal, sizeof id.internal);
+        std::error_code failed;
+        std::filesystem::rename(partial, file, failed);
+        if (failed) throw io_error(file.string(), "cannot publish the NCCL unique id: " + failed.message(), failed.value());
+        return id;
+    }
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (!std::filesystem::exists(file)) {
+        if (std::chrono::steady_clock::now() > deadline)
+            throw io_error(file.string(), "no NCCL unique id from rank 0 after " + std::to_string(timeout.count() / 1000) + " s", ETIMEDOUT);
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    std::ifstream in(file, std::ios::binary);
+    if (!in.read(id.internal, sizeof id.internal))
+        throw io_error(file.string(), "the NCCL unique id file is shorter than an id", EIO);
+    return id;
+}
 
 }  // namespace instanttensor::transport
 
