@@ -156,52 +156,16 @@ class Loader {
 public:
     /// Opens the checkpoint's files with `storage`, plans the selected tensors and allocates staging
     /// memory and the sink's window (and for a group load its window buffers). `checkpoint` must
-    /// outlive the loader.
+    /// outlive the loader. A group loader that cannot be made abandons the group, as it would
+    /// mid-load, so that its peers fail instead of waiting for it.
     Loader(const format::Checkpoint& checkpoint, Storage storage, Tr transport, Sk sink, LoadOptions options = {})
         : checkpoint_(checkpoint), sink_(std::move(sink)), storage_(std::move(storage)),
           transport_(std::move(transport)), options_(std::move(options)) {
-        if constexpr (!grouped) {
-            if (transport_.size() != 1)
-                throw std::invalid_argument("a transport of " + std::to_string(transport_.size()) +
-                                            " ranks must exchange bytes (model GroupTransport, as transport::nccl does)");
-            if (options_.share)
-                throw std::invalid_argument("LoadOptions::share splits tensors across a group: it needs a GroupTransport "
-                                            "(for one rank, select tensors with LoadOptions::filter)");
-        }
-        if (options_.slot_bytes < 3 * detail::page_alignment || options_.slot_bytes % detail::page_alignment != 0)
-            throw std::invalid_argument("slot_bytes must be a multiple of 4096 and at least 12288");
-        storage_.open(checkpoint_);
-        std::vector<std::uint64_t> alignment(checkpoint_.files().size());
-        for (std::uint32_t f = 0; f < alignment.size(); ++f) alignment[f] = storage_.alignment(f);
-        plan_ = make_plan(checkpoint_, options_.filter, alignment, options_.slot_bytes);
-
-        std::uint64_t slots = std::clamp<std::uint64_t>(options_.staging_bytes / options_.slot_bytes, 2,
-                                                        std::max<std::uint64_t>(2, plan_.extents.size()));
-        if constexpr (grouped) {
-            prepare_group();
-            if constexpr (!uploads) slots = 0;  // reads land in the window buffers themselves
-        }
-        if (slots > 0) {
-            staging_ = allocate_staging(slots * options_.slot_bytes);
-            if constexpr (requires { storage_.register_memory(staging_.span()); }) storage_.register_memory(staging_.span());
-        }
-        slots_.resize(slots);
-        for (std::uint64_t s = slots; s-- > 0;) free_slots_.push_back(static_cast<std::uint32_t>(s));
-        depth_ = std::min<std::size_t>(grouped && slots == 0 ? max_group_reads : slots, storage_.queue_depth());
-        stats_.staging_bytes = staging_.size();
-
-        sink_.prepare(plan_);
-        destinations_.resize(plan_.tensors.size());
-        reserved_.resize(plan_.tensors.size(), false);
-        count_remaining_pieces();
-        if constexpr (asynchronous) {
-            sink_.prepare_copies(std::max<std::uint64_t>(slots, 2 * options_.windows));
-            tickets_.assign(plan_.tensors.size(), no_ticket);
-        }
-        results_.resize(depth_);
-        if constexpr (grouped) {
-            reads_.resize(depth_);
-            for (std::uint64_t tag = depth_; tag-- > 0;) free_reads_.push_back(tag);
+        try {
+            prepare();
+        } catch (...) {
+            if constexpr (grouped) transport_.abandon();  // the peers must not wait for this rank
+            throw;
         }
     }
 
@@ -267,6 +231,53 @@ private:
         std::byte* upload_to = nullptr;  // group loads through staging: where in the window buffer it goes
         std::uint32_t slot = 0;     // the staging slot it uses, if any
     };
+
+    /// The constructor's work: open, plan, allocate.
+    void prepare() {
+        if constexpr (!grouped) {
+            if (transport_.size() != 1)
+                throw std::invalid_argument("a transport of " + std::to_string(transport_.size()) +
+                                            " ranks must exchange bytes (model GroupTransport, as transport::nccl does)");
+            if (options_.share)
+                throw std::invalid_argument("LoadOptions::share splits tensors across a group: it needs a GroupTransport "
+                                            "(for one rank, select tensors with LoadOptions::filter)");
+        }
+        if (options_.slot_bytes < 3 * detail::page_alignment || options_.slot_bytes % detail::page_alignment != 0)
+            throw std::invalid_argument("slot_bytes must be a multiple of 4096 and at least 12288");
+        storage_.open(checkpoint_);
+        std::vector<std::uint64_t> alignment(checkpoint_.files().size());
+        for (std::uint32_t f = 0; f < alignment.size(); ++f) alignment[f] = storage_.alignment(f);
+        plan_ = make_plan(checkpoint_, options_.filter, alignment, options_.slot_bytes);
+
+        std::uint64_t slots = std::clamp<std::uint64_t>(options_.staging_bytes / options_.slot_bytes, 2,
+                                                        std::max<std::uint64_t>(2, plan_.extents.size()));
+        if constexpr (grouped) {
+            prepare_group();
+            if constexpr (!uploads) slots = 0;  // reads land in the window buffers themselves
+        }
+        if (slots > 0) {
+            staging_ = allocate_staging(slots * options_.slot_bytes);
+            if constexpr (requires { storage_.register_memory(staging_.span()); }) storage_.register_memory(staging_.span());
+        }
+        slots_.resize(slots);
+        for (std::uint64_t s = slots; s-- > 0;) free_slots_.push_back(static_cast<std::uint32_t>(s));
+        depth_ = std::min<std::size_t>(grouped && slots == 0 ? max_group_reads : slots, storage_.queue_depth());
+        stats_.staging_bytes = staging_.size();
+
+        sink_.prepare(plan_);
+        destinations_.resize(plan_.tensors.size());
+        reserved_.resize(plan_.tensors.size(), false);
+        count_remaining_pieces();
+        if constexpr (asynchronous) {
+            sink_.prepare_copies(std::max<std::uint64_t>(slots, 2 * options_.windows));
+            tickets_.assign(plan_.tensors.size(), no_ticket);
+        }
+        results_.resize(depth_);
+        if constexpr (grouped) {
+            reads_.resize(depth_);
+            for (std::uint64_t tag = depth_; tag-- > 0;) free_reads_.push_back(tag);
+        }
+    }
 
     StagingMemory allocate_staging(std::uint64_t bytes) {
 #if INSTANTTENSOR_HAS_CUDA

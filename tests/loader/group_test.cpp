@@ -272,6 +272,22 @@ TEST_CASE("group: a failing rank makes every rank fail instead of hang") {
     }
 }
 
+TEST_CASE("group: a rank whose loader cannot be made releases its peers") {
+    TempDir dir;
+    const auto checkpoint = fmt::Checkpoint::open(write_file(dir / "one.safetensors", group_specs()));
+    const auto results = run_group(4, [&](InProcessTransport transport, int r) {
+        auto options = group_options({});
+        if (r == 2) options.windows = 1;  // refused by rank 2's loader only
+        return GroupLoader(checkpoint, it::storage::automatic({it::storage::Backend::pread}), std::move(transport),
+                           it::sink::host(), options);
+    });
+    for (int r = 0; r < 4; ++r) {
+        CAPTURE(r);
+        const auto& error = results[static_cast<std::size_t>(r)].error;
+        CHECK(error.find(r == 2 ? "windows must be 2 to 16" : "rank 2 stopped loading") != std::string::npos);
+    }
+}
+
 TEST_CASE("group: a rank that stops iterating early releases its peers") {
     TempDir dir;
     const auto checkpoint = fmt::Checkpoint::open(write_file(dir / "one.safetensors", group_specs()));
