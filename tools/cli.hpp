@@ -37,6 +37,9 @@ inline constexpr int exit_usage = 2;    ///< the command line is wrong
 /// The work a parsed subcommand asks for; returns the exit status.
 using Action = std::function<int()>;
 
+/// Adds the PATH... positional every subcommand but sample takes: one checkpoint, required.
+void add_checkpoint_paths(CLI::App& sub, std::vector<std::string>& paths);
+
 /// Subcommands: each adds itself to `app` and, when it is the one parsed, sets `action`.
 void add_inspect(CLI::App& app, Action& action);
 void add_hash(CLI::App& app, Action& action);

@@ -89,10 +89,7 @@ void add_hash(CLI::App& app, Action& action) {
         "Each line is '<16 lowercase hex digits>  <name>'; lines are sorted by the bytes of the name, so\n"
         "the same tensors give the same text however the checkpoint is sharded. Compare two with diff.\n"
         "The bytes come through the loader: --device and --backend choose the path they take.\n");
-    sub->add_option("PATH", options->paths,
-                    "Checkpoint file, index .json or directory; several make one checkpoint")
-        ->type_name("")
-        ->required();
+    add_checkpoint_paths(*sub, options->paths);
     add_load_options(*sub, options->settings, "cpu");
     sub->callback([options, &action] { action = [options] { return run_hash(*options); }; });
 }

@@ -116,10 +116,7 @@ void add_inspect(CLI::App& app, Action& action) {
         "\"metadata\": {key: value}}, tensors in the same order.\n"
         "Every header is validated first; an invalid checkpoint prints nothing on stdout and exits 1.\n");
     sub->add_flag("--json", options->json, "Print one JSON object instead of a table");
-    sub->add_option("PATH", options->paths,
-                    "Checkpoint file, index .json or directory; several make one checkpoint")
-        ->type_name("")
-        ->required();
+    add_checkpoint_paths(*sub, options->paths);
     sub->callback([options, &action] { action = [options] { return run_inspect(*options); }; });
 }
 

@@ -73,9 +73,7 @@ void add_load(CLI::App& app, Action& action) {
     auto* sub = app.add_subcommand("load", "Load every tensor to a GPU or host memory and report the speed");
     sub->footer("Prints tensors, bytes, seconds and GB/s, the storage backend chosen (and why io_uring was\n"
                 "not, if it was not), and the memory the load held. A progress bar shows on a terminal.");
-    sub->add_option("PATH", command->paths, "Checkpoint file, index .json or directory; several make one checkpoint")
-        ->type_name("")
-        ->required();
+    add_checkpoint_paths(*sub, command->paths);
     add_load_options(*sub, command->settings, "auto");
     sub->add_flag("--json", command->json, "Print one JSON object instead of text");
     sub->callback([command, &action] { action = [command] { return run_load(*command); }; });

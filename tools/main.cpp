@@ -10,6 +10,7 @@
 // 2 the command line is wrong (CLI11's message and a hint at --help).
 #include <exception>
 #include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 
@@ -20,6 +21,13 @@
 #endif
 
 namespace instanttensor::cli {
+
+void add_checkpoint_paths(CLI::App& sub, std::vector<std::string>& paths) {
+    sub.add_option("PATH", paths, "Checkpoint file, index .json or directory; several make one checkpoint")
+        ->type_name("")
+        ->required();
+}
+
 namespace {
 
 constexpr const char* description =

@@ -88,9 +88,7 @@ void add_plan(CLI::App& app, Action& action) {
     auto* sub = app.add_subcommand("plan", "Show what each rank of a group load reads, keeps and receives");
     sub->footer("Computed from the layout alone: no file data is read. Every rank keeps every tensor unless\n"
                 "--split-rows names tensors to split along their first dimension (tensor parallelism).");
-    sub->add_option("PATH", command->paths, "Checkpoint file, index .json or directory; several make one checkpoint")
-        ->type_name("")
-        ->required();
+    add_checkpoint_paths(*sub, command->paths);
     sub->add_option("--ranks", command->ranks, "Ranks in the group")->capture_default_str()->check(CLI::Range(1, 4096));
     sub->add_option("--split-rows", command->split_rows, "Split the tensors whose name matches this regular expression")
         ->type_name("REGEX")

@@ -132,13 +132,17 @@ static_assert(!it::Transport<TransportWithMutableRank>);
 // A group transport also exchanges windows; a single rank does not.
 static_assert(!it::GroupTransport<it::transport::single>);
 
-struct HostGroup {
+struct GroupWithoutAbandon {  // a rank that stops must be able to release its peers
     static constexpr bool needs_device_memory = false;
     static constexpr MemoryKind memory = MemoryKind::host;
     int rank() const { return 0; }
     int size() const { return 2; }
     std::uint64_t exchange(std::byte*, const it::WindowExchange&) { return 0; }
     bool exchange_done(std::uint64_t) { return true; }
+};
+static_assert(!it::GroupTransport<GroupWithoutAbandon>);
+
+struct HostGroup : GroupWithoutAbandon {
     void abandon() noexcept {}
 };
 static_assert(it::GroupTransport<HostGroup>);
@@ -153,16 +157,6 @@ struct DeviceGroup : DeviceGroupWithoutDevice {
     int device() const { return 0; }
 };
 static_assert(it::GroupTransport<DeviceGroup>);
-
-struct GroupWithoutAbandon {  // a rank that stops must be able to release its peers
-    static constexpr bool needs_device_memory = false;
-    static constexpr MemoryKind memory = MemoryKind::host;
-    int rank() const { return 0; }
-    int size() const { return 2; }
-    std::uint64_t exchange(std::byte*, const it::WindowExchange&) { return 0; }
-    bool exchange_done(std::uint64_t) { return true; }
-};
-static_assert(!it::GroupTransport<GroupWithoutAbandon>);
 #if INSTANTTENSOR_HAS_NCCL
 static_assert(it::GroupTransport<it::transport::nccl>);
 #endif
