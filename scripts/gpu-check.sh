@@ -52,6 +52,13 @@ ckpt=$data/ckpt-$size_mib
 [ -f "$ckpt/model.safetensors.index.json" ] || "$cli" sample "$ckpt" --size-mib "$size_mib" --shards 4
 sync
 
+if [ "$tests" = 1 ]; then
+  echo "== group path bit-exact on the checkpoint (hash through a group of one over NCCL = hash through the plain loader)"
+  "$cli" hash --device 0 "$ckpt" >"$data/hash.single"
+  "$cli" hash --device 0 --ranks 1 --window-mib 64 "$ckpt" >"$data/hash.group"
+  cmp "$data/hash.single" "$data/hash.group" && echo "identical: $(wc -l <"$data/hash.group") tensors"
+fi
+
 cached_kib() { awk '/^Cached:/ {print $2}' /proc/meminfo; }
 drop() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 
