@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <span>
 #include <string_view>
+#include <vector>
 
 #include "instanttensor/format/checkpoint.hpp"
 #include "instanttensor/group_plan.hpp"
@@ -95,10 +96,13 @@ concept Transport = requires(const T& t) {
 ///                                throws when the group failed (a peer stopped, an NCCL error)
 ///   t.abandon()                  this rank stops before the end of the load: peers must not wait
 ///                                for it forever; returns once nothing more touches its buffers
+///   t.gather(value)              every rank's `value`, by rank (a blocking all-gather; the loader
+///                                checks with it that every rank planned the same load)
 template <class T>
 concept GroupTransport =
     Transport<T> && requires(T& t, std::byte* window, const WindowExchange& x, std::uint64_t ticket) {
         { T::memory } -> std::convertible_to<MemoryKind>;
+        { t.gather(ticket) } -> std::same_as<std::vector<std::uint64_t>>;
         { t.exchange(window, x) } -> std::same_as<std::uint64_t>;
         { t.exchange_done(ticket) } -> std::same_as<bool>;
         t.abandon();

@@ -78,6 +78,22 @@ struct GroupPlan {
     std::vector<std::uint64_t> received_bytes;         ///< per rank: bytes it receives from the others
     std::uint64_t buffer_bytes = 0;                    ///< one window buffer: the largest n·S
 
+    /// A digest of everything the ranks must agree on (reads, windows, exchanges, what each rank
+    /// keeps): equal on every rank that planned the same load from the same checkpoint and options.
+    [[nodiscard]] std::uint64_t digest(const Plan& plan) const {
+        std::uint64_t h = 0xcbf29ce484222325ull;  // FNV-1a over the numbers
+        auto mix = [&h](std::uint64_t v) {
+            for (int i = 0; i < 8; ++i, v >>= 8) h = (h ^ (v & 0xff)) * 0x100000001b3ull;
+        };
+        mix(static_cast<std::uint64_t>(ranks));
+        for (const Extent& e : plan.extents) mix(e.file), mix(e.offset), mix(e.length), mix(e.needed), mix(e.piece_count);
+        for (const Window& w : windows) mix(w.extent_count), mix(w.bytes), mix(w.share), mix(static_cast<std::uint64_t>(w.mode));
+        for (const Transfer& t : transfers)
+            mix(static_cast<std::uint64_t>(t.from)), mix(static_cast<std::uint64_t>(t.to)), mix(t.offset), mix(t.length);
+        for (const KeptBytes& k : kept) mix(k.kept), mix(k.begin), mix(k.end);
+        return h;
+    }
+
     [[nodiscard]] const KeptBytes& keeps(std::uint32_t tensor, int rank) const {
         return kept[std::size_t{tensor} * static_cast<std::size_t>(ranks) + static_cast<std::size_t>(rank)];
     }

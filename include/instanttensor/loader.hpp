@@ -535,6 +535,12 @@ private:
             throw std::invalid_argument("transport: rank " + std::to_string(rank) + " of " + std::to_string(ranks));
         if (options_.windows < 2 || options_.windows > 16) throw std::invalid_argument("LoadOptions::windows must be 2 to 16");
         group_ = make_group_plan(plan_, ranks, options_.share, std::max(options_.window_bytes, options_.slot_bytes));
+        // Ranks that planned different loads would wait on each other's exchanges forever.
+        const std::vector<std::uint64_t> digests = transport_.gather(group_.digest(plan_));
+        for (int r = 0; r < ranks; ++r)
+            if (digests[static_cast<std::size_t>(r)] != digests[0])
+                throw error("group", "rank " + std::to_string(r) + " planned a different load than rank 0: every rank must load "
+                                     "the same checkpoint with the same filter, slot_bytes, window_bytes and share function");
         stats_.received_bytes = group_.received_bytes[static_cast<std::size_t>(rank)];
         const std::uint64_t buffers = std::min<std::uint64_t>(options_.windows, std::max<std::size_t>(group_.windows.size(), 1));
 #if INSTANTTENSOR_HAS_CUDA

@@ -277,6 +277,7 @@ TEST_CASE("transport::nccl with world size 1: every exchange mode runs and leave
     SoloCommunicator comm;
     it::detail::Stream stream;
     it::transport::nccl group(comm.get(), stream.get());
+    CHECK(group.gather(0x0123456789abcdefull) == std::vector<std::uint64_t>{0x0123456789abcdefull});
     constexpr std::uint64_t bytes = 3 * 4096;
     std::vector<std::byte> host(bytes);
     for (std::size_t i = 0; i < host.size(); ++i) host[i] = static_cast<std::byte>(i * 7 + 1);

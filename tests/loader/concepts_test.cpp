@@ -9,6 +9,7 @@
 #include <string_view>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "instanttensor/concepts.hpp"
 #include "instanttensor/loader.hpp"
@@ -139,6 +140,7 @@ struct GroupWithoutAbandon {  // a rank that stops must be able to release its p
     int size() const { return 2; }
     std::uint64_t exchange(std::byte*, const it::WindowExchange&) { return 0; }
     bool exchange_done(std::uint64_t) { return true; }
+    std::vector<std::uint64_t> gather(std::uint64_t v) { return {v, v}; }
 };
 static_assert(!it::GroupTransport<GroupWithoutAbandon>);
 

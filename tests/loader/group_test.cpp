@@ -311,17 +311,27 @@ TEST_CASE("group: a rank that stops iterating early releases its peers") {
     CHECK(errors[2].find("rank 0 stopped loading") != std::string::npos);
 }
 
-TEST_CASE("group: ranks that disagree on the split fail, all of them") {
+TEST_CASE("group: ranks that planned different loads all fail at once, naming the odd rank") {
     TempDir dir;
     const auto checkpoint = fmt::Checkpoint::open(write_file(dir / "one.safetensors", group_specs()));
-    const auto results = run_group(3, [&](InProcessTransport transport, int r) {
-        return GroupLoader(checkpoint, it::storage::automatic({it::storage::Backend::memory}), std::move(transport),
-                           it::sink::host(), group_options(r == 1 ? it::split_rows(is_weight) : it::ShareFunction{}));
-    });
-    for (const auto& out : results) {
-        CAPTURE(out.error);
-        CHECK((out.error.find("disagree") != std::string::npos || out.error.find("stopped loading") != std::string::npos));
+    for (int odd : {0, 2}) {
+        CAPTURE(odd);
+        const auto results = run_group(3, [&](InProcessTransport transport, int r) {
+            auto options = group_options(r == odd ? it::split_rows(is_weight) : it::ShareFunction{});
+            return GroupLoader(checkpoint, it::storage::automatic({it::storage::Backend::memory}), std::move(transport),
+                               it::sink::host(), options);
+        });
+        const std::string expected = "rank " + std::to_string(odd == 0 ? 1 : odd) + " planned a different load than rank 0";
+        for (const auto& out : results) CHECK(out.error.find(expected) != std::string::npos);
     }
+    // A different window size is a different plan too.
+    const auto results = run_group(2, [&](InProcessTransport transport, int r) {
+        auto options = group_options({});
+        if (r == 1) options.window_bytes *= 2;
+        return GroupLoader(checkpoint, it::storage::automatic({it::storage::Backend::memory}), std::move(transport),
+                           it::sink::host(), options);
+    });
+    for (const auto& out : results) CHECK(out.error.find("rank 1 planned a different load") != std::string::npos);
 }
 
 TEST_CASE("group: a rank that keeps nothing still reads and sends its share") {

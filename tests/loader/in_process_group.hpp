@@ -4,8 +4,9 @@
 // Each rank posts its window buffer and the exchange it was asked for; once every rank posted the
 // same round, each rank copies what it receives straight out of the readers' buffers (as NCCL's
 // kernels would), and a round is done once every rank copied. It is strict where NCCL would hang
-// or corrupt silently: ranks that disagree on a round's exchange, a rank that gives up, and bytes
-// a rank receives are all checked or counted.
+// or corrupt silently: ranks that disagree on a round's exchange (which the loader's plan digest
+// should have caught first), a rank that gives up, and bytes a rank receives are all checked or
+// counted.
 #pragma once
 
 #include <condition_variable>
@@ -14,6 +15,7 @@
 #include <deque>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "instanttensor/concepts.hpp"
@@ -53,6 +55,7 @@ private:
     std::mutex mutex_;
     std::condition_variable changed_;
     std::deque<Round> rounds_;  // a deque: a round's address holds while others are added
+    std::deque<std::vector<std::pair<int, std::uint64_t>>> gathered_;  // gather() rounds: (rank, value)
     std::vector<std::uint64_t> received_;
     int copying_ = 0;       // ranks copying out of others' buffers right now
     std::string failure_;   // set once a rank gave up or the ranks disagreed
@@ -109,6 +112,22 @@ public:
         return group_->rounds_[ticket].copied == size();
     }
 
+    /// Every rank's value, once every rank gave one (or a rank gave up).
+    std::vector<std::uint64_t> gather(std::uint64_t value) {
+        std::unique_lock lock(group_->mutex_);
+        auto& g = *group_;
+        const std::size_t round = gathers_++;
+        if (g.gathered_.size() <= round) g.gathered_.emplace_back();
+        g.gathered_[round].emplace_back(rank_, value);
+        g.changed_.notify_all();
+        const auto complete = [&] { return g.gathered_[round].size() == static_cast<std::size_t>(size()); };
+        g.changed_.wait(lock, [&] { return complete() || !g.failure_.empty(); });
+        if (!complete()) fail_if_failed();  // a complete round stands, whatever a rank did after it
+        std::vector<std::uint64_t> all(static_cast<std::size_t>(size()));
+        for (const auto& [rank, v] : g.gathered_[round]) all[static_cast<std::size_t>(rank)] = v;
+        return all;
+    }
+
     /// The peers fail from now on; returns once none copies out of this rank's buffers.
     void abandon() noexcept {
         std::unique_lock lock(group_->mutex_);
@@ -163,6 +182,7 @@ private:
     int rank_;
     std::uint64_t next_ = 0;    // the next exchange this rank starts
     std::uint64_t copied_ = 0;  // exchanges below this one this rank copied
+    std::size_t gathers_ = 0;   // gather() rounds this rank took part in
 };
 
 static_assert(instanttensor::GroupTransport<InProcessTransport>);

@@ -10,8 +10,8 @@
 //                on both sides of every pair
 //
 // Every rank of the communicator must load the same checkpoint with the same LoadOptions (filter,
-// slot_bytes, window_bytes, share function): the exchanges are derived from them, and ranks that
-// disagree would wait on each other. If a rank fails mid-load, its loader abandons the group:
+// slot_bytes, window_bytes, share function): the exchanges are derived from them. The loader
+// checks it first, through gather() of a digest of each rank's plan. If a rank fails mid-load, its loader abandons the group:
 // with Options::abort_on_failure it calls ncclCommAbort (the communicator is then gone, and every
 // peer's pending exchange ends with an error instead of waiting); without it, it waits for its own
 // exchanges in flight, which end only when the peers take part.
@@ -113,6 +113,21 @@ public:
         }
         events_[next_ % max_in_flight].record(stream_);
         return next_++;
+    }
+
+    /// Every rank's `value`, by rank: a small all-gather, waited for (polling the communicator's
+    /// asynchronous error, like exchange_done).
+    std::vector<std::uint64_t> gather(std::uint64_t value) {
+        instanttensor::detail::DeviceGuard guard(device_);
+        const auto n = static_cast<std::size_t>(size_);
+        instanttensor::detail::DeviceBuffer values(n * sizeof value, "nothing: 8 bytes per rank");
+        std::byte* mine = values.data() + static_cast<std::size_t>(rank_) * sizeof value;
+        INSTANTTENSOR_CUDA_CHECK(cudaMemcpyAsync(mine, &value, sizeof value, cudaMemcpyHostToDevice, stream_));
+        const std::uint64_t ticket = exchange(values.data(), {ExchangeMode::all_gather, sizeof value, n * sizeof value, {}});
+        while (!exchange_done(ticket)) std::this_thread::yield();
+        std::vector<std::uint64_t> all(n);
+        INSTANTTENSOR_CUDA_CHECK(cudaMemcpy(all.data(), values.data(), n * sizeof value, cudaMemcpyDeviceToHost));
+        return all;
     }
 
     /// Whether the exchange `ticket` (and, the stream being in order, every earlier one) finished.
