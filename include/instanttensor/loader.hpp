@@ -850,6 +850,16 @@ inline Loader<storage::automatic, transport::nccl, sink::device_ring> load_distr
     ring.device = group.device();
     return {checkpoint, storage::automatic(storage), std::move(group), sink::device_ring(ring), std::move(options)};
 }
+
+/// A loader for one rank of an NCCL group that copies the bytes this rank keeps into the device
+/// memory `destination` returns for each tensor it keeps (of the size of its rows, for a split one).
+inline Loader<storage::automatic, transport::nccl, sink::device_placement> load_distributed_into(
+    const format::Checkpoint& checkpoint, transport::nccl group, sink::placement::Destination destination,
+    LoadOptions options = {}, sink::device_placement::Options placement = {}, storage::automatic::Options storage = {}) {
+    placement.device = group.device();
+    return {checkpoint, storage::automatic(storage), std::move(group),
+            sink::device_placement(std::move(destination), placement), std::move(options)};
+}
 #endif
 
 }  // namespace instanttensor

@@ -261,13 +261,13 @@ TEST_CASE("transport::nccl with world size 1: group loads are bit-exact through 
             CHECK(loader.stats().received_bytes == 0);
 
             std::vector<it::detail::DeviceBuffer> owned;
-            it::Loader<it::storage::automatic, it::transport::nccl, it::sink::device_placement> placed(
-                checkpoint, it::storage::automatic({backend}), it::transport::nccl(comm.get(), stream.get()),
-                it::sink::device_placement([&](const it::format::TensorRef& t) {
+            auto placed = it::load_distributed_into(
+                checkpoint, it::transport::nccl(comm.get(), stream.get()),
+                [&](const it::format::TensorRef& t) {
                     owned.emplace_back(t.nbytes(), "test buffers");
                     return std::span<std::byte>(owned.back().data(), t.nbytes());
-                }),
-                options);
+                },
+                options, {}, {backend});
             CHECK(check_all(placed, expected) == checkpoint.tensors().size());
         }
     }
