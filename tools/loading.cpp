@@ -265,7 +265,10 @@ LoadReport load_checkpoint(const format::Checkpoint& checkpoint, const LoadSetti
             options.share = split_rows([pattern](const format::TensorRef& t) { return std::regex_search(t.name(), pattern); });
         }
         const Communicator comm(settings, ordinal);
-        const detail::Stream stream;
+        const detail::Stream stream = [&] {  // on the communicator's GPU, where NCCL runs
+            detail::DeviceGuard guard(ordinal);
+            return detail::Stream();
+        }();
         auto loader = load_distributed(checkpoint, transport::nccl(comm.get(), stream.get(), {.abort_on_failure = true}),
                                        options, {.device = ordinal, .copy_streams = settings.copy_streams}, storage);
         report.ranks = settings.ranks;
