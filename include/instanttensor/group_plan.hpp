@@ -73,7 +73,10 @@ struct GroupPlan {
     std::vector<std::uint64_t> extent_window_offset;  ///< per extent: where it lies in its window buffer
     std::vector<std::uint32_t> extent_window;         ///< per extent: its window
     std::vector<Transfer> transfers;
-    std::vector<KeptBytes> kept;                       ///< per tensor × rank: what that rank keeps
+    /// What each rank keeps of each tensor, through keeps(): per tensor × rank, or, when every rank
+    /// keeps everything (no share function), once per tensor.
+    std::vector<KeptBytes> kept;
+    std::size_t kept_per_tensor = 1;
     std::vector<std::uint64_t> read_bytes;             ///< per rank: bytes it reads from storage
     std::vector<std::uint64_t> received_bytes;         ///< per rank: bytes it receives from the others
     std::uint64_t buffer_bytes = 0;                    ///< one window buffer: the largest n·S
@@ -90,12 +93,16 @@ struct GroupPlan {
         for (const Window& w : windows) mix(w.extent_count), mix(w.bytes), mix(w.share), mix(static_cast<std::uint64_t>(w.mode));
         for (const Transfer& t : transfers)
             mix(static_cast<std::uint64_t>(t.from)), mix(static_cast<std::uint64_t>(t.to)), mix(t.offset), mix(t.length);
-        for (const KeptBytes& k : kept) mix(k.kept), mix(k.begin), mix(k.end);
+        for (std::uint32_t t = 0; t < plan.tensors.size(); ++t)  // however `kept` is stored
+            for (int r = 0; r < ranks; ++r) {
+                const KeptBytes& k = keeps(t, r);
+                mix(k.kept), mix(k.begin), mix(k.end);
+            }
         return h;
     }
 
     [[nodiscard]] const KeptBytes& keeps(std::uint32_t tensor, int rank) const {
-        return kept[std::size_t{tensor} * static_cast<std::size_t>(ranks) + static_cast<std::size_t>(rank)];
+        return kept[std::size_t{tensor} * kept_per_tensor + (kept_per_tensor == 1 ? 0 : static_cast<std::size_t>(rank))];
     }
     [[nodiscard]] WindowExchange exchange(std::size_t window) const {
         const Window& w = windows[window];
@@ -132,11 +139,12 @@ inline GroupPlan make_group_plan(const Plan& plan, int ranks, const ShareFunctio
     g.ranks = ranks;
     g.read_bytes.assign(n, 0);
     g.received_bytes.assign(n, 0);
-    g.kept.resize(plan.tensors.size() * n);
+    g.kept_per_tensor = share ? static_cast<std::size_t>(n) : 1;
+    g.kept.resize(plan.tensors.size() * g.kept_per_tensor);
     for (std::uint32_t t = 0; t < plan.tensors.size(); ++t)
-        for (int r = 0; r < ranks; ++r)
-            g.kept[std::size_t{t} * n + static_cast<std::size_t>(r)] =
-                kept_bytes(*plan.tensors[t].ref, share ? share(*plan.tensors[t].ref, r, ranks) : Share::whole());
+        for (std::size_t r = 0; r < g.kept_per_tensor; ++r)
+            g.kept[t * g.kept_per_tensor + r] =
+                kept_bytes(*plan.tensors[t].ref, share ? share(*plan.tensors[t].ref, static_cast<int>(r), ranks) : Share::whole());
 
     // Windows: consecutive extents, each at a page-aligned offset, at most window_bytes in all.
     g.extent_window_offset.resize(plan.extents.size());

@@ -324,7 +324,13 @@ TEST_CASE("group: ranks that planned different loads all fail at once, naming th
         const std::string expected = "rank " + std::to_string(odd == 0 ? 1 : odd) + " planned a different load than rank 0";
         for (const auto& out : results) CHECK(out.error.find(expected) != std::string::npos);
     }
-    // A different window size is a different plan too.
+    // No share function and keep_everything() plan the same load.
+    const auto same = run_group(3, [&](InProcessTransport transport, int r) {
+        return GroupLoader(checkpoint, it::storage::automatic({it::storage::Backend::memory}), std::move(transport),
+                           it::sink::host(), group_options(r == 1 ? it::keep_everything() : it::ShareFunction{}));
+    });
+    for (int r = 0; r < 3; ++r) check_rank(checkpoint, {}, r, 3, same[static_cast<std::size_t>(r)]);
+    // A different window size is a different plan.
     const auto results = run_group(2, [&](InProcessTransport transport, int r) {
         auto options = group_options({});
         if (r == 1) options.window_bytes *= 2;
