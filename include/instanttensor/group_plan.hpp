@@ -71,7 +71,6 @@ struct GroupPlan {
     int ranks = 1;
     std::vector<Window> windows;
     std::vector<std::uint64_t> extent_window_offset;  ///< per extent: where it lies in its window buffer
-    std::vector<std::uint32_t> extent_window;         ///< per extent: its window
     std::vector<Transfer> transfers;
     /// What each rank keeps of each tensor, through keeps(): per tensor × rank, or, when every rank
     /// keeps everything (no share function), once per tensor.
@@ -148,7 +147,6 @@ inline GroupPlan make_group_plan(const Plan& plan, int ranks, const ShareFunctio
 
     // Windows: consecutive extents, each at a page-aligned offset, at most window_bytes in all.
     g.extent_window_offset.resize(plan.extents.size());
-    g.extent_window.resize(plan.extents.size());
     for (std::uint32_t x = 0; x < plan.extents.size(); ++x) {
         const std::uint64_t length = plan.extents[x].length;
         if (length > window_bytes)
@@ -161,7 +159,6 @@ inline GroupPlan make_group_plan(const Plan& plan, int ranks, const ShareFunctio
         }
         const std::uint64_t offset = w->extent_count == 0 ? 0 : at;
         g.extent_window_offset[x] = offset;
-        g.extent_window[x] = static_cast<std::uint32_t>(g.windows.size() - 1);
         w->bytes = offset + length;
         ++w->extent_count;
     }

@@ -524,7 +524,8 @@ private:
         bool exchange_started = false;
         bool exchange_done = false;
         std::uint64_t exchange_ticket = 0;
-        std::uint32_t next_piece = 0;  // landing cursor into Plan::pieces
+        std::uint32_t next_extent = 0;  // landing cursor: the extent holding next_piece
+        std::uint32_t next_piece = 0;   // landing cursor into Plan::pieces
         bool landed = false;
         std::uint64_t copy_ticket = no_ticket;
     };
@@ -580,8 +581,10 @@ private:
             moved |= start_exchanges();
             moved |= land_windows();
             if (done()) return;
+            // Besides reads: uploads, or windows past their reads (waiting on their exchange, the sink's
+            // room or its copies), which complete without the kernel telling us.
             const bool others_pending = !uploading_.empty() || std::any_of(active_.begin(), active_.end(), [](const ActiveWindow& w) {
-                return w.exchange_started && (!w.exchange_done || !w.landed || w.copy_ticket != no_ticket);
+                return w.exchange_started;
             });
             if (in_flight_ > 0) {
                 const std::size_t n = storage_.reap(results_, !moved && !others_pending);
@@ -607,7 +610,8 @@ private:
             free_buffers_.pop_back();
             group_.for_each_read(plan_, w.index, transport_.rank(), [&](const ShareRead& r) { w.reads.push_back(r); });
             w.reads_left = w.reads.size();
-            w.next_piece = plan_.extents[group_.windows[w.index].first_extent].first_piece;
+            w.next_extent = group_.windows[w.index].first_extent;
+            w.next_piece = plan_.extents[w.next_extent].first_piece;
             active_.push_back(std::move(w));
             moved = true;
         }
@@ -714,13 +718,15 @@ private:
             std::uint32_t from_piece = w.next_piece;
             for (; w.next_piece < end_piece; ++w.next_piece) {
                 const Piece& piece = plan_.pieces[w.next_piece];
+                while (w.next_piece >= plan_.extents[w.next_extent].first_piece + plan_.extents[w.next_extent].piece_count)
+                    ++w.next_extent;
                 const KeptBytes& k = group_.keeps(piece.tensor, rank);
                 const std::uint64_t begin = std::max(k.begin, piece.tensor_offset);
                 const std::uint64_t end = std::min(k.end, piece.tensor_offset + piece.length);
                 if (!k.kept || begin >= end) continue;
                 if (!reserve_through(piece.tensor)) break;
-                const std::uint32_t x = extent_of(piece, window);
-                const std::byte* source = w.buffer + group_.extent_window_offset[x] + piece.extent_offset + (begin - piece.tensor_offset);
+                const std::byte* source =
+                    w.buffer + group_.extent_window_offset[w.next_extent] + piece.extent_offset + (begin - piece.tensor_offset);
                 sink_.store(destinations_[piece.tensor].data() + (begin - k.begin), source, end - begin);
                 --remaining_[piece.tensor];
                 stored = moved = true;
@@ -736,15 +742,6 @@ private:
             w.landed = moved = true;
         }
         return moved;
-    }
-
-    /// The extent of `window` that holds `piece` (pieces are in extent order).
-    std::uint32_t extent_of(const Piece& piece, const Window& window) const {
-        const auto index = static_cast<std::uint32_t>(&piece - plan_.pieces.data());
-        const auto begin = plan_.extents.begin() + window.first_extent;
-        const auto end = begin + window.extent_count;
-        const auto it = std::upper_bound(begin, end, index, [](std::uint32_t p, const Extent& e) { return p < e.first_piece; });
-        return static_cast<std::uint32_t>((it - plan_.extents.begin()) - 1);
     }
 
     double seconds_since_start() const {
