@@ -273,6 +273,23 @@ TEST_CASE("transport::nccl with world size 1: group loads are bit-exact through 
     }
 }
 
+TEST_CASE("transport::nccl with world size 1 and GPUDirect Storage: reads land in the window buffers, where GDS runs") {
+    TempDir dir;
+    const auto index = write_awkward_checkpoint(dir.path(), 3'000'001);
+    const auto checkpoint = it::format::Checkpoint::open(index);
+    const auto expected = file_hashes(checkpoint);
+    SoloCommunicator comm;
+    it::detail::Stream stream;
+    try {
+        it::Loader<it::storage::gds, it::transport::nccl, it::sink::device_ring> loader(
+            checkpoint, it::storage::gds{}, it::transport::nccl(comm.get(), stream.get()), it::sink::device_ring{});
+        CHECK(check_all(loader, expected) == checkpoint.tensors().size());
+        MESSAGE("GDS group load ran here");
+    } catch (const it::unavailable_error& e) {
+        MESSAGE("GDS unavailable here: " << e.what());
+    }
+}
+
 TEST_CASE("transport::nccl with world size 1: every exchange mode runs and leaves the window intact") {
     SoloCommunicator comm;
     it::detail::Stream stream;
