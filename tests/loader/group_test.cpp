@@ -354,6 +354,30 @@ TEST_CASE("group: a rank that keeps nothing still reads and sends its share") {
     CHECK(results[2].stats.received_bytes == 0);
 }
 
+TEST_CASE("group: nothing selected, and only empty tensors, load on every rank") {
+    TempDir dir;
+    const auto checkpoint = fmt::Checkpoint::open(write_file(dir / "one.safetensors", group_specs()));
+    const auto none = run_group(3, [&](InProcessTransport transport, int) {
+        auto options = group_options({});
+        options.filter = [](const fmt::TensorRef&) { return false; };
+        return GroupLoader(checkpoint, it::storage::automatic({it::storage::Backend::pread}), std::move(transport),
+                           it::sink::host(), options);
+    });
+    for (const auto& out : none) {
+        CHECK(out.error.empty());
+        CHECK(out.names.empty());
+        CHECK(out.plan.windows.empty());
+    }
+    const auto empties = fmt::Checkpoint::open(write_file(dir / "empties.safetensors",
+                                                          {{"a", fmt::Dtype::F32, {0}}, {"b", fmt::Dtype::U8, {4, 0}}}));
+    const auto share = it::split_rows({});
+    const auto results = run_group(3, [&](InProcessTransport transport, int) {
+        return GroupLoader(empties, it::storage::automatic({it::storage::Backend::pread}), std::move(transport), it::sink::host(),
+                           group_options(share));
+    });
+    for (int r = 0; r < 3; ++r) check_rank(empties, share, r, 3, results[static_cast<std::size_t>(r)]);
+}
+
 TEST_CASE("group: options that cannot work are refused") {
     TempDir dir;
     const auto checkpoint = fmt::Checkpoint::open(write_file(dir / "one.safetensors", tiny_specs(10)));
