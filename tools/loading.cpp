@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdio>
 #include <exception>
+#include <memory>
 #include <regex>
 
 #include <CLI/CLI.hpp>
@@ -157,6 +158,16 @@ private:
 
 }  // namespace
 
+ShareFunction split_rows_matching(const format::Checkpoint& checkpoint, const std::string& regex) {
+    const std::regex pattern(regex);
+    auto tensors = checkpoint.tensors();
+    auto matches = std::make_shared<std::vector<bool>>(tensors.size());
+    for (std::size_t i = 0; i < tensors.size(); ++i) (*matches)[i] = std::regex_search(tensors[i].name(), pattern);
+    return split_rows([tensors, matches](const format::TensorRef& t) {
+        return (*matches)[static_cast<std::size_t>(&t - tensors.data())];
+    });
+}
+
 void add_load_options(CLI::App& sub, LoadSettings& settings, const std::string& default_device) {
     settings.device = default_device;
     sub.add_option("--device", settings.device, "cpu, a GPU ordinal (0, 1...), or auto: GPU 0 if there is one, else cpu")
@@ -260,10 +271,7 @@ LoadReport load_checkpoint(const format::Checkpoint& checkpoint, const LoadSetti
 #if INSTANTTENSOR_HAS_NCCL
         if (settings.backend == "gds") throw unavailable_error("gds", "group loads read through pinned staging; use another --backend");
         options.window_bytes = settings.window_mib << 20;
-        if (!settings.split_rows.empty()) {
-            const std::regex pattern(settings.split_rows);
-            options.share = split_rows([pattern](const format::TensorRef& t) { return std::regex_search(t.name(), pattern); });
-        }
+        if (!settings.split_rows.empty()) options.share = split_rows_matching(checkpoint, settings.split_rows);
         const Communicator comm(settings, ordinal);
         const detail::Stream stream = [&] {  // on the communicator's GPU, where NCCL runs
             detail::DeviceGuard guard(ordinal);

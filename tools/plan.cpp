@@ -8,7 +8,6 @@
 #include <algorithm>
 #include <array>
 #include <memory>
-#include <regex>
 #include <string>
 #include <vector>
 
@@ -17,6 +16,7 @@
 #include <fmt/core.h>
 
 #include "cli.hpp"
+#include "loading.hpp"
 #include "instanttensor/format/checkpoint.hpp"
 #include "instanttensor/group_plan.hpp"
 #include "instanttensor/loader.hpp"
@@ -38,11 +38,7 @@ int run_plan(const PlanCommand& command) {
     const auto checkpoint = format::Checkpoint::open(to_paths(command.paths));
     const std::vector<std::uint64_t> alignment(checkpoint.files().size(), command.buffered ? 1 : 4096);
     const auto plan = make_plan(checkpoint, {}, alignment, command.slot_mib << 20);
-    ShareFunction share;
-    if (!command.split_rows.empty()) {
-        const std::regex pattern(command.split_rows);
-        share = split_rows([pattern](const format::TensorRef& t) { return std::regex_search(t.name(), pattern); });
-    }
+    const ShareFunction share = command.split_rows.empty() ? ShareFunction{} : split_rows_matching(checkpoint, command.split_rows);
     const auto group = make_group_plan(plan, command.ranks, share, command.window_mib << 20);
 
     std::array<std::size_t, 4> modes{};
