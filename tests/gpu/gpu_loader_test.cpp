@@ -91,6 +91,21 @@ std::size_t check_all(Loader& loader, const std::map<std::string, XXH64_hash_t>&
     return n;
 }
 
+/// A destination function that gives each tensor a device buffer of its own, kept in `owned`.
+it::sink::placement::Destination into_new_buffers(std::vector<it::detail::DeviceBuffer>& owned) {
+    return [&owned](const it::format::TensorRef& t) {
+        owned.emplace_back(t.nbytes(), "test buffers");
+        return std::span<std::byte>(owned.back().data(), t.nbytes());
+    };
+}
+
+/// The awkward checkpoint with a 3 MB tensor, written to a temporary directory, and its hashes.
+struct AwkwardCheckpoint {
+    TempDir dir;
+    it::format::Checkpoint checkpoint = it::format::Checkpoint::open(write_awkward_checkpoint(dir.path(), 3'000'001));
+    std::map<std::string, XXH64_hash_t> expected = file_hashes(checkpoint);
+};
+
 constexpr it::storage::Backend backends[] = {it::storage::Backend::uring, it::storage::Backend::pread,
                                               it::storage::Backend::memory};
 
@@ -105,13 +120,7 @@ void check_checkpoint(const fs::path& path, it::LoadOptions options) {
             CHECK(check_all(ring, expected) == checkpoint.tensors().size());
 
             std::vector<it::detail::DeviceBuffer> owned;
-            auto placed = it::load_into_device(
-                checkpoint,
-                [&](const it::format::TensorRef& t) {
-                    owned.emplace_back(t.nbytes(), "test buffers");
-                    return std::span<std::byte>(owned.back().data(), t.nbytes());
-                },
-                {}, options, {backend, direct});
+            auto placed = it::load_into_device(checkpoint, into_new_buffers(owned), {}, options, {backend, direct});
             CHECK(check_all(placed, expected) == checkpoint.tensors().size());
         }
 }
@@ -201,10 +210,9 @@ TEST_CASE("a load that fails midway frees its device and pinned memory") {
 }
 
 TEST_CASE("GPUDirect Storage loads bit-exact where it runs, and says which part refused where not") {
-    TempDir dir;
-    const auto index = write_awkward_checkpoint(dir.path(), 3'000'001);
-    const auto checkpoint = it::format::Checkpoint::open(index);
-    const auto expected = file_hashes(checkpoint);
+    const AwkwardCheckpoint awkward;
+    const auto& checkpoint = awkward.checkpoint;
+    const auto& expected = awkward.expected;
     try {
         it::Loader<it::storage::gds, it::transport::single, it::sink::device_ring> loader(
             checkpoint, it::storage::gds{}, {}, it::sink::device_ring{});
@@ -238,10 +246,9 @@ private:
 };
 
 TEST_CASE("transport::nccl with world size 1: group loads are bit-exact through both device sinks") {
-    TempDir dir;
-    const auto index = write_awkward_checkpoint(dir.path(), 3'000'001);
-    const auto checkpoint = it::format::Checkpoint::open(index);
-    const auto expected = file_hashes(checkpoint);
+    const AwkwardCheckpoint awkward;
+    const auto& checkpoint = awkward.checkpoint;
+    const auto& expected = awkward.expected;
     SoloCommunicator comm;
     it::detail::Stream stream;
     it::transport::nccl group(comm.get(), stream.get());
@@ -261,23 +268,17 @@ TEST_CASE("transport::nccl with world size 1: group loads are bit-exact through 
             CHECK(loader.stats().received_bytes == 0);
 
             std::vector<it::detail::DeviceBuffer> owned;
-            auto placed = it::load_distributed_into(
-                checkpoint, it::transport::nccl(comm.get(), stream.get()),
-                [&](const it::format::TensorRef& t) {
-                    owned.emplace_back(t.nbytes(), "test buffers");
-                    return std::span<std::byte>(owned.back().data(), t.nbytes());
-                },
-                options, {}, {backend});
+            auto placed = it::load_distributed_into(checkpoint, it::transport::nccl(comm.get(), stream.get()),
+                                                    into_new_buffers(owned), options, {}, {backend});
             CHECK(check_all(placed, expected) == checkpoint.tensors().size());
         }
     }
 }
 
 TEST_CASE("transport::nccl with world size 1 and GPUDirect Storage: reads land in the window buffers, where GDS runs") {
-    TempDir dir;
-    const auto index = write_awkward_checkpoint(dir.path(), 3'000'001);
-    const auto checkpoint = it::format::Checkpoint::open(index);
-    const auto expected = file_hashes(checkpoint);
+    const AwkwardCheckpoint awkward;
+    const auto& checkpoint = awkward.checkpoint;
+    const auto& expected = awkward.expected;
     SoloCommunicator comm;
     it::detail::Stream stream;
     try {

@@ -236,14 +236,8 @@ static_assert(!it::Transport<it::sink::host>);
 // ---- compositions ---------------------------------------------------------------------------
 
 /// A GDS-like backend: reads land in device memory.
-struct FakeDeviceStorage {
+struct FakeDeviceStorage : GoodStorage {
     static constexpr MemoryKind destination = MemoryKind::device;
-    void open(const it::format::Checkpoint&) {}
-    std::uint64_t alignment(std::uint32_t) const { return 4096; }
-    std::size_t queue_depth() const { return 8; }
-    void submit(const ReadRequest&) {}
-    std::size_t reap(std::span<ReadResult>, bool) { return 0; }
-    std::string_view name() const { return "fake gds"; }
 };
 static_assert(it::StorageBackend<FakeDeviceStorage>);
 
@@ -256,12 +250,8 @@ struct FakeNcclTransport {
 static_assert(it::Transport<FakeNcclTransport>);
 
 /// A device sink, for the compositions that are allowed.
-struct FakeDeviceSink {
+struct FakeDeviceSink : GoodSink {
     static constexpr MemoryKind memory = MemoryKind::device;
-    void prepare(const it::Plan&) {}
-    std::span<std::byte> reserve(const it::format::TensorRef&, std::uint64_t) { return {}; }
-    void store(std::byte*, const std::byte*, std::uint64_t) {}
-    void release(const it::format::TensorRef&) {}
 };
 static_assert(it::Sink<FakeDeviceSink>);
 
