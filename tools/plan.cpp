@@ -39,14 +39,12 @@ int run_plan(const PlanCommand& command) {
     const std::vector<std::uint64_t> alignment(checkpoint.files().size(), command.buffered ? 1 : 4096);
     const auto plan = make_plan(checkpoint, {}, alignment, command.slot_mib << 20);
     const ShareFunction share = command.split_rows.empty() ? ShareFunction{} : split_rows_matching(checkpoint, command.split_rows);
-    const auto group = make_group_plan(plan, command.ranks, share, command.window_mib << 20);
+    const auto group = make_group_plan(plan, command.ranks, 0, share, command.window_mib << 20);
 
     std::array<std::size_t, 4> modes{};
     for (const auto& w : group.windows) ++modes[static_cast<std::size_t>(w.mode)];
     const auto mode_count = [&](ExchangeMode m) { return modes[static_cast<std::size_t>(m)]; };
-    std::vector<std::uint64_t> kept(static_cast<std::size_t>(command.ranks));
-    for (int r = 0; r < command.ranks; ++r)
-        for (std::uint32_t t = 0; t < plan.tensors.size(); ++t) kept[static_cast<std::size_t>(r)] += group.keeps(t, r).size();
+    const std::vector<std::uint64_t>& kept = group.kept_bytes;
 
     if (command.json) {
         boost::json::object o;

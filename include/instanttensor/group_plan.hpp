@@ -12,13 +12,15 @@
 //
 // (ties go to the collective, which NCCL pipelines better). With every rank keeping everything,
 // full windows use all_gather and others broadcasts; with a selection or split tensors, sends.
-// Every rank computes the same GroupPlan from the same plan, group size and share function.
+// Every rank computes its GroupPlan from the same plan, group size and share function: the same
+// windows and exchanges, with only its own sends and kept bytes stored.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
 #include <span>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "instanttensor/plan.hpp"
@@ -67,52 +69,39 @@ struct ShareRead {
     std::uint64_t needed = 0;
 };
 
+/// The group plan of one rank. Every rank computes it from the same plan, group size and share
+/// function; the parts that drive the exchanges (windows, their modes, broadcasts) are the same on
+/// every rank, while the point-to-point transfers and the kept bytes are only this rank's, so that
+/// its memory grows with the tensors and this rank's traffic, not with tensors × ranks.
 struct GroupPlan {
     int ranks = 1;
+    int rank = 0;  ///< the rank this plan is for
     std::vector<Window> windows;
     std::vector<std::uint64_t> extent_window_offset;  ///< per extent: where it lies in its window buffer
+    /// Per window, in the order every rank posts them: the broadcasts, or the sends this rank takes
+    /// part in (as sender or receiver; each pair of ranks lists its sends in the same order).
     std::vector<Transfer> transfers;
-    /// What each rank keeps of each tensor, through keeps(): per tensor × rank, or, when every rank
-    /// keeps everything (no share function), once per tensor.
-    std::vector<KeptBytes> kept;
-    std::size_t kept_per_tensor = 1;
+    std::vector<KeptBytes> kept;                       ///< per planned tensor: what this rank keeps
     std::vector<std::uint64_t> read_bytes;             ///< per rank: bytes it reads from storage
+    std::vector<std::uint64_t> kept_bytes;             ///< per rank: bytes it keeps
     std::vector<std::uint64_t> received_bytes;         ///< per rank: bytes it receives from the others
     std::uint64_t buffer_bytes = 0;                    ///< one window buffer: the largest n·S
+    /// A digest of everything the ranks must agree on (reads, windows, every rank's transfers and
+    /// kept bytes): equal on every rank that planned the same load from the same checkpoint and
+    /// options, whatever its rank.
+    std::uint64_t digest = 0;
 
-    /// A digest of everything the ranks must agree on (reads, windows, exchanges, what each rank
-    /// keeps): equal on every rank that planned the same load from the same checkpoint and options.
-    [[nodiscard]] std::uint64_t digest(const Plan& plan) const {
-        std::uint64_t h = 0xcbf29ce484222325ull;  // FNV-1a over the numbers
-        auto mix = [&h](std::uint64_t v) {
-            for (int i = 0; i < 8; ++i, v >>= 8) h = (h ^ (v & 0xff)) * 0x100000001b3ull;
-        };
-        mix(static_cast<std::uint64_t>(ranks));
-        for (const Extent& e : plan.extents) mix(e.file), mix(e.offset), mix(e.length), mix(e.needed), mix(e.piece_count);
-        for (const Window& w : windows) mix(w.extent_count), mix(w.bytes), mix(w.share), mix(static_cast<std::uint64_t>(w.mode));
-        for (const Transfer& t : transfers)
-            mix(static_cast<std::uint64_t>(t.from)), mix(static_cast<std::uint64_t>(t.to)), mix(t.offset), mix(t.length);
-        for (std::uint32_t t = 0; t < plan.tensors.size(); ++t)  // however `kept` is stored
-            for (int r = 0; r < ranks; ++r) {
-                const KeptBytes& k = keeps(t, r);
-                mix(k.kept), mix(k.begin), mix(k.end);
-            }
-        return h;
-    }
-
-    [[nodiscard]] const KeptBytes& keeps(std::uint32_t tensor, int rank) const {
-        return kept[std::size_t{tensor} * kept_per_tensor + (kept_per_tensor == 1 ? 0 : static_cast<std::size_t>(rank))];
-    }
+    [[nodiscard]] const KeptBytes& keeps(std::uint32_t tensor) const { return kept[tensor]; }
     [[nodiscard]] WindowExchange exchange(std::size_t window) const {
         const Window& w = windows[window];
         return {w.mode, w.share, w.bytes, std::span(transfers).subspan(w.first_transfer, w.transfer_count)};
     }
 
-    /// Calls read(ShareRead) for each read of `rank`'s share of window `window`, in order.
+    /// Calls read(ShareRead) for each read of `reader`'s share of window `window`, in order.
     template <class F>
-    void for_each_read(const Plan& plan, std::size_t window, int rank, F&& read) const {
+    void for_each_read(const Plan& plan, std::size_t window, int reader, F&& read) const {
         const Window& w = windows[window];
-        const std::uint64_t begin = w.share * static_cast<std::uint64_t>(rank);
+        const std::uint64_t begin = w.share * static_cast<std::uint64_t>(reader);
         const std::uint64_t end = std::min(w.bytes, begin + w.share);
         for (std::uint32_t x = w.first_extent; x < w.first_extent + w.extent_count; ++x) {
             const Extent& e = plan.extents[x];
@@ -124,26 +113,96 @@ struct GroupPlan {
     }
 };
 
-/// Splits `plan` for a group of `ranks`, where rank r keeps share(tensor, r, ranks) of each tensor
-/// (empty: everything), in windows of at most `window_bytes` (at least the plan's largest extent).
-GroupPlan make_group_plan(const Plan& plan, int ranks, const ShareFunction& share, std::uint64_t window_bytes);
+/// Splits `plan` for rank `rank` of a group of `ranks`, where rank r keeps share(tensor, r, ranks)
+/// of each tensor (empty: everything), in windows of at most `window_bytes` (at least the plan's
+/// largest extent). The share function is called once per tensor and rank.
+GroupPlan make_group_plan(const Plan& plan, int ranks, int rank, const ShareFunction& share, std::uint64_t window_bytes);
 
-inline GroupPlan make_group_plan(const Plan& plan, int ranks, const ShareFunction& share, std::uint64_t window_bytes) {
-    if (ranks < 1) throw std::invalid_argument("make_group_plan: ranks must be at least 1");
+namespace detail {
+
+/// FNV-1a over 64-bit numbers, for GroupPlan::digest.
+class PlanDigest {
+public:
+    void mix(std::uint64_t v) noexcept {
+        for (int i = 0; i < 8; ++i, v >>= 8) h_ = (h_ ^ (v & 0xff)) * 0x100000001b3ull;
+    }
+    void mix(const Transfer& t) noexcept {
+        mix(static_cast<std::uint64_t>(t.from)), mix(static_cast<std::uint64_t>(t.to)), mix(t.offset), mix(t.length);
+    }
+    [[nodiscard]] std::uint64_t value() const noexcept { return h_; }
+
+private:
+    std::uint64_t h_ = 0xcbf29ce484222325ull;
+};
+
+/// Every rank's KeptBytes of the tensors of the window being planned, each tensor evaluated once:
+/// a tensor that spans windows keeps its row from one window to the next.
+class KeptByRank {
+public:
+    KeptByRank(const Plan& plan, int ranks, int rank, const ShareFunction& share, GroupPlan& g, PlanDigest& digest)
+        : plan_(plan), n_(static_cast<std::size_t>(ranks)), rank_(static_cast<std::size_t>(rank)), share_(share), g_(g),
+          digest_(digest) {}
+
+    /// Makes tensors up to `last` (inclusive) available, dropping those before `first`.
+    void cover(std::uint32_t first, std::uint32_t last) {
+        if (first > first_) {
+            const std::size_t drop = std::min<std::size_t>(first - first_, rows_.size() / n_);
+            rows_.erase(rows_.begin(), rows_.begin() + static_cast<std::ptrdiff_t>(drop * n_));
+            first_ += static_cast<std::uint32_t>(drop);
+        }
+        while (next_ <= last) evaluate();
+    }
+    /// Evaluates the tensors no window covered (those without bytes after the last one).
+    void finish() {
+        while (next_ < plan_.tensors.size()) evaluate();
+    }
+    [[nodiscard]] const KeptBytes& operator()(std::uint32_t tensor, int rank) const {
+        return rows_[(tensor - first_) * n_ + static_cast<std::size_t>(rank)];
+    }
+
+private:
+    void evaluate() {
+        if (rows_.empty()) first_ = next_;
+        const format::TensorRef& ref = *plan_.tensors[next_].ref;
+        for (std::size_t r = 0; r < n_; ++r) {
+            const KeptBytes k = kept_bytes(ref, share_ ? share_(ref, static_cast<int>(r), static_cast<int>(n_)) : Share::whole());
+            digest_.mix(k.kept), digest_.mix(k.begin), digest_.mix(k.end);
+            g_.kept_bytes[r] += k.size();
+            if (r == rank_) g_.kept[next_] = k;
+            rows_.push_back(k);
+        }
+        ++next_;
+    }
+
+    const Plan& plan_;
+    std::size_t n_, rank_;
+    const ShareFunction& share_;
+    GroupPlan& g_;
+    PlanDigest& digest_;
+    std::vector<KeptBytes> rows_;  // tensors [first_, next_) × ranks
+    std::uint32_t first_ = 0;
+    std::uint32_t next_ = 0;
+};
+
+}  // namespace detail
+
+inline GroupPlan make_group_plan(const Plan& plan, int ranks, int rank, const ShareFunction& share, std::uint64_t window_bytes) {
+    if (ranks < 1 || rank < 0 || rank >= ranks)
+        throw std::invalid_argument("make_group_plan: rank " + std::to_string(rank) + " of " + std::to_string(ranks));
     constexpr std::uint64_t page = 4096;
     auto align_up = [](std::uint64_t v, std::uint64_t a) { return (v + a - 1) / a * a; };
     const auto n = static_cast<std::uint64_t>(ranks);
 
     GroupPlan g;
     g.ranks = ranks;
+    g.rank = rank;
     g.read_bytes.assign(n, 0);
+    g.kept_bytes.assign(n, 0);
     g.received_bytes.assign(n, 0);
-    g.kept_per_tensor = share ? static_cast<std::size_t>(n) : 1;
-    g.kept.resize(plan.tensors.size() * g.kept_per_tensor);
-    for (std::uint32_t t = 0; t < plan.tensors.size(); ++t)
-        for (std::size_t r = 0; r < g.kept_per_tensor; ++r)
-            g.kept[t * g.kept_per_tensor + r] =
-                kept_bytes(*plan.tensors[t].ref, share ? share(*plan.tensors[t].ref, static_cast<int>(r), ranks) : Share::whole());
+    g.kept.resize(plan.tensors.size());
+    detail::PlanDigest digest;
+    digest.mix(n);
+    for (const Extent& e : plan.extents) digest.mix(e.file), digest.mix(e.offset), digest.mix(e.length), digest.mix(e.needed), digest.mix(e.piece_count);
 
     // Windows: consecutive extents, each at a page-aligned offset, at most window_bytes in all.
     g.extent_window_offset.resize(plan.extents.size());
@@ -163,24 +222,28 @@ inline GroupPlan make_group_plan(const Plan& plan, int ranks, const ShareFunctio
         ++w->extent_count;
     }
 
-    std::vector<Transfer> sends;
+    detail::KeptByRank keeps(plan, ranks, rank, share, g, digest);
+    std::vector<std::vector<Transfer>> sends(n);  // per receiver, in window order
     for (std::size_t wi = 0; wi < g.windows.size(); ++wi) {
         Window& w = g.windows[wi];
         w.share = align_up((w.bytes + n - 1) / n, page);
         g.buffer_bytes = std::max(g.buffer_bytes, n * w.share);
         for (int r = 0; r < ranks; ++r)
             g.for_each_read(plan, wi, r, [&](const ShareRead& s) { g.read_bytes[static_cast<std::size_t>(r)] += s.length; });
-        if (ranks == 1) continue;
+        const Extent& first = plan.extents[w.first_extent];
+        const Extent& last = plan.extents[w.first_extent + w.extent_count - 1];
+        keeps.cover(plan.pieces[first.first_piece].tensor, plan.pieces[last.first_piece + last.piece_count - 1].tensor);
 
         // The point-to-point alternative: each rank's kept bytes of each piece, from whoever read them.
-        sends.clear();
         std::uint64_t send_bytes = 0;
         for (int r = 0; r < ranks; ++r) {
+            std::vector<Transfer>& to_r = sends[static_cast<std::size_t>(r)];
+            to_r.clear();
             for (std::uint32_t x = w.first_extent; x < w.first_extent + w.extent_count; ++x) {
                 const Extent& e = plan.extents[x];
                 for (std::uint32_t p = e.first_piece; p < e.first_piece + e.piece_count; ++p) {
                     const Piece& piece = plan.pieces[p];
-                    const KeptBytes& k = g.keeps(piece.tensor, r);
+                    const KeptBytes& k = keeps(piece.tensor, r);
                     const std::uint64_t from = std::max(k.begin, piece.tensor_offset);
                     const std::uint64_t to = std::min(k.end, piece.tensor_offset + piece.length);
                     if (!k.kept || from >= to) continue;
@@ -190,11 +253,10 @@ inline GroupPlan make_group_plan(const Plan& plan, int ranks, const ShareFunctio
                         const auto reader = static_cast<int>(at / w.share);
                         const std::uint64_t until = std::min(stop, (at / w.share + 1) * w.share);
                         if (reader != r) {
-                            if (!sends.empty() && sends.back().from == reader && sends.back().to == r &&
-                                sends.back().offset + sends.back().length == at)
-                                sends.back().length += until - at;
+                            if (!to_r.empty() && to_r.back().from == reader && to_r.back().offset + to_r.back().length == at)
+                                to_r.back().length += until - at;
                             else
-                                sends.push_back({reader, r, at, until - at});
+                                to_r.push_back({reader, r, at, until - at});
                             send_bytes += until - at;
                         }
                         at = until;
@@ -202,7 +264,11 @@ inline GroupPlan make_group_plan(const Plan& plan, int ranks, const ShareFunctio
                 }
             }
         }
-        if (send_bytes == 0) continue;
+        digest.mix(w.extent_count), digest.mix(w.bytes), digest.mix(w.share);
+        if (send_bytes == 0) {
+            digest.mix(static_cast<std::uint64_t>(w.mode));
+            continue;
+        }
 
         const std::uint64_t gather_bytes = n * (n - 1) * w.share;
         const std::uint64_t broadcast_bytes = (n - 1) * w.bytes;
@@ -217,16 +283,24 @@ inline GroupPlan make_group_plan(const Plan& plan, int ranks, const ShareFunctio
                 if (begin >= w.bytes) break;
                 const std::uint64_t length = std::min(w.share, w.bytes - begin);
                 g.transfers.push_back({r, Transfer::everyone, begin, length});
+                digest.mix(g.transfers.back());
                 for (int q = 0; q < ranks; ++q)
                     if (q != r) g.received_bytes[static_cast<std::size_t>(q)] += length;
             }
         } else {
             w.mode = ExchangeMode::sends;
-            for (const Transfer& s : sends) g.received_bytes[static_cast<std::size_t>(s.to)] += s.length;
-            g.transfers.insert(g.transfers.end(), sends.begin(), sends.end());
+            for (const auto& to_r : sends)
+                for (const Transfer& s : to_r) {
+                    g.received_bytes[static_cast<std::size_t>(s.to)] += s.length;
+                    digest.mix(s);
+                    if (s.from == rank || s.to == rank) g.transfers.push_back(s);
+                }
         }
+        digest.mix(static_cast<std::uint64_t>(w.mode));
         w.transfer_count = static_cast<std::uint32_t>(g.transfers.size() - w.first_transfer);
     }
+    keeps.finish();
+    g.digest = digest.value();
     return g;
 }
 

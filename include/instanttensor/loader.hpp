@@ -293,11 +293,11 @@ private:
 
     /// Whether this rank yields tensor t, and how many of its bytes land here.
     bool yields(std::size_t t) const {
-        if constexpr (grouped) return group_.keeps(static_cast<std::uint32_t>(t), transport_.rank()).kept;
+        if constexpr (grouped) return group_.keeps(static_cast<std::uint32_t>(t)).kept;
         else return true;
     }
     std::uint64_t destination_bytes(std::size_t t) const {
-        if constexpr (grouped) return group_.keeps(static_cast<std::uint32_t>(t), transport_.rank()).size();
+        if constexpr (grouped) return group_.keeps(static_cast<std::uint32_t>(t)).size();
         else return plan_.tensors[t].ref->nbytes();
     }
 
@@ -307,7 +307,7 @@ private:
         remaining_.assign(plan_.tensors.size(), 0);
         for (const Piece& p : plan_.pieces) {
             if constexpr (grouped) {
-                const KeptBytes& k = group_.keeps(p.tensor, transport_.rank());
+                const KeptBytes& k = group_.keeps(p.tensor);
                 if (!k.kept || k.size() == 0 || p.tensor_offset >= k.end || p.tensor_offset + p.length <= k.begin) continue;
             }
             ++remaining_[p.tensor];
@@ -339,7 +339,7 @@ private:
         const auto& ref = *plan_.tensors[t].ref;
         view_ = {ref.name(), ref.info->dtype, ref.info->shape, destinations_[t], Sk::memory, &ref, 0};
         if constexpr (grouped) {
-            const KeptBytes& k = group_.keeps(static_cast<std::uint32_t>(t), transport_.rank());
+            const KeptBytes& k = group_.keeps(static_cast<std::uint32_t>(t));
             if (!ref.info->shape.empty() && k.rows != ref.info->shape[0]) {
                 view_shape_.assign(ref.info->shape.begin(), ref.info->shape.end());
                 view_shape_[0] = k.rows;
@@ -535,9 +535,9 @@ private:
         if (ranks < 1 || rank < 0 || rank >= ranks)
             throw std::invalid_argument("transport: rank " + std::to_string(rank) + " of " + std::to_string(ranks));
         if (options_.windows < 2 || options_.windows > 16) throw std::invalid_argument("LoadOptions::windows must be 2 to 16");
-        group_ = make_group_plan(plan_, ranks, options_.share, std::max(options_.window_bytes, options_.slot_bytes));
+        group_ = make_group_plan(plan_, ranks, rank, options_.share, std::max(options_.window_bytes, options_.slot_bytes));
         // Ranks that planned different loads would wait on each other's exchanges forever.
-        const std::vector<std::uint64_t> digests = transport_.gather(group_.digest(plan_));
+        const std::vector<std::uint64_t> digests = transport_.gather(group_.digest);
         for (int r = 0; r < ranks; ++r)
             if (digests[static_cast<std::size_t>(r)] != digests[0])
                 throw error("group", "rank " + std::to_string(r) + " planned a different load than rank 0: every rank must load "
@@ -703,7 +703,6 @@ private:
     /// Lands the kept bytes of exchanged windows into the sink, oldest first, as far as it has room.
     bool land_windows() {
         bool moved = false;
-        const int rank = transport_.rank();
         for (ActiveWindow& w : active_) {
             if (w.landed) continue;
             if (!w.exchange_started) break;
@@ -720,7 +719,7 @@ private:
                 const Piece& piece = plan_.pieces[w.next_piece];
                 while (w.next_piece >= plan_.extents[w.next_extent].first_piece + plan_.extents[w.next_extent].piece_count)
                     ++w.next_extent;
-                const KeptBytes& k = group_.keeps(piece.tensor, rank);
+                const KeptBytes& k = group_.keeps(piece.tensor);
                 const std::uint64_t begin = std::max(k.begin, piece.tensor_offset);
                 const std::uint64_t end = std::min(k.end, piece.tensor_offset + piece.length);
                 if (!k.kept || begin >= end) continue;

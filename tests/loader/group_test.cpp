@@ -467,9 +467,32 @@ TEST_CASE("group plan: aligned reads cover every needed byte once, shares are ba
         const auto selection = selections()[rng() % selections().size()];
         CAPTURE(ranks);
         CAPTURE(selection.name);
-        const auto g = it::make_group_plan(plan, ranks, selection.share, window);
+        std::vector<it::GroupPlan> plans;  // one per rank
+        for (int r = 0; r < ranks; ++r) plans.push_back(it::make_group_plan(plan, ranks, r, selection.share, window));
+        const auto& g = plans[0];
 
-        std::vector<std::uint64_t> read_bytes(static_cast<std::size_t>(ranks));
+        // What every rank must agree on; what each keeps is its share, and only its own is stored.
+        for (int r = 0; r < ranks; ++r) {
+            const auto& mine = plans[static_cast<std::size_t>(r)];
+            CHECK(mine.digest == g.digest);
+            CHECK(mine.read_bytes == g.read_bytes);
+            CHECK(mine.kept_bytes == g.kept_bytes);
+            CHECK(mine.received_bytes == g.received_bytes);
+            REQUIRE(mine.windows.size() == g.windows.size());
+            CHECK(mine.kept.size() == plan.tensors.size());
+            std::uint64_t kept = 0;
+            for (std::uint32_t t = 0; t < plan.tensors.size(); ++t) {
+                const auto& ref = *plan.tensors[t].ref;
+                const auto expected = it::kept_bytes(ref, selection.share ? selection.share(ref, r, ranks) : Share::whole());
+                CHECK(mine.keeps(t).kept == expected.kept);
+                CHECK(mine.keeps(t).begin == expected.begin);
+                CHECK(mine.keeps(t).end == expected.end);
+                kept += expected.size();
+            }
+            CHECK(kept == g.kept_bytes[static_cast<std::size_t>(r)]);
+        }
+
+        std::vector<std::uint64_t> read_bytes(static_cast<std::size_t>(ranks)), received(static_cast<std::size_t>(ranks));
         for (std::size_t wi = 0; wi < g.windows.size(); ++wi) {
             const auto& w = g.windows[wi];
             CHECK(w.bytes <= window);
@@ -501,19 +524,46 @@ TEST_CASE("group plan: aligned reads cover every needed byte once, shares are ba
                 }
                 CHECK(next >= plan.extents[w.first_extent + x].needed);
             }
-            // Point-to-point transfers: from the rank that read the bytes, of bytes the receiver keeps.
-            if (w.mode == ExchangeMode::sends) {
-                for (std::uint32_t i = 0; i < w.transfer_count; ++i) {
-                    const auto& t = g.transfers[w.first_transfer + i];
+            for (int r = 0; r < ranks; ++r) {
+                const auto& theirs = plans[static_cast<std::size_t>(r)].windows[wi];
+                CHECK(theirs.mode == w.mode);
+                CHECK(theirs.share == w.share);
+                CHECK(theirs.bytes == w.bytes);
+            }
+            if (w.mode == ExchangeMode::all_gather)
+                for (auto& b : received) b += (static_cast<std::uint64_t>(ranks) - 1) * w.share;
+            if (w.mode == ExchangeMode::broadcasts)
+                for (int r = 0; r < ranks; ++r) {
+                    const auto x = plans[static_cast<std::size_t>(r)].exchange(wi);
+                    REQUIRE(x.transfers.size() == g.exchange(wi).transfers.size());
+                    for (std::size_t i = 0; i < x.transfers.size(); ++i) {
+                        const auto& t = x.transfers[i];
+                        CHECK(t.to == it::Transfer::everyone);
+                        CHECK(t.offset == g.exchange(wi).transfers[i].offset);
+                        CHECK(t.length == g.exchange(wi).transfers[i].length);
+                        if (r == 0)  // every rank lists the same broadcasts: count them once
+                            for (int q = 0; q < ranks; ++q)
+                                if (q != t.from) received[static_cast<std::size_t>(q)] += t.length;
+                    }
+                }
+            if (w.mode != ExchangeMode::sends) continue;
+            // Point-to-point: each rank holds only the sends it takes part in; every send is from the
+            // rank that read the bytes, of bytes the receiver keeps, and both list it in the same order.
+            for (int r = 0; r < ranks; ++r) {
+                const auto& mine = plans[static_cast<std::size_t>(r)];
+                for (const auto& t : mine.exchange(wi).transfers) {
+                    CHECK((t.from == r || t.to == r));
                     CHECK(t.to != t.from);
                     CHECK(t.offset >= w.share * static_cast<std::uint64_t>(t.from));
                     CHECK(t.offset + t.length <= w.share * static_cast<std::uint64_t>(t.from + 1));
+                    if (t.to != r) continue;
+                    received[static_cast<std::size_t>(r)] += t.length;
                     std::uint64_t kept = 0;  // bytes of [offset, offset + length) the receiver keeps
                     for (std::uint32_t x = w.first_extent; x < w.first_extent + w.extent_count; ++x) {
                         const auto& e = plan.extents[x];
                         for (std::uint32_t p = e.first_piece; p < e.first_piece + e.piece_count; ++p) {
                             const auto& piece = plan.pieces[p];
-                            const auto& k = g.keeps(piece.tensor, t.to);
+                            const auto& k = mine.keeps(piece.tensor);
                             if (!k.kept) continue;
                             const std::uint64_t kb = std::max(k.begin, piece.tensor_offset);
                             const std::uint64_t ke = std::min(k.end, piece.tensor_offset + piece.length);
@@ -526,9 +576,19 @@ TEST_CASE("group plan: aligned reads cover every needed byte once, shares are ba
                     }
                     CHECK(kept == t.length);
                 }
+                for (int q = 0; q < ranks; ++q) {  // what q sends r, as each of them lists it
+                    auto between = [&](const it::GroupPlan& p) {
+                        std::vector<std::pair<std::uint64_t, std::uint64_t>> out;
+                        for (const auto& t : p.exchange(wi).transfers)
+                            if (t.from == q && t.to == r) out.emplace_back(t.offset, t.length);
+                        return out;
+                    };
+                    CHECK(between(plans[static_cast<std::size_t>(q)]) == between(mine));
+                }
             }
         }
-        for (int r = 0; r < ranks; ++r) CHECK(read_bytes[static_cast<std::size_t>(r)] == g.read_bytes[static_cast<std::size_t>(r)]);
+        CHECK(read_bytes == g.read_bytes);
+        CHECK(received == g.received_bytes);
         // Balanced: no rank reads more than a page per window above an even split of the reads.
         std::uint64_t total = 0;
         for (auto b : read_bytes) total += b;

@@ -2,18 +2,21 @@
 // split-and-exchange logic of group loads runs on a machine without GPUs.
 //
 // Each rank posts its window buffer and the exchange it was asked for; once every rank posted the
-// same round, each rank copies what it receives straight out of the readers' buffers (as NCCL's
+// round, each rank copies what it receives straight out of the readers' buffers (as NCCL's
 // kernels would), and a round is done once every rank copied. It is strict where NCCL would hang
-// or corrupt silently: ranks that disagree on a round's exchange (which the loader's plan digest
-// should have caught first), a rank that gives up, and bytes a rank receives are all checked or
-// counted.
+// or corrupt silently: ranks that disagree on a round's collective, or on the sends between two of
+// them (a send is matched with the receive its receiver posted, in order, as in an NCCL group),
+// which the loader's plan digest should have caught first; a rank that gives up; and bytes a rank
+// receives are all checked or counted.
 #pragma once
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
 #include <deque>
 #include <mutex>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
@@ -39,15 +42,16 @@ private:
     friend class InProcessTransport;
 
     struct Round {
-        std::vector<std::byte*> buffers;
-        std::vector<instanttensor::Transfer> transfers;  // as the first rank posted them
-        instanttensor::WindowExchange exchange;
+        std::vector<std::byte*> buffers;                             // by rank
+        std::vector<std::vector<instanttensor::Transfer>> transfers;  // by rank, as each posted them
+        instanttensor::WindowExchange exchange;                      // as the first rank posted it
         int posted = 0;
         int copied = 0;
     };
 
     Round& round(std::uint64_t ticket) {
-        while (rounds_.size() <= ticket) rounds_.push_back({std::vector<std::byte*>(static_cast<std::size_t>(ranks_)), {}, {}, 0, 0});
+        const auto n = static_cast<std::size_t>(ranks_);
+        while (rounds_.size() <= ticket) rounds_.push_back({std::vector<std::byte*>(n), std::vector<std::vector<instanttensor::Transfer>>(n), {}, 0, 0});
         return rounds_[ticket];
     }
 
@@ -77,15 +81,13 @@ public:
         fail_if_failed();
         auto& round = group_->round(next_);
         round.buffers[static_cast<std::size_t>(rank_)] = window;
+        auto& mine = round.transfers[static_cast<std::size_t>(rank_)];
+        mine.assign(x.transfers.begin(), x.transfers.end());
         if (round.posted == 0) {
             round.exchange = x;
-            round.transfers.assign(x.transfers.begin(), x.transfers.end());
-            round.exchange.transfers = round.transfers;
-        } else if (!same(round.exchange, x)) {
-            group_->failure_ = "the ranks disagree on exchange " + std::to_string(next_) + " (rank " + std::to_string(rank_) +
-                               " differs): do they load the same checkpoint with the same options?";
-            group_->changed_.notify_all();
-            fail_if_failed();
+            round.exchange.transfers = mine;
+        } else if (!same_collective(round.exchange, x)) {
+            disagree(next_, "rank " + std::to_string(rank_) + " differs");
         }
         ++round.posted;
         group_->changed_.notify_all();
@@ -100,6 +102,7 @@ public:
             auto& round = group_->round(copied_);
             if (round.posted < size()) return false;
             fail_if_failed();  // a peer that gave up may have freed its buffers
+            if (round.exchange.mode == instanttensor::ExchangeMode::sends) check_sends_match(round, copied_);
             ++group_->copying_;
             lock.unlock();
             const std::uint64_t bytes = receive(round);  // peers keep their buffers until every rank copied
@@ -137,13 +140,42 @@ public:
     }
 
 private:
-    static bool same(const instanttensor::WindowExchange& a, const instanttensor::WindowExchange& b) {
-        if (a.mode != b.mode || a.share != b.share || a.bytes != b.bytes || a.transfers.size() != b.transfers.size()) return false;
-        for (std::size_t i = 0; i < a.transfers.size(); ++i) {
-            const auto &p = a.transfers[i], &q = b.transfers[i];
-            if (p.from != q.from || p.to != q.to || p.offset != q.offset || p.length != q.length) return false;
+    static bool same(const instanttensor::Transfer& p, const instanttensor::Transfer& q) {
+        return p.from == q.from && p.to == q.to && p.offset == q.offset && p.length == q.length;
+    }
+
+    /// Whether two ranks posted the same collective. Sends differ by rank (each posts its own);
+    /// they are matched pairwise by check_sends_match.
+    static bool same_collective(const instanttensor::WindowExchange& a, const instanttensor::WindowExchange& b) {
+        if (a.mode != b.mode || a.share != b.share || a.bytes != b.bytes) return false;
+        if (a.mode == instanttensor::ExchangeMode::sends) return true;
+        return std::equal(a.transfers.begin(), a.transfers.end(), b.transfers.begin(), b.transfers.end(),
+                          [](const auto& p, const auto& q) { return same(p, q); });
+    }
+
+    /// Every send to this rank is matched, in order, by the receive this rank posted for it.
+    void check_sends_match(const InProcessGroup::Round& round, std::uint64_t ticket) const {
+        const auto& mine = round.transfers[static_cast<std::size_t>(rank_)];
+        for (int peer = 0; peer < size(); ++peer) {
+            if (peer == rank_) continue;
+            auto between = [&](const std::vector<instanttensor::Transfer>& posted) {
+                std::vector<instanttensor::Transfer> out;
+                for (const auto& t : posted)
+                    if (t.from == peer && t.to == rank_) out.push_back(t);
+                return out;
+            };
+            const auto sent = between(round.transfers[static_cast<std::size_t>(peer)]), received = between(mine);
+            if (!std::equal(sent.begin(), sent.end(), received.begin(), received.end(), [](const auto& p, const auto& q) { return same(p, q); }))
+                disagree(ticket, "rank " + std::to_string(peer) + " sends what rank " + std::to_string(rank_) + " does not receive");
         }
-        return true;
+    }
+
+    [[noreturn]] void disagree(std::uint64_t ticket, const std::string& how) const {
+        group_->failure_ = "the ranks disagree on exchange " + std::to_string(ticket) + " (" + how +
+                           "): do they load the same checkpoint with the same options?";
+        group_->changed_.notify_all();
+        fail_if_failed();
+        throw std::logic_error("unreachable");
     }
 
     void fail_if_failed() const {
@@ -171,7 +203,7 @@ private:
                 if (t.from != rank_) bytes += copy_from(t.from, t.offset, t.length);
             break;
         case ExchangeMode::sends:
-            for (const auto& t : x.transfers)
+            for (const auto& t : round.transfers[static_cast<std::size_t>(rank_)])
                 if (t.to == rank_) bytes += copy_from(t.from, t.offset, t.length);
             break;
         }
