@@ -15,6 +15,7 @@
 
 #include "faulty.hpp"
 #include "in_process_group.hpp"
+#include "late_copy_sink.hpp"
 #include "instanttensor/group_plan.hpp"
 #include "instanttensor/share.hpp"
 #include "support.hpp"
@@ -244,6 +245,30 @@ TEST_CASE("group: window sizes from one read to the whole checkpoint, and small 
                                    it::sink::host(), options);
             });
             for (int r = 0; r < 5; ++r) check_rank(checkpoint, share, r, 5, results[static_cast<std::size_t>(r)]);
+        }
+    }
+}
+
+TEST_CASE("group: a sink whose copies run late gets window buffers and slots back only after them") {
+    // As with the device sinks: the copies out of a window buffer into the sink are only queued,
+    // so a buffer must not take the next window before they ran (late_copy_sink.hpp).
+    TempDir dir;
+    const auto checkpoint = fmt::Checkpoint::open(write_file(dir / "one.safetensors", group_specs()));
+    using LateLoader = it::Loader<it::storage::automatic, InProcessTransport, LateCopySink>;
+    for (const auto& selection : selections()) {
+        for (unsigned latency : {0u, 3u, 100u}) {  // the group pipeline polls; it never waits on copies
+            for (int ranks : {1, 3, 4}) {
+                CAPTURE(selection.name);
+                CAPTURE(latency);
+                CAPTURE(ranks);
+                auto options = group_options(selection.share);
+                options.windows = 2;  // buffers are reused as often as possible
+                const auto results = run_group(ranks, [&](InProcessTransport transport, int) {
+                    return LateLoader(checkpoint, it::storage::automatic({it::storage::Backend::pread}), std::move(transport),
+                                      LateCopySink(latency, test_window), options);
+                });
+                for (int r = 0; r < ranks; ++r) check_rank(checkpoint, selection.share, r, ranks, results[static_cast<std::size_t>(r)]);
+            }
         }
     }
 }
