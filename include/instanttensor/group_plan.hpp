@@ -120,11 +120,13 @@ GroupPlan make_group_plan(const Plan& plan, int ranks, int rank, const ShareFunc
 
 namespace detail {
 
-/// FNV-1a over 64-bit numbers, for GroupPlan::digest.
+/// A hash of a sequence of 64-bit numbers, for GroupPlan::digest: a multiply and a shift per
+/// number (not per byte: the plan of a big group mixes tens of millions of them).
 class PlanDigest {
 public:
     void mix(std::uint64_t v) noexcept {
-        for (int i = 0; i < 8; ++i, v >>= 8) h_ = (h_ ^ (v & 0xff)) * 0x100000001b3ull;
+        h_ = (h_ ^ v) * 0x9e3779b97f4a7c15ull;
+        h_ ^= h_ >> 29;
     }
     void mix(const Transfer& t) noexcept {
         mix(static_cast<std::uint64_t>(t.from)), mix(static_cast<std::uint64_t>(t.to)), mix(t.offset), mix(t.length);
@@ -136,52 +138,68 @@ private:
 };
 
 /// Every rank's KeptBytes of the tensors of the window being planned, each tensor evaluated once:
-/// a tensor that spans windows keeps its row from one window to the next.
+/// a tensor that spans windows keeps its row from one window to the next. Without a share
+/// function every rank keeps every tensor whole, and one KeptBytes per tensor stands for all.
 class KeptByRank {
 public:
     KeptByRank(const Plan& plan, int ranks, int rank, const ShareFunction& share, GroupPlan& g, PlanDigest& digest)
-        : plan_(plan), n_(static_cast<std::size_t>(ranks)), rank_(static_cast<std::size_t>(rank)), share_(share), g_(g),
-          digest_(digest) {}
+        : plan_(plan), n_(static_cast<std::size_t>(ranks)), width_(share ? n_ : 1), rank_(static_cast<std::size_t>(rank)),
+          share_(share), g_(g), digest_(digest) {}
 
     /// Makes tensors up to `last` (inclusive) available, dropping those before `first`.
     void cover(std::uint32_t first, std::uint32_t last) {
         if (first > first_) {
-            const std::size_t drop = std::min<std::size_t>(first - first_, rows_.size() / n_);
-            rows_.erase(rows_.begin(), rows_.begin() + static_cast<std::ptrdiff_t>(drop * n_));
+            const std::size_t drop = std::min<std::size_t>(first - first_, rows_.size() / width_);
+            rows_.erase(rows_.begin(), rows_.begin() + static_cast<std::ptrdiff_t>(drop * width_));
             first_ += static_cast<std::uint32_t>(drop);
         }
         while (next_ <= last) evaluate();
     }
-    /// Evaluates the tensors no window covered (those without bytes after the last one).
+    /// Evaluates the tensors no window covered (those without bytes after the last one) and sums
+    /// what each rank keeps into the plan.
     void finish() {
         while (next_ < plan_.tensors.size()) evaluate();
+        if (width_ == 1) g_.kept_bytes.assign(n_, everyone_keeps_);
     }
     [[nodiscard]] const KeptBytes& operator()(std::uint32_t tensor, int rank) const {
-        return rows_[(tensor - first_) * n_ + static_cast<std::size_t>(rank)];
+        return rows_[(tensor - first_) * width_ + (width_ == 1 ? 0 : static_cast<std::size_t>(rank))];
     }
 
 private:
     void evaluate() {
         if (rows_.empty()) first_ = next_;
         const format::TensorRef& ref = *plan_.tensors[next_].ref;
-        for (std::size_t r = 0; r < n_; ++r) {
+        for (std::size_t r = 0; r < width_; ++r) {
             const KeptBytes k = kept_bytes(ref, share_ ? share_(ref, static_cast<int>(r), static_cast<int>(n_)) : Share::whole());
-            digest_.mix(k.kept), digest_.mix(k.begin), digest_.mix(k.end);
-            g_.kept_bytes[r] += k.size();
-            if (r == rank_) g_.kept[next_] = k;
+            if (width_ == 1) everyone_keeps_ += k.size();
+            else g_.kept_bytes[r] += k.size();
+            if (width_ == 1 || r == rank_) g_.kept[next_] = k;
             rows_.push_back(k);
+        }
+        // The digest sees runs of ranks keeping the same bytes, so that no share function and one
+        // that keeps everything (the same load) digest alike.
+        const KeptBytes* row = &rows_[rows_.size() - width_];
+        for (std::size_t r = 0; r < width_;) {
+            std::size_t run = 1;
+            while (r + run < width_ && same(row[r + run], row[r])) ++run;
+            digest_.mix(row[r].kept), digest_.mix(row[r].begin), digest_.mix(row[r].end);
+            digest_.mix(width_ == 1 ? n_ : run);
+            r += run;
         }
         ++next_;
     }
 
+    static bool same(const KeptBytes& a, const KeptBytes& b) { return a.kept == b.kept && a.begin == b.begin && a.end == b.end; }
+
     const Plan& plan_;
-    std::size_t n_, rank_;
+    std::size_t n_, width_, rank_;
     const ShareFunction& share_;
     GroupPlan& g_;
     PlanDigest& digest_;
-    std::vector<KeptBytes> rows_;  // tensors [first_, next_) × ranks
+    std::vector<KeptBytes> rows_;  // tensors [first_, next_) × width_
     std::uint32_t first_ = 0;
     std::uint32_t next_ = 0;
+    std::uint64_t everyone_keeps_ = 0;  // without a share function: the bytes every rank keeps
 };
 
 }  // namespace detail
@@ -235,34 +253,45 @@ inline GroupPlan make_group_plan(const Plan& plan, int ranks, int rank, const Sh
         keeps.cover(plan.pieces[first.first_piece].tensor, plan.pieces[last.first_piece + last.piece_count - 1].tensor);
 
         // The point-to-point alternative: each rank's kept bytes of each piece, from whoever read them.
-        std::uint64_t send_bytes = 0;
-        for (int r = 0; r < ranks; ++r) {
-            std::vector<Transfer>& to_r = sends[static_cast<std::size_t>(r)];
-            to_r.clear();
-            for (std::uint32_t x = w.first_extent; x < w.first_extent + w.extent_count; ++x) {
-                const Extent& e = plan.extents[x];
-                for (std::uint32_t p = e.first_piece; p < e.first_piece + e.piece_count; ++p) {
-                    const Piece& piece = plan.pieces[p];
-                    const KeptBytes& k = keeps(piece.tensor, r);
-                    const std::uint64_t from = std::max(k.begin, piece.tensor_offset);
-                    const std::uint64_t to = std::min(k.end, piece.tensor_offset + piece.length);
-                    if (!k.kept || from >= to) continue;
-                    std::uint64_t at = g.extent_window_offset[x] + piece.extent_offset + (from - piece.tensor_offset);
-                    const std::uint64_t stop = at + (to - from);
-                    while (at < stop) {  // split where the readers' shares meet
-                        const auto reader = static_cast<int>(at / w.share);
-                        const std::uint64_t until = std::min(stop, (at / w.share + 1) * w.share);
-                        if (reader != r) {
-                            if (!to_r.empty() && to_r.back().from == reader && to_r.back().offset + to_r.back().length == at)
-                                to_r.back().length += until - at;
-                            else
-                                to_r.push_back({reader, r, at, until - at});
-                            send_bytes += until - at;
+        auto list_sends = [&] {
+            std::uint64_t bytes = 0;
+            for (int r = 0; r < ranks; ++r) {
+                std::vector<Transfer>& to_r = sends[static_cast<std::size_t>(r)];
+                to_r.clear();
+                for (std::uint32_t x = w.first_extent; x < w.first_extent + w.extent_count; ++x) {
+                    const Extent& e = plan.extents[x];
+                    for (std::uint32_t p = e.first_piece; p < e.first_piece + e.piece_count; ++p) {
+                        const Piece& piece = plan.pieces[p];
+                        const KeptBytes& k = keeps(piece.tensor, r);
+                        const std::uint64_t from = std::max(k.begin, piece.tensor_offset);
+                        const std::uint64_t to = std::min(k.end, piece.tensor_offset + piece.length);
+                        if (!k.kept || from >= to) continue;
+                        std::uint64_t at = g.extent_window_offset[x] + piece.extent_offset + (from - piece.tensor_offset);
+                        const std::uint64_t stop = at + (to - from);
+                        while (at < stop) {  // split where the readers' shares meet
+                            const auto reader = static_cast<int>(at / w.share);
+                            const std::uint64_t until = std::min(stop, (at / w.share + 1) * w.share);
+                            if (reader != r) {
+                                if (!to_r.empty() && to_r.back().from == reader && to_r.back().offset + to_r.back().length == at)
+                                    to_r.back().length += until - at;
+                                else
+                                    to_r.push_back({reader, r, at, until - at});
+                                bytes += until - at;
+                            }
+                            at = until;
                         }
-                        at = until;
                     }
                 }
             }
+            return bytes;
+        };
+        std::uint64_t send_bytes = 0;
+        if (share) {
+            send_bytes = list_sends();
+        } else {  // every byte a rank reads goes to the n - 1 others: no need to list the sends yet
+            for (std::uint32_t p = plan.extents[w.first_extent].first_piece; p < last.first_piece + last.piece_count; ++p)
+                send_bytes += plan.pieces[p].length;
+            send_bytes *= n - 1;
         }
         digest.mix(w.extent_count), digest.mix(w.bytes), digest.mix(w.share);
         if (send_bytes == 0) {
@@ -278,17 +307,17 @@ inline GroupPlan make_group_plan(const Plan& plan, int ranks, int rank, const Sh
             for (auto& received : g.received_bytes) received += (n - 1) * w.share;
         } else if (broadcast_bytes <= send_bytes) {
             w.mode = ExchangeMode::broadcasts;
-            for (int r = 0; r < ranks; ++r) {
-                const std::uint64_t begin = w.share * static_cast<std::uint64_t>(r);
-                if (begin >= w.bytes) break;
+            for (int r = 0; r < ranks; ++r) {  // each rank receives the window less its own share
+                const std::uint64_t begin = std::min(w.bytes, w.share * static_cast<std::uint64_t>(r));
                 const std::uint64_t length = std::min(w.share, w.bytes - begin);
+                g.received_bytes[static_cast<std::size_t>(r)] += w.bytes - length;
+                if (length == 0) continue;
                 g.transfers.push_back({r, Transfer::everyone, begin, length});
                 digest.mix(g.transfers.back());
-                for (int q = 0; q < ranks; ++q)
-                    if (q != r) g.received_bytes[static_cast<std::size_t>(q)] += length;
             }
         } else {
             w.mode = ExchangeMode::sends;
+            if (!share) list_sends();
             for (const auto& to_r : sends)
                 for (const Transfer& s : to_r) {
                     g.received_bytes[static_cast<std::size_t>(s.to)] += s.length;

@@ -20,7 +20,8 @@
 namespace instanttensor {
 
 /// What one rank keeps of one tensor: nothing, or `rows` rows of its first dimension starting at
-/// `first_row` (the whole tensor by default). A scalar has no rows: it is kept whole or not at all.
+/// `first_row` (the whole tensor by default; `all_rows` = to the last row). A scalar has no rows:
+/// it is kept whole or not at all.
 struct Share {
     static constexpr std::uint64_t all_rows = UINT64_MAX;
 
@@ -48,17 +49,26 @@ struct KeptBytes {
     [[nodiscard]] std::uint64_t size() const noexcept { return end - begin; }
 };
 
-/// The bytes `share` keeps of `tensor`; throws std::invalid_argument when the rows run past it.
+/// The bytes `share` keeps of `tensor`. Throws std::invalid_argument when the rows run past the
+/// tensor, or when a part of it is asked of a scalar or of a tensor whose rows are not whole bytes
+/// (4- and 6-bit dtypes with an odd row length): keep those whole.
 inline KeptBytes kept_bytes(const format::TensorRef& tensor, Share share) {
     if (!share.kept) return {};
     const auto& shape = tensor.info->shape;
     const std::uint64_t total_rows = shape.empty() ? 1 : shape[0];
     if (share.rows == Share::all_rows && share.first_row == 0) return {true, 0, tensor.nbytes(), 0, total_rows};
-    if (shape.empty())
-        throw std::invalid_argument("share of '" + tensor.name() + "': a scalar has no rows to split; keep it whole");
-    if (share.first_row > total_rows || share.rows > total_rows - share.first_row)
-        throw std::invalid_argument("share of '" + tensor.name() + "': rows [" + std::to_string(share.first_row) + ", +" +
-                                    std::to_string(share.rows) + ") run past its " + std::to_string(total_rows) + " rows");
+    const auto refuse = [&](const std::string& why) { throw std::invalid_argument("share of '" + tensor.name() + "': " + why); };
+    if (shape.empty()) refuse("a scalar has no rows to split; keep it whole");
+    if (share.first_row > total_rows)
+        refuse("row " + std::to_string(share.first_row) + " is past its " + std::to_string(total_rows) + " rows");
+    if (share.rows == Share::all_rows) share.rows = total_rows - share.first_row;
+    if (share.rows > total_rows - share.first_row)
+        refuse("rows [" + std::to_string(share.first_row) + ", +" + std::to_string(share.rows) + ") run past its " +
+               std::to_string(total_rows) + " rows");
+    // Whole-byte tensors (the format's rule) have whole-byte rows exactly when the rows divide the bytes.
+    if (total_rows != 0 && tensor.nbytes() % total_rows != 0)
+        refuse("its " + std::to_string(total_rows) + " rows are not whole bytes (" + std::to_string(tensor.nbytes()) +
+               " bytes in all); keep it whole");
     const std::uint64_t row_bytes = total_rows == 0 ? 0 : tensor.nbytes() / total_rows;
     return {true, share.first_row * row_bytes, (share.first_row + share.rows) * row_bytes, share.first_row, share.rows};
 }
@@ -77,13 +87,16 @@ inline ShareFunction keep_if(std::function<bool(const format::TensorRef&, int ra
 
 /// The tensors `which` selects are split along their first dimension: rank r of n keeps rows
 /// [r·R/n, (r+1)·R/n) of R (uneven R gives some ranks one row more; R < n leaves some none).
-/// Scalars and the other tensors are kept whole by every rank.
+/// Scalars and the other tensors are kept whole by every rank; a selected tensor whose rows are
+/// not whole bytes makes the load fail (kept_bytes).
 inline ShareFunction split_rows(TensorFilter which) {
     return [which = std::move(which)](const format::TensorRef& t, int rank, int ranks) {
         if (t.info->shape.empty() || (which && !which(t))) return Share::whole();
         const std::uint64_t rows = t.info->shape[0];
-        const auto r = static_cast<std::uint64_t>(rank), n = static_cast<std::uint64_t>(ranks);
-        const std::uint64_t first = rows * r / n, last = rows * (r + 1) / n;
+        const auto n = static_cast<std::uint64_t>(ranks), r = static_cast<std::uint64_t>(rank);
+        // ⌊rows·r/n⌋ without forming rows·r, which may not fit 64 bits: (rows % n)·r < n² does.
+        const std::uint64_t whole = rows / n, rest = rows % n;
+        const std::uint64_t first = whole * r + rest * r / n, last = whole * (r + 1) + rest * (r + 1) / n;
         return Share::row_range(first, last - first);
     };
 }
