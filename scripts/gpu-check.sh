@@ -149,4 +149,4 @@ printf '%-6s %-22s %9.2f %14.2f %12.2f %12s %12s %14s\n' warm instanttensor "$it
 printf '%-6s %-22s %9.2f %14.2f %12.2f %12s %12s %14s\n' warm "instanttensor, NCCL x1" "$itg" "$(ratio "$itg" "$hfw")" \
   "$(ratio "$itg" "$h2d")" "$(mib "$(json "$it_group_json" peak_device_bytes)")" \
   "$(mib "$(json "$it_group_json" staging_bytes)")" -
-echo "device ring $(mib "$(json "$it_warm_json" window_bytes)") MiB; targets: warm >= 0.85 x H2D, cold >= 0.95 x O_DIRECT, cache growth <= 64 MiB"
+echo "device ring $(mib "$(json "$it_warm_json" ring_bytes)") MiB; targets: warm >= 0.85 x H2D, cold >= 0.95 x O_DIRECT, cache growth <= 64 MiB"

@@ -43,7 +43,7 @@ int run_load(const LoadCommand& command) {
         o["seconds"] = seconds;
         o["gbps"] = gbps;
         o["staging_bytes"] = report.stats.staging_bytes;
-        o["window_bytes"] = report.window_bytes;
+        o["ring_bytes"] = report.ring_bytes;
         o["peak_device_bytes"] = report.peak_device_bytes;
         o["peak_rss_bytes"] = report.peak_rss_bytes;
         o["ranks"] = report.ranks;
@@ -59,7 +59,7 @@ int run_load(const LoadCommand& command) {
                report.fallback.empty() ? "" : " (io_uring unavailable: " + escape_control(report.fallback) + ")");
     fmt::print("memory: staging {}{}, {} {}, peak device use {}, peak resident {}\n", human_bytes(report.stats.staging_bytes),
                report.device == "cpu" ? "" : " pinned", report.device == "cpu" ? "host window" : "device ring",
-               human_bytes(report.window_bytes), human_bytes(report.peak_device_bytes), human_bytes(report.peak_rss_bytes));
+               human_bytes(report.ring_bytes), human_bytes(report.peak_device_bytes), human_bytes(report.peak_rss_bytes));
     if (report.ranks > 0)
         fmt::print("group of {}: read {}, received {}, window buffers {}\n", report.ranks, human_bytes(report.stats.read_bytes),
                    human_bytes(report.stats.received_bytes), human_bytes(report.stats.window_memory));

@@ -122,7 +122,7 @@ LoadReport run_device_load(Loader& loader, const format::Checkpoint& checkpoint,
             lowest_free = std::min(lowest_free, device_free(ordinal));
         });
     fill_report(report, loader);
-    report.window_bytes = loader.sink().ring_bytes();
+    report.ring_bytes = loader.sink().ring_bytes();
     report.peak_device_bytes = free_before - std::min(free_before, lowest_free);
     report.peak_rss_bytes = peak_rss();
     return report;
@@ -193,10 +193,15 @@ void add_load_options(CLI::App& sub, LoadSettings& settings, const std::string& 
         ->type_name("N")
         ->capture_default_str()
         ->check(CLI::Range(1, 1 << 20));
-    sub.add_option("--slot-mib", settings.slot_mib, "Largest single read (one staging slot), in MiB; at most half the staging")
+    CLI::Option* slot = sub.add_option("--slot-mib", settings.slot_mib, "Largest single read (one staging slot), in MiB; at most half the staging")
         ->type_name("N")
         ->capture_default_str()
-        ->check(CLI::Range(1, 1 << 12));
+        ->check(CLI::Range(std::uint64_t{1}, max_slot_mib));
+    sub.add_option("--ring-mib", settings.ring_mib,
+                   "Where the tensors land: the host window or the device ring, in MiB (at least twice the largest tensor); 0 = as the load needs")
+        ->type_name("N")
+        ->capture_default_str()
+        ->check(CLI::Range(0, 1 << 24));
     sub.add_option("--copy-streams", settings.copy_streams, "GPU loads: CUDA streams taking turns at the copies")
         ->type_name("N")
         ->capture_default_str()
@@ -216,7 +221,12 @@ void add_load_options(CLI::App& sub, LoadSettings& settings, const std::string& 
         ->type_name("N")
         ->capture_default_str()
         ->check(CLI::Range(1, 1 << 20));
-    sub.parse_complete_callback([&settings] {
+    sub.parse_complete_callback([&settings, slot] {
+        // Two slots at least, so that a read and a copy overlap: the default slot shrinks to fit
+        // a small staging, a slot asked for does not.
+        if (2 * settings.slot_mib > settings.staging_mib) {
+            if (slot->count() > 0) throw CLI::ValidationError("--slot-mib", "must be at most half of --staging-mib");
+        }
         if (settings.ranks == 0) {
             if (settings.rank != 0 || !settings.nccl_id.empty() || !settings.split_rows.empty())
                 throw CLI::ValidationError("--rank, --nccl-id and --split-rows", "need --ranks");
@@ -238,8 +248,9 @@ LoadReport load_checkpoint(const format::Checkpoint& checkpoint, const LoadSetti
                                               parse_direct(settings.direct)};
     LoadOptions options;
     options.staging_bytes = settings.staging_mib << 20;
-    // Two slots at least, so that a read and a copy overlap.
-    options.slot_bytes = std::min<std::uint64_t>(settings.slot_mib << 20, std::max<std::uint64_t>(options.staging_bytes / 2, 1 << 20));
+    // The default slot shrinks to half a small staging (add_load_options refuses such a slot asked for).
+    options.slot_bytes = std::min(settings.slot_mib << 20, options.staging_bytes / 2 / detail::page_alignment * detail::page_alignment);
+    const std::uint64_t ring_bytes = settings.ring_mib << 20;
 
     LoadReport report;
     std::string device = settings.device;
@@ -252,11 +263,11 @@ LoadReport load_checkpoint(const format::Checkpoint& checkpoint, const LoadSetti
         if (settings.ranks > 0) throw unavailable_error("--ranks", "group loads exchange GPU memory over NCCL, and there is no GPU here");
         if (settings.backend == "gds") throw unavailable_error("gds", "GPUDirect Storage reads into GPU memory; use --device N");
         report.device = "cpu";
-        auto loader = load_to_host(checkpoint, options, storage);
+        auto loader = load_to_host(checkpoint, options, storage, ring_bytes);
         drain(loader, checkpoint, settings, consume,
               [](const TensorView& t) { return std::span<const std::byte>(t.data); }, [] {});
         fill_report(report, loader);
-        report.window_bytes = loader.sink().window_bytes();
+        report.ring_bytes = loader.sink().window_bytes();
         report.peak_rss_bytes = peak_rss();
         return report;
     }
@@ -278,7 +289,7 @@ LoadReport load_checkpoint(const format::Checkpoint& checkpoint, const LoadSetti
             return detail::Stream();
         }();
         auto loader = load_distributed(checkpoint, transport::nccl(comm.get(), stream.get(), {.abort_on_failure = true}),
-                                       options, {.device = ordinal, .copy_streams = settings.copy_streams}, storage);
+                                       options, {.device = ordinal, .ring_bytes = ring_bytes, .copy_streams = settings.copy_streams}, storage);
         report.ranks = settings.ranks;
         return run_device_load(loader, checkpoint, settings, ordinal, free_before, want_host_bytes, consume, report);
 #else
@@ -291,7 +302,7 @@ LoadReport load_checkpoint(const format::Checkpoint& checkpoint, const LoadSetti
     if (settings.backend == "gds" || (settings.backend == "auto" && storage::gds::available())) {
         try {
             Loader<storage::gds, transport::single, sink::device_ring> loader(
-                checkpoint, storage::gds({.device = ordinal}), {}, sink::device_ring({.device = ordinal, .copy_streams = settings.copy_streams}),
+                checkpoint, storage::gds({.device = ordinal}), {}, sink::device_ring({.device = ordinal, .ring_bytes = ring_bytes, .copy_streams = settings.copy_streams}),
                 options);
             return run_device_load(loader, checkpoint, settings, ordinal, free_before, want_host_bytes, consume, report);
         } catch (const unavailable_error& e) {
@@ -299,7 +310,7 @@ LoadReport load_checkpoint(const format::Checkpoint& checkpoint, const LoadSetti
             gds_refusal = e.what();
         }
     }
-    auto loader = load_to_device(checkpoint, {.device = ordinal, .copy_streams = settings.copy_streams}, options, storage);
+    auto loader = load_to_device(checkpoint, {.device = ordinal, .ring_bytes = ring_bytes, .copy_streams = settings.copy_streams}, options, storage);
     report = run_device_load(loader, checkpoint, settings, ordinal, free_before, want_host_bytes, consume, report);
     if (!gds_refusal.empty()) report.fallback = "GDS: " + gds_refusal + (report.fallback.empty() ? "" : "; " + report.fallback);
     return report;

@@ -16,6 +16,9 @@ class App;
 
 namespace instanttensor::cli {
 
+/// The largest --slot-mib: one read (storage::uring asks the kernel for at most 1 GiB at once).
+inline constexpr std::uint64_t max_slot_mib = 1024;
+
 /// Options of a load, as the command line gives them.
 struct LoadSettings {
     std::string device;            ///< "cpu", "auto" (GPU 0 if there is one, else cpu) or a GPU ordinal
@@ -23,6 +26,7 @@ struct LoadSettings {
     std::string direct = "auto";   ///< auto | on | off
     std::uint64_t staging_mib = LoadOptions{}.staging_bytes >> 20;
     std::uint64_t slot_mib = LoadOptions{}.slot_bytes >> 20;  ///< the largest single read
+    std::uint64_t ring_mib = 0;    ///< the tensors' destination: host window or device ring; 0 = as the load needs
     unsigned copy_streams = 2;     ///< GPU loads: streams taking turns at host-to-device copies
     bool progress = true;          ///< a progress bar on stderr, if stderr is a terminal
 
@@ -34,7 +38,7 @@ struct LoadSettings {
     std::uint64_t window_mib = LoadOptions{}.window_bytes >> 20;
 };
 
-/// Adds --device, --backend, --direct, --staging-mib, --slot-mib, --copy-streams and the group
+/// Adds --device, --backend, --direct, --staging-mib, --slot-mib, --ring-mib, --copy-streams and the group
 /// options (--ranks, --rank, --nccl-id, --split-rows, --window-mib) to `sub`, with `default_device`.
 void add_load_options(CLI::App& sub, LoadSettings& settings, const std::string& default_device);
 
@@ -49,7 +53,7 @@ struct LoadReport {
     std::string fallback;         ///< why the automatic choice did not take io_uring, if it did not
     std::size_t direct_files = 0; ///< files read with O_DIRECT
     LoadStats stats;
-    std::uint64_t window_bytes = 0;       ///< host window or device ring
+    std::uint64_t ring_bytes = 0;         ///< the sink's memory: host window or device ring
     std::uint64_t peak_device_bytes = 0;  ///< device memory in use at the peak of the load, over its start
     std::uint64_t peak_rss_bytes = 0;     ///< the process's peak resident memory
     int ranks = 0;                        ///< group loads: the group's size (0: not a group load)

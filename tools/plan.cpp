@@ -55,6 +55,7 @@ int run_plan(const PlanCommand& command) {
         o["all_gather_windows"] = mode_count(ExchangeMode::all_gather);
         o["broadcast_windows"] = mode_count(ExchangeMode::broadcasts);
         o["send_windows"] = mode_count(ExchangeMode::sends);
+        o["alone_windows"] = mode_count(ExchangeMode::none);
         boost::json::array per_rank;
         for (std::size_t r = 0; r < kept.size(); ++r)
             per_rank.push_back({{"rank", r}, {"read_bytes", group.read_bytes[r]}, {"kept_bytes", kept[r]},
@@ -92,7 +93,7 @@ void add_plan(CLI::App& app, Action& action) {
         ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{1} << 20));
     sub->add_option("--slot-mib", command->slot_mib, "The largest single read")
         ->capture_default_str()
-        ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{1} << 10));
+        ->check(CLI::Range(std::uint64_t{1}, max_slot_mib));
     sub->add_flag("--json", command->json, "Print one JSON object instead of text");
     sub->add_flag("--buffered", command->buffered, "Plan for buffered reads (no O_DIRECT alignment)");
     sub->callback([command, &action] {

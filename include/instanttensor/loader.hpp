@@ -110,6 +110,19 @@ struct LoadStats {
     double seconds = 0;               ///< from begin() to the last tensor
 };
 
+/// The checkpoint a loader reads, borrowed: it must outlive the loader. Made from an lvalue only, so
+/// that passing a temporary (`load_to_host(Checkpoint::open(path))`) is a compile error rather
+/// than a loader reading freed memory.
+class BorrowedCheckpoint {
+public:
+    BorrowedCheckpoint(const format::Checkpoint& checkpoint) noexcept : checkpoint_(&checkpoint) {}  // implicit on purpose
+    BorrowedCheckpoint(const format::Checkpoint&&) = delete;  // a temporary: keep the checkpoint in a variable
+    [[nodiscard]] const format::Checkpoint& get() const noexcept { return *checkpoint_; }
+
+private:
+    const format::Checkpoint* checkpoint_;
+};
+
 /// The storage backend reads into memory the sink can take: a backend that writes device memory
 /// (GDS) needs a device sink.
 template <class S, class K>
@@ -158,8 +171,8 @@ public:
     /// memory and the sink's window (and for a group load its window buffers). `checkpoint` must
     /// outlive the loader. A group loader that cannot be made abandons the group, as it would
     /// mid-load, so that its peers fail instead of waiting for it.
-    Loader(const format::Checkpoint& checkpoint, Storage storage, Tr transport, Sk sink, LoadOptions options = {})
-        : checkpoint_(checkpoint), sink_(std::move(sink)), storage_(std::move(storage)),
+    Loader(BorrowedCheckpoint checkpoint, Storage storage, Tr transport, Sk sink, LoadOptions options = {})
+        : checkpoint_(checkpoint.get()), sink_(std::move(sink)), storage_(std::move(storage)),
           transport_(std::move(transport)), options_(std::move(options)) {
         try {
             prepare();
@@ -201,7 +214,7 @@ public:
 
     /// Starts the load and returns once the first tensor landed. A loader is iterated once.
     iterator begin() {
-        if (!failure_.empty()) throw error("", "loader stopped after an earlier error: " + failure_);
+        if (!failure_.empty()) throw error("loader", "stopped after an earlier error: " + failure_);
         if (started_) throw std::logic_error("a Loader is iterated only once");
         started_ = true;
         start_ = std::chrono::steady_clock::now();
@@ -316,7 +329,7 @@ private:
 
     /// Releases the current tensor, then loads the next one this rank yields.
     void advance() {
-        if (!failure_.empty()) throw error("", "loader stopped after an earlier error: " + failure_);
+        if (!failure_.empty()) throw error("loader", "stopped after an earlier error: " + failure_);
         try {
             if (current_ < plan_.tensors.size() && reserved_[current_]) sink_.release(*plan_.tensors[current_].ref);
             do ++current_;
@@ -805,14 +818,14 @@ private:
 
 /// A loader that reads with the automatic backend choice into a bounded host window.
 inline Loader<storage::automatic, transport::single, sink::host> load_to_host(
-    const format::Checkpoint& checkpoint, LoadOptions options = {}, storage::automatic::Options storage = {},
+    BorrowedCheckpoint checkpoint, LoadOptions options = {}, storage::automatic::Options storage = {},
     std::uint64_t window_bytes = 0) {
     return {checkpoint, storage::automatic(storage), transport::single{}, sink::host(window_bytes), std::move(options)};
 }
 
 /// A loader that reads each tensor into the host memory `destination` returns for it.
 inline Loader<storage::automatic, transport::single, sink::placement> load_into(
-    const format::Checkpoint& checkpoint, sink::placement::Destination destination, LoadOptions options = {},
+    BorrowedCheckpoint checkpoint, sink::placement::Destination destination, LoadOptions options = {},
     storage::automatic::Options storage = {}) {
     return {checkpoint, storage::automatic(storage), transport::single{}, sink::placement(std::move(destination)),
             std::move(options)};
@@ -822,14 +835,14 @@ inline Loader<storage::automatic, transport::single, sink::placement> load_into(
 /// A loader that reads with the automatic backend choice through pinned staging into a ring of
 /// device memory on `ring.device`.
 inline Loader<storage::automatic, transport::single, sink::device_ring> load_to_device(
-    const format::Checkpoint& checkpoint, sink::device_ring::Options ring = {}, LoadOptions options = {},
+    BorrowedCheckpoint checkpoint, sink::device_ring::Options ring = {}, LoadOptions options = {},
     storage::automatic::Options storage = {}) {
     return {checkpoint, storage::automatic(storage), transport::single{}, sink::device_ring(ring), std::move(options)};
 }
 
 /// A loader that copies each tensor into the device memory `destination` returns for it.
 inline Loader<storage::automatic, transport::single, sink::device_placement> load_into_device(
-    const format::Checkpoint& checkpoint, sink::placement::Destination destination,
+    BorrowedCheckpoint checkpoint, sink::placement::Destination destination,
     sink::device_placement::Options placement = {}, LoadOptions options = {}, storage::automatic::Options storage = {}) {
     return {checkpoint, storage::automatic(storage), transport::single{},
             sink::device_placement(std::move(destination), placement), std::move(options)};
@@ -841,7 +854,7 @@ inline Loader<storage::automatic, transport::single, sink::device_placement> loa
 /// exchanges the rest, and the tensors this rank keeps (options.share) land in a device ring on
 /// the communicator's GPU.
 inline Loader<storage::automatic, transport::nccl, sink::device_ring> load_distributed(
-    const format::Checkpoint& checkpoint, transport::nccl group, LoadOptions options = {},
+    BorrowedCheckpoint checkpoint, transport::nccl group, LoadOptions options = {},
     sink::device_ring::Options ring = {}, storage::automatic::Options storage = {}) {
     ring.device = group.device();
     return {checkpoint, storage::automatic(storage), std::move(group), sink::device_ring(ring), std::move(options)};
@@ -850,7 +863,7 @@ inline Loader<storage::automatic, transport::nccl, sink::device_ring> load_distr
 /// A loader for one rank of an NCCL group that copies the bytes this rank keeps into the device
 /// memory `destination` returns for each tensor it keeps (of the size of its rows, for a split one).
 inline Loader<storage::automatic, transport::nccl, sink::device_placement> load_distributed_into(
-    const format::Checkpoint& checkpoint, transport::nccl group, sink::placement::Destination destination,
+    BorrowedCheckpoint checkpoint, transport::nccl group, sink::placement::Destination destination,
     LoadOptions options = {}, sink::device_placement::Options placement = {}, storage::automatic::Options storage = {}) {
     placement.device = group.device();
     return {checkpoint, storage::automatic(storage), std::move(group),

@@ -102,7 +102,7 @@ inline Plan make_plan(const format::Checkpoint& checkpoint, const TensorFilter& 
     bool open = false;  // whether plan.extents.back() may still take pieces
     for (const auto& ref : checkpoint.tensors()) {
         if (filter && !filter(ref)) continue;
-        if (plan.tensors.size() == UINT32_MAX) throw format_error("", "too many tensors selected");
+        if (plan.tensors.size() == UINT32_MAX) throw format_error("plan", "too many tensors selected (at most 2^32 - 1)");
         const auto index = static_cast<std::uint32_t>(plan.tensors.size());
         plan.tensors.push_back({&ref, 0});
         plan.tensor_bytes += ref.nbytes();

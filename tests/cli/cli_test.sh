@@ -188,11 +188,16 @@ case_load_backends() {
         python3 - "$work/stdout" <<'PY' || fail "load --json: $(cat "$work/stdout")"
 import json, sys
 doc = json.load(open(sys.argv[1]))
-for key in ("device", "backend", "tensors", "bytes", "seconds", "gbps", "staging_bytes", "window_bytes", "peak_rss_bytes"):
+for key in ("device", "backend", "tensors", "bytes", "seconds", "gbps", "staging_bytes", "ring_bytes", "peak_rss_bytes"):
     assert key in doc, key
 assert doc["device"] == "cpu" and doc["backend"] == "pread" and doc["bytes"] > 0, doc
 PY
     fi
+    # --ring-mib sizes the host window; one smaller than twice the largest tensor is refused, saying so.
+    expect_success load --device cpu --ring-mib 3 --json "$work/sample"
+    grep -q '"ring_bytes":3145728' "$work/stdout" || fail "load --ring-mib 3: $(cat "$work/stdout")"
+    expect_success load --device cpu --staging-mib 1 "$work/sample"
+    grep -q 'staging 1.00 MiB' "$work/stdout" || fail "--staging-mib 1 is not what the load used: $(cat "$work/stdout")"
 }
 
 # plan: one row per rank; with every tensor kept, each of 4 ranks reads about a quarter and
@@ -245,6 +250,11 @@ case_usage_errors() {
     expect_usage_error load
     expect_usage_error load --direct sometimes "$work"
     expect_usage_error load --staging-mib 0 "$work"
+    expect_usage_error load --staging-mib 4 --slot-mib 4 "$work"
+    grep -q 'at most half of --staging-mib' "$work/stderr" || fail "--slot-mib over half the staging does not say why"
+    expect_usage_error load --slot-mib 2048 --staging-mib 8192 "$work"
+    expect_usage_error plan --slot-mib 2048 "$work"
+    expect_usage_error load --ring-mib -1 "$work"
     expect_usage_error load --rank 1 "$work"
     expect_usage_error load --ranks 2 "$work"
     expect_usage_error load --ranks 2 --rank 2 --nccl-id "$work/id" "$work"

@@ -293,6 +293,24 @@ static_assert(!composes<it::storage::pread, it::transport::single, SinkWhoseRese
 static_assert(std::is_same_v<decltype(it::load_to_host(std::declval<const it::format::Checkpoint&>())),
                              it::Loader<it::storage::automatic, it::transport::single, it::sink::host>>);
 
+// A loader borrows its checkpoint: a temporary one, which would die before the load, is refused.
+using HostLoader = it::Loader<it::storage::automatic, it::transport::single, it::sink::host>;
+static_assert(std::is_constructible_v<HostLoader, const it::format::Checkpoint&, it::storage::automatic,
+                                      it::transport::single, it::sink::host>);
+static_assert(!std::is_constructible_v<HostLoader, it::format::Checkpoint, it::storage::automatic,
+                                       it::transport::single, it::sink::host>);
+template <class C>
+constexpr bool load_to_host_takes = requires(C&& c) { it::load_to_host(std::forward<C>(c)); };
+template <class C>
+constexpr bool load_into_takes = requires(C&& c, it::sink::placement::Destination d) { it::load_into(std::forward<C>(c), d); };
+static_assert(load_to_host_takes<const it::format::Checkpoint&> && !load_to_host_takes<it::format::Checkpoint>);
+static_assert(load_into_takes<const it::format::Checkpoint&> && !load_into_takes<it::format::Checkpoint>);
+#if INSTANTTENSOR_HAS_CUDA
+template <class C>
+constexpr bool load_to_device_takes = requires(C&& c) { it::load_to_device(std::forward<C>(c), {.device = 0}); };
+static_assert(load_to_device_takes<const it::format::Checkpoint&> && !load_to_device_takes<it::format::Checkpoint>);
+#endif
+
 }  // namespace
 
 TEST_CASE("concepts: the models satisfy their policies and near-misses do not") {

@@ -23,7 +23,7 @@ public:
         const std::size_t rounded = (size + page_alignment - 1) / page_alignment * page_alignment;
         data_ = static_cast<std::byte*>(std::aligned_alloc(page_alignment, rounded));
         if (data_ == nullptr)
-            throw io_error("", "cannot allocate " + std::to_string(size) + " bytes of host memory", ENOMEM);
+            throw io_error("host memory", "cannot allocate " + std::to_string(size) + " bytes of host memory", ENOMEM);
     }
     AlignedBuffer(AlignedBuffer&& o) noexcept : data_(std::exchange(o.data_, nullptr)), size_(std::exchange(o.size_, 0)) {}
     AlignedBuffer& operator=(AlignedBuffer&& o) noexcept {

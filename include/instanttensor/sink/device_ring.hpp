@@ -43,7 +43,7 @@ public:
     void prepare(const Plan& plan) {
         const std::uint64_t needed = plan.window_needed(tensor_alignment);
         if (options_.ring_bytes != 0 && options_.ring_bytes < needed)
-            throw error("", "device ring of " + std::to_string(options_.ring_bytes) +
+            throw error("sink::device_ring", "a ring of " + std::to_string(options_.ring_bytes) +
                                 " bytes is too small for this load (largest tensor " + std::to_string(plan.largest_tensor) +
                                 " bytes); give at least " + std::to_string(needed));
         const std::uint64_t size =

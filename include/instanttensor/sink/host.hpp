@@ -23,7 +23,8 @@ public:
     /// Tensor data starts at multiples of this (any dtype, and SIMD loads, are aligned).
     static constexpr std::uint64_t tensor_alignment = 256;
     /// The default window is what the plan needs (Plan::window_needed: at least twice the largest
-    /// tensor), and at least this much, so that reads run well ahead of the consumer.
+    /// tensor), and at least this much, so that reads run well ahead of the consumer, but no more
+    /// than every planned tensor at once takes (a small checkpoint gets a small window).
     static constexpr std::uint64_t default_min_window = 256ull << 20;
 
     /// `window_bytes` = 0 picks the default; a window smaller than the plan needs is an error.
@@ -32,9 +33,11 @@ public:
     void prepare(const Plan& plan) {
         const std::uint64_t needed = plan.window_needed(tensor_alignment);
         if (requested_ != 0 && requested_ < needed)
-            throw error("", "host window of " + std::to_string(requested_) + " bytes is too small for this load (largest tensor " +
+            throw error("sink::host", "a window of " + std::to_string(requested_) + " bytes is too small for this load (largest tensor " +
                                 std::to_string(plan.largest_tensor) + " bytes); give at least " + std::to_string(needed));
-        const std::uint64_t size = requested_ != 0 ? requested_ : std::max(needed, default_min_window);
+        std::uint64_t everything = 0;  // every planned tensor at once, as the ring lays them out
+        for (const PlannedTensor& t : plan.tensors) everything += (t.ref->nbytes() + tensor_alignment - 1) / tensor_alignment * tensor_alignment;
+        const std::uint64_t size = requested_ != 0 ? requested_ : std::max(needed, std::min(default_min_window, everything));
         window_ = detail::AlignedBuffer(size);
         ring_ = detail::RingAllocator(size, tensor_alignment);
     }

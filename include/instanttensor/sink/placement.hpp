@@ -29,13 +29,13 @@ public:
     explicit placement(Destination destination) : destination_(std::move(destination)) {}
 
     void prepare(const Plan&) {
-        if (!destination_) throw error("", "sink::placement needs a destination function");
+        if (!destination_) throw error("sink::placement", "needs a destination function");
     }
 
     std::span<std::byte> reserve(const format::TensorRef& tensor, std::uint64_t bytes) {
         const auto span = destination_(tensor);
         if (span.size() != bytes || span.data() == nullptr)
-            throw error("", "destination for tensor '" + tensor.name() + "' has " + std::to_string(span.size()) +
+            throw error("sink::placement", "destination for tensor '" + tensor.name() + "' has " + std::to_string(span.size()) +
                                 " bytes; " + (bytes == tensor.nbytes() ? "the tensor needs " : "this rank's rows of it need ") +
                                 std::to_string(bytes));
         return span;

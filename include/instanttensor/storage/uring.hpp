@@ -19,6 +19,7 @@
 
 #include <liburing.h>
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -39,6 +40,9 @@ public:
         bool register_files = true;
         bool register_buffers = true;
     };
+
+    /// The most one read asks of the kernel (aligned for O_DIRECT).
+    static constexpr std::uint64_t max_read_bytes = 1ull << 30;
 
     uring() : uring(Options{}) {}
     explicit uring(Options options) : options_(options) {
@@ -133,7 +137,9 @@ private:
         const ReadRequest& r = entries_[entry];
         const bool direct = files_.is_direct(r.file);
         const int fd = files_registered_ ? static_cast<int>(2 * r.file + (direct ? 1 : 0)) : files_.descriptor(r.file);
-        const auto length = static_cast<unsigned>(r.length);
+        // An SQE's length is 32 bits, and the kernel reads at most 2 GiB - 4 KiB at once anyway: a
+        // longer request reads its first GiB, and the loader continues it as a short read.
+        const auto length = static_cast<unsigned>(std::min<std::uint64_t>(r.length, max_read_bytes));
         if (buffers_registered_ && r.destination >= registered_.data() &&
             r.destination + r.length <= registered_.data() + registered_.size())
             ::io_uring_prep_read_fixed(sqe, fd, r.destination, length, r.offset, 0);
