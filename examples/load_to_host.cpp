@@ -23,7 +23,7 @@ int main(int argc, char** argv) try {
     auto placed = it::load_into(
         checkpoint,
         [&](const it::format::TensorRef& t) { return std::span(weights[t.name()] = std::vector<std::byte>(t.nbytes())); },
-        {.filter = it::select_names({argv + 2, argv + argc})});
+        {.filter = it::select_names(checkpoint, {argv + 2, argv + argc})});  // a name it lacks is an error
     for (const it::TensorView& t : placed) std::printf("%.*s: %zu bytes\n", int(t.name.size()), t.name.data(), t.data.size());
     return 0;
 } catch (const std::exception& e) {

@@ -80,7 +80,7 @@ struct TensorView {
 /// that the kernel just filled is still in the CPU caches when the copy engine reads it.
 struct LoadOptions {
     TensorFilter filter;                        ///< tensors to load; empty = all
-    std::uint64_t staging_bytes = 128ull << 20; ///< total staging memory (a ring of slots)
+    std::uint64_t staging_bytes = 128ull << 20; ///< total staging memory: whole slots, two at least
     std::uint64_t slot_bytes = 4ull << 20;      ///< one slot = the largest single read
 
     // Group loads only (a GroupTransport); every rank must pass the same values.
@@ -89,12 +89,21 @@ struct LoadOptions {
     unsigned windows = 3;                       ///< window buffers: reading, exchanging, landing overlap
 };
 
-/// Selects tensors by exact name.
+/// Selects tensors by exact name; a name no tensor has selects nothing.
 inline TensorFilter select_names(std::vector<std::string> names) {
     std::sort(names.begin(), names.end());
     return [names = std::move(names)](const format::TensorRef& t) {
         return std::binary_search(names.begin(), names.end(), t.name());
     };
+}
+
+/// Selects tensors by exact name, each of which `checkpoint` must hold: std::invalid_argument
+/// names the first it does not (a misspelt weight fails here, not as a tensor missing later).
+inline TensorFilter select_names(const format::Checkpoint& checkpoint, std::vector<std::string> names) {
+    for (const std::string& name : names)
+        if (checkpoint.find(name) == nullptr)
+            throw std::invalid_argument("select_names: the checkpoint has no tensor named '" + name + "'");
+    return select_names(std::move(names));
 }
 
 /// What a load did, for reports.

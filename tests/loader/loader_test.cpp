@@ -144,6 +144,14 @@ TEST_CASE("loader: filters load only the selected tensors") {
     SUBCASE("select_names") {
         check_every_configuration(checkpoint, small_slots, 1,
                                   it::select_names({"odd.3", "tiny.40", "wide.a", "odd.12", "tiny.0", "no.such"}));
+        // Given the checkpoint, a name it does not hold is an error naming it.
+        check_every_configuration(checkpoint, small_slots, 1, it::select_names(checkpoint, {"odd.3", "tiny.40"}));
+        try {
+            it::select_names(checkpoint, {"odd.3", "no.such"});
+            FAIL("a missing name was accepted");
+        } catch (const std::invalid_argument& e) {
+            CHECK(std::string(e.what()).find("'no.such'") != std::string::npos);
+        }
     }
     SUBCASE("a predicate") {
         check_every_configuration(checkpoint, small_slots, 1,
@@ -259,6 +267,22 @@ TEST_CASE("loader: storage::memory over caller-owned bytes") {
         FAIL("a span shorter than its file was accepted");
     } catch (const it::format_error& e) {
         CHECK(std::string(e.what()).find("memory-1") != std::string::npos);
+    }
+
+    // A backend that opens files is refused such a checkpoint, saying how to read it instead.
+    CHECK(checkpoint.in_memory());
+    for (Via via : all_vias) {
+        if (unavailable(via)) continue;
+        INFO(to_string(via));
+        with_storage(via, it::DirectIo::automatic, [&](auto storage) {
+            using S = decltype(storage);
+            try {
+                HostLoaderOf<S> loader(checkpoint, std::move(storage), {}, it::sink::host());
+                FAIL("a checkpoint without files was opened");
+            } catch (const std::invalid_argument& e) {
+                CHECK(std::string(e.what()).find("storage::memory constructed over the same bytes") != std::string::npos);
+            }
+        });
     }
 }
 

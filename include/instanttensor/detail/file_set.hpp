@@ -17,6 +17,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -25,6 +26,13 @@
 #include "instanttensor/detail/fd.hpp"
 
 namespace instanttensor::detail {
+
+/// Refuses a checkpoint parsed from memory (Checkpoint::from_memory) to a backend that opens files.
+inline void require_files(const format::Checkpoint& checkpoint) {
+    if (checkpoint.in_memory())
+        throw std::invalid_argument("this checkpoint was parsed from memory (Checkpoint::from_memory): it has no files to open; "
+                                    "read it with storage::memory constructed over the same bytes");
+}
 
 /// Fraction (0..1) of sampled pages of the file that are in the page cache; 0 when unknown.
 /// Samples up to `samples` evenly spaced pages through a mapping of the whole file.
@@ -69,6 +77,7 @@ public:
     };
 
     void open(const format::Checkpoint& checkpoint, DirectIo policy) {
+        require_files(checkpoint);
         files_.clear();
         files_.reserve(checkpoint.files().size());
         for (const auto& f : checkpoint.files()) {

@@ -87,6 +87,9 @@ public:
     [[nodiscard]] std::uint64_t total_bytes() const noexcept { return total_bytes_; }
     /// Metadata of all files merged; where files disagree on a key, the first file's value is kept.
     [[nodiscard]] Metadata metadata() const;
+    /// Whether it was parsed from memory (from_memory): there are no files to open, only the bytes
+    /// the caller holds.
+    [[nodiscard]] bool in_memory() const noexcept { return in_memory_; }
 
 private:
     Checkpoint() = default;
@@ -98,6 +101,7 @@ private:
     std::vector<TensorRef> tensors_;
     std::vector<std::uint32_t> by_name_;  // indices into tensors_, sorted by name
     std::uint64_t total_bytes_ = 0;
+    bool in_memory_ = false;
 };
 
 }  // namespace instanttensor::format

@@ -26,6 +26,7 @@
 #include "instanttensor/detail/cuda.hpp"
 #include "instanttensor/detail/cufile_shim.hpp"
 #include "instanttensor/detail/fd.hpp"
+#include "instanttensor/detail/file_set.hpp"
 #include "instanttensor/detail/read_pool.hpp"
 
 namespace instanttensor::storage {
@@ -58,6 +59,7 @@ public:
 
     void open(const format::Checkpoint& checkpoint) {
         close();
+        detail::require_files(checkpoint);
         api_ = &detail::CuFile::load();
         {
             detail::DeviceGuard guard(options_.device);

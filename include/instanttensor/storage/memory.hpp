@@ -18,6 +18,7 @@
 
 #include "instanttensor/concepts.hpp"
 #include "instanttensor/detail/fd.hpp"
+#include "instanttensor/detail/file_set.hpp"
 #include "instanttensor/error.hpp"
 
 namespace instanttensor::storage {
@@ -52,6 +53,7 @@ public:
                                                                    " bytes given for a file of " + std::to_string(files[i].header.file_size()));
             return;
         }
+        detail::require_files(checkpoint);
         unmap();
         files_.clear();
         for (const auto& f : files) {

@@ -220,6 +220,7 @@ inline Checkpoint Checkpoint::from_memory(std::span<const std::pair<std::string,
     Checkpoint c;
     for (const auto& [name, bytes] : files) c.files_.push_back({name, parse_file_bytes(bytes, name)});
     c.finish(false);
+    c.in_memory_ = true;
     return c;
 }
 
