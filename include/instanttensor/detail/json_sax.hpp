@@ -14,6 +14,7 @@
 #include <string_view>
 #include <utility>
 
+#include "instanttensor/detail/utf8.hpp"
 #include "instanttensor/error.hpp"
 
 namespace instanttensor::detail {
@@ -89,6 +90,10 @@ auto parse_json(std::string_view json, std::string_view source, std::uint64_t fi
     std::size_t consumed = parser.write_some(false, json.data(), json.size(), ec);
     if (ec) {
         if (!parser.handler().problem.empty()) throw format_error(std::string(source), parser.handler().problem);
+        // Boost.JSON reports bytes that are not UTF-8 as a syntax error; say what is wrong.
+        if (const std::size_t bad = first_invalid_utf8(json); bad <= consumed)
+            throw format_error(std::string(source), "invalid UTF-8 at byte " + std::to_string(file_offset + bad) +
+                                                        ": the header must be UTF-8 JSON");
         throw format_error(std::string(source), "invalid JSON at byte " + std::to_string(file_offset + consumed) +
                                                     ": " + ec.message());
     }

@@ -11,6 +11,7 @@
 #include <set>
 
 #include "instanttensor/detail/fd.hpp"
+#include "instanttensor/detail/utf8.hpp"
 #include "instanttensor/error.hpp"
 #include "instanttensor/format/writer.hpp"
 
@@ -42,31 +43,6 @@ inline void append_json_string(std::string& out, std::string_view s) {
         }
     }
     out.push_back('"');
-}
-
-/// Whether `s` is well-formed UTF-8 (no overlong form, surrogate or code point past U+10FFFF): a
-/// header holding anything else is refused by JSON readers, ours and the reference's alike.
-inline bool is_utf8(std::string_view s) {
-    std::size_t i = 0;
-    while (i < s.size()) {
-        const auto c = static_cast<unsigned char>(s[i]);
-        if (c < 0x80) {
-            ++i;
-            continue;
-        }
-        const std::size_t len = c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3 : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
-        if (len == 0 || s.size() - i < len) return false;
-        std::uint32_t cp = c & (0x7fu >> len);
-        for (std::size_t k = 1; k < len; ++k) {
-            const auto cc = static_cast<unsigned char>(s[i + k]);
-            if ((cc & 0xc0) != 0x80) return false;
-            cp = (cp << 6) | (cc & 0x3fu);
-        }
-        if (len == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) return false;
-        if (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) return false;
-        i += len;
-    }
-    return true;
 }
 
 inline void write_all(int fd, std::span<const std::byte> bytes, const std::string& source) {
@@ -104,11 +80,11 @@ inline std::string make_header_json(std::vector<TensorSpec>& tensors, const Meta
     for (const auto& t : tensors) {
         if (t.name.empty() || t.name == "__metadata__")
             throw format_error("", "tensor name " + detail::quote_name(t.name) + " is not allowed");
-        if (!detail::is_utf8(t.name))
+        if (!instanttensor::detail::is_utf8(t.name))
             throw format_error("", "tensor name " + detail::quote_name(t.name) + " is not valid UTF-8");
     }
     for (const auto& [k, v] : metadata)
-        if (!detail::is_utf8(k) || !detail::is_utf8(v))
+        if (!instanttensor::detail::is_utf8(k) || !instanttensor::detail::is_utf8(v))
             throw format_error("", "metadata " + detail::quote_name(k) + " is not valid UTF-8");
     {
         std::set<std::string_view> names;
