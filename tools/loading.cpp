@@ -224,9 +224,8 @@ void add_load_options(CLI::App& sub, LoadSettings& settings, const std::string& 
     sub.parse_complete_callback([&settings, slot] {
         // Two slots at least, so that a read and a copy overlap: the default slot shrinks to fit
         // a small staging, a slot asked for does not.
-        if (2 * settings.slot_mib > settings.staging_mib) {
-            if (slot->count() > 0) throw CLI::ValidationError("--slot-mib", "must be at most half of --staging-mib");
-        }
+        if (slot->count() > 0 && 2 * settings.slot_mib > settings.staging_mib)
+            throw CLI::ValidationError("--slot-mib", "must be at most half of --staging-mib");
         if (settings.ranks == 0) {
             if (settings.rank != 0 || !settings.nccl_id.empty() || !settings.split_rows.empty())
                 throw CLI::ValidationError("--rank, --nccl-id and --split-rows", "need --ranks");

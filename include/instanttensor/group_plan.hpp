@@ -289,7 +289,7 @@ inline GroupPlan make_group_plan(const Plan& plan, int ranks, int rank, const Sh
         if (share) {
             send_bytes = list_sends();
         } else {  // every byte a rank reads goes to the n - 1 others: no need to list the sends yet
-            for (std::uint32_t p = plan.extents[w.first_extent].first_piece; p < last.first_piece + last.piece_count; ++p)
+            for (std::uint32_t p = first.first_piece; p < last.first_piece + last.piece_count; ++p)
                 send_bytes += plan.pieces[p].length;
             send_bytes *= n - 1;
         }

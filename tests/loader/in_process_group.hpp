@@ -16,7 +16,6 @@
 #include <cstring>
 #include <deque>
 #include <mutex>
-#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
@@ -174,8 +173,7 @@ private:
         group_->failure_ = "the ranks disagree on exchange " + std::to_string(ticket) + " (" + how +
                            "): do they load the same checkpoint with the same options?";
         group_->changed_.notify_all();
-        fail_if_failed();
-        throw std::logic_error("unreachable");
+        throw instanttensor::error("in-process group", group_->failure_);
     }
 
     void fail_if_failed() const {
