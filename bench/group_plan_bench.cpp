@@ -11,9 +11,9 @@
 // windows, extent offsets, its transfers and kept bytes), transfers (this rank's).
 #include <instanttensor/format/checkpoint.hpp>
 #include <instanttensor/format/writer.hpp>
-#include <instanttensor/group_plan.hpp>
 #include <instanttensor/loader.hpp>
-#include <instanttensor/plan.hpp>
+#include <instanttensor/pipeline/group_plan.hpp>
+#include <instanttensor/pipeline/plan.hpp>
 
 #include <benchmark/benchmark.h>
 

@@ -2,7 +2,7 @@
 //
 // Loads to the GPU (--device N, or auto when one is present) or to host memory (--device cpu),
 // then prints bytes, seconds, GB/s, the storage backend chosen and the memory the load held:
-// staging, the host window or device ring, the peak of device memory in use, the peak resident
+// staging, the host or device ring, the peak of device memory in use, the peak resident
 // set. --json prints the same as one object, for scripts such as scripts/gpu-check.sh.
 #include <memory>
 #include <string>
@@ -56,9 +56,9 @@ int run_load(const LoadCommand& command) {
                seconds, gbps);
     fmt::print("backend {}, {} of {} with O_DIRECT{}\n", report.backend, report.direct_files,
                count_of(checkpoint.files().size(), "file"),
-               report.fallback.empty() ? "" : " (io_uring unavailable: " + escape_control(report.fallback) + ")");
+               report.fallback.empty() ? "" : " (passed over: " + escape_control(report.fallback) + ")");
     fmt::print("memory: staging {}{}, {} {}, peak device use {}, peak resident {}\n", human_bytes(report.stats.staging_bytes),
-               report.device == "cpu" ? "" : " pinned", report.device == "cpu" ? "host window" : "device ring",
+               report.device == "cpu" ? "" : " pinned", report.device == "cpu" ? "host ring" : "device ring",
                human_bytes(report.ring_bytes), human_bytes(report.peak_device_bytes), human_bytes(report.peak_rss_bytes));
     if (report.ranks > 0)
         fmt::print("group of {}: read {}, received {}, window buffers {}\n", report.ranks, human_bytes(report.stats.read_bytes),
@@ -71,8 +71,8 @@ int run_load(const LoadCommand& command) {
 void add_load(CLI::App& app, Action& action) {
     auto command = std::make_shared<LoadCommand>();
     auto* sub = app.add_subcommand("load", "Load every tensor to a GPU or host memory and report the speed");
-    sub->footer("Prints tensors, bytes, seconds and GB/s, the storage backend chosen (and why io_uring was\n"
-                "not, if it was not), and the memory the load held. A progress bar shows on a terminal.");
+    sub->footer("Prints tensors, bytes, seconds and GB/s, the storage backend chosen (and why the ones tried\n"
+                "before it were passed over), and the memory the load held. A progress bar shows on a terminal.");
     add_checkpoint_paths(*sub, command->paths);
     add_load_options(*sub, command->settings, "auto");
     sub->add_flag("--json", command->json, "Print one JSON object instead of text");

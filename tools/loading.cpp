@@ -86,6 +86,13 @@ void fill_report(LoadReport& report, const Loader& loader) {
     report.stats = loader.stats();
 }
 
+/// The same for a FallbackLoader: the loader it chose, and why it chose it.
+template <class Preferred, class Fallback, class Sink>
+void fill_report(LoadReport& report, const FallbackLoader<Preferred, Fallback, Sink>& loader) {
+    loader.visit([&report](const auto& chosen) { fill_report(report, chosen); });
+    report.fallback = loader.fallback_reason();
+}
+
 #if INSTANTTENSOR_HAS_CUDA
 /// Device memory free on GPU `ordinal` now (its context created first, so that the context does
 /// not count as the load's memory).
@@ -198,7 +205,7 @@ void add_load_options(CLI::App& sub, LoadSettings& settings, const std::string& 
         ->capture_default_str()
         ->check(CLI::Range(std::uint64_t{1}, max_slot_mib));
     sub.add_option("--ring-mib", settings.ring_mib,
-                   "Where the tensors land: the host window or the device ring, in MiB (at least twice the largest tensor); 0 = as the load needs")
+                   "Where the tensors land: the host or device ring, in MiB (at least twice the largest tensor); 0 = as the load needs")
         ->type_name("N")
         ->capture_default_str()
         ->check(CLI::Range(0, 1 << 24));
@@ -242,7 +249,6 @@ void add_load_options(CLI::App& sub, LoadSettings& settings, const std::string& 
 
 LoadReport load_checkpoint(const format::Checkpoint& checkpoint, const LoadSettings& settings, [[maybe_unused]] bool want_host_bytes,
                            const TensorConsumer& consume) {
-    // "gds" is not a host backend: automatic's choice then does not matter (GDS is tried first).
     const storage::automatic::Options storage{storage::parse_backend(settings.backend).value_or(storage::Backend::automatic),
                                               parse_direct(settings.direct)};
     LoadOptions options;
@@ -266,7 +272,7 @@ LoadReport load_checkpoint(const format::Checkpoint& checkpoint, const LoadSetti
         drain(loader, checkpoint, settings, consume,
               [](const TensorView& t) { return std::span<const std::byte>(t.data); }, [] {});
         fill_report(report, loader);
-        report.ring_bytes = loader.sink().window_bytes();
+        report.ring_bytes = loader.sink().ring_bytes();
         report.peak_rss_bytes = peak_rss();
         return report;
     }
@@ -295,24 +301,10 @@ LoadReport load_checkpoint(const format::Checkpoint& checkpoint, const LoadSetti
         throw unavailable_error("--ranks", "this build has no NCCL");
 #endif
     }
-    // GDS where it can work (asked for, or under auto where nvidia-fs is present), else the host
-    // backends through pinned staging; the reason GDS was passed over is reported.
-    std::string gds_refusal;
-    if (settings.backend == "gds" || (settings.backend == "auto" && storage::gds::available())) {
-        try {
-            Loader<storage::gds, transport::single, sink::device_ring> loader(
-                checkpoint, storage::gds({.device = ordinal}), {}, sink::device_ring({.device = ordinal, .ring_bytes = ring_bytes, .copy_streams = settings.copy_streams}),
-                options);
-            return run_device_load(loader, checkpoint, settings, ordinal, free_before, want_host_bytes, consume, report);
-        } catch (const unavailable_error& e) {
-            if (settings.backend == "gds") throw;
-            gds_refusal = e.what();
-        }
-    }
-    auto loader = load_to_device(checkpoint, {.device = ordinal, .ring_bytes = ring_bytes, .copy_streams = settings.copy_streams}, options, storage);
-    report = run_device_load(loader, checkpoint, settings, ordinal, free_before, want_host_bytes, consume, report);
-    if (!gds_refusal.empty()) report.fallback = "GDS: " + gds_refusal + (report.fallback.empty() ? "" : "; " + report.fallback);
-    return report;
+    // The library's choice: GDS where it can run, else io_uring, else pread (reported, with why).
+    auto loader = load_to_device(checkpoint, {.device = ordinal, .ring_bytes = ring_bytes, .copy_streams = settings.copy_streams},
+                                 options, storage);
+    return run_device_load(loader, checkpoint, settings, ordinal, free_before, want_host_bytes, consume, report);
 #else
     throw unavailable_error("--device " + device, "this build has no CUDA; use --device cpu");
 #endif

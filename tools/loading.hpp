@@ -26,7 +26,7 @@ struct LoadSettings {
     std::string direct = "auto";   ///< auto | on | off
     std::uint64_t staging_mib = LoadOptions{}.staging_bytes >> 20;
     std::uint64_t slot_mib = LoadOptions{}.slot_bytes >> 20;  ///< the largest single read
-    std::uint64_t ring_mib = 0;    ///< the tensors' destination: host window or device ring; 0 = as the load needs
+    std::uint64_t ring_mib = 0;    ///< where the tensors land: the host or device ring; 0 = as the load needs
     unsigned copy_streams = 2;     ///< GPU loads: streams taking turns at host-to-device copies
     bool progress = true;          ///< a progress bar on stderr, if stderr is a terminal
 
@@ -50,10 +50,10 @@ ShareFunction split_rows_matching(const format::Checkpoint& checkpoint, const st
 struct LoadReport {
     std::string device;           ///< "cpu" or "cuda:N"
     std::string backend;          ///< chosen storage backend
-    std::string fallback;         ///< why the automatic choice did not take io_uring, if it did not
+    std::string fallback;         ///< why the backends tried before the chosen one were passed over
     std::size_t direct_files = 0; ///< files read with O_DIRECT
     LoadStats stats;
-    std::uint64_t ring_bytes = 0;         ///< the sink's memory: host window or device ring
+    std::uint64_t ring_bytes = 0;         ///< the sink's memory: the host or device ring
     std::uint64_t peak_device_bytes = 0;  ///< device memory in use at the peak of the load, over its start
     std::uint64_t peak_rss_bytes = 0;     ///< the process's peak resident memory
     int ranks = 0;                        ///< group loads: the group's size (0: not a group load)

@@ -18,8 +18,8 @@
 #include "cli.hpp"
 #include "loading.hpp"
 #include "instanttensor/format/checkpoint.hpp"
-#include "instanttensor/group_plan.hpp"
 #include "instanttensor/loader.hpp"
+#include "instanttensor/pipeline/group_plan.hpp"
 
 namespace instanttensor::cli {
 namespace {

@@ -1,9 +1,10 @@
 // instanttensor/concepts.hpp: the three policies a Loader<Storage, Transport, Sink> is made of.
 //
 // A loader reads the checkpoint's bytes through a StorageBackend into staging memory, lets the
-// Transport decide which rank reads what, and hands the bytes to a Sink that owns their
-// destination. Each policy is a concept checked at compile time; models opt in by providing the
-// expressions documented below. No virtual calls: the loader is instantiated for the exact types.
+// Transport decide which rank reads what (and a GroupTransport exchange the rest), and hands the
+// bytes to a Sink that owns their destination. Each policy is a concept checked at compile time;
+// models opt in by providing the expressions documented below. No virtual calls: the loader is
+// instantiated for the exact types. The last two concepts say which compositions make sense.
 #pragma once
 
 #include <concepts>
@@ -14,38 +15,11 @@
 #include <vector>
 
 #include "instanttensor/format/checkpoint.hpp"
-#include "instanttensor/group_plan.hpp"
-#include "instanttensor/plan.hpp"
+#include "instanttensor/io.hpp"
+#include "instanttensor/pipeline/group_plan.hpp"
+#include "instanttensor/pipeline/plan.hpp"
 
 namespace instanttensor {
-
-/// Where a piece of memory lives.
-enum class MemoryKind { host, device };
-
-/// One read a storage backend performs: `length` bytes of file `file` at `offset` into `destination`.
-/// For a file the backend opened with O_DIRECT, offset, length and destination are multiples of
-/// `alignment(file)`.
-struct ReadRequest {
-    std::uint32_t file = 0;
-    std::uint64_t offset = 0;
-    std::uint64_t length = 0;
-    std::byte* destination = nullptr;
-    std::uint64_t tag = 0;  ///< returned unchanged in the ReadResult
-};
-
-/// What became of a ReadRequest: bytes read (fewer than asked is a short read; 0 is end of file),
-/// or a negative errno. Retrying and continuing is the loader's job, not the backend's.
-struct ReadResult {
-    std::uint64_t tag = 0;
-    std::int64_t result = 0;
-};
-
-/// How a backend is asked to treat the page cache.
-enum class DirectIo {
-    automatic,  ///< O_DIRECT for files mostly not in the page cache, buffered for resident ones
-    on,         ///< O_DIRECT wherever the filesystem accepts it
-    off,        ///< always buffered
-};
 
 /// StorageBackend: reads byte ranges of a checkpoint's files into caller memory, asynchronously.
 ///
@@ -58,7 +32,9 @@ enum class DirectIo {
 ///                           blocks until at least one finished (when any is in flight)
 ///   s.name()                "uring", "pread", ... for reports
 ///
-/// Destroying a backend waits for reads still in flight, so their destinations may be freed after.
+/// Optional: s.register_memory(span), called once after open with the memory reads land in (a
+/// backend may pin or register it). Destroying a backend waits for reads still in flight, so their
+/// destinations may be freed after.
 template <class S>
 concept StorageBackend =
     requires(S& s, const S& cs, const format::Checkpoint& checkpoint, const ReadRequest& request,
@@ -74,20 +50,20 @@ concept StorageBackend =
 
 /// Transport: the group of ranks that load one checkpoint together.
 ///
-///   t.rank(), t.size()      this rank and the group size
-///   T::needs_device_memory  true when the transport moves bytes between GPUs (NCCL), so a
-///                           composition with a host sink is refused at compile time
+///   t.rank(), t.size()   this rank and the group size
+///   T::memory            MemoryKind of the memory the transport moves bytes in: device for one
+///                        that exchanges between GPUs (NCCL), so that a composition with a host
+///                        sink is refused at compile time; host for one that exchanges nothing
 template <class T>
 concept Transport = requires(const T& t) {
     { t.rank() } -> std::convertible_to<int>;
     { t.size() } -> std::convertible_to<int>;
-    { T::needs_device_memory } -> std::convertible_to<bool>;
+    { T::memory } -> std::convertible_to<MemoryKind>;
 };
 
 /// GroupTransport: a Transport that exchanges the bytes of each window of a group load (see
-/// group_plan.hpp); transport::single is not one, it loads alone.
+/// pipeline/group_plan.hpp); transport::single is not one, it loads alone.
 ///
-///   T::memory                    MemoryKind of the window buffers it exchanges
 ///   t.device()                   (device memory only) the CUDA device of this rank
 ///   t.exchange(window, x)        starts window exchange `x` over this rank's window buffer and
 ///                                returns a ticket; every rank starts the same exchanges in the
@@ -101,7 +77,6 @@ concept Transport = requires(const T& t) {
 template <class T>
 concept GroupTransport =
     Transport<T> && requires(T& t, std::byte* window, const WindowExchange& x, std::uint64_t ticket) {
-        { T::memory } -> std::convertible_to<MemoryKind>;
         { t.gather(ticket) } -> std::same_as<std::vector<std::uint64_t>>;
         { t.exchange(window, x) } -> std::same_as<std::uint64_t>;
         { t.exchange_done(ticket) } -> std::same_as<bool>;
@@ -113,24 +88,17 @@ concept GroupTransport =
 /// Sink: owns where tensors land and says how long a yielded view stays valid.
 ///
 ///   K::memory                  MemoryKind of the destinations
-///   k.prepare(plan)            called once before loading; allocates the destination window, which
-///                              must hold plan.window_needed(granularity) (throws when it cannot)
+///   k.prepare(plan)            called once before loading; allocates the sink's ring (if it has
+///                              one), which must hold plan.ring_needed(granularity) (throws
+///                              usage_error when it cannot)
 ///   k.reserve(tensor, bytes)   a destination of `bytes` bytes for `tensor` (all of its bytes, or in
 ///                              a group load the rows this rank keeps), or an empty span while the
-///                              window is full (the loader then waits for the consumer)
+///                              ring is full (the loader then waits for the consumer)
 ///   k.store(destination, staged, bytes)  copies `bytes` staged bytes to destination (from host
 ///                              memory, or from device memory when the storage or transport is there)
-///   k.release(tensor)          the consumer moved past `tensor`; its window space may be reused
+///   k.release(tensor)          the consumer moved past `tensor`; its space may be reused
 ///
-/// The loader reserves and releases in tensor order.
-///
-/// A sink whose store() only queues the copy (device sinks: cudaMemcpyAsync from pinned staging)
-/// also models CopiesAsynchronously, so that the loader reuses a staging slot only after the copies
-/// from it ran, and yields a tensor only once its copies did:
-///   k.prepare_copies(slots)   called once, with the number of staging slots
-///   k.extent_stored()         after the pieces of one read were stored: a ticket for their copies
-///   k.copies_done(ticket)     whether the copies up to that ticket ran
-///   k.wait_copies(ticket)     blocks until they did
+/// The loader reserves and releases in tensor order, and never reserves 0 bytes.
 template <class K>
 concept Sink = requires(K& k, const Plan& plan, const format::TensorRef& tensor, std::uint64_t size,
                         std::byte* destination, const std::byte* staged) {
@@ -141,12 +109,32 @@ concept Sink = requires(K& k, const Plan& plan, const format::TensorRef& tensor,
     k.release(tensor);
 };
 
+/// A Sink whose store() only queues the copy (the device sinks: cudaMemcpyAsync from pinned
+/// staging) also models CopiesAsynchronously, so that the loader reuses a staging slot or window
+/// buffer only after the copies out of it ran, and yields a tensor only once its copies did:
+///
+///   k.prepare_copies(tickets)  called once before loading, with how many copy tickets the loader
+///                              may hold unfinished at once (one per staging slot, and in a group
+///                              load two per window buffer): a sizing hint
+///   k.extent_stored()          after the pieces of one read (or window) were stored: a ticket for
+///                              their copies; tickets are issued in order
+///   k.copies_done(ticket)      whether the copies up to that ticket ran
+///   k.wait_copies(ticket)      blocks until they did
 template <class K>
-concept CopiesAsynchronously = requires(K& k, std::size_t slots, std::uint64_t ticket) {
-    k.prepare_copies(slots);
+concept CopiesAsynchronously = requires(K& k, std::size_t tickets, std::uint64_t ticket) {
+    k.prepare_copies(tickets);
     { k.extent_stored() } -> std::same_as<std::uint64_t>;
     { k.copies_done(ticket) } -> std::same_as<bool>;
     k.wait_copies(ticket);
 };
+
+/// The storage reads into memory the sink can take: a backend that writes device memory (GDS)
+/// needs a device sink.
+template <class S, class K>
+concept ReadsIntoSinkMemory = S::destination == MemoryKind::host || K::memory == MemoryKind::device;
+
+/// A transport that moves bytes between GPUs (NCCL) needs a device sink.
+template <class T, class K>
+concept TransportFitsSink = T::memory == MemoryKind::host || K::memory == MemoryKind::device;
 
 }  // namespace instanttensor

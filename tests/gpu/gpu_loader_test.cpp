@@ -195,7 +195,7 @@ TEST_CASE("a load that fails midway frees its device and pinned memory") {
         std::size_t placed = 0;
         std::vector<it::detail::DeviceBuffer> owned;
         auto loader = it::load_into_device(checkpoint, [&](const it::format::TensorRef& t) {
-            if (++placed == 150) throw it::error("test", "no room for " + t.name());
+            if (++placed == 150) throw it::usage_error("test", "no room for " + t.name());
             owned.emplace_back(t.nbytes(), "test buffers");
             return std::span<std::byte>(owned.back().data(), t.nbytes());
         });

@@ -111,20 +111,20 @@ static_assert(!it::StorageBackend<int>);
 
 static_assert(it::Transport<it::transport::single>);
 
-struct TransportWithoutNeedsDeviceMemory {
+struct TransportWithoutMemory {  // where its memory lives decides which sinks it takes
     int rank() const { return 0; }
     int size() const { return 1; }
 };
-static_assert(!it::Transport<TransportWithoutNeedsDeviceMemory>);
+static_assert(!it::Transport<TransportWithoutMemory>);
 
 struct TransportWithoutSize {
-    static constexpr bool needs_device_memory = false;
+    static constexpr MemoryKind memory = MemoryKind::host;
     int rank() const { return 0; }
 };
 static_assert(!it::Transport<TransportWithoutSize>);
 
 struct TransportWithMutableRank {  // rank() must be callable on a const transport
-    static constexpr bool needs_device_memory = false;
+    static constexpr MemoryKind memory = MemoryKind::host;
     int rank() { return 0; }
     int size() const { return 1; }
 };
@@ -134,7 +134,6 @@ static_assert(!it::Transport<TransportWithMutableRank>);
 static_assert(!it::GroupTransport<it::transport::single>);
 
 struct GroupWithoutAbandon {  // a rank that stops must be able to release its peers
-    static constexpr bool needs_device_memory = false;
     static constexpr MemoryKind memory = MemoryKind::host;
     int rank() const { return 0; }
     int size() const { return 2; }
@@ -150,7 +149,6 @@ struct HostGroup : GroupWithoutAbandon {
 static_assert(it::GroupTransport<HostGroup>);
 
 struct DeviceGroupWithoutDevice : HostGroup {  // device memory: which device must be known
-    static constexpr bool needs_device_memory = true;
     static constexpr MemoryKind memory = MemoryKind::device;
 };
 static_assert(!it::GroupTransport<DeviceGroupWithoutDevice>);
@@ -243,7 +241,7 @@ static_assert(it::StorageBackend<FakeDeviceStorage>);
 
 /// An NCCL-like transport: moves bytes between GPUs.
 struct FakeNcclTransport {
-    static constexpr bool needs_device_memory = true;
+    static constexpr MemoryKind memory = MemoryKind::device;
     int rank() const { return 0; }
     int size() const { return 2; }
 };
@@ -286,7 +284,7 @@ static_assert(!composes<it::storage::pread, it::transport::nccl, it::sink::host>
 
 // Types that are not policies at all.
 static_assert(!composes<StorageWithoutReap, it::transport::single, it::sink::host>);
-static_assert(!composes<it::storage::pread, TransportWithoutNeedsDeviceMemory, it::sink::host>);
+static_assert(!composes<it::storage::pread, TransportWithoutMemory, it::sink::host>);
 static_assert(!composes<it::storage::pread, it::transport::single, SinkWhoseReserveReturnsAPointer>);
 
 // The named compositions the helpers return.
@@ -317,7 +315,7 @@ TEST_CASE("concepts: the models satisfy their policies and near-misses do not") 
     // Everything is checked by the static_asserts above; this case records that the file built.
     CHECK(it::transport::single{}.size() == 1);
     CHECK(it::transport::single{}.rank() == 0);
-    CHECK_FALSE(it::transport::single::needs_device_memory);
+    CHECK(it::transport::single::memory == MemoryKind::host);
     CHECK(it::sink::host::memory == MemoryKind::host);
     CHECK(it::sink::placement::memory == MemoryKind::host);
     CHECK(it::storage::pread::destination == MemoryKind::host);

@@ -16,8 +16,8 @@
 #include "faulty.hpp"
 #include "in_process_group.hpp"
 #include "late_copy_sink.hpp"
-#include "instanttensor/group_plan.hpp"
-#include "instanttensor/share.hpp"
+#include "instanttensor/pipeline/group_plan.hpp"
+#include "instanttensor/pipeline/share.hpp"
 #include "support.hpp"
 
 namespace {
@@ -559,16 +559,16 @@ TEST_CASE("group plan: aligned reads cover every needed byte once, shares are ba
         for (std::size_t wi = 0; wi < g.windows.size(); ++wi) {
             const auto& w = g.windows[wi];
             CHECK(w.bytes <= window);
-            CHECK(w.share % 4096 == 0);
-            CHECK(w.share * static_cast<std::uint64_t>(ranks) >= w.bytes);
-            CHECK(w.share * static_cast<std::uint64_t>(ranks) <= g.buffer_bytes);
+            CHECK(w.segment % 4096 == 0);
+            CHECK(w.segment * static_cast<std::uint64_t>(ranks) >= w.bytes);
+            CHECK(w.segment * static_cast<std::uint64_t>(ranks) <= g.buffer_bytes);
             // Which bytes of each extent someone reads: all of [0, needed), once.
             std::vector<std::vector<std::pair<std::uint64_t, std::uint64_t>>> covered(w.extent_count);
             for (int r = 0; r < ranks; ++r)
-                g.for_each_read(plan, wi, r, [&](const it::ShareRead& s) {
+                g.for_each_read(plan, wi, r, [&](const it::SegmentRead& s) {
                     const auto& e = plan.extents[s.extent];
-                    CHECK(s.window_offset >= w.share * static_cast<std::uint64_t>(r));
-                    CHECK(s.window_offset + s.length <= w.share * static_cast<std::uint64_t>(r + 1));
+                    CHECK(s.window_offset >= w.segment * static_cast<std::uint64_t>(r));
+                    CHECK(s.window_offset + s.length <= w.segment * static_cast<std::uint64_t>(r + 1));
                     CHECK((e.offset + s.extent_offset) % a == 0);
                     CHECK(s.length % a == 0);
                     CHECK(s.window_offset % a == 0);
@@ -590,11 +590,11 @@ TEST_CASE("group plan: aligned reads cover every needed byte once, shares are ba
             for (int r = 0; r < ranks; ++r) {
                 const auto& theirs = plans[static_cast<std::size_t>(r)].windows[wi];
                 CHECK(theirs.mode == w.mode);
-                CHECK(theirs.share == w.share);
+                CHECK(theirs.segment == w.segment);
                 CHECK(theirs.bytes == w.bytes);
             }
             if (w.mode == ExchangeMode::all_gather)
-                for (auto& b : received) b += (static_cast<std::uint64_t>(ranks) - 1) * w.share;
+                for (auto& b : received) b += (static_cast<std::uint64_t>(ranks) - 1) * w.segment;
             if (w.mode == ExchangeMode::broadcasts)
                 for (int r = 0; r < ranks; ++r) {
                     const auto x = plans[static_cast<std::size_t>(r)].exchange(wi);
@@ -617,8 +617,8 @@ TEST_CASE("group plan: aligned reads cover every needed byte once, shares are ba
                 for (const auto& t : mine.exchange(wi).transfers) {
                     CHECK((t.from == r || t.to == r));
                     CHECK(t.to != t.from);
-                    CHECK(t.offset >= w.share * static_cast<std::uint64_t>(t.from));
-                    CHECK(t.offset + t.length <= w.share * static_cast<std::uint64_t>(t.from + 1));
+                    CHECK(t.offset >= w.segment * static_cast<std::uint64_t>(t.from));
+                    CHECK(t.offset + t.length <= w.segment * static_cast<std::uint64_t>(t.from + 1));
                     if (t.to != r) continue;
                     received[static_cast<std::size_t>(r)] += t.length;
                     std::uint64_t kept = 0;  // bytes of [offset, offset + length) the receiver keeps

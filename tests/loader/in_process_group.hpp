@@ -22,7 +22,7 @@
 
 #include "instanttensor/concepts.hpp"
 #include "instanttensor/error.hpp"
-#include "instanttensor/group_plan.hpp"
+#include "instanttensor/pipeline/group_plan.hpp"
 
 namespace loader_test {
 
@@ -67,7 +67,6 @@ private:
 /// One rank's handle on an InProcessGroup.
 class InProcessTransport {
 public:
-    static constexpr bool needs_device_memory = false;
     static constexpr instanttensor::MemoryKind memory = instanttensor::MemoryKind::host;
 
     InProcessTransport(InProcessGroup& group, int rank) : group_(&group), rank_(rank) {}
@@ -146,7 +145,7 @@ private:
     /// Whether two ranks posted the same collective. Sends differ by rank (each posts its own);
     /// they are matched pairwise by check_sends_match.
     static bool same_collective(const instanttensor::WindowExchange& a, const instanttensor::WindowExchange& b) {
-        if (a.mode != b.mode || a.share != b.share || a.bytes != b.bytes) return false;
+        if (a.mode != b.mode || a.segment != b.segment || a.bytes != b.bytes) return false;
         if (a.mode == instanttensor::ExchangeMode::sends) return true;
         return std::equal(a.transfers.begin(), a.transfers.end(), b.transfers.begin(), b.transfers.end(),
                           [](const auto& p, const auto& q) { return same(p, q); });
@@ -173,11 +172,11 @@ private:
         group_->failure_ = "the ranks disagree on exchange " + std::to_string(ticket) + " (" + how +
                            "): do they load the same checkpoint with the same options?";
         group_->changed_.notify_all();
-        throw instanttensor::error("in-process group", group_->failure_);
+        throw instanttensor::nccl_error("in-process group", group_->failure_);
     }
 
     void fail_if_failed() const {
-        if (!group_->failure_.empty()) throw instanttensor::error("in-process group", group_->failure_);
+        if (!group_->failure_.empty()) throw instanttensor::nccl_error("in-process group", group_->failure_);
     }
 
     /// Copies what this rank receives in `round` into its own buffer; returns the bytes.
@@ -194,7 +193,7 @@ private:
         case ExchangeMode::none: break;
         case ExchangeMode::all_gather:
             for (int peer = 0; peer < size(); ++peer)
-                if (peer != rank_) bytes += copy_from(peer, x.share * static_cast<std::uint64_t>(peer), x.share);
+                if (peer != rank_) bytes += copy_from(peer, x.segment * static_cast<std::uint64_t>(peer), x.segment);
             break;
         case ExchangeMode::broadcasts:
             for (const auto& t : x.transfers)

@@ -25,7 +25,7 @@ const it::LoadOptions minimal_ring = ring_of(0, 12 << 10);  // two slots of 12 K
 
 /// A group of two ranks that needs no device memory.
 struct TwoRanks {
-    static constexpr bool needs_device_memory = false;
+    static constexpr instanttensor::MemoryKind memory = instanttensor::MemoryKind::host;
     int rank() const { return 0; }
     int size() const { return 2; }
 };
@@ -300,13 +300,13 @@ TEST_CASE("loader: sink::host views stay valid until the next increment, through
         // destination handed out twice, would show other bytes.
         const std::vector<std::uint64_t> alignment{1};
         const auto plan = it::make_plan(checkpoint, {}, alignment, options.slot_bytes);
-        const std::uint64_t needed = plan.window_needed(it::sink::host::tensor_alignment);
+        const std::uint64_t needed = plan.ring_needed(it::sink::host::tensor_alignment);
         CHECK(needed >= 2 * plan.largest_tensor);
         for (std::uint64_t window : {needed, needed + 256, needed + 4096 + 17, 2 * needed, std::uint64_t{1} << 22}) {
             CAPTURE(options.slot_bytes);
             CAPTURE(window);
             HostLoader loader(checkpoint, pread_buffered(), {}, it::sink::host(window), options);
-            CHECK(loader.sink().window_bytes() == window);
+            CHECK(loader.sink().ring_bytes() == window);
             Outcome out;
             drain(loader, out);
             check_outcome(checkpoint, out);
@@ -320,14 +320,14 @@ TEST_CASE("loader: sink::host views stay valid until the next increment, through
             CHECK(std::string(e.what()).find(std::to_string(needed)) != std::string::npos);
         }
     }
-    // The default window holds what the plan needs, and default_min_window, unless every tensor
+    // The default window holds what the plan needs, and default_min_ring, unless every tensor
     // at once takes less: then that (this checkpoint is far smaller than the default).
     HostLoader loader(checkpoint, pread_buffered(), {}, it::sink::host(), small_slots);
     std::uint64_t everything = 0;
     for (const auto& t : checkpoint.tensors()) everything += (t.nbytes() + 255) / 256 * 256;
-    REQUIRE(everything < it::sink::host::default_min_window);
-    CHECK(loader.sink().window_bytes() ==
-          std::max(loader.plan().window_needed(it::sink::host::tensor_alignment), everything));
+    REQUIRE(everything < it::sink::host::default_min_ring);
+    CHECK(loader.sink().ring_bytes() ==
+          std::max(loader.plan().ring_needed(it::sink::host::tensor_alignment), everything));
     Outcome out;
     drain(loader, out);
     check_outcome(checkpoint, out);

@@ -15,7 +15,7 @@
 
 #include "instanttensor/detail/ring_allocator.hpp"
 #include "instanttensor/format/writer.hpp"
-#include "instanttensor/plan.hpp"
+#include "instanttensor/pipeline/plan.hpp"
 #include "support.hpp"
 
 namespace {

@@ -16,23 +16,16 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <filesystem>
 #include <memory>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
-#include "instanttensor/concepts.hpp"
 #include "instanttensor/detail/aligned.hpp"
 #include "instanttensor/detail/fd.hpp"
+#include "instanttensor/io.hpp"
 
 namespace instanttensor::detail {
-
-/// Refuses a checkpoint parsed from memory (Checkpoint::from_memory) to a backend that opens files.
-inline void require_files(const format::Checkpoint& checkpoint) {
-    if (checkpoint.in_memory())
-        throw std::invalid_argument("this checkpoint was parsed from memory (Checkpoint::from_memory): it has no files to open; "
-                                    "read it with storage::memory constructed over the same bytes");
-}
 
 /// Fraction (0..1) of sampled pages of the file that are in the page cache; 0 when unknown.
 /// Samples up to `samples` evenly spaced pages through a mapping of the whole file.
@@ -76,14 +69,14 @@ public:
         std::uint64_t alignment = 1;  // O_DIRECT alignment of offsets, lengths and addresses
     };
 
-    void open(const format::Checkpoint& checkpoint, DirectIo policy) {
-        require_files(checkpoint);
+    /// Opens `paths` (a checkpoint's files, in its order) for reading under `policy`.
+    void open(const std::vector<std::filesystem::path>& paths, DirectIo policy) {
         files_.clear();
-        files_.reserve(checkpoint.files().size());
-        for (const auto& f : checkpoint.files()) {
+        files_.reserve(paths.size());
+        for (const auto& path : paths) {
             File file;
-            file.path = f.path.string();
-            file.buffered = open_read_only(f.path);
+            file.path = path.string();
+            file.buffered = open_read_only(path);
             file.size = regular_file_size(file.buffered.get(), file.path);
             // Residency is sampled only where it decides something.
             if (policy == DirectIo::on ||

@@ -12,7 +12,7 @@
 #include <thread>
 #include <vector>
 
-#include "instanttensor/concepts.hpp"
+#include "instanttensor/io.hpp"
 
 namespace instanttensor::detail {
 

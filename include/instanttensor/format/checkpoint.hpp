@@ -90,6 +90,9 @@ public:
     /// Whether it was parsed from memory (from_memory): there are no files to open, only the bytes
     /// the caller holds.
     [[nodiscard]] bool in_memory() const noexcept { return in_memory_; }
+    /// The paths of its files, for a storage backend that opens them. Throws usage_error for a
+    /// checkpoint parsed from memory, which has none.
+    [[nodiscard]] std::vector<std::filesystem::path> paths_to_open() const;
 
 private:
     Checkpoint() = default;
@@ -106,4 +109,4 @@ private:
 
 }  // namespace instanttensor::format
 
-#include "instanttensor/format/detail/checkpoint_impl.hpp"
+#include "instanttensor/format/detail/checkpoint.inl"

@@ -81,4 +81,4 @@ Header read_header(const std::filesystem::path& path);
 
 }  // namespace instanttensor::format
 
-#include "instanttensor/format/detail/header_parser.hpp"
+#include "instanttensor/format/detail/header.inl"

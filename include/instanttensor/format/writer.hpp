@@ -62,4 +62,4 @@ std::filesystem::path write_sharded_checkpoint(const std::filesystem::path& dire
 
 }  // namespace instanttensor::format
 
-#include "instanttensor/format/detail/writer_impl.hpp"
+#include "instanttensor/format/detail/writer.inl"

@@ -1,7 +1,7 @@
 // instanttensor/sink/device_ring.hpp: tensors land in a ring of device memory.
 //
 // The ring holds `ring_bytes` (default 3 × the largest selected tensor, more only when many small
-// tensors share a read and need room together: see Plan::window_needed): destinations are
+// tensors share a read and need room together: see Plan::ring_needed): destinations are
 // allocated in load order and a region is reused only once the consumer has moved past its tensor
 // and, when a consumer stream is given, once the work the consumer queued on it before moving on
 // has run. A tensor is always contiguous. A yielded view stays valid until the loader advances;
@@ -15,11 +15,13 @@
 
 #include <string>
 
-#include "instanttensor/concepts.hpp"
 #include "instanttensor/detail/cuda.hpp"
 #include "instanttensor/detail/device_copier.hpp"
 #include "instanttensor/detail/ring_allocator.hpp"
 #include "instanttensor/error.hpp"
+#include "instanttensor/format/checkpoint.hpp"
+#include "instanttensor/io.hpp"
+#include "instanttensor/pipeline/plan.hpp"
 
 namespace instanttensor::sink {
 
@@ -41,11 +43,12 @@ public:
         : DeviceCopier(options.device, options.consumer_stream, options.copy_streams), options_(options) {}
 
     void prepare(const Plan& plan) {
-        const std::uint64_t needed = plan.window_needed(tensor_alignment);
+        const std::uint64_t needed = plan.ring_needed(tensor_alignment);
         if (options_.ring_bytes != 0 && options_.ring_bytes < needed)
-            throw error("sink::device_ring", "a ring of " + std::to_string(options_.ring_bytes) +
-                                " bytes is too small for this load (largest tensor " + std::to_string(plan.largest_tensor) +
-                                " bytes); give at least " + std::to_string(needed));
+            throw usage_error("sink::device_ring", "a ring of " + std::to_string(options_.ring_bytes) +
+                                                       " bytes is too small for this load (largest tensor " +
+                                                       std::to_string(plan.largest_tensor) + " bytes); give at least " +
+                                                       std::to_string(needed));
         const std::uint64_t size =
             options_.ring_bytes != 0 ? options_.ring_bytes : std::max(3 * (plan.largest_tensor + tensor_alignment), needed);
         detail::DeviceGuard guard(options_.device);

@@ -1,19 +1,23 @@
 // instanttensor/sink/placement.hpp: tensors land in memory the caller chose for each of them.
 //
-// The caller's function returns, for each selected tensor, a span of exactly its size (for example
-// a slice of the runtime's own preallocated weight buffer; in a group load whose share function
-// splits the tensor, the size of this rank's rows); bytes go there and nowhere else, so a
-// view stays valid as long as the caller's memory does. The function is called in load order,
-// before any byte of that tensor is read.
+// The caller's function returns, for each selected tensor that has bytes, a span of exactly its
+// size (for example a slice of the runtime's own preallocated weight buffer; in a group load whose
+// share function splits the tensor, the size of this rank's rows); bytes go there and nowhere
+// else, so a view stays valid as long as the caller's memory does. The function is called in load
+// order, before any byte of that tensor is read. A tensor of 0 bytes (a dimension of 0, or a
+// rank's empty share of rows) needs no memory: the function is not called for it, and its view's
+// data is an empty span.
 #pragma once
 
 #include <cstring>
 #include <functional>
 #include <string>
 
-#include "instanttensor/concepts.hpp"
 #include "instanttensor/config.hpp"
 #include "instanttensor/error.hpp"
+#include "instanttensor/format/checkpoint.hpp"
+#include "instanttensor/io.hpp"
+#include "instanttensor/pipeline/plan.hpp"
 
 #if INSTANTTENSOR_HAS_CUDA
 #include "instanttensor/detail/device_copier.hpp"
@@ -29,15 +33,15 @@ public:
     explicit placement(Destination destination) : destination_(std::move(destination)) {}
 
     void prepare(const Plan&) {
-        if (!destination_) throw error("sink::placement", "needs a destination function");
+        if (!destination_) throw usage_error("sink::placement", "needs a destination function");
     }
 
     std::span<std::byte> reserve(const format::TensorRef& tensor, std::uint64_t bytes) {
         const auto span = destination_(tensor);
         if (span.size() != bytes || span.data() == nullptr)
-            throw error("sink::placement", "destination for tensor '" + tensor.name() + "' has " + std::to_string(span.size()) +
-                                " bytes; " + (bytes == tensor.nbytes() ? "the tensor needs " : "this rank's rows of it need ") +
-                                std::to_string(bytes));
+            throw usage_error("sink::placement", "destination for tensor '" + tensor.name() + "' has " + std::to_string(span.size()) +
+                                                     " bytes; " + (bytes == tensor.nbytes() ? "the tensor needs " : "this rank's rows of it need ") +
+                                                     std::to_string(bytes));
         return span;
     }
 

@@ -1,44 +1,46 @@
-// instanttensor/storage/automatic.hpp: the backend chosen at run time, once per open.
+// instanttensor/storage/automatic.hpp: the host backend chosen at run time, once per open.
 //
 // A closed std::variant of the host backends: the choice is made when the checkpoint is opened
 // and each read then dispatches on the variant's index (a switch, no virtual call). Under
 // Backend::automatic it is io_uring where the kernel allows it, else pread; `chosen()` and
 // `fallback_reason()` report what happened. storage::gds is not among the alternatives, since it
-// writes device memory and so changes the loader's type: a GPU load that wants it tries
-// Loader<storage::gds, ...> first where storage::gds::available(), and falls back to this on
-// unavailable_error (as `instanttensor load --backend auto` does, tools/loading.cpp).
+// writes device memory and so changes the loader's type: a load to the GPU that may use it goes
+// through FallbackLoader (loader.hpp; load_to_device), which tries GDS first and falls back to this.
 #pragma once
 
 #include <optional>
 #include <string>
 #include <variant>
 
-#include "instanttensor/concepts.hpp"
 #include "instanttensor/config.hpp"
 #include "instanttensor/error.hpp"
+#include "instanttensor/format/checkpoint.hpp"
+#include "instanttensor/io.hpp"
 #include "instanttensor/storage/memory.hpp"
 #include "instanttensor/storage/pread.hpp"
 #include "instanttensor/storage/uring.hpp"
 
 namespace instanttensor::storage {
 
-/// Which backend to use.
-enum class Backend { automatic, uring, pread, memory };
+/// Which backend to use. `gds` reads into device memory: only a load to the GPU takes it
+/// (load_to_device); under `automatic` such a load tries it first where it can work.
+enum class Backend { automatic, uring, pread, memory, gds };
 
-/// The backend's name as the command line spells it ("auto", "uring", "pread", "memory").
+/// The backend's name as the command line spells it ("auto", "uring", "pread", "memory", "gds").
 constexpr std::string_view to_string(Backend b) noexcept {
     switch (b) {
     case Backend::automatic: return "auto";
     case Backend::uring: return "uring";
     case Backend::pread: return "pread";
     case Backend::memory: return "memory";
+    case Backend::gds: return "gds";
     }
     return "?";
 }
 
 /// The Backend a name stands for, or nullopt.
 constexpr std::optional<Backend> parse_backend(std::string_view name) noexcept {
-    for (auto b : {Backend::automatic, Backend::uring, Backend::pread, Backend::memory})
+    for (auto b : {Backend::automatic, Backend::uring, Backend::pread, Backend::memory, Backend::gds})
         if (to_string(b) == name) return b;
     return std::nullopt;
 }
@@ -64,6 +66,9 @@ public:
         case Backend::uring: open_uring(checkpoint); break;
         case Backend::pread: open_pread(checkpoint); break;
         case Backend::memory: backend_.emplace<memory>().open(checkpoint); break;
+        case Backend::gds:
+            throw usage_error("storage::automatic", "reads into host memory: GPUDirect Storage (Backend::gds) is for loads "
+                                                    "to the GPU (load_to_device)");
         case Backend::automatic:
             try {
                 open_uring(checkpoint);

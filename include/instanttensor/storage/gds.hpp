@@ -22,12 +22,13 @@
 #include <string>
 #include <vector>
 
-#include "instanttensor/concepts.hpp"
 #include "instanttensor/detail/cuda.hpp"
 #include "instanttensor/detail/cufile_shim.hpp"
 #include "instanttensor/detail/fd.hpp"
-#include "instanttensor/detail/file_set.hpp"
 #include "instanttensor/detail/read_pool.hpp"
+#include "instanttensor/error.hpp"
+#include "instanttensor/format/checkpoint.hpp"
+#include "instanttensor/io.hpp"
 
 namespace instanttensor::storage {
 
@@ -59,7 +60,7 @@ public:
 
     void open(const format::Checkpoint& checkpoint) {
         close();
-        detail::require_files(checkpoint);
+        const auto paths = checkpoint.paths_to_open();
         api_ = &detail::CuFile::load();
         {
             detail::DeviceGuard guard(options_.device);
@@ -67,8 +68,8 @@ public:
             if (const auto e = api_->driver_open(); e.err != 0)
                 throw unavailable_error("cuFile", "cuFileDriverOpen failed: " + detail::describe(e));
         }
-        for (const auto& f : checkpoint.files()) {
-            File file{f.path.string(), detail::open_read_only(f.path, O_DIRECT), nullptr};
+        for (const auto& path : paths) {
+            File file{path.string(), detail::open_read_only(path, O_DIRECT), nullptr};
             detail::CuFileDescr descr{};
             descr.type = detail::cufile_handle_type_fd;
             descr.handle.fd = file.fd.get();

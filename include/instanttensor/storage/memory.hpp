@@ -16,10 +16,10 @@
 #include <string>
 #include <vector>
 
-#include "instanttensor/concepts.hpp"
 #include "instanttensor/detail/fd.hpp"
-#include "instanttensor/detail/file_set.hpp"
 #include "instanttensor/error.hpp"
+#include "instanttensor/format/checkpoint.hpp"
+#include "instanttensor/io.hpp"
 
 namespace instanttensor::storage {
 
@@ -45,20 +45,20 @@ public:
         const auto& files = checkpoint.files();
         if (caller_owned_) {
             if (files_.size() != files.size())
-                throw std::invalid_argument("storage::memory: " + std::to_string(files_.size()) + " spans given for a checkpoint of " +
-                                            std::to_string(files.size()) + " files");
+                throw usage_error("storage::memory", std::to_string(files_.size()) + " spans given for a checkpoint of " +
+                                                         std::to_string(files.size()) + " files");
             for (std::size_t i = 0; i < files.size(); ++i)
                 if (files_[i].size() != files[i].header.file_size())
                     throw format_error(files[i].path.string(), "span of " + std::to_string(files_[i].size()) +
                                                                    " bytes given for a file of " + std::to_string(files[i].header.file_size()));
             return;
         }
-        detail::require_files(checkpoint);
+        const auto paths = checkpoint.paths_to_open();
         unmap();
         files_.clear();
-        for (const auto& f : files) {
-            const std::string source = f.path.string();
-            auto fd = detail::open_read_only(f.path);
+        for (const auto& path : paths) {
+            const std::string source = path.string();
+            auto fd = detail::open_read_only(path);
             const std::uint64_t size = detail::regular_file_size(fd.get(), source);
             void* map = size == 0 ? nullptr : ::mmap(nullptr, size, PROT_READ, MAP_SHARED | MAP_POPULATE, fd.get(), 0);
             if (map == MAP_FAILED) throw io_error(source, "cannot map", errno);

@@ -10,9 +10,10 @@
 
 #include <algorithm>
 
-#include "instanttensor/concepts.hpp"
 #include "instanttensor/detail/file_set.hpp"
 #include "instanttensor/detail/read_pool.hpp"
+#include "instanttensor/format/checkpoint.hpp"
+#include "instanttensor/io.hpp"
 
 namespace instanttensor::storage {
 
@@ -37,7 +38,7 @@ public:
 
     void open(const format::Checkpoint& checkpoint) {
         pool_.stop();
-        files_.open(checkpoint, options_.direct);
+        files_.open(checkpoint.paths_to_open(), options_.direct);
         pool_.start(options_.threads, [this](const ReadRequest& r) { return read_once(r); });
     }
 

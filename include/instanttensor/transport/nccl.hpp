@@ -2,19 +2,20 @@
 //
 // The caller brings a communicator it already has (the world, or any subgroup: one per tensor
 // parallel group, one per node, ...) and the stream the exchanges run on. Each window's exchange
-// is one NCCL call or one NCCL group (group_plan.hpp):
+// is one NCCL call or one NCCL group (pipeline/group_plan.hpp):
 //
-//   all_gather   ncclAllGather, in place (rank r's share already sits at r·S)
+//   all_gather   ncclAllGather, in place (rank r's segment already sits at r·S)
 //   broadcasts   one in-place ncclBroadcast per reader, in one ncclGroupStart/End
 //   sends        ncclSend / ncclRecv of exactly the kept bytes, in one group, in the same order
 //                on both sides of every pair
 //
 // Every rank of the communicator must load the same checkpoint with the same LoadOptions (filter,
 // slot_bytes, window_bytes, share function): the exchanges are derived from them. The loader
-// checks it first, through gather() of a digest of each rank's plan. If a rank fails mid-load, its loader abandons the group:
-// with Options::abort_on_failure it calls ncclCommAbort (the communicator is then gone, and every
-// peer's pending exchange ends with an error instead of waiting); without it, it waits for its own
-// exchanges in flight, which end only when the peers take part.
+// checks it first, through gather() of a digest of each rank's plan. If a rank fails mid-load, its
+// loader abandons the group: with Options::abort_on_failure it calls ncclCommAbort (the
+// communicator is then gone, and every peer's pending exchange ends with an error instead of
+// waiting); without it, it waits for its own exchanges in flight, which end only when the peers
+// take part.
 #pragma once
 
 #include "instanttensor/config.hpp"
@@ -28,36 +29,20 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
-#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
 
-#include "instanttensor/concepts.hpp"
 #include "instanttensor/detail/cuda.hpp"
+#include "instanttensor/detail/nccl.hpp"
 #include "instanttensor/error.hpp"
-#include "instanttensor/group_plan.hpp"
+#include "instanttensor/io.hpp"
+#include "instanttensor/pipeline/group_plan.hpp"
 
 namespace instanttensor::transport {
 
-namespace detail {
-[[noreturn]] inline void throw_nccl_error(ncclResult_t status, ncclComm_t comm, const char* call) {
-    std::string message = std::string(call) + " failed: " + ncclGetErrorString(status);
-    if (comm != nullptr)
-        if (const char* last = ncclGetLastError(comm); last != nullptr && *last != '\0') message += " (" + std::string(last) + ")";
-    throw nccl_error("nccl", message);
-}
-}  // namespace detail
-
-#define INSTANTTENSOR_NCCL_CHECK(comm, call)                                                          \
-    do {                                                                                              \
-        if (const ncclResult_t instanttensor_nccl_status_ = (call); instanttensor_nccl_status_ != ncclSuccess) \
-            ::instanttensor::transport::detail::throw_nccl_error(instanttensor_nccl_status_, comm, #call);  \
-    } while (0)
-
 class nccl {
 public:
-    static constexpr bool needs_device_memory = true;
     static constexpr MemoryKind memory = MemoryKind::device;
 
     struct Options {
@@ -70,12 +55,12 @@ public:
     /// Exchanges run on `stream` (the caller's, or null for the default stream).
     nccl(ncclComm_t comm, cudaStream_t stream) : nccl(comm, stream, Options{}) {}
     nccl(ncclComm_t comm, cudaStream_t stream, Options options) : comm_(comm), stream_(stream), options_(options) {
-        if (comm_ == nullptr) throw std::invalid_argument("transport::nccl needs a communicator");
+        if (comm_ == nullptr) throw usage_error("transport::nccl", "needs a communicator");
         INSTANTTENSOR_NCCL_CHECK(comm_, ncclCommUserRank(comm_, &rank_));
         INSTANTTENSOR_NCCL_CHECK(comm_, ncclCommCount(comm_, &size_));
         INSTANTTENSOR_NCCL_CHECK(comm_, ncclCommCuDevice(comm_, &device_));
-        instanttensor::detail::DeviceGuard guard(device_);
-        events_ = std::vector<instanttensor::detail::Event>(max_in_flight);
+        detail::DeviceGuard guard(device_);
+        events_ = std::vector<detail::Event>(max_in_flight);
     }
     nccl(nccl&&) = default;
     nccl& operator=(nccl&&) = delete;
@@ -88,12 +73,12 @@ public:
     /// Queues the exchange of one window on the stream; the ticket's event follows it. At most
     /// `max_in_flight` exchanges may be unfinished at once (the loader keeps at most 16 windows).
     std::uint64_t exchange(std::byte* window, const WindowExchange& x) {
-        instanttensor::detail::DeviceGuard guard(device_);
+        detail::DeviceGuard guard(device_);
         switch (x.mode) {
         case ExchangeMode::none: break;
         case ExchangeMode::all_gather:
-            INSTANTTENSOR_NCCL_CHECK(comm_, ncclAllGather(window + x.share * static_cast<std::uint64_t>(rank_), window,
-                                                          x.share, ncclUint8, comm_, stream_));
+            INSTANTTENSOR_NCCL_CHECK(comm_, ncclAllGather(window + x.segment * static_cast<std::uint64_t>(rank_), window,
+                                                          x.segment, ncclUint8, comm_, stream_));
             break;
         case ExchangeMode::broadcasts:
             INSTANTTENSOR_NCCL_CHECK(comm_, ncclGroupStart());
@@ -118,9 +103,9 @@ public:
     /// Every rank's `value`, by rank: a small all-gather, waited for (polling the communicator's
     /// asynchronous error, like exchange_done).
     std::vector<std::uint64_t> gather(std::uint64_t value) {
-        instanttensor::detail::DeviceGuard guard(device_);
+        detail::DeviceGuard guard(device_);
         const auto n = static_cast<std::size_t>(size_);
-        instanttensor::detail::DeviceBuffer values(n * sizeof value, "nothing: 8 bytes per rank");
+        detail::DeviceBuffer values(n * sizeof value, "nothing: 8 bytes per rank");
         std::byte* mine = values.data() + static_cast<std::size_t>(rank_) * sizeof value;
         INSTANTTENSOR_CUDA_CHECK(cudaMemcpyAsync(mine, &value, sizeof value, cudaMemcpyHostToDevice, stream_));
         const std::uint64_t ticket = exchange(values.data(), {ExchangeMode::all_gather, sizeof value, n * sizeof value, {}});
@@ -162,11 +147,9 @@ private:
     int rank_ = 0;
     int size_ = 0;
     int device_ = 0;
-    std::vector<instanttensor::detail::Event> events_;
+    std::vector<detail::Event> events_;
     std::uint64_t next_ = 0;
 };
-
-static_assert(GroupTransport<nccl>);
 
 /// The NCCL unique id of a new communicator, through a file every rank can see (a shared
 /// filesystem across nodes, /tmp on one host), for launchers without a better channel: rank 0

@@ -1,5 +1,5 @@
-// instanttensor/format/detail/checkpoint_impl.hpp: index parsing and checkpoint assembly behind
-// format/checkpoint.hpp. Not part of the API.
+// instanttensor/format/detail/checkpoint.inl: index parsing and checkpoint assembly behind
+// format/checkpoint.hpp, which includes this file at its end (not to be included on its own).
 #pragma once
 
 #include <algorithm>
@@ -11,7 +11,6 @@
 #include "instanttensor/detail/fd.hpp"
 #include "instanttensor/detail/json_sax.hpp"
 #include "instanttensor/error.hpp"
-#include "instanttensor/format/checkpoint.hpp"
 
 namespace instanttensor::format {
 namespace detail {
@@ -305,6 +304,17 @@ inline Metadata Checkpoint::metadata() const {
     Metadata merged;
     for (const auto& f : files_) merged.insert(f.header.metadata.begin(), f.header.metadata.end());
     return merged;
+}
+
+inline std::vector<std::filesystem::path> Checkpoint::paths_to_open() const {
+    if (in_memory_)
+        throw usage_error(files_.empty() ? std::string() : files_.front().path.string(),
+                          "this checkpoint was parsed from memory (Checkpoint::from_memory): it has no files to open; "
+                          "read it with storage::memory constructed over the same bytes");
+    std::vector<std::filesystem::path> paths;
+    paths.reserve(files_.size());
+    for (const auto& f : files_) paths.push_back(f.path);
+    return paths;
 }
 
 }  // namespace instanttensor::format

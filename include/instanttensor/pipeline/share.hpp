@@ -1,4 +1,4 @@
-// instanttensor/share.hpp: what each rank of a group keeps of each tensor.
+// instanttensor/pipeline/share.hpp: what each rank of a group keeps of each tensor (its share).
 //
 // A group load (a transport of several ranks, such as transport::nccl) yields to each rank only
 // the tensors it keeps, and of a tensor split along its first dimension only its rows; only those
@@ -11,11 +11,11 @@
 
 #include <cstdint>
 #include <functional>
-#include <stdexcept>
 #include <string>
 
+#include "instanttensor/error.hpp"
 #include "instanttensor/format/checkpoint.hpp"
-#include "instanttensor/plan.hpp"
+#include "instanttensor/pipeline/plan.hpp"
 
 namespace instanttensor {
 
@@ -49,7 +49,7 @@ struct KeptBytes {
     [[nodiscard]] std::uint64_t size() const noexcept { return end - begin; }
 };
 
-/// The bytes `share` keeps of `tensor`. Throws std::invalid_argument when the rows run past the
+/// The bytes `share` keeps of `tensor`. Throws usage_error when the rows run past the
 /// tensor, or when a part of it is asked of a scalar or of a tensor whose rows are not whole bytes
 /// (4- and 6-bit dtypes with an odd row length): keep those whole.
 inline KeptBytes kept_bytes(const format::TensorRef& tensor, Share share) {
@@ -57,7 +57,7 @@ inline KeptBytes kept_bytes(const format::TensorRef& tensor, Share share) {
     const auto& shape = tensor.info->shape;
     const std::uint64_t total_rows = shape.empty() ? 1 : shape[0];
     if (share.rows == Share::all_rows && share.first_row == 0) return {true, 0, tensor.nbytes(), 0, total_rows};
-    const auto refuse = [&](const std::string& why) { throw std::invalid_argument("share of '" + tensor.name() + "': " + why); };
+    const auto refuse = [&](const std::string& why) { throw usage_error("share of '" + tensor.name() + "'", why); };
     if (shape.empty()) refuse("a scalar has no rows to split; keep it whole");
     if (share.first_row > total_rows)
         refuse("row " + std::to_string(share.first_row) + " is past its " + std::to_string(total_rows) + " rows");

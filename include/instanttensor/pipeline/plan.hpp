@@ -1,17 +1,16 @@
-// instanttensor/plan.hpp: which reads load which tensors.
+// instanttensor/pipeline/plan.hpp: which reads load which tensors.
 //
 // A plan covers the selected tensors of a checkpoint in file then offset order and cuts their bytes
 // into extents: reads of at most `max_extent_bytes` each, at offsets and lengths aligned for the
 // file (O_DIRECT needs that; buffered files have alignment 1). Adjacent selected tensors share an
 // extent, so many tiny tensors cost few reads; a tensor larger than an extent spans several, and
 // each piece says where in the tensor its bytes go, so the tensor still lands contiguous.
-// A group of ranks splits these extents further (group_plan.hpp).
+// A group of ranks splits these extents further (pipeline/group_plan.hpp).
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
 #include <functional>
-#include <stdexcept>
 #include <span>
 #include <vector>
 
@@ -55,11 +54,11 @@ struct Plan {
     std::uint64_t read_bytes = 0;        ///< bytes the extents read (alignment and sharing included)
     std::uint64_t largest_tensor = 0;
 
-    /// The smallest sink window (allocating in FIFO order, each tensor rounded up to `granularity`)
+    /// The smallest sink ring (allocating in FIFO order, each tensor rounded up to `granularity`)
     /// with which a load always progresses: twice the largest sum of the tensors one extent
     /// touches. Reads are submitted only once every tensor of the extent has a destination, and a
     /// ring may lose up to half its space to a region that does not fit before the wrap.
-    [[nodiscard]] std::uint64_t window_needed(std::uint64_t granularity) const {
+    [[nodiscard]] std::uint64_t ring_needed(std::uint64_t granularity) const {
         auto rounded = [&](std::uint64_t n) { return (std::max<std::uint64_t>(n, 1) + granularity - 1) / granularity * granularity; };
         std::uint64_t most = rounded(largest_tensor);
         for (const auto& e : extents) {
@@ -74,6 +73,9 @@ struct Plan {
         }
         return 2 * most;
     }
+    [[deprecated("renamed ring_needed")]] [[nodiscard]] std::uint64_t window_needed(std::uint64_t granularity) const {
+        return ring_needed(granularity);
+    }
 };
 
 /// Plans the selected tensors of `checkpoint`. `alignment` gives each file's required alignment (a
@@ -85,10 +87,10 @@ Plan make_plan(const format::Checkpoint& checkpoint, const TensorFilter& filter,
 inline Plan make_plan(const format::Checkpoint& checkpoint, const TensorFilter& filter,
                       std::span<const std::uint64_t> alignment, std::uint64_t max_extent_bytes) {
     if (alignment.size() != checkpoint.files().size())
-        throw std::invalid_argument("make_plan: one alignment per file is needed");
+        throw usage_error("make_plan", "one alignment per file is needed");
     for (auto a : alignment)
         if (a == 0 || (a & (a - 1)) != 0 || max_extent_bytes % a != 0 || max_extent_bytes < 3 * a)
-            throw std::invalid_argument("make_plan: alignments must be powers of two dividing max_extent_bytes");
+            throw usage_error("make_plan", "alignments must be powers of two dividing max_extent_bytes");
 
     Plan plan;
     auto align_down = [](std::uint64_t v, std::uint64_t a) { return v & ~(a - 1); };

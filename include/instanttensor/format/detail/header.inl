@@ -1,5 +1,5 @@
-// instanttensor/format/detail/header_parser.hpp: the SAX handler and the validation behind
-// format/header.hpp. Not part of the API.
+// instanttensor/format/detail/header.inl: the SAX handler and the validation behind
+// format/header.hpp, which includes this file at its end (not to be included on its own).
 #pragma once
 
 #include <algorithm>
@@ -11,7 +11,6 @@
 #include "instanttensor/detail/fd.hpp"
 #include "instanttensor/detail/json_sax.hpp"
 #include "instanttensor/error.hpp"
-#include "instanttensor/format/header.hpp"
 
 namespace instanttensor::format {
 namespace detail {

@@ -1,30 +1,34 @@
-// instanttensor/group_plan.hpp: how a group of ranks splits a plan's reads and exchanges the bytes.
+// instanttensor/pipeline/group_plan.hpp: how a group of ranks splits a plan's reads and exchanges
+// the bytes.
 //
 // The plan's extents are grouped, in order, into windows of at most `window_bytes`. A window is
 // laid out the same way in every rank's window buffer (each extent at a page-aligned offset), and
-// rank r of n reads the r-th of n equal page-aligned shares of that layout: every rank reads about
-// 1/n of every window, and each read stays aligned for O_DIRECT. Then one exchange per window
-// gives each rank the bytes it keeps (see share.hpp), by whichever moves fewer bytes:
+// rank r of n reads the r-th of n equal page-aligned segments of that layout: every rank reads
+// about 1/n of every window, and each read stays aligned for O_DIRECT. Then one exchange per
+// window gives each rank the bytes it keeps (its share, pipeline/share.hpp), by whichever moves
+// fewer bytes:
 //
-//   all_gather   every share to every rank (shares padded to equal size: n·(n-1)·S bytes)
-//   broadcasts   each share from its reader to every rank ((n-1)·L bytes, L = the window's length)
+//   all_gather   every segment to every rank (segments padded to equal size: n·(n-1)·S bytes)
+//   broadcasts   each segment from its reader to every rank ((n-1)·L bytes, L = the window's length)
 //   sends        point-to-point, exactly the bytes each rank keeps and did not read itself
 //
-// (ties go to the collective, which NCCL pipelines better). With every rank keeping everything,
-// full windows use all_gather and others broadcasts; with a selection or split tensors, sends.
-// Every rank computes its GroupPlan from the same plan, group size and share function: the same
-// windows and exchanges, with only its own sends and kept bytes stored.
+// (ties go to the collective, which NCCL pipelines better). With every rank keeping everything, a
+// window of tensor bytes alone goes by all_gather (or broadcasts, when the segments do not divide
+// it evenly); one whose reads also carry bytes nobody keeps (alignment padding, a file's header)
+// goes point-to-point when that moves fewer bytes; with a selection or split tensors, most windows
+// go point-to-point. Every rank computes its GroupPlan from the same plan, group size and share
+// function: the same windows and exchanges, with only its own sends and kept bytes stored.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
 #include <span>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
-#include "instanttensor/plan.hpp"
-#include "instanttensor/share.hpp"
+#include "instanttensor/error.hpp"
+#include "instanttensor/pipeline/plan.hpp"
+#include "instanttensor/pipeline/share.hpp"
 
 namespace instanttensor {
 
@@ -43,7 +47,7 @@ struct Transfer {
 /// What one window's exchange does; the same on every rank.
 struct WindowExchange {
     ExchangeMode mode = ExchangeMode::none;
-    std::uint64_t share = 0;               ///< S: rank r read [r·S, (r+1)·S) of the window buffer
+    std::uint64_t segment = 0;             ///< S: rank r read [r·S, (r+1)·S) of the window buffer
     std::uint64_t bytes = 0;               ///< L: the window's length
     std::span<const Transfer> transfers;   ///< broadcasts or sends, in the order both sides post them
 };
@@ -52,22 +56,23 @@ struct Window {
     std::uint32_t first_extent = 0;
     std::uint32_t extent_count = 0;
     std::uint64_t bytes = 0;  ///< L: the end of the last extent in the window buffer
-    std::uint64_t share = 0;  ///< S
+    std::uint64_t segment = 0;  ///< S: the bytes of the window buffer each rank reads
     ExchangeMode mode = ExchangeMode::none;
     std::uint32_t first_transfer = 0;
     std::uint32_t transfer_count = 0;
 };
 
-/// One read of a rank's share: `length` bytes of extent `extent` from `extent_offset` on, into the
+/// One read of a rank's segment: `length` bytes of extent `extent` from `extent_offset` on, into the
 /// window buffer at `window_offset`; the first `needed` of them must be read (the rest is
 /// alignment padding that may lie past the end of the file).
-struct ShareRead {
+struct SegmentRead {
     std::uint32_t extent = 0;
     std::uint64_t extent_offset = 0;
     std::uint64_t window_offset = 0;
     std::uint64_t length = 0;
     std::uint64_t needed = 0;
 };
+using ShareRead [[deprecated("renamed SegmentRead")]] = SegmentRead;
 
 /// The group plan of one rank. Every rank computes it from the same plan, group size and share
 /// function; the parts that drive the exchanges (windows, their modes, broadcasts) are the same on
@@ -94,21 +99,21 @@ struct GroupPlan {
     [[nodiscard]] const KeptBytes& keeps(std::uint32_t tensor) const { return kept[tensor]; }
     [[nodiscard]] WindowExchange exchange(std::size_t window) const {
         const Window& w = windows[window];
-        return {w.mode, w.share, w.bytes, std::span(transfers).subspan(w.first_transfer, w.transfer_count)};
+        return {w.mode, w.segment, w.bytes, std::span(transfers).subspan(w.first_transfer, w.transfer_count)};
     }
 
-    /// Calls read(ShareRead) for each read of `reader`'s share of window `window`, in order.
+    /// Calls read(SegmentRead) for each read of `reader`'s segment of window `window`, in order.
     template <class F>
     void for_each_read(const Plan& plan, std::size_t window, int reader, F&& read) const {
         const Window& w = windows[window];
-        const std::uint64_t begin = w.share * static_cast<std::uint64_t>(reader);
-        const std::uint64_t end = std::min(w.bytes, begin + w.share);
+        const std::uint64_t begin = w.segment * static_cast<std::uint64_t>(reader);
+        const std::uint64_t end = std::min(w.bytes, begin + w.segment);
         for (std::uint32_t x = w.first_extent; x < w.first_extent + w.extent_count; ++x) {
             const Extent& e = plan.extents[x];
             const std::uint64_t at = extent_window_offset[x];
             const std::uint64_t from = std::max(begin, at), to = std::min(end, at + e.length);
             if (from >= to || from - at >= e.needed) continue;  // not ours, or padding only
-            read(ShareRead{x, from - at, from, to - from, std::min(to - at, e.needed) - (from - at)});
+            read(SegmentRead{x, from - at, from, to - from, std::min(to - at, e.needed) - (from - at)});
         }
     }
 };
@@ -206,7 +211,7 @@ private:
 
 inline GroupPlan make_group_plan(const Plan& plan, int ranks, int rank, const ShareFunction& share, std::uint64_t window_bytes) {
     if (ranks < 1 || rank < 0 || rank >= ranks)
-        throw std::invalid_argument("make_group_plan: rank " + std::to_string(rank) + " of " + std::to_string(ranks));
+        throw usage_error("make_group_plan", "rank " + std::to_string(rank) + " of " + std::to_string(ranks));
     constexpr std::uint64_t page = 4096;
     auto align_up = [](std::uint64_t v, std::uint64_t a) { return (v + a - 1) / a * a; };
     const auto n = static_cast<std::uint64_t>(ranks);
@@ -227,7 +232,7 @@ inline GroupPlan make_group_plan(const Plan& plan, int ranks, int rank, const Sh
     for (std::uint32_t x = 0; x < plan.extents.size(); ++x) {
         const std::uint64_t length = plan.extents[x].length;
         if (length > window_bytes)
-            throw std::invalid_argument("make_group_plan: window_bytes is smaller than a read (" + std::to_string(length) + " bytes)");
+            throw usage_error("make_group_plan", "window_bytes is smaller than a read (" + std::to_string(length) + " bytes)");
         Window* w = g.windows.empty() ? nullptr : &g.windows.back();
         const std::uint64_t at = w ? align_up(w->bytes, page) : 0;
         if (w == nullptr || at + length > window_bytes) {
@@ -244,10 +249,10 @@ inline GroupPlan make_group_plan(const Plan& plan, int ranks, int rank, const Sh
     std::vector<std::vector<Transfer>> sends(n);  // per receiver, in window order
     for (std::size_t wi = 0; wi < g.windows.size(); ++wi) {
         Window& w = g.windows[wi];
-        w.share = align_up((w.bytes + n - 1) / n, page);
-        g.buffer_bytes = std::max(g.buffer_bytes, n * w.share);
+        w.segment = align_up((w.bytes + n - 1) / n, page);
+        g.buffer_bytes = std::max(g.buffer_bytes, n * w.segment);
         for (int r = 0; r < ranks; ++r)
-            g.for_each_read(plan, wi, r, [&](const ShareRead& s) { g.read_bytes[static_cast<std::size_t>(r)] += s.length; });
+            g.for_each_read(plan, wi, r, [&](const SegmentRead& s) { g.read_bytes[static_cast<std::size_t>(r)] += s.length; });
         const Extent& first = plan.extents[w.first_extent];
         const Extent& last = plan.extents[w.first_extent + w.extent_count - 1];
         keeps.cover(plan.pieces[first.first_piece].tensor, plan.pieces[last.first_piece + last.piece_count - 1].tensor);
@@ -268,9 +273,9 @@ inline GroupPlan make_group_plan(const Plan& plan, int ranks, int rank, const Sh
                         if (!k.kept || from >= to) continue;
                         std::uint64_t at = g.extent_window_offset[x] + piece.extent_offset + (from - piece.tensor_offset);
                         const std::uint64_t stop = at + (to - from);
-                        while (at < stop) {  // split where the readers' shares meet
-                            const auto reader = static_cast<int>(at / w.share);
-                            const std::uint64_t until = std::min(stop, (at / w.share + 1) * w.share);
+                        while (at < stop) {  // split where the readers' segments meet
+                            const auto reader = static_cast<int>(at / w.segment);
+                            const std::uint64_t until = std::min(stop, (at / w.segment + 1) * w.segment);
                             if (reader != r) {
                                 if (!to_r.empty() && to_r.back().from == reader && to_r.back().offset + to_r.back().length == at)
                                     to_r.back().length += until - at;
@@ -293,23 +298,23 @@ inline GroupPlan make_group_plan(const Plan& plan, int ranks, int rank, const Sh
                 send_bytes += plan.pieces[p].length;
             send_bytes *= n - 1;
         }
-        digest.mix(w.extent_count), digest.mix(w.bytes), digest.mix(w.share);
+        digest.mix(w.extent_count), digest.mix(w.bytes), digest.mix(w.segment);
         if (send_bytes == 0) {
             digest.mix(static_cast<std::uint64_t>(w.mode));
             continue;
         }
 
-        const std::uint64_t gather_bytes = n * (n - 1) * w.share;
+        const std::uint64_t gather_bytes = n * (n - 1) * w.segment;
         const std::uint64_t broadcast_bytes = (n - 1) * w.bytes;
         w.first_transfer = static_cast<std::uint32_t>(g.transfers.size());
         if (gather_bytes <= broadcast_bytes && gather_bytes <= send_bytes) {
             w.mode = ExchangeMode::all_gather;
-            for (auto& received : g.received_bytes) received += (n - 1) * w.share;
+            for (auto& received : g.received_bytes) received += (n - 1) * w.segment;
         } else if (broadcast_bytes <= send_bytes) {
             w.mode = ExchangeMode::broadcasts;
-            for (int r = 0; r < ranks; ++r) {  // each rank receives the window less its own share
-                const std::uint64_t begin = std::min(w.bytes, w.share * static_cast<std::uint64_t>(r));
-                const std::uint64_t length = std::min(w.share, w.bytes - begin);
+            for (int r = 0; r < ranks; ++r) {  // each rank receives the window less its own segment
+                const std::uint64_t begin = std::min(w.bytes, w.segment * static_cast<std::uint64_t>(r));
+                const std::uint64_t length = std::min(w.segment, w.bytes - begin);
                 g.received_bytes[static_cast<std::size_t>(r)] += w.bytes - length;
                 if (length == 0) continue;
                 g.transfers.push_back({r, Transfer::everyone, begin, length});

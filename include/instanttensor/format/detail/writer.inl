@@ -1,4 +1,5 @@
-// instanttensor/format/detail/writer_impl.hpp: the code behind format/writer.hpp. Not part of the API.
+// instanttensor/format/detail/writer.inl: the code behind format/writer.hpp, which includes this
+// file at its end (not to be included on its own).
 #pragma once
 
 #include <fcntl.h>
@@ -13,7 +14,6 @@
 #include "instanttensor/detail/fd.hpp"
 #include "instanttensor/detail/utf8.hpp"
 #include "instanttensor/error.hpp"
-#include "instanttensor/format/writer.hpp"
 
 namespace instanttensor::format {
 namespace detail {

@@ -1,0 +1,39 @@
+// instanttensor/io.hpp: what every storage backend speaks: where memory lives, one read and what
+// became of it, and how the page cache is treated. It depends on nothing else of the library, so a
+// storage backend depends on no planner.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace instanttensor {
+
+/// Where a piece of memory lives.
+enum class MemoryKind { host, device };
+
+/// One read a storage backend performs: `length` bytes of file `file` at `offset` into `destination`.
+/// For a file the backend opened with O_DIRECT, offset, length and destination are multiples of
+/// `alignment(file)`.
+struct ReadRequest {
+    std::uint32_t file = 0;
+    std::uint64_t offset = 0;
+    std::uint64_t length = 0;
+    std::byte* destination = nullptr;
+    std::uint64_t tag = 0;  ///< returned unchanged in the ReadResult
+};
+
+/// What became of a ReadRequest: bytes read (fewer than asked is a short read; 0 is end of file),
+/// or a negative errno. Retrying and continuing is the pipeline's job, not the backend's.
+struct ReadResult {
+    std::uint64_t tag = 0;
+    std::int64_t result = 0;
+};
+
+/// How a backend is asked to treat the page cache.
+enum class DirectIo {
+    automatic,  ///< O_DIRECT for files mostly not in the page cache, buffered for resident ones
+    on,         ///< O_DIRECT wherever the filesystem accepts it
+    off,        ///< always buffered
+};
+
+}  // namespace instanttensor

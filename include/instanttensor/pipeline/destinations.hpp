@@ -1,0 +1,96 @@
+// instanttensor/pipeline/destinations.hpp: where each planned tensor lands, and when it is complete.
+//
+// Per tensor of the plan: the destination its sink reserved (in tensor order, as sinks require,
+// and only once the pipeline is about to read into it), the pieces still to land there, and, with
+// a sink that copies asynchronously, the copy ticket of its last piece. A tensor is complete once
+// no piece is left and that ticket's copies ran. A group load lands only the bytes this rank keeps
+// (its KeptBytes); a single load keeps every tensor whole.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "instanttensor/concepts.hpp"
+#include "instanttensor/pipeline/plan.hpp"
+#include "instanttensor/pipeline/share.hpp"
+
+namespace instanttensor::pipeline {
+
+template <Sink Sk>
+class Destinations {
+public:
+    static constexpr bool asynchronous = CopiesAsynchronously<Sk>;
+    static constexpr std::uint64_t no_ticket = UINT64_MAX;
+
+    Destinations() = default;
+    /// `kept`: per planned tensor, what this rank keeps of it (empty: every tensor whole).
+    Destinations(Sk& sink, const Plan& plan, std::span<const KeptBytes> kept = {})
+        : sink_(&sink), plan_(&plan), kept_(kept), spans_(plan.tensors.size()), remaining_(plan.tensors.size(), 0),
+          reserved_(plan.tensors.size(), false) {
+        for (const Piece& p : plan.pieces)
+            if (lands_here(p)) ++remaining_[p.tensor];
+        if constexpr (asynchronous) tickets_.assign(plan.tensors.size(), no_ticket);
+    }
+
+    /// Whether tensor `t` (an index into Plan::tensors) is yielded here.
+    [[nodiscard]] bool yields(std::uint32_t t) const { return kept_.empty() || kept_[t].kept; }
+    /// The bytes of tensor `t` that land here, and the rows they are.
+    [[nodiscard]] KeptBytes kept(std::uint32_t t) const {
+        return kept_.empty() ? kept_bytes(*plan_->tensors[t].ref, Share::whole()) : kept_[t];
+    }
+    /// Whether any bytes of `piece` land here.
+    [[nodiscard]] bool lands_here(const Piece& piece) const {
+        if (kept_.empty()) return true;
+        const KeptBytes& k = kept_[piece.tensor];
+        return k.kept && k.begin < k.end && piece.tensor_offset < k.end && piece.tensor_offset + piece.length > k.begin;
+    }
+    /// Where tensor `t`'s kept bytes go (empty until reserved, and for a tensor without bytes here).
+    [[nodiscard]] std::span<std::byte> at(std::uint32_t t) const { return spans_[t]; }
+
+    /// Reserves destinations for every tensor up to `last`, in order; false while the sink is full
+    /// (the consumer must move on first).
+    bool reserve_through(std::uint32_t last) {
+        for (; next_ <= last; ++next_) {
+            if (!yields(next_)) continue;
+            const std::uint64_t bytes = kept(next_).size();
+            if (bytes == 0) continue;
+            const std::span<std::byte> destination = sink_->reserve(*plan_->tensors[next_].ref, bytes);
+            if (destination.empty()) return false;
+            spans_[next_] = destination;
+            reserved_[next_] = true;
+        }
+        return true;
+    }
+
+    /// One piece of tensor `t` was stored (its copy perhaps only queued: see copies_issued).
+    void piece_stored(std::uint32_t t) { --remaining_[t]; }
+    /// The copies of tensor `t`'s pieces stored so far run under `ticket` (asynchronous sinks).
+    void copies_issued(std::uint32_t t, std::uint64_t ticket) {
+        if constexpr (asynchronous) tickets_[t] = ticket;
+    }
+
+    /// Whether every byte of tensor `t` is in its destination.
+    [[nodiscard]] bool complete(std::uint32_t t) {
+        if (remaining_[t] != 0) return false;
+        if constexpr (asynchronous) return tickets_[t] == no_ticket || sink_->copies_done(tickets_[t]);
+        else return true;
+    }
+
+    /// The consumer moved past tensor `t`: the sink may reuse its destination.
+    void release(std::uint32_t t) {
+        if (reserved_[t]) sink_->release(*plan_->tensors[t].ref);
+    }
+
+private:
+    Sk* sink_ = nullptr;
+    const Plan* plan_ = nullptr;
+    std::span<const KeptBytes> kept_;
+    std::vector<std::span<std::byte>> spans_;
+    std::vector<std::uint32_t> remaining_;  // pieces still to be stored
+    std::vector<bool> reserved_;            // whether the sink holds a destination
+    std::vector<std::uint64_t> tickets_;    // copy ticket of each tensor's last piece (asynchronous sinks)
+    std::uint32_t next_ = 0;                // tensors below it were reserved (or need nothing)
+};
+
+}  // namespace instanttensor::pipeline

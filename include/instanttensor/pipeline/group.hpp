@@ -1,0 +1,374 @@
+// instanttensor/pipeline/group.hpp: a load by one rank of a group (a GroupTransport such as
+// transport::nccl).
+//
+// Windows of the plan (pipeline/group_plan.hpp) move through four stages, each window in a buffer
+// of its own: this rank reads its segment (through pinned staging and an upload when the transport
+// exchanges device memory while the storage reads host memory), the transport exchanges the
+// window (the same exchanges in the same order on every rank), the bytes this rank keeps land in
+// its sink, and the buffer takes the next window once the sink's copies out of it ran. pump()
+// polls every stage in turn, so the stages of successive windows overlap. A rank that keeps nothing
+// more still takes part in every exchange: finish() does that.
+//
+// Every rank checks first that all planned the same load (a digest of the group plan, gathered);
+// a rank that fails, or whose loader is made or dropped before the end, abandons the group so
+// that its peers fail instead of waiting for it.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <deque>
+#include <optional>
+#include <string>
+#include <thread>
+#include <type_traits>
+#include <variant>
+#include <vector>
+
+#include "instanttensor/concepts.hpp"
+#include "instanttensor/config.hpp"
+#include "instanttensor/error.hpp"
+#include "instanttensor/format/checkpoint.hpp"
+#include "instanttensor/pipeline/destinations.hpp"
+#include "instanttensor/pipeline/group_plan.hpp"
+#include "instanttensor/pipeline/open.hpp"
+#include "instanttensor/pipeline/options.hpp"
+#include "instanttensor/pipeline/plan.hpp"
+#include "instanttensor/pipeline/read_queue.hpp"
+#include "instanttensor/pipeline/staging.hpp"
+#if INSTANTTENSOR_HAS_CUDA
+#include "instanttensor/detail/cuda.hpp"
+#include "instanttensor/detail/device_copier.hpp"
+#endif
+
+namespace instanttensor::pipeline {
+
+namespace detail {
+/// What uploads reads from pinned staging into device window buffers.
+template <bool uploads>
+struct uploader_of {
+    using type = std::monostate;
+};
+#if INSTANTTENSOR_HAS_CUDA
+template <>
+struct uploader_of<true> {
+    using type = std::optional<instanttensor::detail::DeviceCopier>;
+};
+#endif
+}  // namespace detail
+
+template <StorageBackend Storage, GroupTransport Tr, Sink Sk>
+    requires ReadsIntoSinkMemory<Storage, Sk> && TransportFitsSink<Tr, Sk>
+class Group {
+    static constexpr bool asynchronous = CopiesAsynchronously<Sk>;
+    static_assert(Storage::destination == MemoryKind::host || Tr::memory == MemoryKind::device,
+                  "a storage that reads device memory needs a transport that exchanges device memory");
+    // A storage that reads host memory for a transport that exchanges device memory reads into
+    // pinned staging slots and uploads each read into the window buffer.
+    static constexpr bool uploads = Storage::destination != Tr::memory;
+    using WindowMemory = Buffer<Tr::memory>;
+    using StagingMemory = Buffer<MemoryKind::host, uploads>;
+    using Uploader = typename detail::uploader_of<uploads>::type;
+
+    /// What becomes of a read once complete: the window it belongs to, and with uploads the slot it
+    /// was read into and where in the window buffer it goes.
+    struct Job {
+        std::uint32_t window = 0;
+        std::uint32_t slot = 0;
+        std::byte* upload_to = nullptr;
+    };
+    using Read = typename ReadQueue<Storage, Job>::Read;
+
+    /// Reads in flight when they land in the window buffers themselves.
+    static constexpr std::size_t max_window_reads = 64;
+    static constexpr std::uint64_t no_ticket = UINT64_MAX;
+
+public:
+    /// Opens the files, plans the load and checks that every rank planned the same, then allocates
+    /// the window buffers, staging and the sink's memory. A rank that cannot make its loader
+    /// abandons the group, as it would mid-load.
+    Group(const format::Checkpoint& checkpoint, Storage storage, Tr transport, Sk sink, LoadOptions options)
+        : checkpoint_(checkpoint), options_(std::move(options)), sink_(std::move(sink)), storage_(std::move(storage)),
+          transport_(std::move(transport)) {
+        try {
+            prepare();
+        } catch (...) {
+            transport_.abandon();  // the peers must not wait for this rank
+            throw;
+        }
+    }
+
+    Group(const Group&) = delete;
+    Group& operator=(const Group&) = delete;
+
+    /// A load stopped early (an error, or the loader dropped before the end) lets the peers know,
+    /// so that they fail instead of waiting for this rank.
+    ~Group() {
+        if (!finished()) transport_.abandon();
+    }
+
+    [[nodiscard]] const Plan& plan() const noexcept { return plan_; }
+    [[nodiscard]] const GroupPlan& group_plan() const noexcept { return group_; }
+    [[nodiscard]] const Storage& storage() const noexcept { return storage_; }
+    [[nodiscard]] const Sk& sink() const noexcept { return sink_; }
+    [[nodiscard]] const LoadStats& stats() const noexcept { return stats_; }
+    [[nodiscard]] LoadStats& stats() noexcept { return stats_; }
+    [[nodiscard]] const Destinations<Sk>& destinations() const noexcept { return destinations_; }
+
+    /// Runs until every byte of tensor `t` this rank keeps is in its destination.
+    void load(std::uint32_t t) {
+        pump([this, t] { return destinations_.complete(t); });
+    }
+    /// Takes part in every exchange left, then returns (the last tensor was yielded).
+    void finish() {
+        pump([this] { return finished(); });
+    }
+    /// The consumer moved past tensor `t`.
+    void release(std::uint32_t t) { destinations_.release(t); }
+
+private:
+    /// A window between the start of its reads and the end of the copies out of its buffer.
+    struct ActiveWindow {
+        std::uint32_t index = 0;
+        std::byte* buffer = nullptr;
+        std::vector<SegmentRead> reads;  // this rank's segment
+        std::size_t next_read = 0;       // reads[next_read..] are not submitted yet
+        std::size_t reads_left = 0;      // reads not complete yet
+        std::uint64_t last_upload = no_ticket;
+        bool exchange_started = false;
+        bool exchange_done = false;
+        std::uint64_t exchange_ticket = 0;
+        std::uint32_t next_extent = 0;  // landing cursor: the extent holding next_piece
+        std::uint32_t next_piece = 0;   // landing cursor into Plan::pieces
+        bool landed = false;
+        std::uint64_t copy_ticket = no_ticket;
+    };
+
+    void prepare() {
+        const int rank = transport_.rank(), ranks = transport_.size();
+        if (ranks < 1 || rank < 0 || rank >= ranks)
+            throw usage_error("transport", "rank " + std::to_string(rank) + " of " + std::to_string(ranks));
+        if (options_.windows < 2 || options_.windows > 16) throw usage_error("loader", "LoadOptions::windows must be 2 to 16");
+        plan_ = open_and_plan(checkpoint_, storage_, options_);
+        group_ = make_group_plan(plan_, ranks, rank, options_.share, std::max(options_.window_bytes, options_.slot_bytes));
+        agree();
+        stats_.received_bytes = group_.received_bytes[static_cast<std::size_t>(rank)];
+
+        const std::uint64_t buffers = std::min<std::uint64_t>(options_.windows, std::max<std::size_t>(group_.windows.size(), 1));
+        window_buffers_ = allocate<WindowMemory>(buffers * group_.buffer_bytes, device(),
+                                                 "the group's window buffers (LoadOptions::window_bytes, windows)");
+        for (std::uint64_t b = buffers; b-- > 0;) free_buffers_.push_back(window_buffers_.data() + b * group_.buffer_bytes);
+        stats_.window_memory = window_buffers_.size();
+        std::uint64_t slots = 0;
+        if constexpr (uploads) {
+            slots = staging_slots(plan_, options_);
+            staging_ = Staging<StagingMemory>(allocate<StagingMemory>(slots * options_.slot_bytes, device(), ""), options_.slot_bytes);
+            stats_.staging_bytes = staging_.memory().size();
+            uploader_.emplace(device(), nullptr, 2);
+            uploader_->prepare_copies(slots);
+        }
+        if constexpr (requires { storage_.register_memory(staging_.memory()); })
+            storage_.register_memory(uploads ? staging_.memory() : window_buffers_.span());
+
+        sink_.prepare(plan_);
+        if constexpr (asynchronous) sink_.prepare_copies(std::max<std::uint64_t>(slots, 2 * options_.windows));
+        destinations_ = Destinations<Sk>(sink_, plan_, group_.kept);
+        reads_ = ReadQueue<Storage, Job>(storage_, checkpoint_, stats_, uploads ? slots : max_window_reads);
+    }
+
+    /// Ranks that planned different loads would wait on each other's exchanges forever: every rank
+    /// gathers every rank's plan digest and refuses to go on when one differs.
+    void agree() {
+        const std::vector<std::uint64_t> digests = transport_.gather(group_.digest);
+        for (std::size_t r = 0; r < digests.size(); ++r)
+            if (digests[r] != digests[0])
+                throw usage_error("group", "rank " + std::to_string(r) + " planned a different load than rank 0: every rank must load "
+                                           "the same checkpoint with the same filter, slot_bytes, window_bytes and share function");
+    }
+
+    /// The GPU of the window buffers and uploads (0 for a transport that exchanges host memory).
+    int device() const {
+        if constexpr (Tr::memory == MemoryKind::device) return transport_.device();
+        else return 0;
+    }
+
+    /// Drives the group pipeline until `done()`. It polls: reads, uploads, exchanges and copies
+    /// each complete on their own, and the loop keeps every stage fed; it sleeps in the kernel only
+    /// when reads are all that is in flight.
+    template <class Done>
+    void pump(Done done) {
+        for (;;) {
+            bool moved = reclaim();
+            moved |= start_windows();
+            moved |= submit_reads();
+            moved |= start_exchanges();
+            moved |= land_windows();
+            if (done()) return;
+            // Besides reads: uploads, or windows past their reads (waiting on their exchange, the
+            // sink's room or its copies), which complete without the kernel telling us.
+            const bool others_pending = staging_.copying() || std::any_of(active_.begin(), active_.end(), [](const ActiveWindow& w) {
+                return w.exchange_started;
+            });
+            if (reads_.in_flight() > 0) {
+                const std::size_t n = reads_.reap(!moved && !others_pending, [this](const Read& r) { read_done(r); });
+                moved |= n > 0;
+            }
+            if (!moved) {
+                if (reads_.in_flight() == 0 && !others_pending)
+                    throw usage_error("loader", "a group load stalled: the sink has no room although the consumer holds "
+                                                "no tensor (its reserve() refuses a ring of plan().ring_needed() bytes)");
+                std::this_thread::yield();
+            }
+        }
+    }
+
+    bool finished() const { return next_window_ == group_.windows.size() && active_.empty(); }
+
+    /// Starts windows while window buffers are free.
+    bool start_windows() {
+        bool moved = false;
+        while (next_window_ < group_.windows.size() && !free_buffers_.empty()) {
+            ActiveWindow w;
+            w.index = next_window_++;
+            w.buffer = free_buffers_.back();
+            free_buffers_.pop_back();
+            group_.for_each_read(plan_, w.index, transport_.rank(), [&](const SegmentRead& r) { w.reads.push_back(r); });
+            w.reads_left = w.reads.size();
+            w.next_extent = group_.windows[w.index].first_extent;
+            w.next_piece = plan_.extents[w.next_extent].first_piece;
+            active_.push_back(std::move(w));
+            moved = true;
+        }
+        return moved;
+    }
+
+    /// Submits this rank's reads of the started windows, oldest window first.
+    bool submit_reads() {
+        bool moved = false;
+        for (ActiveWindow& w : active_) {
+            while (w.next_read < w.reads.size() && !reads_.full()) {
+                if (uploads && !staging_.has_free()) return moved;
+                const SegmentRead& s = w.reads[w.next_read++];
+                const Extent& e = plan_.extents[s.extent];
+                Read r{e.file, e.offset + s.extent_offset, s.length, s.needed, w.buffer + s.window_offset, {w.index, 0, nullptr}};
+                if constexpr (uploads) {
+                    r.job.slot = staging_.take();
+                    r.job.upload_to = r.buffer;
+                    r.buffer = staging_.slot(r.job.slot);
+                }
+                reads_.submit(r);
+                moved = true;
+            }
+        }
+        return moved;
+    }
+
+    /// A segment read is complete: upload it from its staging slot, if it went through one.
+    void read_done(const Read& r) {
+        ActiveWindow& w = active_[r.job.window - active_.front().index];
+        if constexpr (uploads) {
+            uploader_->store(r.job.upload_to, r.buffer, r.length);
+            w.last_upload = uploader_->extent_stored();
+            staging_.free_after(r.job.slot, w.last_upload);
+        }
+        --w.reads_left;
+    }
+
+    /// Frees the staging slots whose uploads ran, and the window buffers whose bytes all landed.
+    bool reclaim() {
+        bool moved = false;
+        if constexpr (uploads) moved = staging_.reclaim([this](std::uint64_t ticket) { return uploader_->copies_done(ticket); });
+        while (!active_.empty() && active_.front().landed) {
+            ActiveWindow& w = active_.front();
+            if constexpr (asynchronous)
+                if (w.copy_ticket != no_ticket && !sink_.copies_done(w.copy_ticket)) break;
+            free_buffers_.push_back(w.buffer);
+            active_.pop_front();
+            moved = true;
+        }
+        return moved;
+    }
+
+    bool uploaded(const ActiveWindow& w) {
+        if constexpr (uploads) return w.last_upload == no_ticket || uploader_->copies_done(w.last_upload);
+        else return true;
+    }
+
+    /// Starts the exchanges of windows whose segment is read, in window order on every rank.
+    bool start_exchanges() {
+        bool moved = false;
+        for (ActiveWindow& w : active_) {
+            if (w.exchange_started) continue;
+            if (w.reads_left > 0 || !uploaded(w)) break;
+            w.exchange_ticket = transport_.exchange(w.buffer, group_.exchange(w.index));
+            w.exchange_started = moved = true;
+        }
+        return moved;
+    }
+
+    /// Lands the kept bytes of exchanged windows into the sink, oldest first, as far as it has room.
+    bool land_windows() {
+        bool moved = false;
+        for (ActiveWindow& w : active_) {
+            if (w.landed) continue;
+            if (!w.exchange_started) break;
+            if (!w.exchange_done) {
+                if (!transport_.exchange_done(w.exchange_ticket)) break;
+                w.exchange_done = moved = true;
+            }
+            const Window& window = group_.windows[w.index];
+            const Extent& last = plan_.extents[window.first_extent + window.extent_count - 1];
+            const std::uint32_t end_piece = last.first_piece + last.piece_count;
+            const std::uint32_t from_piece = w.next_piece;
+            bool stored = false;
+            for (; w.next_piece < end_piece; ++w.next_piece) {
+                const Piece& piece = plan_.pieces[w.next_piece];
+                while (w.next_piece >= plan_.extents[w.next_extent].first_piece + plan_.extents[w.next_extent].piece_count)
+                    ++w.next_extent;
+                if (!destinations_.lands_here(piece)) continue;
+                if (!destinations_.reserve_through(piece.tensor)) break;
+                const KeptBytes& k = group_.keeps(piece.tensor);
+                const std::uint64_t begin = std::max(k.begin, piece.tensor_offset);
+                const std::uint64_t end = std::min(k.end, piece.tensor_offset + piece.length);
+                const std::byte* source =
+                    w.buffer + group_.extent_window_offset[w.next_extent] + piece.extent_offset + (begin - piece.tensor_offset);
+                sink_.store(destinations_.at(piece.tensor).data() + (begin - k.begin), source, end - begin);
+                destinations_.piece_stored(piece.tensor);
+                stored = moved = true;
+            }
+            if constexpr (asynchronous) {
+                if (stored) {
+                    const std::uint64_t ticket = sink_.extent_stored();
+                    for (std::uint32_t p = from_piece; p < w.next_piece; ++p) destinations_.copies_issued(plan_.pieces[p].tensor, ticket);
+                    w.copy_ticket = ticket;
+                }
+            }
+            if (w.next_piece < end_piece) break;  // the sink is full until the consumer moves on
+            w.landed = moved = true;
+        }
+        return moved;
+    }
+
+    const format::Checkpoint& checkpoint_;
+    LoadOptions options_;
+    LoadStats stats_;
+    // Declared in this order so that they are destroyed transport first, then the uploader (copies
+    // from staging into the window buffers), the storage (its destructor waits for the reads still
+    // in flight, which write into staging or the window buffers), then the sink, whose destructor
+    // waits for its copies out of the window buffers. The transport stops touching the window
+    // buffers in ~Group(), before any of them: abandon() returns once nothing does.
+    Staging<StagingMemory> staging_;
+    WindowMemory window_buffers_;
+    Sk sink_;
+    Storage storage_;
+    Uploader uploader_;
+    Tr transport_;
+    Plan plan_;
+    GroupPlan group_;
+    Destinations<Sk> destinations_;
+    ReadQueue<Storage, Job> reads_;
+    std::deque<ActiveWindow> active_;  // in window order
+    std::vector<std::byte*> free_buffers_;
+    std::uint32_t next_window_ = 0;
+};
+
+}  // namespace instanttensor::pipeline

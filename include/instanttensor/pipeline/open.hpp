@@ -1,0 +1,41 @@
+// instanttensor/pipeline/open.hpp: how every load starts: the files opened, the reads planned
+// for the storage's alignment, the staging sized.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "instanttensor/concepts.hpp"
+#include "instanttensor/detail/aligned.hpp"
+#include "instanttensor/error.hpp"
+#include "instanttensor/format/checkpoint.hpp"
+#include "instanttensor/pipeline/options.hpp"
+#include "instanttensor/pipeline/plan.hpp"
+
+namespace instanttensor::pipeline {
+
+/// The smallest slot: three pages (make_plan needs reads of at least three times the largest
+/// alignment, so that each one gets well past its aligned head).
+inline constexpr std::uint64_t min_slot_bytes = 3 * instanttensor::detail::page_alignment;
+
+/// Opens the checkpoint's files with `storage` and plans the selected tensors, in reads of at most
+/// one slot aligned as the storage requires for each file.
+template <StorageBackend Storage>
+Plan open_and_plan(const format::Checkpoint& checkpoint, Storage& storage, const LoadOptions& options) {
+    if (options.slot_bytes < min_slot_bytes || options.slot_bytes % instanttensor::detail::page_alignment != 0)
+        throw usage_error("loader", "slot_bytes must be a multiple of 4096 and at least 12288");
+    storage.open(checkpoint);
+    std::vector<std::uint64_t> alignment(checkpoint.files().size());
+    for (std::uint32_t f = 0; f < alignment.size(); ++f) alignment[f] = storage.alignment(f);
+    return make_plan(checkpoint, options.filter, alignment, options.slot_bytes);
+}
+
+/// Staging slots for a plan: what the staging size holds, at least two (a read and a copy
+/// overlap), at most one per extent.
+inline std::uint64_t staging_slots(const Plan& plan, const LoadOptions& options) {
+    return std::clamp<std::uint64_t>(options.staging_bytes / options.slot_bytes, 2,
+                                     std::max<std::uint64_t>(2, plan.extents.size()));
+}
+
+}  // namespace instanttensor::pipeline

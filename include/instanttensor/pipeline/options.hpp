@@ -1,0 +1,39 @@
+// instanttensor/pipeline/options.hpp: what a load is asked to do (LoadOptions) and what it did
+// (LoadStats). Both pipelines read the one and fill the other; the Loader hands them to the caller.
+#pragma once
+
+#include <cstdint>
+
+#include "instanttensor/pipeline/plan.hpp"
+#include "instanttensor/pipeline/share.hpp"
+
+namespace instanttensor {
+
+/// Knobs of a load. The defaults were measured best for loading to an H100 from the page cache
+/// (docs/benchmarks.md): 32 slots of 4 MiB. Larger staging was slower there, not faster: a slot
+/// that the kernel just filled is still in the CPU caches when the copy engine reads it.
+struct LoadOptions {
+    TensorFilter filter;                        ///< tensors to load; empty = all
+    std::uint64_t staging_bytes = 128ull << 20; ///< total staging memory: whole slots, two at least
+    std::uint64_t slot_bytes = 4ull << 20;      ///< one slot = the largest single read
+
+    // Group loads only (a GroupTransport); every rank must pass the same values.
+    ShareFunction share;                        ///< what each rank keeps (pipeline/share.hpp); empty = everything
+    std::uint64_t window_bytes = 128ull << 20;  ///< bytes the group reads, then exchanges, at a time
+    unsigned windows = 3;                       ///< window buffers: reading, exchanging, landing overlap
+};
+
+/// What a load did, for reports.
+struct LoadStats {
+    std::uint64_t tensors = 0;        ///< tensors yielded so far
+    std::uint64_t tensor_bytes = 0;   ///< their bytes
+    std::uint64_t read_bytes = 0;     ///< bytes read from storage (alignment included)
+    std::uint64_t reads = 0;          ///< read requests submitted (continuations included)
+    std::uint64_t retries = 0;        ///< EINTR/EAGAIN retries and short-read continuations
+    std::uint64_t staging_bytes = 0;  ///< staging memory allocated
+    std::uint64_t received_bytes = 0; ///< group loads: bytes this rank receives from the others (whole load)
+    std::uint64_t window_memory = 0;  ///< group loads: bytes of the window buffers (transport's memory)
+    double seconds = 0;               ///< from begin() to the last tensor
+};
+
+}  // namespace instanttensor

@@ -1,0 +1,180 @@
+// instanttensor/pipeline/single.hpp: a load by one process alone (transport::single).
+//
+// Each extent of the plan is read into a free staging slot (or, when that costs no copy, straight
+// into its tensor's destination); then its pieces are stored to their tensors' destinations and
+// the slot is freed: at once for a synchronous sink, once the sink says its copies out of the slot
+// ran for one that copies asynchronously (a device sink). Reads run ahead of the consumer as far
+// as staging and the sink's ring allow. Everything runs in the caller's thread, in load().
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <thread>
+
+#include "instanttensor/concepts.hpp"
+#include "instanttensor/error.hpp"
+#include "instanttensor/format/checkpoint.hpp"
+#include "instanttensor/pipeline/destinations.hpp"
+#include "instanttensor/pipeline/open.hpp"
+#include "instanttensor/pipeline/options.hpp"
+#include "instanttensor/pipeline/plan.hpp"
+#include "instanttensor/pipeline/read_queue.hpp"
+#include "instanttensor/pipeline/staging.hpp"
+
+namespace instanttensor::pipeline {
+
+template <StorageBackend Storage, Sink Sk>
+    requires ReadsIntoSinkMemory<Storage, Sk>
+class Single {
+    static constexpr bool asynchronous = CopiesAsynchronously<Sk>;
+    // Reads land in device staging for a storage that writes there (GDS); a device sink's copy
+    // engine reads pinned host memory.
+    using Memory = Buffer<Storage::destination, Storage::destination == MemoryKind::host && Sk::memory == MemoryKind::device>;
+
+    /// What becomes of a read once complete: the extent it brings, and the slot it uses.
+    struct Job {
+        std::uint32_t extent = 0;
+        std::uint32_t slot = 0;
+    };
+    using Read = typename ReadQueue<Storage, Job>::Read;
+
+public:
+    /// Opens the files, plans the selected tensors and allocates staging and the sink's memory.
+    /// `transport` must be a group of one: a transport of several ranks needs a GroupTransport.
+    template <Transport Tr>
+    Single(const format::Checkpoint& checkpoint, Storage storage, const Tr& transport, Sk sink, LoadOptions options)
+        : checkpoint_(checkpoint), options_(std::move(options)), sink_(std::move(sink)), storage_(std::move(storage)) {
+        if (transport.size() != 1)
+            throw usage_error("loader", "a transport of " + std::to_string(transport.size()) +
+                                            " ranks must exchange bytes (model GroupTransport, as transport::nccl does)");
+        if (options_.share)
+            throw usage_error("loader", "LoadOptions::share splits tensors across a group: it needs a GroupTransport "
+                                        "(for one rank, select tensors with LoadOptions::filter)");
+        plan_ = open_and_plan(checkpoint_, storage_, options_);
+        const std::uint64_t slots = staging_slots(plan_, options_);
+        int device = 0;
+        if constexpr (Storage::destination == MemoryKind::device) device = storage_.device();
+        staging_ = Staging<Memory>(allocate<Memory>(slots * options_.slot_bytes, device, "the staging size (staging_bytes, --staging-mib)"),
+                                   options_.slot_bytes);
+        if constexpr (requires { storage_.register_memory(staging_.memory()); }) storage_.register_memory(staging_.memory());
+        stats_.staging_bytes = staging_.memory().size();
+        sink_.prepare(plan_);
+        if constexpr (asynchronous) sink_.prepare_copies(slots);
+        destinations_ = Destinations<Sk>(sink_, plan_);
+        reads_ = ReadQueue<Storage, Job>(storage_, checkpoint_, stats_, slots);
+    }
+
+    Single(const Single&) = delete;
+    Single& operator=(const Single&) = delete;
+
+    [[nodiscard]] const Plan& plan() const noexcept { return plan_; }
+    [[nodiscard]] const Storage& storage() const noexcept { return storage_; }
+    [[nodiscard]] const Sk& sink() const noexcept { return sink_; }
+    [[nodiscard]] const LoadStats& stats() const noexcept { return stats_; }
+    [[nodiscard]] LoadStats& stats() noexcept { return stats_; }
+    [[nodiscard]] const Destinations<Sk>& destinations() const noexcept { return destinations_; }
+
+    /// Runs until every byte of tensor `t` is in its destination. While a device sink's copies
+    /// run, the loop polls (reaping reads without blocking, so that slots keep cycling and reads
+    /// stay in flight) instead of sleeping in the kernel or on an event, which would let the read
+    /// queue or the copy engine run dry; with nothing but copies left it blocks on the oldest.
+    void load(std::uint32_t t) {
+        for (;;) {
+            reclaim_slots();
+            submit_reads();
+            if (destinations_.complete(t)) return;
+            const bool watching_copies = asynchronous && staging_.copying();
+            if (reads_.in_flight() > 0) {
+                if (reads_.reap(!watching_copies, [this](const Read& r) { land(r); }) == 0) std::this_thread::yield();
+            } else if (watching_copies) {
+                wait_oldest_copies();
+            } else {
+                throw usage_error("loader", "the sink has no room for tensor '" + plan_.tensors[t].ref->name() +
+                                                "' although the consumer holds none: its reserve() refuses a ring of "
+                                                "plan().ring_needed() bytes");
+            }
+        }
+    }
+
+    /// Every tensor was yielded: a single load has nothing left to do.
+    void finish() {}
+
+    /// The consumer moved past tensor `t`.
+    void release(std::uint32_t t) { destinations_.release(t); }
+
+private:
+    /// Starts reads while staging slots, the queue and the sink's room allow.
+    void submit_reads() {
+        while (next_extent_ < plan_.extents.size() && staging_.has_free() && !reads_.full()) {
+            const Extent& e = plan_.extents[next_extent_];
+            const std::uint32_t last_tensor = plan_.pieces[e.first_piece + e.piece_count - 1].tensor;
+            if (!destinations_.reserve_through(last_tensor)) return;  // the sink is full until the consumer moves on
+            const std::uint32_t slot = staging_.take();
+            reads_.submit({e.file, e.offset, e.length, e.needed, read_buffer(e, slot), {next_extent_, slot}});
+            ++next_extent_;
+        }
+    }
+
+    /// Where extent `e` is read. Straight into its tensor's destination when the storage writes the
+    /// sink's kind of memory, the file is read buffered (O_DIRECT would need the destination
+    /// aligned) and the extent is exactly one piece (no alignment head or tail, no other tensor):
+    /// a tensor larger than a slot then costs no second copy. Else into the slot.
+    std::byte* read_buffer(const Extent& e, std::uint32_t slot) {
+        const Piece& first = plan_.pieces[e.first_piece];
+        if (Storage::destination == Sk::memory && storage_.alignment(e.file) == 1 && e.piece_count == 1 &&
+            first.extent_offset == 0 && e.length == first.length)
+            return destinations_.at(first.tensor).data() + first.tensor_offset;
+        return staging_.slot(slot);
+    }
+
+    /// Stores the pieces of a complete read to their tensors (unless it was read in place) and
+    /// frees its slot, once the copies ran for an asynchronous sink.
+    void land(const Read& read) {
+        const Extent& e = plan_.extents[read.job.extent];
+        const std::byte* staged = staging_.slot(read.job.slot);
+        const bool in_place = read.buffer != staged;
+        for (std::uint32_t p = e.first_piece; p < e.first_piece + e.piece_count; ++p) {
+            const Piece& piece = plan_.pieces[p];
+            if (!in_place)
+                sink_.store(destinations_.at(piece.tensor).data() + piece.tensor_offset, staged + piece.extent_offset, piece.length);
+            destinations_.piece_stored(piece.tensor);
+        }
+        if constexpr (asynchronous) {
+            const std::uint64_t ticket = sink_.extent_stored();
+            for (std::uint32_t p = e.first_piece; p < e.first_piece + e.piece_count; ++p)
+                destinations_.copies_issued(plan_.pieces[p].tensor, ticket);
+            staging_.free_after(read.job.slot, ticket);
+        } else {
+            staging_.free(read.job.slot);
+        }
+    }
+
+    /// Frees the slots whose copies ran (in order: copies complete in the order they were issued).
+    void reclaim_slots() {
+        if constexpr (asynchronous) staging_.reclaim([this](std::uint64_t ticket) { return sink_.copies_done(ticket); });
+    }
+
+    void wait_oldest_copies() {
+        if constexpr (asynchronous) {
+            sink_.wait_copies(staging_.oldest_ticket());
+            reclaim_slots();
+        }
+    }
+
+    const format::Checkpoint& checkpoint_;
+    LoadOptions options_;
+    LoadStats stats_;
+    // Declared in this order so that they are destroyed storage first (its destructor waits for
+    // the reads in flight, which write into staging or, read in place, the sink's memory), then
+    // the sink (whose destructor waits for its copies out of staging), then staging.
+    Staging<Memory> staging_;
+    Sk sink_;
+    Storage storage_;
+    Plan plan_;
+    Destinations<Sk> destinations_;
+    ReadQueue<Storage, Job> reads_;
+    std::uint32_t next_extent_ = 0;
+};
+
+}  // namespace instanttensor::pipeline
