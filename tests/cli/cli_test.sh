@@ -193,7 +193,7 @@ for key in ("device", "backend", "tensors", "bytes", "seconds", "gbps", "staging
 assert doc["device"] == "cpu" and doc["backend"] == "pread" and doc["bytes"] > 0, doc
 PY
     fi
-    # --ring-mib sizes the host window; one smaller than twice the largest tensor is refused, saying so.
+    # --ring-mib sizes the host ring; one smaller than twice the largest tensor is refused, saying so.
     expect_success load --device cpu --ring-mib 3 --json "$work/sample"
     grep -q '"ring_bytes":3145728' "$work/stdout" || fail "load --ring-mib 3: $(cat "$work/stdout")"
     expect_success load --device cpu --staging-mib 1 "$work/sample"

@@ -14,11 +14,6 @@ using fmt::Checkpoint;
 
 namespace {
 
-const Manifest& manifest() {
-    static const Manifest m = load_manifest();
-    return m;
-}
-
 /// Checks a header against the manifest's record of its file.
 void check_header(const fmt::Header& h, const ExpectedFile& want) {
     CHECK(h.json_size == want.json_size);

@@ -150,6 +150,12 @@ inline Manifest load_manifest() {
     return m;
 }
 
+/// The manifest, read once.
+inline const Manifest& manifest() {
+    static const Manifest m = load_manifest();
+    return m;
+}
+
 /// The whole file.
 inline std::vector<std::byte> read_bytes(const fs::path& path) {
     std::ifstream in(path, std::ios::binary);

@@ -17,11 +17,6 @@ using fmt::TensorSpec;
 
 namespace {
 
-const Manifest& manifest() {
-    static const Manifest m = load_manifest();
-    return m;
-}
-
 /// A file's tensors with their bytes, as the reader sees them.
 struct LoadedFile {
     std::vector<std::byte> bytes;

@@ -227,6 +227,33 @@ TEST_CASE("GPUDirect Storage loads bit-exact where it runs, and says which part 
     }
 }
 
+TEST_CASE("load_to_device takes GPUDirect Storage where it runs, else the host backends, and says why") {
+    const AwkwardCheckpoint awkward;
+    const auto& checkpoint = awkward.checkpoint;
+    auto loader = it::load_to_device(checkpoint);
+    CHECK(check_all(loader, awkward.expected) == checkpoint.tensors().size());
+    MESSAGE("load_to_device read with " << loader.backend() << "; passed over: " << loader.fallback_reason());
+    if (!it::storage::gds::available()) {
+        CHECK(loader.backend() != "gds");  // not even tried: nothing to pass over
+        CHECK(loader.fallback_reason().find("gds") == std::string::npos);
+    } else if (loader.backend() != "gds") {
+        CHECK(loader.fallback_reason().find("gds: ") == 0);
+    }
+    // GDS alone: it loads where it runs, else the refusal names the part that refused.
+    try {
+        auto only = it::load_to_device(checkpoint, {}, {}, {it::storage::Backend::gds});
+        CHECK(only.backend() == "gds");
+        CHECK(check_all(only, awkward.expected) == checkpoint.tensors().size());
+    } catch (const it::unavailable_error& e) {
+        MESSAGE("GDS unavailable here: " << e.what());
+        CHECK_FALSE(std::string(e.what()).empty());
+    }
+    // A host backend asked for is the one used.
+    auto pread = it::load_to_device(checkpoint, {}, {}, {it::storage::Backend::pread});
+    CHECK(pread.backend() == "pread");
+    CHECK(check_all(pread, awkward.expected) == checkpoint.tensors().size());
+}
+
 #if INSTANTTENSOR_HAS_NCCL
 /// A communicator of one rank on device 0: the group path end to end (pinned staging, uploads
 /// into device window buffers, NCCL calls, device-to-device landing) on a one-GPU machine.

@@ -1,4 +1,4 @@
-// tests/loader/late_copy_sink.hpp: a host sink whose copies run late, as a device sink's do.
+// tests/support/late_copy_sink.hpp: a host sink whose copies run late, as a device sink's do.
 //
 // The device sinks only queue each copy (cudaMemcpyAsync out of pinned staging or a window
 // buffer) and say later, through copy tickets, when it ran (concepts.hpp: CopiesAsynchronously).
@@ -19,7 +19,7 @@
 #include "instanttensor/concepts.hpp"
 #include "instanttensor/sink/host.hpp"
 
-namespace loader_test {
+namespace instanttensor_test {
 
 class LateCopySink {
 public:
@@ -37,21 +37,21 @@ public:
     /// `latency`: how many times copies_done() answers "not yet" before the queued copies run (a
     /// loader that only polls, as the group pipeline does, needs it finite; the single pipeline
     /// waits when it has nothing else to do).
-    explicit LateCopySink(unsigned latency, std::uint64_t window_bytes = 0) : window_(window_bytes), latency_(latency) {}
+    explicit LateCopySink(unsigned latency, std::uint64_t ring_bytes = 0) : ring_(ring_bytes), latency_(latency) {}
     LateCopySink(LateCopySink&&) = default;
     LateCopySink& operator=(LateCopySink&&) = delete;
     ~LateCopySink() { run_through(next_ticket_); }
 
-    void prepare(const instanttensor::Plan& plan) { window_.prepare(plan); }
+    void prepare(const instanttensor::Plan& plan) { ring_.prepare(plan); }
     std::span<std::byte> reserve(const instanttensor::format::TensorRef& tensor, std::uint64_t bytes) {
-        return window_.reserve(tensor, bytes);
+        return ring_.reserve(tensor, bytes);
     }
     void store(std::byte* destination, const std::byte* staged, std::uint64_t bytes) {
         queued_.push_back({destination, staged, bytes, next_ticket_});
         ++stats_.copies;
         stats_.most_queued = std::max<std::uint64_t>(stats_.most_queued, queued_.size());
     }
-    void release(const instanttensor::format::TensorRef& tensor) { window_.release(tensor); }
+    void release(const instanttensor::format::TensorRef& tensor) { ring_.release(tensor); }
 
     void prepare_copies(std::size_t slots) { stats_.slots = slots; }
     std::uint64_t extent_stored() { return next_ticket_++; }
@@ -90,7 +90,7 @@ private:
         asks_ = 0;
     }
 
-    instanttensor::sink::host window_;
+    instanttensor::sink::host ring_;
     unsigned latency_;
     std::deque<Copy> queued_;
     std::uint64_t next_ticket_ = 0;  // the ticket of the copies being stored
@@ -101,4 +101,4 @@ private:
 
 static_assert(instanttensor::Sink<LateCopySink> && instanttensor::CopiesAsynchronously<LateCopySink>);
 
-}  // namespace loader_test
+}  // namespace instanttensor_test

@@ -1,4 +1,4 @@
-// tests/loader/in_process_group.hpp: a GroupTransport of N threads sharing host memory, so that the
+// tests/support/in_process_group.hpp: a GroupTransport of N threads sharing host memory, so that the
 // split-and-exchange logic of group loads runs on a machine without GPUs.
 //
 // Each rank posts its window buffer and the exchange it was asked for; once every rank posted the
@@ -24,7 +24,7 @@
 #include "instanttensor/error.hpp"
 #include "instanttensor/pipeline/group_plan.hpp"
 
-namespace loader_test {
+namespace instanttensor_test {
 
 /// What the ranks of one group share.
 class InProcessGroup {
@@ -216,4 +216,4 @@ private:
 
 static_assert(instanttensor::GroupTransport<InProcessTransport>);
 
-}  // namespace loader_test
+}  // namespace instanttensor_test

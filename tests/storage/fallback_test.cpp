@@ -22,11 +22,11 @@
 
 #include "instanttensor/loader.hpp"
 #include "faulty.hpp"
-#include "support.hpp"
+#include "loads.hpp"
 
 namespace {
 
-using namespace loader_test;
+using namespace instanttensor_test;
 
 #if defined(__x86_64__)
 constexpr std::uint32_t audit_arch = AUDIT_ARCH_X86_64;
@@ -119,8 +119,6 @@ std::vector<fmt::TensorSpec> fallback_specs() {
     return specs;
 }
 
-const it::LoadOptions small_slots = ring_of(64 << 10, 16 << 10);
-
 /// Judges the exit status of a test's child: 0 passed, 10 could not install its seccomp filter
 /// (the case is skipped), anything else names the check that failed.
 void check_child_status(int status) {
@@ -150,7 +148,7 @@ TEST_CASE("fallback: io_uring refused by seccomp") {
 
     // Without the filter, the automatic choice is io_uring (this machine has it).
     {
-        AutoLoader loader(checkpoint, st::automatic(), {}, it::sink::host(test_window), small_slots);
+        AutoLoader loader(checkpoint, st::automatic(), {}, it::sink::host(test_ring), small_slots);
         CHECK(loader.storage().chosen() == st::Backend::uring);
         CHECK(loader.storage().fallback_reason().empty());
     }
@@ -161,7 +159,7 @@ TEST_CASE("fallback: io_uring refused by seccomp") {
         if (::syscall(__NR_io_uring_setup, 4, nullptr) != -1 || errno != EPERM) return 11;
         for (it::DirectIo direct : all_direct) {
             AutoLoader loader(checkpoint, st::automatic({st::Backend::automatic, direct, 16, 3}), {},
-                              it::sink::host(test_window), small_slots);
+                              it::sink::host(test_ring), small_slots);
             if (loader.storage().chosen() != st::Backend::pread) return 20;
             const std::string& reason = loader.storage().fallback_reason();
             if (reason.empty() || reason.find("io_uring") == std::string::npos) return 21;
@@ -171,7 +169,7 @@ TEST_CASE("fallback: io_uring refused by seccomp") {
         // Asking for io_uring explicitly is an unavailable_error, through automatic or directly.
         try {
             AutoLoader loader(checkpoint, st::automatic({st::Backend::uring, it::DirectIo::off, 16, 3}), {},
-                              it::sink::host(test_window));
+                              it::sink::host(test_ring));
             return 30;
         } catch (const it::unavailable_error& e) {
             if (std::string(e.what()).find("io_uring") == std::string::npos) return 31;
@@ -179,14 +177,14 @@ TEST_CASE("fallback: io_uring refused by seccomp") {
         try {
 #if INSTANTTENSOR_HAS_URING
             it::Loader<st::uring, it::transport::single, it::sink::host> loader(checkpoint, st::uring(), {},
-                                                                                it::sink::host(test_window));
+                                                                                it::sink::host(test_ring));
             return 32;
 #endif
         } catch (const it::unavailable_error&) {
         }
         // pread and memory do not need io_uring.
         {
-            HostLoaderOf<st::pread> loader(checkpoint, st::pread(), {}, it::sink::host(test_window), small_slots);
+            HostLoaderOf<st::pread> loader(checkpoint, st::pread(), {}, it::sink::host(test_ring), small_slots);
             if (!loads_exactly(loader, checkpoint)) return 40;
         }
         {
@@ -220,7 +218,7 @@ TEST_CASE("fallback: O_DIRECT refused when the file is opened") {
                 ++code;
                 const bool ok = with_storage(via, direct, [&](auto storage) {
                     using S = decltype(storage);
-                    HostLoaderOf<S> loader(checkpoint, std::move(storage), {}, it::sink::host(test_window),
+                    HostLoaderOf<S> loader(checkpoint, std::move(storage), {}, it::sink::host(test_ring),
                                            small_slots);
                     if (direct_files_of(loader.storage()) != 0) return false;
                     if (loader.storage().alignment(0) != 1) return false;
@@ -266,7 +264,7 @@ TEST_CASE("fallback: O_DIRECT refused at read time (EINVAL) reads the file buffe
         using Inner = decltype(inner);
         it::Loader<Faulty<Inner>, it::transport::single, it::sink::host> loader(
             checkpoint, Faulty<Inner>(std::move(inner), Fault{Fault::short_read, 2, 1, 1000}), {},
-            it::sink::host(test_window), small_slots);
+            it::sink::host(test_ring), small_slots);
         REQUIRE(loader.storage().inner().files().direct_count() == 1);
         CHECK(loader.storage().inner().alignment(0) > 1);
         CHECK(loads_exactly(loader, checkpoint));

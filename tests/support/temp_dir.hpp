@@ -1,4 +1,4 @@
-// tests/temp_dir.hpp: a fresh directory for one test, removed with everything in it.
+// tests/support/temp_dir.hpp: a fresh directory for one test, removed with everything in it.
 #pragma once
 
 #include <stdlib.h>

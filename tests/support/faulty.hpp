@@ -1,4 +1,4 @@
-// tests/loader/faulty.hpp: a storage backend wrapper that injects read faults (short reads,
+// tests/support/faulty.hpp: a storage backend wrapper that injects read faults (short reads,
 // EAGAIN, EINTR, EIO) at chosen requests, for the fault and fallback tests.
 #pragma once
 
@@ -12,7 +12,7 @@
 
 #include "instanttensor/concepts.hpp"
 
-namespace loader_test {
+namespace instanttensor_test {
 
 namespace fmt = instanttensor::format;
 
@@ -91,4 +91,4 @@ private:
     std::optional<instanttensor::ReadRequest> first_fault_;
 };
 
-}  // namespace loader_test
+}  // namespace instanttensor_test

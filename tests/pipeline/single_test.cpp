@@ -1,0 +1,226 @@
+// pipeline::Single: every tensor a single load yields holds exactly the bytes that were written, in
+// plan order, through every storage backend (chosen at run time by storage::automatic, or used
+// directly), every page-cache policy and both host sinks, on checkpoints that stress the plan: many
+// tiny tensors, a tensor larger than the whole staging ring, unaligned data sections and odd
+// offsets, sharded checkpoints, empty tensors and scalars, and filters. Into a sink whose copies
+// run late (LateCopySink), as the device sinks' copies do: a staging slot is reused, and a tensor
+// yielded, only once the copies out of it ran, which wrong bytes would show.
+#include <doctest/doctest.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "instanttensor/loader.hpp"
+#include "late_copy_sink.hpp"
+#include "loads.hpp"
+
+namespace {
+
+using namespace instanttensor_test;
+
+/// Loads `checkpoint` through every backend × page-cache policy × sink and checks each outcome.
+void check_every_configuration(const fmt::Checkpoint& checkpoint, const it::LoadOptions& options,
+                               std::size_t on_disk_files, const it::TensorFilter& filter = {}) {
+    it::LoadOptions with_filter = options;
+    if (filter) with_filter.filter = filter;
+    const bool o_direct = accepts_o_direct(checkpoint.files().front().path);
+    for (Via via : all_vias) {
+        if (unavailable(via)) continue;
+        for (it::DirectIo direct : all_direct) {
+            for (SinkKind sink : all_sinks) {
+                INFO(to_string(via), " ", to_string(direct), " ", to_string(sink));
+                const Outcome out = load(checkpoint, via, direct, sink, with_filter);
+                check_outcome(checkpoint, out, filter);
+                const bool memory = via == Via::memory || via == Via::auto_memory;
+                // Where the filesystem accepts O_DIRECT, DirectIo::on reads every file with it.
+                if (memory || direct == it::DirectIo::off) CHECK(out.direct_files == 0);
+                else if (direct == it::DirectIo::on) CHECK(out.direct_files == (o_direct ? on_disk_files : 0));
+            }
+        }
+    }
+}
+
+
+
+/// How late copies run: at the first ask, after a few asks, or only when the loader waits.
+constexpr unsigned latencies[] = {0, 3, 1u << 30};
+
+std::vector<fmt::TensorSpec> late_specs() {
+    std::vector<fmt::TensorSpec> specs = odd_specs();
+    for (auto& s : tiny_specs(80, 5)) specs.push_back(s);
+    for (auto& s : edge_specs()) specs.push_back(s);
+    return specs;
+}
+
+template <class S>
+using LateLoaderOf = it::Loader<S, it::transport::single, LateCopySink>;
+
+}  // namespace
+
+TEST_CASE("single: hundreds of tiny tensors") {
+    TempDir dir;
+    const auto path = write_file(dir / "tiny.safetensors", tiny_specs(400));
+    const auto checkpoint = fmt::Checkpoint::open(path);
+    REQUIRE(checkpoint.tensors().size() == 400);
+    SUBCASE("default options") { check_every_configuration(checkpoint, {}, 1); }
+    SUBCASE("16 KiB slots") { check_every_configuration(checkpoint, small_slots, 1); }
+    SUBCASE("two 12 KiB slots") { check_every_configuration(checkpoint, minimal_ring, 1); }
+}
+
+TEST_CASE("single: a tensor larger than the whole staging ring") {
+    TempDir dir;
+    const auto path = write_file(dir / "big.safetensors", {{"before", fmt::Dtype::U8, {4097}},
+                                                          {"huge", fmt::Dtype::F32, {262144 + 3}},  // ~1 MiB
+                                                          {"after", fmt::Dtype::U8, {33}},
+                                                          {"also.huge", fmt::Dtype::U8, {(1u << 20) + 1}}});
+    const auto checkpoint = fmt::Checkpoint::open(path);
+    check_every_configuration(checkpoint, small_slots, 1);
+    // The ring held 4 slots of 16 KiB: far less than one tensor.
+    const Outcome out = load(checkpoint, Via::pread, it::DirectIo::on, SinkKind::host, small_slots);
+    CHECK(out.stats.staging_bytes == 64u << 10);
+    CHECK(out.plan_extents > 64);
+}
+
+TEST_CASE("single: unaligned data sections and tensors at odd offsets") {
+    TempDir dir;
+    const auto path = write_file(dir / "odd.safetensors", odd_specs());
+    const auto checkpoint = fmt::Checkpoint::open(path);
+    REQUIRE(checkpoint.files()[0].header.data_offset() % 4096 != 0);
+    std::size_t odd = 0;
+    for (const auto& t : checkpoint.tensors()) odd += t.file_offset % 2;
+    REQUIRE(odd >= 4);
+    SUBCASE("16 KiB slots") { check_every_configuration(checkpoint, small_slots, 1); }
+    SUBCASE("default options") { check_every_configuration(checkpoint, {}, 1); }
+}
+
+TEST_CASE("single: a sharded checkpoint with an index") {
+    TempDir dir;
+    std::vector<fmt::TensorSpec> specs = odd_specs();
+    for (auto& s : tiny_specs(120, 5)) specs.push_back(s);
+    for (auto& s : edge_specs()) specs.push_back(s);
+    specs.push_back({"layer.big", fmt::Dtype::BF16, {40000}});
+    for (std::size_t shards : {3u, 4u}) {
+        CAPTURE(shards);
+        const auto index = fmt::write_sharded_checkpoint(dir / ("sharded" + std::to_string(shards)), specs, shards,
+                                                         fill_tensor);
+        for (const auto& source : {index, index.parent_path()}) {
+            const auto checkpoint = fmt::Checkpoint::open(source);
+            REQUIRE(checkpoint.files().size() == shards);
+            REQUIRE(checkpoint.tensors().size() == specs.size());
+            check_every_configuration(checkpoint, small_slots, shards);
+        }
+    }
+}
+
+TEST_CASE("single: empty tensors and scalars") {
+    TempDir dir;
+    const auto edge = fmt::Checkpoint::open(write_file(dir / "edge.safetensors", edge_specs()));
+    SUBCASE("mixed") { check_every_configuration(edge, small_slots, 1); }
+    SUBCASE("only empty tensors") {
+        const auto only_empty = fmt::Checkpoint::open(write_file(
+            dir / "empty.safetensors", {{"a", fmt::Dtype::F32, {0}}, {"b", fmt::Dtype::U8, {0, 3}}}));
+        check_every_configuration(only_empty, {}, 1);
+        const Outcome out = load(only_empty, Via::pread, it::DirectIo::on, SinkKind::host);
+        CHECK(out.plan_extents == 0);
+        for (const auto& t : out.tensors) CHECK(t.bytes.empty());
+    }
+    SUBCASE("no tensors at all") {
+        const auto none = fmt::Checkpoint::open(write_file(dir / "none.safetensors", {}));
+        REQUIRE(none.tensors().empty());
+        check_every_configuration(none, {}, 1);
+    }
+    SUBCASE("scalars land with an empty shape") {
+        const Outcome out = load(edge, Via::pread, it::DirectIo::off, SinkKind::placement);
+        for (const auto& t : out.tensors)
+            if (t.name.find("scalar") != std::string::npos) {
+                CHECK(t.shape.empty());
+                CHECK(t.bytes.size() == (t.dtype == fmt::Dtype::U8 ? 1u : t.dtype == fmt::Dtype::F32 ? 4u : 8u));
+            }
+    }
+}
+
+TEST_CASE("single: filters load only the selected tensors") {
+    TempDir dir;
+    std::vector<fmt::TensorSpec> specs = odd_specs();
+    for (auto& s : tiny_specs(80, 9)) specs.push_back(s);
+    const auto checkpoint = fmt::Checkpoint::open(write_file(dir / "filter.safetensors", specs));
+    SUBCASE("select_names") {
+        check_every_configuration(checkpoint, small_slots, 1,
+                                  it::select_names({"odd.3", "tiny.40", "wide.a", "odd.12", "tiny.0", "no.such"}));
+        // Given the checkpoint, a name it does not hold is an error naming it.
+        check_every_configuration(checkpoint, small_slots, 1, it::select_names(checkpoint, {"odd.3", "tiny.40"}));
+        try {
+            it::select_names(checkpoint, {"odd.3", "no.such"});
+            FAIL("a missing name was accepted");
+        } catch (const std::invalid_argument& e) {
+            CHECK(std::string(e.what()).find("'no.such'") != std::string::npos);
+        }
+    }
+    SUBCASE("a predicate") {
+        check_every_configuration(checkpoint, small_slots, 1,
+                                  [](const fmt::TensorRef& t) { return t.nbytes() > 4000 || t.name() == "tiny.3"; });
+    }
+    SUBCASE("nothing selected") {
+        check_every_configuration(checkpoint, small_slots, 1, [](const fmt::TensorRef&) { return false; });
+    }
+    SUBCASE("a sharded checkpoint") {
+        const auto index = fmt::write_sharded_checkpoint(dir / "sharded", specs, 3, fill_tensor);
+        const auto sharded = fmt::Checkpoint::open(index);
+        check_every_configuration(sharded, small_slots, 3, [](const fmt::TensorRef& t) { return t.file != 1; });
+    }
+}
+
+TEST_CASE("single, late copies: a slot is reused, and a tensor yielded, only once its copies ran") {
+    TempDir dir;
+    const auto index = fmt::write_sharded_checkpoint(dir / "late", late_specs(), 2, fill_tensor);
+    const auto checkpoint = fmt::Checkpoint::open(index);
+    for (Via via : all_vias) {
+        if (unavailable(via)) continue;
+        for (it::DirectIo direct : {it::DirectIo::off, it::DirectIo::on}) {
+            for (unsigned latency : latencies) {
+                INFO(to_string(via), " ", to_string(direct), " latency ", latency);
+                with_storage(via, direct, [&](auto storage) {
+                    using S = decltype(storage);
+                    // Three slots of 16 KiB: slots are reused many times over.
+                    LateLoaderOf<S> loader(checkpoint, std::move(storage), {}, LateCopySink(latency, test_ring),
+                                           ring_of(3 * (16 << 10), 16 << 10));
+                    Outcome out;
+                    drain(loader, out);
+                    check_outcome(checkpoint, out);
+                    const auto& seen = loader.sink().stats();
+                    CHECK(seen.slots >= 3);
+                    CHECK(seen.copies > 0);
+                    if (latency > 0) {
+                        CHECK(seen.refused > 0);
+                        CHECK(seen.most_queued > 1);  // copies of several reads were pending at once
+                    }
+                    if (latency == latencies[2]) CHECK(seen.waits > 0);
+                });
+            }
+        }
+    }
+}
+
+TEST_CASE("single, late copies: a loader dropped with copies pending frees staging only after them") {
+    TempDir dir;
+    std::vector<fmt::TensorSpec> specs;
+    for (int i = 0; i < 40; ++i) specs.push_back({"block." + std::to_string(i), fmt::Dtype::F32, {12289}});
+    const auto checkpoint = fmt::Checkpoint::open(write_file(dir / "mid.safetensors", specs));
+    for (Via via : all_vias) {
+        if (unavailable(via)) continue;
+        for (std::size_t stop_after : {1u, 3u}) {
+            INFO(to_string(via), " after ", stop_after);
+            with_storage(via, it::DirectIo::off, [&](auto storage) {
+                using S = decltype(storage);
+                LateLoaderOf<S> loader(checkpoint, std::move(storage), {}, LateCopySink(latencies[2], test_ring),
+                                       ring_of(1 << 20, 64 << 10));
+                auto tensor = loader.begin();
+                for (std::size_t i = 1; i < stop_after; ++i) ++tensor;
+                CHECK(tensor->name == checkpoint.tensors()[stop_after - 1].name());
+                // Copies out of staging are still queued; the sink runs them when the loader drops it,
+                // which must happen before the staging memory is freed (ASan would see it).
+            });
+        }
+    }
+}

@@ -1,0 +1,60 @@
+// The page-cache policy of the file backends (detail/file_set.hpp): under DirectIo::automatic a
+// cold file is read with O_DIRECT and a resident one buffered, file by file.
+#include <doctest/doctest.h>
+
+#include <vector>
+
+#include "instanttensor/loader.hpp"
+#include "loads.hpp"
+
+namespace {
+
+using namespace instanttensor_test;
+
+}  // namespace
+
+TEST_CASE("storage: DirectIo::automatic reads cold files with O_DIRECT and resident ones buffered") {
+    TempDir dir;
+    const auto path = write_file(dir / "cold.safetensors", odd_specs());
+    const auto checkpoint = fmt::Checkpoint::open(path);
+    if (!accepts_o_direct(path) || on_tmpfs(path)) {
+        MESSAGE("skipped: the temporary directory has no O_DIRECT or no evictable page cache");
+        return;
+    }
+    for (Via via : {Via::uring, Via::pread, Via::auto_uring, Via::auto_pread}) {
+        if (unavailable(via)) continue;
+        INFO(to_string(via));
+        evict_from_page_cache(path);
+        const Outcome cold = load(checkpoint, via, it::DirectIo::automatic, SinkKind::host, small_slots);
+        check_outcome(checkpoint, cold);
+        CHECK(cold.direct_files == 1);
+        // Map and touch every page so the file is resident.
+        const Outcome warm_up = load(checkpoint, Via::memory, it::DirectIo::off, SinkKind::host);
+        check_outcome(checkpoint, warm_up);
+        const Outcome warm = load(checkpoint, via, it::DirectIo::automatic, SinkKind::host, small_slots);
+        check_outcome(checkpoint, warm);
+        CHECK(warm.direct_files == 0);
+    }
+}
+
+TEST_CASE("storage: DirectIo::automatic decides per file") {
+    TempDir dir;
+    std::vector<fmt::TensorSpec> specs = odd_specs();
+    for (auto& s : tiny_specs(30, 21)) specs.push_back(s);
+    const auto index = fmt::write_sharded_checkpoint(dir / "mixed", specs, 3, fill_tensor);
+    const auto checkpoint = fmt::Checkpoint::open(index);
+    const auto& cold = checkpoint.files()[1].path;
+    if (!accepts_o_direct(cold) || on_tmpfs(cold)) {
+        MESSAGE("skipped: the temporary directory has no O_DIRECT or no evictable page cache");
+        return;
+    }
+    for (Via via : {Via::uring, Via::pread, Via::auto_uring, Via::auto_pread}) {
+        if (unavailable(via)) continue;
+        INFO(to_string(via));
+        check_outcome(checkpoint, load(checkpoint, Via::memory, it::DirectIo::off, SinkKind::host));  // all resident
+        evict_from_page_cache(cold);
+        const Outcome out = load(checkpoint, via, it::DirectIo::automatic, SinkKind::placement, small_slots);
+        check_outcome(checkpoint, out);
+        CHECK(out.direct_files == 1);
+    }
+}

@@ -1,0 +1,39 @@
+// storage::uring on its own: a read longer than one request may ask is cut to what it may, and
+// comes back as a short read for the pipeline to continue.
+#include <doctest/doctest.h>
+
+#include <sys/mman.h>
+
+#include <array>
+#include <cstdint>
+
+#include "instanttensor/loader.hpp"
+#include "loads.hpp"
+
+namespace {
+
+using namespace instanttensor_test;
+
+}  // namespace
+
+#if INSTANTTENSOR_HAS_URING
+
+TEST_CASE("storage::uring: a read of 4 GiB or more is cut to what one read may ask, not to its low 32 bits") {
+    if (unavailable(Via::uring)) return;
+    TempDir dir;
+    const auto checkpoint = fmt::Checkpoint::open(write_file(dir / "f.safetensors", {{"x", fmt::Dtype::U8, {100000}}}));
+    it::storage::uring storage(it::storage::uring::Options{4, it::DirectIo::off});
+    storage.open(checkpoint);
+    // Address space for the whole request; only the file's bytes are ever written.
+    const std::uint64_t length = (std::uint64_t{1} << 32) + 4096;
+    void* memory = ::mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    REQUIRE(memory != MAP_FAILED);
+    storage.submit({0, 0, length, static_cast<std::byte*>(memory), 7});
+    std::array<it::ReadResult, 1> results{};
+    REQUIRE(storage.reap(results, true) == 1);
+    CHECK(results[0].tag == 7);
+    const auto file_size = static_cast<std::int64_t>(fs::file_size(checkpoint.files()[0].path));
+    CHECK(results[0].result == file_size);  // a short read, at the end of the file
+    ::munmap(memory, length);
+}
+#endif
