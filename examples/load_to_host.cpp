@@ -1,4 +1,4 @@
-// Load a checkpoint into host memory: first every tensor through the bounded window, then the
+// Load a checkpoint into host memory: first every tensor through the bounded ring, then the
 // tensors you name straight into buffers of your own.
 //   load_to_host PATH [NAME...]     PATH: a .safetensors file, an index .json or a directory
 #include <instanttensor/loader.hpp>

@@ -10,13 +10,17 @@ source scripts/lib/common.sh
 
 ensure_packages "${INSTANTTENSOR_BUILD_PACKAGES[@]}"
 configure build -DINSTANTTENSOR_BUILD_TESTS=OFF -DINSTANTTENSOR_BUILD_BENCHMARKS=OFF
+echo "building the instanttensor command ([done/total seconds])" >&2
 cmake --build build -j "$(nproc)" --target instanttensor_cli
 cli=build/bin/instanttensor
 
 paths=("$@")
 if [ ${#paths[@]} -eq 0 ]; then
   sample=build/demo-checkpoint
-  [ -f "$sample/model.safetensors.index.json" ] || "$cli" sample "$sample" --shards 4 --size-mib 64
+  if [ ! -f "$sample/model.safetensors.index.json" ]; then
+    echo "writing a sample checkpoint to $sample" >&2
+    "$cli" sample "$sample" --shards 4 --size-mib 64
+  fi
   paths=("$sample")
 fi
 
