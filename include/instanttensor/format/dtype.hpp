@@ -40,7 +40,12 @@ enum class Dtype : std::uint8_t {
     U64,
 };
 
-namespace detail {
+}  // namespace instanttensor::format
+
+namespace instanttensor::detail {
+
+using format::Dtype;
+
 struct DtypeTraits {
     Dtype dtype;
     std::string_view name;
@@ -78,7 +83,10 @@ constexpr bool table_is_in_enum_order() {
     return true;
 }
 static_assert(table_is_in_enum_order(), "dtype_table must list Dtype enumerators in order");
-}  // namespace detail
+
+}  // namespace instanttensor::detail
+
+namespace instanttensor::format {
 
 /// Every dtype, in enumeration order.
 inline constexpr auto all_dtypes = [] {

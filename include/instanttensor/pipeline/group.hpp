@@ -40,10 +40,9 @@
 #include "instanttensor/detail/device_copier.hpp"
 #endif
 
-namespace instanttensor::pipeline {
+namespace instanttensor::detail {
 
-namespace detail {
-/// What uploads reads from pinned staging into device window buffers.
+/// What uploads reads from pinned staging into device window buffers (pipeline::Group).
 template <bool uploads>
 struct uploader_of {
     using type = std::monostate;
@@ -51,10 +50,13 @@ struct uploader_of {
 #if INSTANTTENSOR_HAS_CUDA
 template <>
 struct uploader_of<true> {
-    using type = std::optional<instanttensor::detail::DeviceCopier>;
+    using type = std::optional<DeviceCopier>;
 };
 #endif
-}  // namespace detail
+
+}  // namespace instanttensor::detail
+
+namespace instanttensor::pipeline {
 
 template <StorageBackend Storage, GroupTransport Tr, Sink Sk>
     requires ReadsIntoSinkMemory<Storage, Sk> && TransportFitsSink<Tr, Sk>

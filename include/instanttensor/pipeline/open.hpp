@@ -17,13 +17,13 @@ namespace instanttensor::pipeline {
 
 /// The smallest slot: three pages (make_plan needs reads of at least three times the largest
 /// alignment, so that each one gets well past its aligned head).
-inline constexpr std::uint64_t min_slot_bytes = 3 * instanttensor::detail::page_alignment;
+inline constexpr std::uint64_t min_slot_bytes = 3 * detail::page_alignment;
 
 /// Opens the checkpoint's files with `storage` and plans the selected tensors, in reads of at most
 /// one slot aligned as the storage requires for each file.
 template <StorageBackend Storage>
 Plan open_and_plan(const format::Checkpoint& checkpoint, Storage& storage, const LoadOptions& options) {
-    if (options.slot_bytes < min_slot_bytes || options.slot_bytes % instanttensor::detail::page_alignment != 0)
+    if (options.slot_bytes < min_slot_bytes || options.slot_bytes % detail::page_alignment != 0)
         throw usage_error("loader", "slot_bytes must be a multiple of 4096 and at least 12288");
     storage.open(checkpoint);
     std::vector<std::uint64_t> alignment(checkpoint.files().size());

@@ -21,25 +21,28 @@
 #include "instanttensor/detail/cuda.hpp"
 #endif
 
-namespace instanttensor::pipeline {
+namespace instanttensor::detail {
 
-namespace detail {
+/// The owner of memory of one kind (pipeline::Buffer).
 template <MemoryKind where, bool copied_to_device>
 struct buffer_of {
     static_assert(where == MemoryKind::host, "device memory needs a build with CUDA (INSTANTTENSOR_HAS_CUDA)");
-    using type = instanttensor::detail::AlignedBuffer;
+    using type = AlignedBuffer;
 };
 #if INSTANTTENSOR_HAS_CUDA
 template <bool copied_to_device>
 struct buffer_of<MemoryKind::device, copied_to_device> {
-    using type = instanttensor::detail::DeviceBuffer;
+    using type = DeviceBuffer;
 };
 template <>
 struct buffer_of<MemoryKind::host, true> {
-    using type = instanttensor::detail::PinnedBuffer;
+    using type = PinnedBuffer;
 };
 #endif
-}  // namespace detail
+
+}  // namespace instanttensor::detail
+
+namespace instanttensor::pipeline {
 
 /// An owned buffer of `where` memory: page-aligned host memory, pinned when the copy engine reads
 /// it (`copied_to_device`), or device memory.
@@ -51,8 +54,8 @@ using Buffer = typename detail::buffer_of<where, copied_to_device>::type;
 template <class Memory>
 Memory allocate([[maybe_unused]] std::uint64_t bytes, [[maybe_unused]] int device, [[maybe_unused]] const char* lower_with) {
 #if INSTANTTENSOR_HAS_CUDA
-    if constexpr (std::is_same_v<Memory, instanttensor::detail::DeviceBuffer>) {
-        instanttensor::detail::DeviceGuard guard(device);
+    if constexpr (std::is_same_v<Memory, detail::DeviceBuffer>) {
+        detail::DeviceGuard guard(device);
         return Memory(bytes, lower_with);
     } else
 #endif

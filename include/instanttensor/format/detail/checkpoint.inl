@@ -12,8 +12,11 @@
 #include "instanttensor/detail/json_sax.hpp"
 #include "instanttensor/error.hpp"
 
-namespace instanttensor::format {
-namespace detail {
+namespace instanttensor::detail {
+
+using format::Header;
+using format::Index;
+
 
 /// A shard name from an index must name a file below the index's directory, lexically: not empty,
 /// relative, without "." or ".." components or NUL. Symlinks are checked once the file is opened.
@@ -33,7 +36,7 @@ inline std::string shard_name_problem(std::string_view name) {
 }
 
 /// Reads {"metadata": any, "weight_map": {tensor: shard}}; "metadata" is skipped whatever it holds.
-class IndexHandler : public instanttensor::detail::StrictJsonHandler {
+class IndexHandler : public detail::StrictJsonHandler {
 public:
     Index result() && { return std::move(index_); }
 
@@ -138,7 +141,7 @@ private:
     bool seen_metadata_ = false;
     bool seen_weight_map_ = false;
     std::string tensor_;
-    instanttensor::detail::PartialText text_;
+    detail::PartialText text_;
 };
 
 inline bool ends_with(std::string_view s, std::string_view suffix) {
@@ -180,7 +183,9 @@ inline DirectoryListing list_directory(const std::filesystem::path& dir) {
     return listing;
 }
 
-}  // namespace detail
+}  // namespace instanttensor::detail
+
+namespace instanttensor::format {
 
 inline std::vector<std::string> Index::shard_names() const {
     std::set<std::string_view> unique;
@@ -189,7 +194,7 @@ inline std::vector<std::string> Index::shard_names() const {
 }
 
 inline Index parse_index(std::string_view json, std::string_view source) {
-    return instanttensor::detail::parse_json<detail::IndexHandler>(json, source, 0);
+    return detail::parse_json<detail::IndexHandler>(json, source, 0);
 }
 
 inline Checkpoint Checkpoint::open(const std::filesystem::path& path) { return open({path}); }
@@ -225,7 +230,7 @@ inline Checkpoint Checkpoint::from_memory(std::span<const std::pair<std::string,
 
 inline void Checkpoint::add_index(const std::filesystem::path& index_path) {
     const std::string source = index_path.string();
-    const Index index = parse_index(instanttensor::detail::read_small_file(index_path, max_header_size), source);
+    const Index index = parse_index(detail::read_small_file(index_path, max_header_size), source);
     const auto dir = detail::canonical_or_throw(index_path, "cannot resolve index path").parent_path();
     const auto shards = index.shard_names();
     const std::size_t first_file = files_.size();

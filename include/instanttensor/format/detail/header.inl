@@ -12,8 +12,17 @@
 #include "instanttensor/detail/json_sax.hpp"
 #include "instanttensor/error.hpp"
 
-namespace instanttensor::format {
-namespace detail {
+namespace instanttensor::detail {
+
+// Format types the parser fills.
+using format::bit_size;
+using format::byte_size;
+using format::element_count;
+using format::Header;
+using format::parse_dtype;
+using format::TensorInfo;
+using format::to_string;
+
 
 inline std::string quote_name(std::string_view name) {
     std::string s;
@@ -24,7 +33,7 @@ inline std::string quote_name(std::string_view name) {
 
 /// Builds the tensor table and metadata of a header from parser events. Where it is in the
 /// document is one state; depth is implied by the state, so no stack is needed.
-class HeaderHandler : public instanttensor::detail::StrictJsonHandler {
+class HeaderHandler : public detail::StrictJsonHandler {
 public:
     explicit HeaderHandler(Header& header) : header_(header) {}
 
@@ -214,7 +223,7 @@ private:
 
     Header& header_;
     State state_ = State::document;
-    instanttensor::detail::PartialText text_;
+    detail::PartialText text_;
     std::string key_;
     bool in_metadata_ = false;
     bool seen_metadata_ = false;
@@ -286,7 +295,9 @@ inline void validate(Header& h, std::string_view source) {
              " trailing bytes belong to no tensor");
 }
 
-}  // namespace detail
+}  // namespace instanttensor::detail
+
+namespace instanttensor::format {
 
 inline std::uint64_t decode_header_length(std::span<const std::byte> prefix, std::uint64_t file_size,
                                           std::string_view source) {
@@ -309,7 +320,7 @@ inline Header parse_header(std::string_view json, std::uint64_t file_size, std::
     if (file_size < header.data_offset())
         throw format_error(std::string(source), "header runs past the end of the file");
     header.data_size = file_size - header.data_offset();
-    instanttensor::detail::parse_json<detail::HeaderHandler>(json, source, header_length_size, header);
+    detail::parse_json<detail::HeaderHandler>(json, source, header_length_size, header);
     detail::validate(header, source);
     return header;
 }
@@ -322,13 +333,13 @@ inline Header parse_file_bytes(std::span<const std::byte> file, std::string_view
 
 inline Header read_header(const std::filesystem::path& path) {
     const std::string source = path.string();
-    auto fd = instanttensor::detail::open_read_only(path);
-    const std::uint64_t file_size = instanttensor::detail::regular_file_size(fd.get(), source);
+    auto fd = detail::open_read_only(path);
+    const std::uint64_t file_size = detail::regular_file_size(fd.get(), source);
     std::byte prefix[header_length_size]{};
-    if (file_size >= header_length_size) instanttensor::detail::read_exact(fd.get(), prefix, 0, source);
+    if (file_size >= header_length_size) detail::read_exact(fd.get(), prefix, 0, source);
     const std::uint64_t n = decode_header_length(prefix, file_size, source);
     std::string json(n, '\0');
-    instanttensor::detail::read_exact(fd.get(), std::as_writable_bytes(std::span(json)), header_length_size, source);
+    detail::read_exact(fd.get(), std::as_writable_bytes(std::span(json)), header_length_size, source);
     return parse_header(json, file_size, source);
 }
 

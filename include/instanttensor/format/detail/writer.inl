@@ -15,8 +15,11 @@
 #include "instanttensor/detail/utf8.hpp"
 #include "instanttensor/error.hpp"
 
-namespace instanttensor::format {
-namespace detail {
+namespace instanttensor::detail {
+
+using format::byte_size;
+using format::TensorSpec;
+
 
 /// Appends `s` as a JSON string: quotes, backslashes and control characters escaped, other bytes
 /// (UTF-8) as they are, as serde_json writes them.
@@ -56,13 +59,13 @@ inline void write_all(int fd, std::span<const std::byte> bytes, const std::strin
     }
 }
 
-inline instanttensor::detail::FileDescriptor create_file(const std::filesystem::path& path) {
+inline detail::FileDescriptor create_file(const std::filesystem::path& path) {
     int fd;
     do {
         fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     } while (fd < 0 && errno == EINTR);
     if (fd < 0) throw io_error(path.string(), "cannot create", errno);
-    return instanttensor::detail::FileDescriptor(fd);
+    return detail::FileDescriptor(fd);
 }
 
 inline std::uint64_t checked_size(const TensorSpec& t) {
@@ -71,7 +74,9 @@ inline std::uint64_t checked_size(const TensorSpec& t) {
     return *bytes;
 }
 
-}  // namespace detail
+}  // namespace instanttensor::detail
+
+namespace instanttensor::format {
 
 inline std::string make_header_json(std::vector<TensorSpec>& tensors, const Metadata& metadata) {
     std::stable_sort(tensors.begin(), tensors.end(), [](const TensorSpec& a, const TensorSpec& b) {
@@ -80,11 +85,11 @@ inline std::string make_header_json(std::vector<TensorSpec>& tensors, const Meta
     for (const auto& t : tensors) {
         if (t.name.empty() || t.name == "__metadata__")
             throw format_error("", "tensor name " + detail::quote_name(t.name) + " is not allowed");
-        if (!instanttensor::detail::is_utf8(t.name))
+        if (!detail::is_utf8(t.name))
             throw format_error("", "tensor name " + detail::quote_name(t.name) + " is not valid UTF-8");
     }
     for (const auto& [k, v] : metadata)
-        if (!instanttensor::detail::is_utf8(k) || !instanttensor::detail::is_utf8(v))
+        if (!detail::is_utf8(k) || !detail::is_utf8(v))
             throw format_error("", "metadata " + detail::quote_name(k) + " is not valid UTF-8");
     {
         std::set<std::string_view> names;

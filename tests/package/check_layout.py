@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""Checks that the library's includes run one way, down the layers docs/architecture.md draws.
+"""Checks the layout docs/architecture.md draws: includes run one way, down the layers, and
+machinery lives in one namespace.
 
-  check_includes.py INCLUDE_DIR
+  check_layout.py INCLUDE_DIR
 
 Each header (and *.inl) of INCLUDE_DIR/instanttensor belongs to a layer; it may include headers of
 lower layers, and of its own folder in its own layer, never one above it. No header may include
-one that includes it back, directly or through others. Prints every offence; exits 1 if any.
+one that includes it back, directly or through others. A `detail` namespace may open only as
+instanttensor::detail, so that no nested one shadows it. Prints every offence; exits 1 if any.
 """
 import re
 import sys
@@ -24,6 +26,22 @@ LAYERS = [
     ("loader", [r"loader\.hpp"]),
 ]
 INCLUDE = re.compile(r'^\s*#\s*include\s+[<"]instanttensor/([^">]+)[">]', re.MULTILINE)
+OPEN = re.compile(r'^namespace ([\w:]+) \{')
+CLOSE = re.compile(r'^\}  // namespace ([\w:]+)')
+
+
+def shadowing_details(text):
+    """Lines that open a detail namespace inside another than instanttensor."""
+    stack, found = [], []
+    for number, line in enumerate(text.splitlines(), 1):
+        if m := OPEN.match(line):
+            full = "::".join(stack + [m.group(1)])
+            if full.split("::")[-1] == "detail" and full != "instanttensor::detail":
+                found.append((number, full))
+            stack.append(m.group(1))
+        elif CLOSE.match(line) and stack:
+            stack.pop()
+    return found
 
 
 def layer_of(name):
@@ -43,6 +61,8 @@ def main():
         if rank is None:
             problems.append(f"{h}: in no layer (add it to LAYERS in {Path(__file__).name} and to docs/architecture.md)")
             continue
+        for number, name in shadowing_details((root / h).read_text()):
+            problems.append(f"{h}:{number}: namespace {name} shadows instanttensor::detail")
         for inc in includes[h]:
             if inc not in includes:
                 problems.append(f"{h}: includes {inc}, which does not exist")
