@@ -5,7 +5,9 @@
 // norms, the final norm, lm_head), and the bytes are a deterministic pseudo-random stream
 // (splitmix64 seeded by the tensor name), so two runs write identical files and `hash` can compare
 // them. Tensors are produced one at a time through the writer's callback: a 16 GB sample never
-// holds more than its largest tensor in memory.
+// holds more than its largest tensor in memory. With --sparse the tensors' bytes are holes that
+// read as zeros: a checkpoint of any size in a moment and no disk space, for `plan` and `inspect`
+// (the documents' quoted plans are checked on one) but not for timing loads.
 //
 // The shape is picked from a ladder of model widths (below). The widest rung whose own size fits
 // the target (with 10% slack) is used; its own layer count is kept when that lands within 10% of
@@ -39,6 +41,7 @@ struct SampleOptions {
     std::uint64_t size_mib = 64;
     std::string dtype = "BF16";
     bool dry_run = false;
+    bool sparse = false;
 };
 
 /// The widths of a decoder; head size is hidden / heads.
@@ -145,7 +148,8 @@ int run_sample(const SampleOptions& options) {
     if (options.dry_run) {
         fmt::print("{}\n", escape_control((std::filesystem::path(options.directory) / "model.safetensors.index.json").string()));
     } else {
-        const auto index = format::write_sharded_checkpoint(options.directory, tensors, options.shards, fill_random,
+        const auto fill = options.sparse ? format::TensorFiller{} : format::TensorFiller{fill_random};
+        const auto index = format::write_sharded_checkpoint(options.directory, tensors, options.shards, fill,
                                                             {{"format", "pt"}});
         fmt::print("{}\n", escape_control(index.string()));
     }
@@ -189,6 +193,8 @@ void add_sample(CLI::App& app, Action& action) {
         ->type_name("DTYPE")
         ->capture_default_str()
         ->check(CLI::Validator(check_dtype, "", "dtype"));
+    sub->add_flag("--sparse", options->sparse,
+                  "Leave the tensors' bytes as holes (zeros, no disk space): a layout for plan and inspect");
     sub->add_flag("--dry-run", options->dry_run, "Print what would be written, write nothing");
     sub->callback([options, &action] { action = [options] { return run_sample(*options); }; });
 }

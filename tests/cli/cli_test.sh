@@ -115,6 +115,21 @@ case_sample_inspect_hash() {
         fail "16384 MiB sample shape: $(tail -1 "$work/stdout")"
     grep -q '^291 tensors in 4 files, .*(16060522496 bytes)' "$work/stdout" || fail "16384 MiB sample size: $(tail -1 "$work/stdout")"
     [[ -e $work/big ]] && fail "sample --dry-run wrote $work/big"
+
+    # --sparse: the same files, headers and summary; the tensors' bytes are zeros (holes where the
+    # filesystem has them), and load like any others.
+    expect_success sample "$work/sparse" --size-mib 2 --shards 3 --sparse
+    cmp -s "$work/stdout" <(sed "s|$work/sample/|$work/sparse/|" "$work/sample.out") ||
+        fail "sample --sparse printed: $(cat "$work/stdout")"
+    local file header_end
+    for file in "$work"/sparse/*.safetensors; do
+        header_end=$((8 + $(od -An -t u8 -N 8 "$file")))
+        cmp -s -n "$header_end" "$file" "$work/sample/${file##*/}" || fail "$file: not the sample's header"
+        [[ $(stat -c %s "$file") == $(stat -c %s "$work/sample/${file##*/}") ]] || fail "$file: not the sample's size"
+        [[ $(tail -c +$((header_end + 1)) "$file" | tr -d '\0' | wc -c) == 0 ]] || fail "$file: tensor bytes are not zeros"
+    done
+    expect_success hash "$work/sparse"
+    [[ $(wc -l <"$work/stdout") == "$sample_tensors" ]] || fail "hash of the sparse sample printed $(wc -l <"$work/stdout") lines"
 }
 
 case_inspect_json() {

@@ -1,6 +1,9 @@
 // The writer: byte-identical to the reference implementation on the same tensors, readable by the
 // reader, sharded checkpoints that Checkpoint::open accepts, and refusals of bad specs.
+#include <sys/resource.h>
+
 #include <algorithm>
+#include <csignal>
 #include <map>
 #include <set>
 #include <string>
@@ -202,6 +205,36 @@ TEST_CASE("writer: what it writes reads back, every dtype") {
     for (const auto& s : specs) storage.push_back(bytes_from_name(s));
     for (std::size_t i = 0; i < specs.size(); ++i) data.push_back({specs[i], storage[i]});
     CHECK(fmt::serialize_safetensors(data, meta) == read_bytes(tmp / "all.safetensors"));
+}
+
+TEST_CASE("writer: an empty filler leaves the tensors' bytes a hole that reads as zeros") {
+    const std::vector<TensorSpec> specs{{"b", Dtype::BF16, {512, 1024}}, {"a", Dtype::F32, {3}}, {"e", Dtype::F16, {0}}};
+    TempDir tmp;
+    fmt::write_safetensors(tmp / "filled.safetensors", specs, fill_from_name);
+    fmt::write_safetensors(tmp / "hole.safetensors", specs, fmt::TensorFiller{});
+    const auto filled = read_bytes(tmp / "filled.safetensors");
+    const auto hole = read_bytes(tmp / "hole.safetensors");
+    REQUIRE(hole.size() == filled.size());
+    const auto c = fmt::Checkpoint::open(tmp / "hole.safetensors");  // the same valid layout
+    const auto data_offset = static_cast<std::ptrdiff_t>(c.files()[0].header.data_offset());
+    CHECK(std::equal(hole.begin(), hole.begin() + data_offset, filled.begin()));
+    CHECK(std::all_of(hole.begin() + data_offset, hole.end(), [](std::byte b) { return b == std::byte{0}; }));
+
+    // Sharded too; and a hole the file size limit refuses is an io_error naming the file.
+    const auto index = fmt::write_sharded_checkpoint(tmp / "ckpt", specs, 2, fmt::TensorFiller{});
+    CHECK(fmt::Checkpoint::open(index).total_bytes() == 512 * 1024 * 2 + 12);
+    rlimit before{};
+    REQUIRE(::getrlimit(RLIMIT_FSIZE, &before) == 0);
+    const auto old_handler = std::signal(SIGXFSZ, SIG_IGN);  // EFBIG rather than the signal
+    rlimit small = before;
+    small.rlim_cur = 4096;
+    REQUIRE(::setrlimit(RLIMIT_FSIZE, &small) == 0);
+    const Thrown t = thrown_by([&] { fmt::write_safetensors(tmp / "big.safetensors", specs, fmt::TensorFiller{}); });
+    ::setrlimit(RLIMIT_FSIZE, &before);
+    std::signal(SIGXFSZ, old_handler);
+    CHECK(t.kind == "io_error");
+    CHECK(t.source == (tmp / "big.safetensors").string());
+    CHECK(contains(t.what, "cannot extend to " + std::to_string(filled.size()) + " bytes"));
 }
 
 TEST_CASE("writer: sharded checkpoint round trip through Checkpoint::open") {

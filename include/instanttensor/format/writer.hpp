@@ -33,7 +33,9 @@ struct TensorData {
     std::span<const std::byte> bytes;
 };
 
-/// Fills `out` (exactly the tensor's size) with the bytes of `tensor`.
+/// Fills `out` (exactly the tensor's size) with the bytes of `tensor`. An empty filler writes no
+/// tensor bytes: the data section is left as a hole, which reads as zeros and, on filesystems with
+/// sparse files, takes no space (a checkpoint of any size, for what needs only its layout).
 using TensorFiller = std::function<void(const TensorSpec& tensor, std::span<std::byte> out)>;
 
 /// The header JSON (padded) that write_safetensors would write for `tensors`, with the tensors

@@ -156,6 +156,16 @@ inline void write_safetensors(const std::filesystem::path& path, std::vector<Ten
     for (unsigned i = 0; i < 8; ++i) prefix[i] = static_cast<std::byte>((n >> (8 * i)) & 0xff);
     detail::write_all(fd.get(), prefix, source);
     detail::write_all(fd.get(), std::as_bytes(std::span(json)), source);
+    if (!fill) {  // a hole of the data section's size: it reads as zeros
+        std::uint64_t end = header_length_size + json.size();
+        for (const auto& t : tensors) end += detail::checked_size(t);
+        int rc;
+        do {
+            rc = ::ftruncate(fd.get(), static_cast<off_t>(end));
+        } while (rc < 0 && errno == EINTR);
+        if (rc < 0) throw io_error(source, "cannot extend to " + std::to_string(end) + " bytes", errno);
+        return;
+    }
     std::vector<std::byte> buffer;
     for (const auto& t : tensors) {
         buffer.assign(detail::checked_size(t), std::byte{0});
