@@ -7,12 +7,15 @@
 //
 //   parse_header/<tensors>      one header of that many tensors: MB/s of JSON, tensors/s
 //   open_checkpoint/<tensors>   Checkpoint::open of an index over 160 files: tensors/s, files/s
+//   refuse_missing/<tensors>    the same index listing one tensor more than its shards hold, in one
+//                               file: refused in O(n log n) (it was a search per listed tensor)
 #include <instanttensor/format/checkpoint.hpp>
 #include <instanttensor/format/writer.hpp>
 
 #include <benchmark/benchmark.h>
 
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <unistd.h>
 #include <vector>
@@ -87,9 +90,30 @@ void open_checkpoint(benchmark::State& state) {
                                                    benchmark::Counter::kIsRate);
 }
 
+void refuse_missing(benchmark::State& state) {
+    const auto count = static_cast<std::size_t>(state.range(0));
+    const auto dir = std::filesystem::temp_directory_path() / ("instanttensor-bench-missing-" + std::to_string(::getpid()));
+    std::filesystem::create_directories(dir);
+    it::write_safetensors(dir / "model.safetensors", moe_like_tensors(count), fill_zero);
+    std::string index = R"({"weight_map":{"model.missing.weight":"model.safetensors")";
+    for (const auto& t : moe_like_tensors(count)) index += ",\"" + t.name + R"(":"model.safetensors")";
+    std::ofstream(dir / "model.safetensors.index.json") << index << "}}";
+    for (auto _ : state) {
+        try {
+            (void)it::Checkpoint::open(dir / "model.safetensors.index.json");
+            state.SkipWithError("the index was accepted");
+        } catch (const instanttensor::format_error&) {
+        }
+    }
+    state.counters["tensors/s"] = benchmark::Counter(static_cast<double>(state.iterations() * count),
+                                                     benchmark::Counter::kIsRate);
+    std::filesystem::remove_all(dir);
+}
+
 }  // namespace
 
 BENCHMARK(parse_header)->Arg(1000)->Arg(100000)->Unit(benchmark::kMillisecond);
 BENCHMARK(open_checkpoint)->Arg(1000)->Arg(100000)->Unit(benchmark::kMillisecond);
+BENCHMARK(refuse_missing)->Arg(1000)->Arg(100000)->Unit(benchmark::kMillisecond);
 
 BENCHMARK_MAIN();

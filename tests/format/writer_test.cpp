@@ -394,6 +394,16 @@ TEST_CASE("writer: io errors name the path") {
     CHECK(t.kind == "io_error");
     CHECK(contains(t.what, missing.string()));
 
+    // A symbolic link where a file is to be written is not followed: what it points to is untouched.
+    write_text(tmp / "elsewhere", "keep");
+    fs::create_directory(tmp / "shared");
+    fs::create_symlink(tmp / "elsewhere", tmp / "shared" / "model-00001-of-00001.safetensors");
+    t = thrown_by([&] { (void)fmt::write_sharded_checkpoint(tmp / "shared", {{"a", Dtype::U8, {1}}}, 1, fill_from_name); });
+    CHECK(t.kind == "io_error");
+    CHECK(t.source == (tmp / "shared" / "model-00001-of-00001.safetensors").string());
+    CHECK(contains(t.what, "is a symbolic link: not followed, not overwritten"));
+    CHECK(read_bytes(tmp / "elsewhere").size() == 4);
+
     // A directory where the checkpoint directory should be created: a file is in the way.
     write_text(tmp / "file", "x");
     t = thrown_by([&] { (void)fmt::write_sharded_checkpoint(tmp / "file" / "ckpt", {{"a", Dtype::U8, {1}}}, 1, fill_from_name); });

@@ -120,11 +120,16 @@ TEST_CASE("group: options that cannot work are refused") {
     CHECK_THROWS_AS(GroupLoader(checkpoint, it::storage::automatic(), InProcessTransport(group, 2), it::sink::host(),
                                 group_options({})),
                     std::invalid_argument);
-    // A share of rows a tensor does not have.
+    // A share of rows a tensor does not have: the message names the tensor's file and the tensor.
     const auto too_many = [](const fmt::TensorRef& t, int, int) { return Share::row_range(0, t.info->shape.empty() ? 1 : t.info->shape[0] + 1); };
-    CHECK_THROWS_AS(GroupLoader(checkpoint, it::storage::automatic(), InProcessTransport(group, 0), it::sink::host(),
-                                group_options(too_many)),
-                    std::invalid_argument);
+    std::string message;
+    try {
+        GroupLoader(checkpoint, it::storage::automatic(), InProcessTransport(group, 0), it::sink::host(), group_options(too_many));
+    } catch (const std::invalid_argument& e) {
+        message = e.what();
+    }
+    CHECK(message.starts_with((dir / "one.safetensors").string() + ": a share of tensor '"));
+    CHECK(message.find("run past its") != std::string::npos);
     // One rank alone cannot split: LoadOptions::share needs a group transport.
     CHECK_THROWS_AS((it::Loader<it::storage::automatic, it::transport::single, it::sink::host>(
                         checkpoint, it::storage::automatic(), {}, it::sink::host(), group_options(it::split_rows({})))),

@@ -175,7 +175,8 @@ private:
         if (rows_.empty()) first_ = next_;
         const format::TensorRef& ref = *plan_.tensors[next_].ref;
         for (std::size_t r = 0; r < width_; ++r) {
-            const KeptBytes k = kept_bytes(ref, share_ ? share_(ref, static_cast<int>(r), static_cast<int>(n_)) : Share::whole());
+            const KeptBytes k = kept_bytes(ref, share_ ? share_(ref, static_cast<int>(r), static_cast<int>(n_)) : Share::whole(),
+                                           plan_.checkpoint ? plan_.checkpoint->files()[ref.file].path.native() : "share");
             if (width_ == 1) everyone_keeps_ += k.size();
             else g_.kept_bytes[r] += k.size();
             if (width_ == 1 || r == rank_) g_.kept[next_] = k;

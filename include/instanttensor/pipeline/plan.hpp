@@ -47,6 +47,7 @@ struct PlannedTensor {
 };
 
 struct Plan {
+    const format::Checkpoint* checkpoint = nullptr;  ///< what is planned (borrowed)
     std::vector<PlannedTensor> tensors;  ///< selected tensors, in file then offset order
     std::vector<Extent> extents;         ///< in the same order
     std::vector<Piece> pieces;
@@ -93,6 +94,7 @@ inline Plan make_plan(const format::Checkpoint& checkpoint, const TensorFilter& 
             throw usage_error("make_plan", "alignments must be powers of two dividing max_extent_bytes");
 
     Plan plan;
+    plan.checkpoint = &checkpoint;
     auto align_down = [](std::uint64_t v, std::uint64_t a) { return v & ~(a - 1); };
     auto align_up = [](std::uint64_t v, std::uint64_t a) { return (v + a - 1) & ~(a - 1); };
     auto close_extent = [&] {

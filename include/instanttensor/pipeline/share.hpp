@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <string_view>
 
 #include "instanttensor/error.hpp"
 #include "instanttensor/format/checkpoint.hpp"
@@ -51,13 +52,16 @@ struct KeptBytes {
 
 /// The bytes `share` keeps of `tensor`. Throws usage_error when the rows run past the
 /// tensor, or when a part of it is asked of a scalar or of a tensor whose rows are not whole bytes
-/// (4- and 6-bit dtypes with an odd row length): keep those whole.
-inline KeptBytes kept_bytes(const format::TensorRef& tensor, Share share) {
+/// (4- and 6-bit dtypes with an odd row length): keep those whole. The error's source is `file`,
+/// the tensor's file, where given.
+inline KeptBytes kept_bytes(const format::TensorRef& tensor, Share share, std::string_view file = "share") {
     if (!share.kept) return {};
     const auto& shape = tensor.info->shape;
     const std::uint64_t total_rows = shape.empty() ? 1 : shape[0];
     if (share.rows == Share::all_rows && share.first_row == 0) return {true, 0, tensor.nbytes(), 0, total_rows};
-    const auto refuse = [&](const std::string& why) { throw usage_error("share of '" + tensor.name() + "'", why); };
+    const auto refuse = [&](const std::string& why) {
+        throw usage_error(std::string(file), "a share of tensor " + detail::quote_name(tensor.name()) + ": " + why);
+    };
     if (shape.empty()) refuse("a scalar has no rows to split; keep it whole");
     if (share.first_row > total_rows)
         refuse("row " + std::to_string(share.first_row) + " is past its " + std::to_string(total_rows) + " rows");

@@ -5,7 +5,9 @@
 #include <algorithm>
 #include <set>
 #include <string>
+#include <string_view>
 #include <system_error>
+#include <unordered_set>
 #include <utility>
 
 #include "instanttensor/detail/fd.hpp"
@@ -203,6 +205,7 @@ inline Checkpoint Checkpoint::open(std::span<const std::filesystem::path> paths)
     if (paths.empty()) throw format_error("", "no checkpoint path given");
     Checkpoint c;
     for (const auto& p : paths) {
+        if (p.empty()) throw usage_error("Checkpoint::open", "an empty path ('') names no file");
         std::error_code ec;
         const bool is_dir = std::filesystem::is_directory(p, ec);
         if (is_dir) {
@@ -257,14 +260,15 @@ inline void Checkpoint::add_index(const std::filesystem::path& index_path) {
             ++found;
         }
     if (found == index.weight_map.size()) return;
-    for (const auto& [tensor, shard] : index.weight_map) {
-        const auto k = static_cast<std::size_t>(std::lower_bound(shards.begin(), shards.end(), shard) - shards.begin());
-        const auto& tensors = files_[first_file + k].header.tensors;
-        const auto& name = tensor;  // clang 14 cannot capture a structured binding
-        if (std::none_of(tensors.begin(), tensors.end(), [&](const TensorInfo& t) { return t.name == name; }))
+    // Some listed tensor is in no shard (every one found was found where it is listed): name it.
+    std::unordered_set<std::string_view> present;
+    present.reserve(found);
+    for (std::size_t k = 0; k < shards.size(); ++k)
+        for (const auto& t : files_[first_file + k].header.tensors) present.insert(t.name);
+    for (const auto& [tensor, shard] : index.weight_map)
+        if (!present.contains(tensor))
             throw format_error(source, "tensor " + detail::quote_name(tensor) + " listed in weight_map is missing from shard " +
                                            detail::quote_name(shard));
-    }
 }
 
 inline void Checkpoint::add_file(std::filesystem::path path) {

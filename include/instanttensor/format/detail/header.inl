@@ -140,13 +140,24 @@ public:
         return refuse(ec, "the end of an array");
     }
 
-    bool on_int64(std::int64_t v, string_view, error_code& ec) {
-        if (v < 0 && (state_ == State::shape_items || state_ == State::offset_items))
+    // A number may come in parts; its sign is its first character. "-0" is an int64 of 0, and
+    // negative all the same (the reference refuses it).
+    bool on_number_part(string_view part, error_code&) {
+        if (!in_number_) negative_ = part.starts_with('-');
+        in_number_ = true;
+        return true;
+    }
+
+    bool on_int64(std::int64_t v, string_view last, error_code& ec) {
+        const bool negative = in_number_ ? negative_ : last.starts_with('-');
+        in_number_ = false;
+        if (negative && (state_ == State::shape_items || state_ == State::offset_items))
             return fail(ec, "tensor " + quote_name(tensor_.name) + ": negative " + item_kind());
         return on_uint64(static_cast<std::uint64_t>(v), {}, ec);
     }
 
     bool on_uint64(std::uint64_t v, string_view, error_code& ec) {
+        in_number_ = false;
         if (state_ == State::shape_items) {
             tensor_.shape.push_back(v);
             return true;
@@ -160,6 +171,7 @@ public:
     }
 
     bool on_double(double, string_view, error_code& ec) {
+        in_number_ = false;
         if (state_ == State::shape_items || state_ == State::offset_items)
             return fail(ec, "tensor " + quote_name(tensor_.name) + ": " + item_kind() + " is not an integer in [0, 2^64)");
         return refuse(ec, "a number");
@@ -230,6 +242,8 @@ private:
     TensorInfo tensor_;
     unsigned seen_ = 0;
     unsigned offsets_seen_ = 0;
+    bool in_number_ = false;  // a number's first part came (on_number_part)
+    bool negative_ = false;   // and began with '-'
 };
 
 /// Why a tensor's declared byte range cannot hold its shape, or empty when it can.

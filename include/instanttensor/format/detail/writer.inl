@@ -59,11 +59,14 @@ inline void write_all(int fd, std::span<const std::byte> bytes, const std::strin
     }
 }
 
+/// Creates or truncates `path`, never through a symbolic link there: overwriting a checkpoint in a
+/// directory someone else can write must not write wherever their link points.
 inline detail::FileDescriptor create_file(const std::filesystem::path& path) {
     int fd;
     do {
-        fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
     } while (fd < 0 && errno == EINTR);
+    if (fd < 0 && errno == ELOOP) throw io_error(path.string(), "is a symbolic link: not followed, not overwritten", ELOOP);
     if (fd < 0) throw io_error(path.string(), "cannot create", errno);
     return detail::FileDescriptor(fd);
 }
