@@ -7,19 +7,20 @@
 #pragma once
 
 #include <cerrno>
+#include <charconv>
 #include <cstdint>
 #include <cstdio>
 #include <exception>
 #include <filesystem>
 #include <functional>
 #include <new>
-#include <regex>
 #include <span>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include <fmt/core.h>
+#include <re2/re2.h>
 
 #include "instanttensor/error.hpp"
 
@@ -47,14 +48,18 @@ void add_sample(CLI::App& app, Action& action);
 void add_load(CLI::App& app, Action& action);
 void add_plan(CLI::App& app, Action& action);
 
-/// `text` with control characters (newline, tab, ESC...) written as \n, \t, \xNN, so that a tensor
-/// name or path cannot break a table row or an error message in two. Other bytes pass unchanged.
+/// `text` with control characters (newline, tab, ESC, NUL, DEL...) written as \n, \t, \xNN, and a
+/// backslash as \\, so that a tensor name or path cannot break a table row or an error message in
+/// two, and a name holding a newline never prints like one holding a backslash and an n. Other
+/// bytes (UTF-8 included) pass unchanged.
 inline std::string escape_control(std::string_view text) {
     std::string out;
     out.reserve(text.size());
     for (char ch : text) {
         const auto c = static_cast<unsigned char>(ch);
-        if (c >= 0x20 && c != 0x7f) {
+        if (c == '\\') {
+            out.append("\\\\");
+        } else if (c >= 0x20 && c != 0x7f) {
             out.push_back(ch);
         } else if (c == '\n') {
             out.append("\\n");
@@ -69,14 +74,27 @@ inline std::string escape_control(std::string_view text) {
     return out;
 }
 
-/// A CLI11 validator's check that `text` is an ECMAScript regular expression ("" when it is).
+/// A CLI11 validator's check that `text` is a regular expression in RE2's syntax ("" when it is).
 inline std::string check_regex(std::string& text) {
-    try {
-        std::regex{text};
-        return {};
-    } catch (const std::regex_error& e) {
-        return std::string("not a regular expression: ") + e.what();
-    }
+    const RE2 pattern(text, RE2::Quiet);
+    return pattern.ok() ? std::string() : "not a regular expression: " + pattern.error();
+}
+
+/// A CLI11 check that an option is a whole number in [min, max]: "'abc' is not a whole number",
+/// "0 is not in [1, 8]" (CLI11's Range says "not in range" of any text).
+template <class T>
+CLI::Validator whole_number(T min, T max) {
+    const std::string range = "[" + std::to_string(min) + ", " + std::to_string(max) + "]";
+    return CLI::Validator(
+        [min, max, range](std::string& text) -> std::string {
+            T value{};
+            const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+            if (text.empty() || end != text.data() + text.size() || (ec != std::errc() && ec != std::errc::result_out_of_range))
+                return "'" + escape_control(text) + "' is not a whole number";
+            if (ec == std::errc::result_out_of_range || value < min || value > max) return text + " is not in " + range;
+            return {};
+        },
+        "in " + range);
 }
 
 /// Columns a UTF-8 string takes in a terminal, approximated as its number of code points.
@@ -117,6 +135,14 @@ inline std::string count_of(std::uint64_t n, std::string_view noun) {
 /// Command-line paths as given; Checkpoint::open resolves files, indexes and directories.
 inline std::vector<std::filesystem::path> to_paths(const std::vector<std::string>& args) {
     return {args.begin(), args.end()};
+}
+
+/// Prints to stdout. A write that fails (a full disk, a closed descriptor) is an io_error naming
+/// <stdout>, not fmt's "cannot write to file".
+template <class... Args>
+void print(fmt::format_string<Args...> format, Args&&... args) {
+    const std::string text = fmt::format(format, std::forward<Args>(args)...);
+    if (std::fwrite(text.data(), 1, text.size(), stdout) != text.size()) throw io_error("<stdout>", "write failed", errno);
 }
 
 /// Makes sure everything printed reached stdout (a full disk or closed pipe is an error too).

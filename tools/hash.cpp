@@ -3,8 +3,9 @@
 // One line per tensor, `<16 lowercase hex digits>  <name>`, laid out like sha256sum and sorted by
 // the raw UTF-8 bytes of the name (as `LC_ALL=C sort`), so two checkpoints holding the same
 // tensors give the same text however they are sharded or laid out, and `diff` shows what changed.
-// A name holding a backslash, newline or carriage return is escaped as sha256sum escapes file
-// names: the line starts with a backslash and those characters read \\, \n and \r.
+// A name holding a backslash or a control character is escaped as sha256sum escapes file names:
+// the line starts with a backslash, and the name reads as `inspect` prints it (escape_control:
+// \\, \n, \r, \t, \xNN).
 //
 // The bytes are those the loader delivers, with the same --device, --backend, --direct and
 // --staging-mib options as `load`: `hash --device 0 --backend uring` digests what actually landed
@@ -52,18 +53,11 @@ std::vector<Digest> hash_tensors(const Checkpoint& checkpoint, const LoadSetting
     return digests;
 }
 
-/// The name as sha256sum would write it, and whether the line needs the leading backslash.
+/// The name as `inspect` prints it, and whether the line needs sha256sum's leading backslash.
 std::pair<std::string, bool> escape_name(std::string_view name) {
-    if (name.find_first_of("\\\n\r") == std::string_view::npos) return {std::string(name), false};
-    std::string out;
-    out.reserve(name.size() + 8);
-    for (char ch : name) {
-        if (ch == '\\') out.append("\\\\");
-        else if (ch == '\n') out.append("\\n");
-        else if (ch == '\r') out.append("\\r");
-        else out.push_back(ch);
-    }
-    return {std::move(out), true};
+    std::string out = escape_control(name);
+    const bool escaped = out != name;
+    return {std::move(out), escaped};
 }
 
 int run_hash(const HashOptions& options) {
@@ -76,7 +70,7 @@ int run_hash(const HashOptions& options) {
         const auto [name, escaped] = escape_name(d.name);
         out.append(escaped ? "\\" : "").append(fmt::format("{:016x}  ", d.hash)).append(name).push_back('\n');
     }
-    fmt::print("{}", out);
+    print("{}", out);
     return exit_ok;
 }
 

@@ -45,7 +45,7 @@ void print_row(const Row& row, const std::array<std::size_t, 6>& widths) {
         if (!right_aligned[c] && !last) line.append(pad, ' ');
     }
     line.push_back('\n');
-    fmt::print("{}", line);
+    print("{}", line);
 }
 
 void print_table(const Checkpoint& checkpoint) {
@@ -64,11 +64,11 @@ void print_table(const Checkpoint& checkpoint) {
 
     const auto metadata = checkpoint.metadata();
     if (!metadata.empty()) {
-        fmt::print("\n");
-        for (const auto& [key, value] : metadata) fmt::print("{}={}\n", escape_control(key), escape_control(value));
+        print("\n");
+        for (const auto& [key, value] : metadata) print("{}={}\n", escape_control(key), escape_control(value));
     }
     const auto total = checkpoint.total_bytes();
-    fmt::print("\n{}, {}, {} ({} bytes)\n", count_of(checkpoint.tensors().size(), "tensor"),
+    print("\n{}, {}, {} ({} bytes)\n", count_of(checkpoint.tensors().size(), "tensor"),
                count_of(checkpoint.files().size(), "file"), human_bytes(total), total);
 }
 
@@ -94,7 +94,7 @@ void print_json(const Checkpoint& checkpoint) {
     boost::json::object document;
     document["tensors"] = std::move(tensors);
     document["metadata"] = std::move(metadata);
-    fmt::print("{}\n", boost::json::serialize(document));
+    print("{}\n", boost::json::serialize(document));
 }
 
 int run_inspect(const InspectOptions& options) {

@@ -48,20 +48,20 @@ int run_load(const LoadCommand& command) {
         o["peak_rss_bytes"] = report.peak_rss_bytes;
         o["ranks"] = report.ranks;
         o["received_bytes"] = report.stats.received_bytes;
-        fmt::print("{}\n", boost::json::serialize(o));
+        print("{}\n", boost::json::serialize(o));
         return exit_ok;
     }
-    fmt::print("loaded {} ({}) from {} to {} in {:.3f} s: {:.2f} GB/s\n", count_of(report.stats.tensors, "tensor"),
+    print("loaded {} ({}) from {} to {} in {:.3f} s: {:.2f} GB/s\n", count_of(report.stats.tensors, "tensor"),
                human_bytes(report.stats.tensor_bytes), count_of(checkpoint.files().size(), "file"), report.device,
                seconds, gbps);
-    fmt::print("backend {}, {} of {} with O_DIRECT{}\n", report.backend, report.direct_files,
+    print("backend {}, {} of {} with O_DIRECT{}\n", report.backend, report.direct_files,
                count_of(checkpoint.files().size(), "file"),
                report.fallback.empty() ? "" : " (passed over: " + escape_control(report.fallback) + ")");
-    fmt::print("memory: staging {}{}, {} {}, peak device use {}, peak resident {}\n", human_bytes(report.stats.staging_bytes),
+    print("memory: staging {}{}, {} {}, peak device use {}, peak resident {}\n", human_bytes(report.stats.staging_bytes),
                report.device == "cpu" ? "" : " pinned", report.device == "cpu" ? "host ring" : "device ring",
                human_bytes(report.ring_bytes), human_bytes(report.peak_device_bytes), human_bytes(report.peak_rss_bytes));
     if (report.ranks > 0)
-        fmt::print("group of {}: read {}, received {}, window buffers {}\n", report.ranks, human_bytes(report.stats.read_bytes),
+        print("group of {}: read {}, received {}, window buffers {}\n", report.ranks, human_bytes(report.stats.read_bytes),
                    human_bytes(report.stats.received_bytes), human_bytes(report.stats.window_memory));
     return exit_ok;
 }

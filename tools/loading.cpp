@@ -8,7 +8,6 @@
 #include <cstdio>
 #include <exception>
 #include <memory>
-#include <regex>
 
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
@@ -166,10 +165,11 @@ private:
 }  // namespace
 
 ShareFunction split_rows_matching(const format::Checkpoint& checkpoint, const std::string& regex) {
-    const std::regex pattern(regex);
+    const RE2 pattern(regex, RE2::Quiet);
+    if (!pattern.ok()) throw usage_error("--split-rows", "not a regular expression: " + pattern.error());
     auto tensors = checkpoint.tensors();
     auto matches = std::make_shared<std::vector<bool>>(tensors.size());
-    for (std::size_t i = 0; i < tensors.size(); ++i) (*matches)[i] = std::regex_search(tensors[i].name(), pattern);
+    for (std::size_t i = 0; i < tensors.size(); ++i) (*matches)[i] = RE2::PartialMatch(tensors[i].name(), pattern);
     return split_rows([tensors, matches](const format::TensorRef& t) {
         return (*matches)[static_cast<std::size_t>(&t - tensors.data())];
     });
@@ -199,25 +199,25 @@ void add_load_options(CLI::App& sub, LoadSettings& settings, const std::string& 
     sub.add_option("--staging-mib", settings.staging_mib, "Staging memory (pinned for a GPU load), in MiB")
         ->type_name("N")
         ->capture_default_str()
-        ->check(CLI::Range(1, 1 << 20));
+        ->check(whole_number(1, 1 << 20));
     CLI::Option* slot = sub.add_option("--slot-mib", settings.slot_mib, "Largest single read (one staging slot), in MiB; at most half the staging")
         ->type_name("N")
         ->capture_default_str()
-        ->check(CLI::Range(std::uint64_t{1}, max_slot_mib));
+        ->check(whole_number(std::uint64_t{1}, max_slot_mib));
     sub.add_option("--ring-mib", settings.ring_mib,
                    "Where the tensors land: the host or device ring, in MiB (at least twice the largest tensor); 0 = as the load needs")
         ->type_name("N")
         ->capture_default_str()
-        ->check(CLI::Range(0, 1 << 24));
+        ->check(whole_number(0, 1 << 24));
     sub.add_option("--copy-streams", settings.copy_streams, "GPU loads: CUDA streams taking turns at the copies")
         ->type_name("N")
         ->capture_default_str()
-        ->check(CLI::Range(1, 8));
+        ->check(whole_number(1, 8));
 
     auto* group = sub.add_option_group("group", "Loading as one rank of an NCCL group (docs/distributed.md)");
     group->add_option("--ranks", settings.ranks, "Load as one of N processes, each reading 1/N; 1 runs the group path on one GPU")
         ->type_name("N")
-        ->check(CLI::Range(1, 4096));
+        ->check(whole_number(1, 4096));
     group->add_option("--rank", settings.rank, "This process's rank, 0 to N-1")->type_name("R")->capture_default_str();
     group->add_option("--nccl-id", settings.nccl_id, "File through which rank 0 hands out the NCCL unique id (remove it before each job)")
         ->type_name("FILE");
@@ -227,7 +227,7 @@ void add_load_options(CLI::App& sub, LoadSettings& settings, const std::string& 
     group->add_option("--window-mib", settings.window_mib, "Bytes the group reads, then exchanges, at a time")
         ->type_name("N")
         ->capture_default_str()
-        ->check(CLI::Range(1, 1 << 20));
+        ->check(whole_number(1, 1 << 20));
     sub.parse_complete_callback([&settings, slot] {
         // Two slots at least, so that a read and a copy overlap: the default slot shrinks to fit
         // a small staging, a slot asked for does not.

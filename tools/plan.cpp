@@ -61,17 +61,17 @@ int run_plan(const PlanCommand& command) {
             per_rank.push_back({{"rank", r}, {"read_bytes", group.read_bytes[r]}, {"kept_bytes", kept[r]},
                                 {"received_bytes", group.received_bytes[r]}});
         o["per_rank"] = std::move(per_rank);
-        fmt::print("{}\n", boost::json::serialize(o));
+        print("{}\n", boost::json::serialize(o));
         return exit_ok;
     }
-    fmt::print("{} ({}) for {} ranks in {} of at most {}: {} all-gather, {} broadcasts, {} point-to-point, {} alone\n",
+    print("{} ({}) for {} ranks in {} of at most {}: {} all-gather, {} broadcasts, {} point-to-point, {} alone\n",
                count_of(plan.tensors.size(), "tensor"), human_bytes(plan.tensor_bytes), command.ranks,
                count_of(group.windows.size(), "window"), human_bytes(command.window_mib << 20),
                mode_count(ExchangeMode::all_gather), mode_count(ExchangeMode::broadcasts), mode_count(ExchangeMode::sends),
                mode_count(ExchangeMode::none));
-    fmt::print("{:>5}  {:>11}  {:>11}  {:>11}\n", "rank", "reads", "keeps", "receives");
+    print("{:>5}  {:>11}  {:>11}  {:>11}\n", "rank", "reads", "keeps", "receives");
     for (std::size_t r = 0; r < kept.size(); ++r)
-        fmt::print("{:>5}  {:>11}  {:>11}  {:>11}\n", r, human_bytes(group.read_bytes[r]), human_bytes(kept[r]),
+        print("{:>5}  {:>11}  {:>11}  {:>11}\n", r, human_bytes(group.read_bytes[r]), human_bytes(kept[r]),
                    human_bytes(group.received_bytes[r]));
     return exit_ok;
 }
@@ -84,16 +84,16 @@ void add_plan(CLI::App& app, Action& action) {
     sub->footer("Computed from the layout alone: no file data is read. Every rank keeps every tensor unless\n"
                 "--split-rows names tensors to split along their first dimension (tensor parallelism).");
     add_checkpoint_paths(*sub, command->paths);
-    sub->add_option("--ranks", command->ranks, "Ranks in the group")->capture_default_str()->check(CLI::Range(1, 4096));
+    sub->add_option("--ranks", command->ranks, "Ranks in the group")->capture_default_str()->check(whole_number(1, 4096));
     sub->add_option("--split-rows", command->split_rows, "Split the tensors whose name matches this regular expression")
         ->type_name("REGEX")
         ->check(CLI::Validator(check_regex, "", "regex"));
     sub->add_option("--window-mib", command->window_mib, "Bytes the group reads, then exchanges, at a time")
         ->capture_default_str()
-        ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{1} << 20));
+        ->check(whole_number(std::uint64_t{1}, std::uint64_t{1} << 20));
     sub->add_option("--slot-mib", command->slot_mib, "The largest single read")
         ->capture_default_str()
-        ->check(CLI::Range(std::uint64_t{1}, max_slot_mib));
+        ->check(whole_number(std::uint64_t{1}, max_slot_mib));
     sub->add_flag("--json", command->json, "Print one JSON object instead of text");
     sub->add_flag("--buffered", command->buffered, "Plan for buffered reads (no O_DIRECT alignment)");
     sub->callback([command, &action] {

@@ -146,14 +146,14 @@ int run_sample(const SampleOptions& options) {
     const auto tensors = llama_tensors(shape, dtype);
     const auto total = total_bytes(shape, element_bytes);
     if (options.dry_run) {
-        fmt::print("{}\n", escape_control((std::filesystem::path(options.directory) / "model.safetensors.index.json").string()));
+        print("{}\n", escape_control((std::filesystem::path(options.directory) / "model.safetensors.index.json").string()));
     } else {
         const auto fill = options.sparse ? format::TensorFiller{} : format::TensorFiller{fill_random};
         const auto index = format::write_sharded_checkpoint(options.directory, tensors, options.shards, fill,
                                                             {{"format", "pt"}});
-        fmt::print("{}\n", escape_control(index.string()));
+        print("{}\n", escape_control(index.string()));
     }
-    fmt::print("{} in {}, {} ({} bytes): widths of {}: hidden {}, intermediate {}, {}, vocab {}, {} heads ({} kv) of {}, {}\n",
+    print("{} in {}, {} ({} bytes): widths of {}: hidden {}, intermediate {}, {}, vocab {}, {} heads ({} kv) of {}, {}\n",
                count_of(tensors.size(), "tensor"), count_of(options.shards, "file"), human_bytes(total), total,
                shape.like, shape.hidden, shape.intermediate, count_of(shape.layers, "layer"), shape.vocab, shape.heads,
                shape.kv_heads, shape.hidden / shape.heads, options.dtype);
@@ -184,11 +184,11 @@ void add_sample(CLI::App& app, Action& action) {
     sub->add_option("--shards", options->shards, "Number of files")
         ->type_name("N")
         ->capture_default_str()
-        ->check(CLI::Range(std::size_t{1}, std::size_t{99999}));
+        ->check(whole_number(std::size_t{1}, std::size_t{99999}));
     sub->add_option("--size-mib", options->size_mib, "Approximate total size of the tensors, in MiB")
         ->type_name("M")
         ->capture_default_str()
-        ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{1} << 24));
+        ->check(whole_number(std::uint64_t{1}, std::uint64_t{1} << 24));
     sub->add_option("--dtype", options->dtype, "Element type of every tensor")
         ->type_name("DTYPE")
         ->capture_default_str()

@@ -4,7 +4,7 @@
 
 # Debian 12 packages the build needs (CUDA is optional and not from Debian: /usr/local/cuda).
 INSTANTTENSOR_BUILD_PACKAGES=(cmake ninja-build g++ pkg-config libboost-json1.81-dev libcli11-dev
-  libfmt-dev libxxhash-dev liburing-dev)
+  libfmt-dev libxxhash-dev liburing-dev libre2-dev)
 # Added for the test suite: doctest, Google Benchmark, clang with libFuzzer and the sanitizers.
 INSTANTTENSOR_TEST_PACKAGES=(doctest-dev libbenchmark-dev clang libclang-rt-14-dev python3)
 

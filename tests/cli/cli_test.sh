@@ -158,16 +158,20 @@ EOF
 import json, sys
 doc = json.load(open(sys.argv[1], encoding="utf-8"))
 names = {t["name"] for t in doc["tensors"]}
-expected = {"empty", "scalar", "B", "a", "z", "\u00e9t\u00e9", 'with "quotes"', "back\\slash", "new\nline", "big"}
+expected = {"empty", "scalar", "B", "a", "z", "\u00e9t\u00e9", 'with "quotes"', "back\\slash", "new\nline", "big",
+            "slash\\nline", "tab\there", "esc\x1b[31m", "nul\x00byte", "del\x7f"}
 assert names == expected, names
 assert doc["metadata"] == {"purpose": "hash reference"}, doc["metadata"]
 scalar = [t for t in doc["tensors"] if t["name"] == "scalar"][0]
 assert scalar["shape"] == [] and scalar["nbytes"] == 8 and scalar["dtype"] == "I64", scalar
 EOF
-    # In the table a newline in a name is escaped: one row per tensor still.
+    # In the table control characters and backslashes in a name are escaped: one row per tensor
+    # still, and a newline prints unlike a backslash and an n.
     expect_success inspect "$work/names.safetensors"
     grep -q '^new\\nline ' "$work/stdout" || fail "inspect does not escape the newline of a name"
-    [[ $(sed '/^$/q' "$work/stdout" | grep -c .) == 11 ]] || fail "inspect table is not 1 header + 10 rows"
+    grep -q '^slash\\\\nline ' "$work/stdout" || fail "inspect does not escape the backslash of a name"
+    grep -q '^esc\\x1b\[31m ' "$work/stdout" || fail "inspect does not escape the ESC of a name"
+    [[ $(sed '/^$/q' "$work/stdout" | grep -c .) == 16 ]] || fail "inspect table is not 1 header + 15 rows"
 }
 
 case_hash_reference() {
@@ -179,6 +183,8 @@ case_hash_reference() {
     [[ $(cut -c19- "$work/stdout" | head -2 | tr '\n' ' ') == "B a " ]] || fail "names are not in raw byte order"
     grep -Eqx '\\[0-9a-f]{16}  new\\nline' "$work/stdout" || fail "newline in a name is not escaped as sha256sum does"
     grep -Eqx '\\[0-9a-f]{16}  back\\\\slash' "$work/stdout" || fail "backslash in a name is not escaped as sha256sum does"
+    grep -Eqx '\\[0-9a-f]{16}  nul\\x00byte' "$work/stdout" || fail "NUL in a name is not escaped"
+    grep -Eqx '\\[0-9a-f]{16}  del\\x7f' "$work/stdout" || fail "DEL in a name is not escaped"
     check_hash_lines "$work/stdout"
 }
 
@@ -241,8 +247,21 @@ for whole, part in zip(everything["per_rank"], split["per_rank"]):
 assert split["send_windows"] > 0, split
 PY
     fi
+    # Patterns match in linear time: one that backtracks exponentially in ECMAScript engines, and a
+    # tensor name of 50,000 characters that overflowed std::regex's recursion.
+    expect_success plan --ranks 4 --split-rows '(.*)*x' "$work/sample"
+    if command -v python3 >/dev/null; then
+        python3 - "$work/long.safetensors" <<'PY' || fail "could not write the long-name file"
+import json, struct, sys
+header = json.dumps({"p" * 50000 + "proj": {"dtype": "U8", "shape": [4, 2], "data_offsets": [0, 8]}}).encode()
+open(sys.argv[1], "wb").write(struct.pack("<Q", len(header)) + header + bytes(8))
+PY
+        expect_success plan --ranks 2 --split-rows '.*proj.*' "$work/long.safetensors"
+        expect_success plan --ranks 2 --split-rows '(p|pp)*proj$' "$work/long.safetensors"
+    fi
     expect_usage_error plan --ranks 0 "$work/sample"
     expect_usage_error plan --split-rows '(' "$work/sample"
+    grep -q 'not a regular expression' "$work/stderr" || fail "--split-rows '(' does not say why"
     expect_usage_error plan --window-mib 1 --slot-mib 4 "$work/sample"
     expect_failure "$work/missing" plan "$work/missing"
     # Loading as a rank of a group needs a GPU (and NCCL); here it says which option cannot run.
@@ -281,6 +300,11 @@ case_usage_errors() {
     expect_usage_error sample --shards 0 "$work/s"
     expect_usage_error sample --size-mib 0 "$work/s"
     expect_usage_error sample --size-mib lots "$work/s"
+    grep -q "'lots' is not a whole number" "$work/stderr" || fail "--size-mib lots does not say it is not a number"
+    expect_usage_error load --staging-mib 0x10 "$work"
+    grep -q "'0x10' is not a whole number" "$work/stderr" || fail "--staging-mib 0x10 does not say it is not a number"
+    expect_usage_error plan --ranks 5000 "$work"
+    grep -q '5000 is not in \[1, 4096\]' "$work/stderr" || fail "--ranks 5000 does not say the range"
     [[ -e $work/s ]] && fail "a refused sample command wrote $work/s"
 }
 
@@ -312,7 +336,24 @@ case_bad_inputs() {
     done
     echo "fixtures/bad: $n files"
 
+    # An empty path, and a stdout that cannot be written, are named.
+    expect_failure "an empty path ('') names no file" inspect ""
     make_sample
+    timeout 60 "$bin" inspect "$work/sample" >&- 2>"$work/stderr"
+    [[ $? == 1 && $(cat "$work/stderr") == "instanttensor: <stdout>: write failed"* ]] ||
+        fail "inspect with stdout closed: $(cat "$work/stderr")"
+    if [[ -w /dev/full ]]; then
+        timeout 60 "$bin" hash "$work/sample" >/dev/full 2>"$work/stderr"
+        [[ $? == 1 && $(cat "$work/stderr") == "instanttensor: <stdout>: write failed: No space left on device"* ]] ||
+            fail "hash to a full disk: $(cat "$work/stderr")"
+    fi
+
+    # sample never writes through a symbolic link already in DIR.
+    mkdir -p "$work/linked" && echo keep >"$work/outside"
+    ln -s "$work/outside" "$work/linked/model-00001-of-00001.safetensors"
+    expect_failure "$work/linked/model-00001-of-00001.safetensors: is a symbolic link" sample "$work/linked" --shards 1
+    [[ $(cat "$work/outside") == keep ]] || fail "sample wrote through a symbolic link"
+
     local shard="$work/sample/model-00001-of-00003.safetensors"
     expect_failure "$work/missing.safetensors" inspect "$work/missing.safetensors"
     expect_failure "$work/missing.safetensors" hash "$shard" "$work/missing.safetensors"

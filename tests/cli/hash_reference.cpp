@@ -40,17 +40,28 @@ Tensor make_tensor(std::string name, Dtype dtype, std::vector<std::uint64_t> sha
     return {{std::move(name), dtype, std::move(shape)}, std::move(bytes)};
 }
 
-/// The line as sha256sum lays it out, escaping backslash, newline and carriage return.
+/// The line as sha256sum lays it out: a name holding a backslash or a control character starts
+/// the line with a backslash and reads \\, \n, \r, \t or \xNN for them.
 std::string expected_line(const std::string& name, XXH64_hash_t hash) {
     std::string escaped;
     bool needs_escape = false;
     for (char c : name) {
+        const auto u = static_cast<unsigned char>(c);
+        char code[8] = {};
         switch (c) {
-        case '\\': escaped += "\\\\"; needs_escape = true; break;
-        case '\n': escaped += "\\n"; needs_escape = true; break;
-        case '\r': escaped += "\\r"; needs_escape = true; break;
-        default: escaped += c;
+        case '\\': escaped += "\\\\"; break;
+        case '\n': escaped += "\\n"; break;
+        case '\r': escaped += "\\r"; break;
+        case '\t': escaped += "\\t"; break;
+        default:
+            if (u >= 0x20 && u != 0x7f) {
+                escaped += c;
+                continue;
+            }
+            std::snprintf(code, sizeof code, "\\x%02x", u);
+            escaped += code;
         }
+        needs_escape = true;
     }
     char hex[17];
     std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(hash));
@@ -80,6 +91,11 @@ int main(int argc, char** argv) {
         tensors.push_back(make_tensor("with \"quotes\"", Dtype::U8, {1}, 7));
         tensors.push_back(make_tensor("back\\slash", Dtype::U8, {2}, 8));
         tensors.push_back(make_tensor("new\nline", Dtype::U8, {2}, 9));
+        tensors.push_back(make_tensor("slash\\nline", Dtype::U8, {2}, 11));  // prints unlike "new\nline"
+        tensors.push_back(make_tensor("tab\there", Dtype::U8, {1}, 12));
+        tensors.push_back(make_tensor("esc\x1b[31m", Dtype::U8, {1}, 13));
+        tensors.push_back(make_tensor(std::string("nul\0byte", 8), Dtype::U8, {1}, 14));
+        tensors.push_back(make_tensor("del\x7f", Dtype::U8, {1}, 15));
         tensors.push_back(make_tensor("big", Dtype::U8, {(std::uint64_t{17} << 20) + 3}, 10));
 
         std::vector<TensorData> data;
