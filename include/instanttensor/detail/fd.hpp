@@ -62,13 +62,29 @@ inline FileDescriptor open_read_only(const std::filesystem::path& path, int extr
     return owned;
 }
 
-/// Size of the regular file behind `fd`; refuses directories, pipes and devices.
-inline std::uint64_t regular_file_size(int fd, const std::string& source) {
+/// What tells one state of a file from another: the file (device, inode) and its size and
+/// modification time. A file replaced by rename, truncated or rewritten compares unequal.
+struct FileIdentity {
+    std::uint64_t device = 0;
+    std::uint64_t inode = 0;
+    std::uint64_t size = 0;
+    std::int64_t modified_ns = 0;
+
+    bool operator==(const FileIdentity&) const = default;
+};
+
+/// The identity of the regular file behind `fd`; refuses directories, pipes and devices.
+inline FileIdentity identity_of(int fd, const std::string& source) {
     struct stat st {};
     if (::fstat(fd, &st) != 0) throw io_error(source, "cannot stat", errno);
     if (!S_ISREG(st.st_mode)) throw io_error(source, "not a regular file", 0);
-    return static_cast<std::uint64_t>(st.st_size);
+    return {static_cast<std::uint64_t>(st.st_dev), static_cast<std::uint64_t>(st.st_ino),
+            static_cast<std::uint64_t>(st.st_size),
+            static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec};
 }
+
+/// Size of the regular file behind `fd`; refuses directories, pipes and devices.
+inline std::uint64_t regular_file_size(int fd, const std::string& source) { return identity_of(fd, source).size; }
 
 /// Reads exactly `buffer.size()` bytes at `offset`, continuing short reads and retrying EINTR.
 /// Reaching the end of the file first is an io_error (the file shrank after it was validated).

@@ -23,6 +23,7 @@
 
 #include "instanttensor/detail/aligned.hpp"
 #include "instanttensor/detail/fd.hpp"
+#include "instanttensor/error.hpp"
 #include "instanttensor/io.hpp"
 
 namespace instanttensor::detail {
@@ -69,19 +70,22 @@ public:
         std::uint64_t alignment = 1;  // O_DIRECT alignment of offsets, lengths and addresses
     };
 
-    /// Opens `paths` (a checkpoint's files, in its order) for reading under `policy`.
-    void open(const std::vector<std::filesystem::path>& paths, DirectIo policy) {
+    /// Opens the files of `checkpoint` (a format::Checkpoint: paths_to_open, and open_file, which
+    /// checks each descriptor is the file validated) for reading under `policy`.
+    template <class Checkpoint>
+    void open(const Checkpoint& checkpoint, DirectIo policy) {
+        const auto paths = checkpoint.paths_to_open();
         files_.clear();
         files_.reserve(paths.size());
-        for (const auto& path : paths) {
+        for (std::uint32_t i = 0; i < paths.size(); ++i) {
             File file;
-            file.path = path.string();
-            file.buffered = open_read_only(path);
+            file.path = paths[i].string();
+            file.buffered = checkpoint.open_file(i);
             file.size = regular_file_size(file.buffered.get(), file.path);
             // Residency is sampled only where it decides something.
             if (policy == DirectIo::on ||
                 (policy == DirectIo::automatic && resident_fraction(file.buffered.get(), file.size) < resident_threshold))
-                open_direct(file);
+                open_direct(file, [&] { return checkpoint.open_file(i, O_DIRECT); });
             files_.push_back(std::move(file));
         }
         use_direct_ = std::make_unique<std::atomic<bool>[]>(files_.size());
@@ -109,14 +113,18 @@ public:
     }
 
 private:
-    static void open_direct(File& file) {
-        int fd;
-        do {
-            fd = ::open(file.path.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT);
-        } while (fd < 0 && errno == EINTR);
-        if (fd < 0) return;  // EINVAL: the filesystem has no O_DIRECT (tmpfs); stay buffered
-        FileDescriptor direct(fd);
-        const std::uint64_t a = direct_io_alignment(fd);
+    /// Opens `file` again with O_DIRECT through `open`. The filesystem refusing O_DIRECT (EINVAL:
+    /// tmpfs) leaves it buffered; any other failure (EMFILE...) is an error, not a silent fallback.
+    template <class Open>
+    static void open_direct(File& file, const Open& open) {
+        FileDescriptor direct;
+        try {
+            direct = open();
+        } catch (const io_error& e) {
+            if (e.code() == EINVAL) return;
+            throw;
+        }
+        const std::uint64_t a = direct_io_alignment(direct.get());
         if (a == 0 || a > page_alignment) return;  // staging memory is page aligned, no more
         file.direct = std::move(direct);
         file.alignment = a;

@@ -24,6 +24,7 @@
 #include <utility>
 #include <vector>
 
+#include "instanttensor/detail/fd.hpp"
 #include "instanttensor/format/header.hpp"
 
 namespace instanttensor::format {
@@ -32,6 +33,7 @@ namespace instanttensor::format {
 struct CheckpointFile {
     std::filesystem::path path;
     Header header;
+    detail::FileIdentity identity;  ///< the file whose header was read (none for from_memory)
 };
 
 /// Where a tensor of a checkpoint lives.
@@ -93,12 +95,18 @@ public:
     /// The paths of its files, for a storage backend that opens them. Throws usage_error for a
     /// checkpoint parsed from memory, which has none.
     [[nodiscard]] std::vector<std::filesystem::path> paths_to_open() const;
+    /// Opens file `i` read-only (with `extra_flags`, such as O_DIRECT) and checks that it is the
+    /// file whose header was validated: one replaced (a rename over it), truncated or rewritten
+    /// since is an io_error, so bytes are never read at another file's offsets. Every storage
+    /// backend opens the files through here. Throws usage_error as paths_to_open does.
+    [[nodiscard]] detail::FileDescriptor open_file(std::uint32_t i, int extra_flags = 0) const;
 
 private:
     Checkpoint() = default;
     void add_index(const std::filesystem::path& index_path);
     void add_file(std::filesystem::path path);
     void finish(bool on_disk = true);
+    void require_files() const;  // usage_error for a checkpoint parsed from memory
 
     std::vector<CheckpointFile> files_;
     std::vector<TensorRef> tensors_;

@@ -68,8 +68,8 @@ public:
             if (const auto e = api_->driver_open(); e.err != 0)
                 throw unavailable_error("cuFile", "cuFileDriverOpen failed: " + detail::describe(e));
         }
-        for (const auto& path : paths) {
-            File file{path.string(), detail::open_read_only(path, O_DIRECT), nullptr};
+        for (std::uint32_t i = 0; i < paths.size(); ++i) {
+            File file{paths[i].string(), checkpoint.open_file(i, O_DIRECT), nullptr};
             detail::CuFileDescr descr{};
             descr.type = detail::cufile_handle_type_fd;
             descr.handle.fd = file.fd.get();

@@ -56,9 +56,9 @@ public:
         const auto paths = checkpoint.paths_to_open();
         unmap();
         files_.clear();
-        for (const auto& path : paths) {
-            const std::string source = path.string();
-            auto fd = detail::open_read_only(path);
+        for (std::uint32_t i = 0; i < paths.size(); ++i) {
+            const std::string source = paths[i].string();
+            auto fd = checkpoint.open_file(i);
             const std::uint64_t size = detail::regular_file_size(fd.get(), source);
             void* map = size == 0 ? nullptr : ::mmap(nullptr, size, PROT_READ, MAP_SHARED | MAP_POPULATE, fd.get(), 0);
             if (map == MAP_FAILED) throw io_error(source, "cannot map", errno);

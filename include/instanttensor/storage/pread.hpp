@@ -38,7 +38,7 @@ public:
 
     void open(const format::Checkpoint& checkpoint) {
         pool_.stop();
-        files_.open(checkpoint.paths_to_open(), options_.direct);
+        files_.open(checkpoint, options_.direct);
         pool_.start(options_.threads, [this](const ReadRequest& r) { return read_once(r); });
     }
 

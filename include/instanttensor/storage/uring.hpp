@@ -58,7 +58,7 @@ public:
 
     void open(const format::Checkpoint& checkpoint) {
         close();
-        files_.open(checkpoint.paths_to_open(), options_.direct);
+        files_.open(checkpoint, options_.direct);
         if (const int rc = ::io_uring_queue_init(options_.queue_depth, &ring_, 0); rc < 0)
             throw unavailable_error("io_uring", "cannot create a ring: " + std::string(std::strerror(-rc)) +
                                                     (rc == -EPERM ? " (disabled by kernel.io_uring_disabled or a seccomp filter)" : ""));

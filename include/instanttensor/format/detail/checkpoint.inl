@@ -225,7 +225,7 @@ inline Checkpoint Checkpoint::open(std::span<const std::filesystem::path> paths)
 inline Checkpoint Checkpoint::from_memory(std::span<const std::pair<std::string, std::span<const std::byte>>> files) {
     if (files.empty()) throw format_error("", "no checkpoint file given");
     Checkpoint c;
-    for (const auto& [name, bytes] : files) c.files_.push_back({name, parse_file_bytes(bytes, name)});
+    for (const auto& [name, bytes] : files) c.files_.push_back({name, parse_file_bytes(bytes, name), {}});
     c.finish(false);
     c.in_memory_ = true;
     return c;
@@ -272,7 +272,10 @@ inline void Checkpoint::add_index(const std::filesystem::path& index_path) {
 }
 
 inline void Checkpoint::add_file(std::filesystem::path path) {
-    files_.push_back({path, read_header(path)});
+    auto fd = detail::open_read_only(path);
+    const std::string source = path.string();
+    const auto identity = detail::identity_of(fd.get(), source);
+    files_.push_back({std::move(path), detail::read_header(fd.get(), identity.size, source), identity});
 }
 
 inline void Checkpoint::finish(bool on_disk) {
@@ -315,11 +318,26 @@ inline Metadata Checkpoint::metadata() const {
     return merged;
 }
 
-inline std::vector<std::filesystem::path> Checkpoint::paths_to_open() const {
+inline void Checkpoint::require_files() const {
     if (in_memory_)
         throw usage_error(files_.empty() ? std::string() : files_.front().path.string(),
                           "this checkpoint was parsed from memory (Checkpoint::from_memory): it has no files to open; "
                           "read it with storage::memory constructed over the same bytes");
+}
+
+inline detail::FileDescriptor Checkpoint::open_file(std::uint32_t i, int extra_flags) const {
+    require_files();
+    const auto& file = files_.at(i);
+    const std::string source = file.path.string();
+    auto fd = detail::open_read_only(file.path, extra_flags);
+    if (detail::identity_of(fd.get(), source) != file.identity)
+        throw io_error(source, "is not the file whose header was read: it was replaced or changed since the checkpoint "
+                               "was opened (open the checkpoint again)", 0);
+    return fd;
+}
+
+inline std::vector<std::filesystem::path> Checkpoint::paths_to_open() const {
+    require_files();
     std::vector<std::filesystem::path> paths;
     paths.reserve(files_.size());
     for (const auto& f : files_) paths.push_back(f.path);

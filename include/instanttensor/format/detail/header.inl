@@ -345,16 +345,28 @@ inline Header parse_file_bytes(std::span<const std::byte> file, std::string_view
     return parse_header(json, file.size(), source);
 }
 
-inline Header read_header(const std::filesystem::path& path) {
-    const std::string source = path.string();
-    auto fd = detail::open_read_only(path);
-    const std::uint64_t file_size = detail::regular_file_size(fd.get(), source);
-    std::byte prefix[header_length_size]{};
-    if (file_size >= header_length_size) detail::read_exact(fd.get(), prefix, 0, source);
-    const std::uint64_t n = decode_header_length(prefix, file_size, source);
+}  // namespace instanttensor::format
+
+namespace instanttensor::detail {
+
+/// The validated header of the open file `fd` of `file_size` bytes.
+inline format::Header read_header(int fd, std::uint64_t file_size, const std::string& source) {
+    std::byte prefix[format::header_length_size]{};
+    if (file_size >= format::header_length_size) read_exact(fd, prefix, 0, source);
+    const std::uint64_t n = format::decode_header_length(prefix, file_size, source);
     std::string json(n, '\0');
-    detail::read_exact(fd.get(), std::as_writable_bytes(std::span(json)), header_length_size, source);
-    return parse_header(json, file_size, source);
+    read_exact(fd, std::as_writable_bytes(std::span(json)), format::header_length_size, source);
+    return format::parse_header(json, file_size, source);
+}
+
+}  // namespace instanttensor::detail
+
+namespace instanttensor::format {
+
+inline Header read_header(const std::filesystem::path& path) {
+    auto fd = detail::open_read_only(path);
+    const std::string source = path.string();
+    return detail::read_header(fd.get(), detail::regular_file_size(fd.get(), source), source);
 }
 
 }  // namespace instanttensor::format
