@@ -192,7 +192,7 @@ void add_load_options(CLI::App& sub, LoadSettings& settings, const std::string& 
         ->capture_default_str()
         ->check(CLI::IsMember({"auto", "uring", "pread", "memory", "gds"}));
     sub.add_option("--direct", settings.direct,
-                   "O_DIRECT: auto (for files not in the page cache), on, or off (always buffered)")
+                   "O_DIRECT: auto (for files not in the page cache), on (every file, or an error), or off (always buffered)")
         ->type_name("MODE")
         ->capture_default_str()
         ->check(CLI::IsMember({"auto", "on", "off"}));

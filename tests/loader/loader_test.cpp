@@ -163,6 +163,6 @@ TEST_CASE("loader: loaders are destroyed cleanly mid-load and after errors") {
         const auto run2 = run_faulty(checkpoint, it::storage::pread(), fault, ring_of(1 << 20, 64 << 10));
         CHECK(run2.error);
     }
-    // Every file descriptor (files, O_DIRECT twins, rings) was closed.
+    // Every file descriptor (files, rings) was closed.
     CHECK(open_descriptors() == descriptors_before);
 }

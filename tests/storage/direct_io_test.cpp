@@ -1,10 +1,14 @@
 // The page-cache policy of the file backends (detail/file_set.hpp): under DirectIo::automatic a
-// cold file is read with O_DIRECT and a resident one buffered, file by file.
+// cold file is read with O_DIRECT and a resident one buffered, file by file; either way a file
+// holds one descriptor.
 #include <doctest/doctest.h>
+#include <sys/resource.h>
 
 #include <vector>
 
 #include "instanttensor/loader.hpp"
+#include "child.hpp"
+#include "fault_runs.hpp"
 #include "loads.hpp"
 
 namespace {
@@ -56,5 +60,30 @@ TEST_CASE("storage: DirectIo::automatic decides per file") {
         const Outcome out = load(checkpoint, via, it::DirectIo::automatic, SinkKind::placement, small_slots);
         check_outcome(checkpoint, out);
         CHECK(out.direct_files == 1);
+    }
+}
+
+TEST_CASE("storage: one descriptor per file, O_DIRECT or not, so 150 shards load under ulimit -n 200") {
+    TempDir dir;
+    const auto index = fmt::write_sharded_checkpoint(dir / "many", tiny_specs(150, 5), 150, fill_tensor);
+    const auto checkpoint = fmt::Checkpoint::open(index);
+    REQUIRE(checkpoint.files().size() == 150);
+    const bool direct = accepts_o_direct(checkpoint.files()[0].path);
+    if (!direct) MESSAGE("the temporary directory has no O_DIRECT: buffered only");
+    for (Via via : {Via::uring, Via::pread}) {
+        if (unavailable(via)) continue;
+        for (it::DirectIo policy : {it::DirectIo::off, it::DirectIo::on}) {
+            if (policy == it::DirectIo::on && !direct) continue;
+            INFO(to_string(via), " ", to_string(policy));
+            const int status = in_child([&]() -> int {
+                const rlimit limit{200, 200};
+                if (::setrlimit(RLIMIT_NOFILE, &limit) != 0) return 10;
+                if (open_descriptors() > 40) return 11;  // leaves 160 for the load
+                const Outcome out = load(checkpoint, via, policy, SinkKind::host, small_slots);
+                if (out.tensors.size() != checkpoint.tensors().size()) return 12;
+                return out.direct_files == (policy == it::DirectIo::on ? 150u : 0u) ? 0 : 13;
+            });
+            CHECK(status == 0);
+        }
     }
 }

@@ -1,7 +1,8 @@
 // Paths taken when something is unavailable: io_uring refused by a seccomp filter (the automatic
 // backend falls back to pread and says why; asking for io_uring explicitly is an
-// unavailable_error), and O_DIRECT refused, when a file is opened or at read time (the file is read
-// buffered). Seccomp filters are installed in a forked child, which reports through its exit status.
+// unavailable_error), and O_DIRECT refused, when a file is opened or at read time (under
+// DirectIo::automatic the file is read buffered; under DirectIo::on the load fails). Seccomp
+// filters are installed in a forked child, which reports through its exit status.
 #include <doctest/doctest.h>
 #include <fcntl.h>
 #include <linux/audit.h>
@@ -11,16 +12,17 @@
 #include <sys/prctl.h>
 #include <sys/statfs.h>
 #include <sys/syscall.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <vector>
 
 #include "instanttensor/loader.hpp"
+#include "child.hpp"
 #include "faulty.hpp"
 #include "loads.hpp"
 
@@ -59,44 +61,30 @@ bool refuse_io_uring() {
     return install_seccomp_filter(filter);
 }
 
-/// Installs a seccomp filter that fails every open with O_DIRECT with EINVAL, as filesystems
-/// without O_DIRECT do (older tmpfs, some FUSE filesystems).
+/// Installs a seccomp filter that fails every open with O_DIRECT, and every fcntl(F_SETFL) that
+/// sets it, with EINVAL, as filesystems without O_DIRECT do (older tmpfs, some FUSE filesystems).
 bool refuse_o_direct() {
-    constexpr std::uint32_t flags_low = offsetof(seccomp_data, args) + 2 * sizeof(std::uint64_t);  // openat's flags
+    constexpr auto argument = [](unsigned i) {  // little-endian: an argument's low word comes first
+        return static_cast<std::uint32_t>(offsetof(seccomp_data, args) + i * sizeof(std::uint64_t));
+    };
     constexpr std::uint32_t direct = O_DIRECT;
     sock_filter filter[] = {
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, arch)),
         BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, audit_arch, 1, 0),
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_openat, 0, 3),
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, flags_low),  // little-endian: the low word comes first
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_openat, 0, 2),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, argument(2)),  // openat's flags
+        BPF_STMT(BPF_JMP | BPF_JA, 4),                     // to the O_DIRECT test
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_fcntl, 0, 5),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, argument(1)),  // fcntl's command
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, F_SETFL, 0, 3),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, argument(2)),  // the flags it sets
         BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, direct, 0, 1),
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EINVAL & SECCOMP_RET_DATA)),
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
     };
     return install_seccomp_filter(filter);
-}
-
-/// Runs `body` in a forked child and returns its exit status (0 = every check passed); a child
-/// killed by a signal reports 128 + the signal.
-template <class F>
-int in_child(F&& body) {
-    const pid_t pid = ::fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-        int code;
-        try {
-            code = body();
-        } catch (...) {
-            code = 99;
-        }
-        ::_exit(code);
-    }
-    int status = 0;
-    while (::waitpid(pid, &status, 0) < 0) REQUIRE(errno == EINTR);
-    if (WIFEXITED(status)) return WEXITSTATUS(status);
-    return 128 + WTERMSIG(status);
 }
 
 /// Whether a load with `loader` yields every tensor of `checkpoint` with the written bytes.
@@ -196,6 +184,18 @@ TEST_CASE("fallback: io_uring refused by seccomp") {
     check_child_status(status);
 }
 
+/// The message of the io_error a load of `checkpoint` with `storage` throws; empty when it loads
+/// every tensor exactly, "wrong bytes" when it loads others.
+template <class S>
+std::string load_failure(const fmt::Checkpoint& checkpoint, S storage) {
+    try {
+        HostLoaderOf<S> loader(checkpoint, std::move(storage), {}, it::sink::host(test_ring), small_slots);
+        return loads_exactly(loader, checkpoint) ? "" : "wrong bytes";
+    } catch (const it::io_error& e) {
+        return e.what();
+    }
+}
+
 TEST_CASE("fallback: O_DIRECT refused when the file is opened") {
     if (audit_arch == 0) {
         MESSAGE("skipped: no seccomp architecture constant for this target");
@@ -206,47 +206,55 @@ TEST_CASE("fallback: O_DIRECT refused when the file is opened") {
     const auto checkpoint = fmt::Checkpoint::open(path);
     const int status = in_child([&]() -> int {
         if (!refuse_o_direct()) return 10;
-        if (::open(path.c_str(), O_RDONLY | O_DIRECT) != -1 || errno != EINVAL) return 11;
         const int plain = ::open(path.c_str(), O_RDONLY);
-        if (plain < 0) return 12;
+        if (plain < 0) return 11;
+        const bool refused = ::fcntl(plain, F_SETFL, O_DIRECT) == -1 && errno == EINVAL;
         ::close(plain);
+        if (!refused) return 12;
         int code = 20;
         for (Via via : {Via::uring, Via::pread, Via::auto_uring, Via::auto_pread}) {
             if ((via == Via::uring || via == Via::auto_uring) && !uring_available()) continue;
-            for (it::DirectIo direct : {it::DirectIo::on, it::DirectIo::automatic}) {
-                evict_from_page_cache(path);  // DirectIo::automatic would choose O_DIRECT for a cold file
-                ++code;
-                const bool ok = with_storage(via, direct, [&](auto storage) {
-                    using S = decltype(storage);
-                    HostLoaderOf<S> loader(checkpoint, std::move(storage), {}, it::sink::host(test_ring),
-                                           small_slots);
-                    if (direct_files_of(loader.storage()) != 0) return false;
-                    if (loader.storage().alignment(0) != 1) return false;
-                    return loads_exactly(loader, checkpoint);
-                });
-                if (!ok) return code;
-            }
+            // DirectIo::automatic reads the file buffered (it would choose O_DIRECT for a cold file).
+            evict_from_page_cache(path);
+            ++code;
+            const bool buffered = with_storage(via, it::DirectIo::automatic, [&](auto storage) {
+                using S = decltype(storage);
+                HostLoaderOf<S> loader(checkpoint, std::move(storage), {}, it::sink::host(test_ring), small_slots);
+                return direct_files_of(loader.storage()) == 0 && loader.storage().alignment(0) == 1 &&
+                       loads_exactly(loader, checkpoint);
+            });
+            if (!buffered) return code;
+            // DirectIo::on means O_DIRECT or an error naming the file, never a buffered read.
+            ++code;
+            const std::string failure = with_storage(via, it::DirectIo::on, [&](auto storage) {
+                return load_failure(checkpoint, std::move(storage));
+            });
+            if (!failure.starts_with(path.string() + ": cannot read with O_DIRECT, which DirectIo::on (--direct on) asks "
+                                                     "for: the filesystem refuses it"))
+                return code;
         }
         return 0;
     });
     check_child_status(status);
 }
 
-TEST_CASE("fallback: O_DIRECT refused at read time (EINVAL) reads the file buffered") {
+TEST_CASE("fallback: O_DIRECT refused at read time (EINVAL)") {
     // A filesystem may accept O_DIRECT at open and refuse the reads (EINVAL). Provoke that with a
     // read the device rejects: a short read of an unaligned length (Faulty passes 1000 bytes of
-    // the request on), which the kernel refuses for an O_DIRECT descriptor. The backends must then
-    // read the file buffered, and the loader continue with the right bytes.
+    // the request on), which the kernel refuses for an O_DIRECT descriptor. Under
+    // DirectIo::automatic the backends then read the file buffered, and the loader continues with
+    // the right bytes; under DirectIo::on the refusal is the load's error.
     TempDir dir;
     const auto path = write_file(dir / "readtime.safetensors", fallback_specs());
     const auto checkpoint = fmt::Checkpoint::open(path);
+    if (!accepts_o_direct(path) || on_tmpfs(path)) {
+        MESSAGE("skipped: the temporary directory has no O_DIRECT or no evictable page cache");
+        return;
+    }
     {
         // Check that this filesystem refuses unaligned O_DIRECT reads at all.
         const int fd = ::open(path.c_str(), O_RDONLY | O_DIRECT);
-        if (fd < 0) {
-            MESSAGE("skipped: the temporary directory has no O_DIRECT");
-            return;
-        }
+        REQUIRE(fd >= 0);
         std::vector<std::byte> buffer(8192);
         const auto address = reinterpret_cast<std::uintptr_t>(buffer.data());
         auto* aligned = reinterpret_cast<std::byte*>((address + 4095) & ~std::uintptr_t{4095});
@@ -260,24 +268,33 @@ TEST_CASE("fallback: O_DIRECT refused at read time (EINVAL) reads the file buffe
         REQUIRE(read_errno == EINVAL);
     }
     namespace st = it::storage;
-    auto check = [&](auto inner) {
-        using Inner = decltype(inner);
-        it::Loader<Faulty<Inner>, it::transport::single, it::sink::host> loader(
-            checkpoint, Faulty<Inner>(std::move(inner), Fault{Fault::short_read, 2, 1, 1000}), {},
-            it::sink::host(test_ring), small_slots);
-        REQUIRE(loader.storage().inner().files().direct_count() == 1);
-        CHECK(loader.storage().inner().alignment(0) > 1);
-        CHECK(loads_exactly(loader, checkpoint));
-        CHECK(loader.storage().faults() == 1);
-        CHECK(loader.storage().inner().files().direct_count() == 0);  // read buffered from then on
-        CHECK(loader.storage().inner().alignment(0) == 1);
+    const Fault unaligned_continuation{Fault::short_read, 2, 1, 1000};
+    auto check = [&](auto make) {
+        using Inner = decltype(make(it::DirectIo::on));
+        {
+            evict_from_page_cache(path);  // DirectIo::automatic chooses O_DIRECT for a cold file
+            it::Loader<Faulty<Inner>, it::transport::single, it::sink::host> loader(
+                checkpoint, Faulty<Inner>(make(it::DirectIo::automatic), unaligned_continuation), {},
+                it::sink::host(test_ring), small_slots);
+            REQUIRE(loader.storage().inner().files().direct_count() == 1);
+            CHECK(loader.storage().inner().alignment(0) > 1);
+            CHECK(loads_exactly(loader, checkpoint));
+            CHECK(loader.storage().faults() == 1);
+            CHECK(loader.storage().inner().files().direct_count() == 0);  // read buffered from then on
+            CHECK(loader.storage().inner().alignment(0) == 1);
+        }
+        const std::string failure = load_failure(checkpoint, Faulty<Inner>(make(it::DirectIo::on), unaligned_continuation));
+        CHECK(failure.starts_with(path.string() + ": read failed at byte "));
+        CHECK(failure.ends_with(" (an O_DIRECT read): " + std::string(std::strerror(EINVAL))));
     };
 #if INSTANTTENSOR_HAS_URING
     SUBCASE("uring") {
-        if (uring_available()) check(st::uring(st::uring::Options{8, it::DirectIo::on}));
+        if (uring_available()) check([](it::DirectIo direct) { return st::uring(st::uring::Options{8, direct}); });
     }
 #endif
-    SUBCASE("pread") { check(st::pread(st::pread::Options{2, it::DirectIo::on})); }
+    SUBCASE("pread") {
+        check([](it::DirectIo direct) { return st::pread(st::pread::Options{2, direct}); });
+    }
 }
 
 TEST_CASE("fallback: a checkpoint on tmpfs loaded with DirectIo::on") {
@@ -290,19 +307,22 @@ TEST_CASE("fallback: a checkpoint on tmpfs loaded with DirectIo::on") {
     const auto path = write_file(dir / "shm.safetensors", fallback_specs());
     const auto checkpoint = fmt::Checkpoint::open(path);
     // Older kernels refuse O_DIRECT on tmpfs; since Linux 6.6 tmpfs accepts it (and serves it from
-    // memory). Either way the bytes are right; where it is refused, no file is read with O_DIRECT.
-    const int probe = ::open(path.c_str(), O_RDONLY | O_DIRECT);
-    const bool refused = probe < 0;
-    if (probe >= 0) ::close(probe);
+    // memory). Where it is accepted, every file backend reads with it; where it is refused,
+    // DirectIo::on is an error. The memory backend ignores the policy.
+    const bool refused = !accepts_o_direct(path);
     if (!refused) MESSAGE("this kernel's tmpfs accepts O_DIRECT");
     for (Via via : {Via::uring, Via::pread, Via::auto_uring, Via::auto_pread, Via::memory}) {
         if (unavailable(via)) continue;
         for (SinkKind sink : all_sinks) {
             INFO(to_string(via), " ", to_string(sink));
+            if (refused && via != Via::memory) {
+                CHECK_THROWS_WITH_AS(load(checkpoint, via, it::DirectIo::on, sink, small_slots),
+                                     doctest::Contains("cannot read with O_DIRECT"), it::io_error);
+                continue;
+            }
             const Outcome out = load(checkpoint, via, it::DirectIo::on, sink, small_slots);
             check_outcome(checkpoint, out);
-            if (refused || via == Via::memory) CHECK(out.direct_files == 0);
-            else CHECK(out.direct_files <= 1);
+            CHECK(out.direct_files == (via == Via::memory ? 0 : 1));
         }
     }
 }

@@ -1,7 +1,14 @@
 // storage::memory over bytes the caller holds (Checkpoint::from_memory): byte-exact through both host
-// sinks, spans that do not match the files refused, and file backends refusing such a checkpoint.
+// sinks, spans that do not match the files refused, and file backends refusing such a checkpoint;
+// over files it maps: a file truncated during the load is an error, not a signal or zeros.
 #include <doctest/doctest.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
+#include <filesystem>
 #include <span>
 #include <string>
 #include <utility>
@@ -87,4 +94,71 @@ TEST_CASE("storage::memory over caller-owned bytes") {
             }
         });
     }
+}
+
+namespace {
+
+/// Eight tensors of 64 KiB: a file that ends inside a page.
+std::vector<fmt::TensorSpec> block_specs() {
+    std::vector<fmt::TensorSpec> specs;
+    for (int i = 0; i < 8; ++i) specs.push_back({"block." + std::to_string(i), fmt::Dtype::F32, {16384}});
+    return specs;
+}
+
+}  // namespace
+
+TEST_CASE("storage::memory: a mapped file truncated during the load is an io_error, never a signal or zeros") {
+    // 3 bytes: the end moves inside the last page, whose bytes past it then read as zeros (no
+    // fault); 200,000 bytes: whole pages go, and reading them raises SIGBUS.
+    for (const std::uint64_t cut : {3u, 200000u}) {
+        CAPTURE(cut);
+        TempDir dir;
+        const auto path = write_file(dir / "mapped.safetensors", block_specs());
+        const auto checkpoint = fmt::Checkpoint::open(path);
+        const std::uint64_t size = std::filesystem::file_size(path);
+        REQUIRE(size % 4096 != 0);
+        // A ring of four tensors: the load has read at most half the file when it yields the first.
+        HostLoaderOf<it::storage::memory> loader(checkpoint, it::storage::memory(), {}, it::sink::host(256 << 10),
+                                                 small_slots);
+        std::size_t yielded = 0;
+        std::string error;
+        try {
+            for (const auto& tensor : loader) {
+                CHECK(std::ranges::equal(tensor.data, expected_bytes(tensor.name, tensor.data.size())));
+                if (yielded++ == 0) std::filesystem::resize_file(path, size - cut);
+            }
+        } catch (const it::io_error& e) {
+            error = e.what();
+        }
+        CHECK(error == path.string() + ": unexpected end of file at byte " + std::to_string(size - cut) +
+                           " (was the file truncated after it was opened?)");
+        CHECK(yielded < 8);
+    }
+}
+
+TEST_CASE("storage::memory: caller-owned bytes that fault are an io_error") {
+    // The caller mapped a file, and it was truncated underneath: reading the pages past its new end
+    // raises SIGBUS, which the copy turns into EIO.
+    TempDir dir;
+    const auto path = write_file(dir / "caller.safetensors", block_specs());
+    const std::uint64_t size = std::filesystem::file_size(path);
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    REQUIRE(fd >= 0);
+    void* map = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+    ::close(fd);
+    REQUIRE(map != MAP_FAILED);
+    const std::span<const std::byte> bytes(static_cast<const std::byte*>(map), size);
+    const std::pair<std::string, std::span<const std::byte>> named[] = {{"mapped-by-caller", bytes}};
+    const auto checkpoint = fmt::Checkpoint::from_memory(named);
+    std::filesystem::resize_file(path, 4096);
+    try {
+        HostLoaderOf<it::storage::memory> loader(checkpoint, it::storage::memory(std::vector<std::span<const std::byte>>{bytes}), {}, it::sink::host(256 << 10),
+                                                 small_slots);
+        for (const auto& tensor : loader) (void)tensor;
+        FAIL("a load over pages that fault succeeded");
+    } catch (const it::io_error& e) {
+        CHECK(std::string(e.what()).starts_with("mapped-by-caller: read failed at byte "));
+        CHECK(e.code() == EIO);
+    }
+    ::munmap(map, size);
 }

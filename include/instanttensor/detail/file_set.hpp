@@ -1,11 +1,13 @@
 // instanttensor/detail/file_set.hpp: the open files of a checkpoint, each read buffered or with
 // O_DIRECT, as the storage backends that use file descriptors share them.
 //
-// Per file: a buffered descriptor always; an O_DIRECT one too when the policy asks for it and the
-// filesystem accepts it (tmpfs and some FUSE filesystems refuse O_DIRECT: buffered then). Under
-// DirectIo::automatic a file whose pages are mostly resident in the page cache is read buffered
-// (copying from the cache beats going to the device), a cold one with O_DIRECT (it neither waits
-// on nor fills the cache).
+// One descriptor per file, opened through Checkpoint::open_file; O_DIRECT is switched on it with
+// fcntl(F_SETFL), and off again if the filesystem refuses an O_DIRECT read. DirectIo::on reads
+// every file with O_DIRECT or fails: a filesystem that refuses it (older tmpfs, some FUSE
+// filesystems), or asks for more than page alignment, is an io_error naming the file, as is a read
+// it refuses. DirectIo::automatic reads a file whose sampled pages are mostly resident in the page
+// cache buffered (copying from the cache beats going to the device) and a cold one with O_DIRECT
+// where the filesystem accepts it (it neither waits on nor fills the cache), else buffered.
 #pragma once
 
 #include <fcntl.h>
@@ -65,46 +67,53 @@ public:
     struct File {
         std::string path;
         std::uint64_t size = 0;
-        FileDescriptor buffered;
-        FileDescriptor direct;        // open when the file is read with O_DIRECT
+        FileDescriptor descriptor;
         std::uint64_t alignment = 1;  // O_DIRECT alignment of offsets, lengths and addresses
     };
 
-    /// Opens the files of `checkpoint` (a format::Checkpoint: paths_to_open, and open_file, which
-    /// checks each descriptor is the file validated) for reading under `policy`.
+    /// Opens the files of `checkpoint` (a format::Checkpoint: paths_to_open, files, and open_file,
+    /// which checks each descriptor is the file validated) for reading under `policy`.
     template <class Checkpoint>
     void open(const Checkpoint& checkpoint, DirectIo policy) {
         const auto paths = checkpoint.paths_to_open();
         files_.clear();
         files_.reserve(paths.size());
+        auto use_direct = std::make_unique<std::atomic<bool>[]>(paths.size());
         for (std::uint32_t i = 0; i < paths.size(); ++i) {
             File file;
             file.path = paths[i].string();
-            file.buffered = checkpoint.open_file(i);
-            file.size = regular_file_size(file.buffered.get(), file.path);
+            file.descriptor = checkpoint.open_file(i);
+            file.size = checkpoint.files()[i].identity.size;  // open_file checked it is still so
             // Residency is sampled only where it decides something.
             if (policy == DirectIo::on ||
-                (policy == DirectIo::automatic && resident_fraction(file.buffered.get(), file.size) < resident_threshold))
-                open_direct(file, [&] { return checkpoint.open_file(i, O_DIRECT); });
+                (policy == DirectIo::automatic && resident_fraction(file.descriptor.get(), file.size) < resident_threshold))
+                use_direct[i] = switch_to_direct(file, policy);
             files_.push_back(std::move(file));
         }
-        use_direct_ = std::make_unique<std::atomic<bool>[]>(files_.size());
-        for (std::size_t i = 0; i < files_.size(); ++i) use_direct_[i] = static_cast<bool>(files_[i].direct);
+        policy_ = policy;
+        use_direct_ = std::move(use_direct);
     }
 
     [[nodiscard]] std::size_t size() const noexcept { return files_.size(); }
     [[nodiscard]] const File& operator[](std::uint32_t i) const noexcept { return files_[i]; }
-    /// The descriptor to read file `i` with. Safe to call from several threads.
-    [[nodiscard]] int descriptor(std::uint32_t i) const noexcept {
-        return is_direct(i) ? files_[i].direct.get() : files_[i].buffered.get();
-    }
+    /// The descriptor to read file `i` with.
+    [[nodiscard]] int descriptor(std::uint32_t i) const noexcept { return files_[i].descriptor.get(); }
+    /// Whether file `i` is read with O_DIRECT. Safe to call from several threads.
     [[nodiscard]] bool is_direct(std::uint32_t i) const noexcept { return use_direct_[i].load(std::memory_order_relaxed); }
     /// Required alignment of reads of file `i`: its O_DIRECT alignment, or 1 when read buffered.
     [[nodiscard]] std::uint64_t alignment(std::uint32_t i) const noexcept { return is_direct(i) ? files_[i].alignment : 1; }
 
-    /// The filesystem refused an O_DIRECT read (EINVAL): read this file buffered from now on. The
-    /// O_DIRECT descriptor stays open, as other reads may still be using it.
-    void fall_back_to_buffered(std::uint32_t i) noexcept { use_direct_[i].store(false, std::memory_order_relaxed); }
+    /// The filesystem refused an O_DIRECT read of file `i` (EINVAL). Under DirectIo::automatic the
+    /// file is read buffered from now on and this returns true: retry the read. Under DirectIo::on
+    /// it returns false: the refusal is the read's result. Safe to call from several threads.
+    bool fall_back_to_buffered(std::uint32_t i) noexcept {
+        if (policy_ == DirectIo::on) return false;
+        const int fd = files_[i].descriptor.get();
+        const int flags = ::fcntl(fd, F_GETFL);
+        if (flags < 0 || ::fcntl(fd, F_SETFL, flags & ~O_DIRECT) != 0) return false;
+        use_direct_[i].store(false, std::memory_order_relaxed);
+        return true;
+    }
 
     [[nodiscard]] std::size_t direct_count() const noexcept {
         std::size_t n = 0;
@@ -113,25 +122,37 @@ public:
     }
 
 private:
-    /// Opens `file` again with O_DIRECT through `open`. The filesystem refusing O_DIRECT (EINVAL:
-    /// tmpfs) leaves it buffered; any other failure (EMFILE...) is an error, not a silent fallback.
-    template <class Open>
-    static void open_direct(File& file, const Open& open) {
-        FileDescriptor direct;
-        try {
-            direct = open();
-        } catch (const io_error& e) {
-            if (e.code() == EINVAL) return;
-            throw;
+    /// Switches `file` to O_DIRECT and returns true; false where the filesystem refuses it
+    /// (EINVAL) or needs more than the page alignment staging memory has, except under
+    /// DirectIo::on, where that is an io_error. Any other failure is an io_error.
+    static bool switch_to_direct(File& file, DirectIo policy) {
+        const int fd = file.descriptor.get();
+        const int flags = ::fcntl(fd, F_GETFL);
+        if (flags < 0) throw io_error(file.path, "cannot read the descriptor's flags", errno);
+        std::string refusal;
+        if (::fcntl(fd, F_SETFL, flags | O_DIRECT) != 0) {
+            if (errno != EINVAL) throw io_error(file.path, "cannot switch to O_DIRECT", errno);
+            refusal = "the filesystem refuses it";
+        } else if (const std::uint64_t a = direct_io_alignment(fd); a == 0) {
+            refusal = "the filesystem refuses it";
+        } else if (a > page_alignment) {
+            refusal = "the filesystem needs an alignment of " + std::to_string(a) +
+                      " bytes, more than the page alignment of staging memory";
+        } else {
+            file.alignment = a;
+            return true;
         }
-        const std::uint64_t a = direct_io_alignment(direct.get());
-        if (a == 0 || a > page_alignment) return;  // staging memory is page aligned, no more
-        file.direct = std::move(direct);
-        file.alignment = a;
+        if (policy == DirectIo::on)
+            throw io_error(file.path, "cannot read with O_DIRECT, which DirectIo::on (--direct on) asks for: " + refusal +
+                                          " (DirectIo::automatic reads such a file buffered)", 0);
+        if ((::fcntl(fd, F_GETFL) & O_DIRECT) != 0 && ::fcntl(fd, F_SETFL, flags) != 0)
+            throw io_error(file.path, "cannot switch O_DIRECT off", errno);
+        return false;
     }
 
     std::vector<File> files_;
     std::unique_ptr<std::atomic<bool>[]> use_direct_;
+    DirectIo policy_ = DirectIo::automatic;
 };
 
 }  // namespace instanttensor::detail

@@ -74,7 +74,10 @@ public:
                 continue;
             }
             if (result < 0)
-                throw io_error(path(e), "read failed at byte " + std::to_string(e.read.offset + e.done), static_cast<int>(-result));
+                throw io_error(path(e),
+                               "read failed at byte " + std::to_string(e.read.offset + e.done) +
+                                   (result == -EINVAL && storage_->alignment(e.read.file) > 1 ? " (an O_DIRECT read)" : ""),
+                               static_cast<int>(-result));
             e.done += static_cast<std::uint64_t>(result);
             if (e.done < e.read.needed) {
                 if (result == 0)

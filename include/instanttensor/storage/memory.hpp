@@ -6,9 +6,18 @@
 // maps itself when constructed without spans, with MAP_POPULATE: the page tables are filled in one
 // go at open, not by a fault per page during the copy (6x faster on the test VM). Mapping a file
 // that is not in memory therefore reads it whole at open. A read is a memcpy done at submit time.
+//
+// A mapping can fault: a page past the end of a file truncated after it was mapped, or one the
+// filesystem cannot read, raises SIGBUS. Every copy runs under detail::guarded_copy, so a fault
+// ends the read (EIO), not the process; and since a truncation inside the last page reads as zeros
+// rather than faulting, the size of a mapped file is checked again after each copy: bytes the file
+// no longer holds are reported as an end of file, as a file read would report them.
 #pragma once
 
 #include <sys/mman.h>
+#include <sys/stat.h>
+
+#include <cerrno>
 
 #include <algorithm>
 #include <cstring>
@@ -17,6 +26,7 @@
 #include <vector>
 
 #include "instanttensor/detail/fd.hpp"
+#include "instanttensor/detail/guarded_copy.hpp"
 #include "instanttensor/error.hpp"
 #include "instanttensor/format/checkpoint.hpp"
 #include "instanttensor/io.hpp"
@@ -57,13 +67,12 @@ public:
         unmap();
         files_.clear();
         for (std::uint32_t i = 0; i < paths.size(); ++i) {
-            const std::string source = paths[i].string();
             auto fd = checkpoint.open_file(i);
-            const std::uint64_t size = detail::regular_file_size(fd.get(), source);
+            const std::uint64_t size = files[i].identity.size;  // open_file checked it is still so
             void* map = size == 0 ? nullptr : ::mmap(nullptr, size, PROT_READ, MAP_SHARED | MAP_POPULATE, fd.get(), 0);
-            if (map == MAP_FAILED) throw io_error(source, "cannot map", errno);
+            if (map == MAP_FAILED) throw io_error(paths[i].string(), "cannot map", errno);
             if (map != nullptr) ::madvise(map, size, MADV_SEQUENTIAL);
-            mappings_.push_back({map, size});
+            mappings_.push_back({map, size, std::move(fd)});
             files_.emplace_back(static_cast<const std::byte*>(map), size);
         }
     }
@@ -73,13 +82,33 @@ public:
     [[nodiscard]] std::string_view name() const noexcept { return "memory"; }
 
     /// Copies at once; bytes past the end of the span read as end of file (a short read), as they
-    /// would from a file. A mapped file truncated underneath raises SIGBUS: map only files that
-    /// nobody truncates, or use storage::pread.
+    /// would from a file, and so do bytes past the end of a mapped file truncated underneath. A
+    /// fault reading the span is -EIO.
     void submit(const ReadRequest& r) {
         const auto& file = files_[r.file];
-        const std::uint64_t available = r.offset >= file.size() ? 0 : std::min<std::uint64_t>(r.length, file.size() - r.offset);
-        if (available > 0) std::memcpy(r.destination, file.data() + r.offset, available);
-        done_.push_back({r.tag, static_cast<std::int64_t>(available)});
+        std::uint64_t length = r.offset >= file.size() ? 0 : std::min<std::uint64_t>(r.length, file.size() - r.offset);
+        std::int64_t result;
+        for (;;) {
+            const bool copied = length == 0 || detail::guarded_copy(r.destination, file.data() + r.offset, length);
+            result = copied ? static_cast<std::int64_t>(length) : -EIO;
+            if (caller_owned_ || length == 0) break;
+            // A mapped file may have shrunk during the copy: past its end now, the copy read zeros
+            // (in the last page) or faulted. Keep only what the file still holds; after a fault,
+            // copy that again, since where the copy stopped is unknown.
+            struct stat st {};
+            if (::fstat(mappings_[r.file].file.get(), &st) != 0) {
+                result = -errno;
+                break;
+            }
+            const auto size = static_cast<std::uint64_t>(st.st_size);
+            if (size >= r.offset + length) break;
+            length = size > r.offset ? size - r.offset : 0;
+            if (copied) {
+                result = static_cast<std::int64_t>(length);
+                break;
+            }
+        }
+        done_.push_back({r.tag, result});
     }
 
     std::size_t reap(std::span<ReadResult> out, bool) {
@@ -93,6 +122,7 @@ private:
     struct Mapping {
         void* address;
         std::size_t size;
+        detail::FileDescriptor file;  // to see whether the file shrank under a copy
     };
 
     void unmap() noexcept {

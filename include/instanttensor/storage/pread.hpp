@@ -56,11 +56,10 @@ private:
             const bool direct = files_.is_direct(r.file);
             const ssize_t n = ::pread(files_.descriptor(r.file), r.destination, r.length, static_cast<off_t>(r.offset));
             if (n >= 0) return n;
-            if (errno == EINVAL && direct) {  // the filesystem refused O_DIRECT after all
-                files_.fall_back_to_buffered(r.file);
-                continue;
-            }
-            return -errno;
+            const int error = errno;
+            // The filesystem refused O_DIRECT after all: read buffered, unless DirectIo::on forbids it.
+            if (error == EINVAL && direct && files_.fall_back_to_buffered(r.file)) continue;
+            return -error;
         }
     }
 

@@ -7,7 +7,8 @@
 //     first trying inline (measured 7.8 → 61 GB/s from the page cache with one submitting thread).
 //   - Files and the staging memory are registered with the ring where the kernel and
 //     RLIMIT_MEMLOCK allow (fewer per-read lookups and page pinning); plain reads where not.
-//   - A filesystem that refuses O_DIRECT at read time (EINVAL) gets the file read buffered.
+//   - A filesystem that refuses O_DIRECT at read time (EINVAL) gets the file read buffered
+//     (DirectIo::automatic), or the refusal reported (DirectIo::on).
 // io_uring itself refused (ENOSYS on old kernels, EPERM under seccomp or
 // kernel.io_uring_disabled) is an unavailable_error, on which storage::automatic falls back to
 // storage::pread.
@@ -67,13 +68,10 @@ public:
         free_entries_.clear();
         for (unsigned i = 0; i < options_.queue_depth; ++i) free_entries_.push_back(options_.queue_depth - 1 - i);
 
-        // Registered descriptors: file i buffered at 2i, O_DIRECT at 2i + 1 (-1 when absent).
+        // Registered descriptors: file i at i.
         if (options_.register_files) {
             std::vector<int> fds;
-            for (std::uint32_t i = 0; i < files_.size(); ++i) {
-                fds.push_back(files_[i].buffered.get());
-                fds.push_back(files_[i].direct ? files_[i].direct.get() : -1);
-            }
+            for (std::uint32_t i = 0; i < files_.size(); ++i) fds.push_back(files_.descriptor(i));
             files_registered_ = !fds.empty() && ::io_uring_register_files(&ring_, fds.data(), static_cast<unsigned>(fds.size())) == 0;
         }
     }
@@ -112,8 +110,8 @@ public:
                 ++seen;
                 const auto entry = static_cast<unsigned>(cqe->user_data);
                 const ReadRequest& r = entries_[entry];
-                if (cqe->res == -EINVAL && files_.is_direct(r.file)) {  // O_DIRECT refused at read time
-                    files_.fall_back_to_buffered(r.file);
+                // O_DIRECT refused at read time: read buffered, unless DirectIo::on forbids it.
+                if (cqe->res == -EINVAL && files_.is_direct(r.file) && files_.fall_back_to_buffered(r.file)) {
                     --in_flight_;
                     queue(entry);
                     continue;
@@ -137,7 +135,7 @@ private:
         }
         const ReadRequest& r = entries_[entry];
         const bool direct = files_.is_direct(r.file);
-        const int fd = files_registered_ ? static_cast<int>(2 * r.file + (direct ? 1 : 0)) : files_.descriptor(r.file);
+        const int fd = files_registered_ ? static_cast<int>(r.file) : files_.descriptor(r.file);
         // An SQE's length is 32 bits, and the kernel reads at most 2 GiB - 4 KiB at once anyway: a
         // longer request reads its first GiB, and the loader continues it as a short read.
         const auto length = static_cast<unsigned>(std::min<std::uint64_t>(r.length, max_read_bytes));
