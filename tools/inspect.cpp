@@ -2,8 +2,9 @@
 //
 // Plain output is for people: one row per tensor in checkpoint order (file, then offset: the
 // order a loader reads them), the metadata as key=value lines, then a summary. --json is for
-// scripts: one object {"tensors": [...], "metadata": {...}} built with Boost.JSON, so names with
-// quotes, backslashes or non-ASCII characters come out correctly escaped.
+// scripts: one object {"tensors": [...], "metadata": {...}}, names escaped as the safetensors writer
+// escapes them (quotes, backslashes and control characters; UTF-8 as it is). Both are written as
+// they are produced, so that memory stays that of the checkpoint's table whatever its size.
 #include <algorithm>
 #include <array>
 #include <cstdint>
@@ -12,11 +13,11 @@
 #include <vector>
 
 #include <CLI/CLI.hpp>
-#include <boost/json.hpp>
 #include <fmt/core.h>
 
 #include "cli.hpp"
 #include "instanttensor/format/checkpoint.hpp"
+#include "instanttensor/format/writer.hpp"  // detail::append_json_string
 
 namespace instanttensor::cli {
 namespace {
@@ -48,53 +49,72 @@ void print_row(const Row& row, const std::array<std::size_t, 6>& widths) {
     print("{}", line);
 }
 
-void print_table(const Checkpoint& checkpoint) {
-    std::vector<Row> rows;
-    rows.reserve(checkpoint.tensors().size() + 1);
-    rows.push_back({"NAME", "DTYPE", "SHAPE", "FILE", "OFFSET", "BYTES"});
-    for (const auto& t : checkpoint.tensors()) {
-        rows.push_back({escape_control(t.name()), std::string(format::to_string(t.info->dtype)),
-                        format_shape(t.info->shape), escape_control(checkpoint.files()[t.file].path.string()),
-                        std::to_string(t.file_offset), std::to_string(t.nbytes())});
-    }
-    std::array<std::size_t, 6> widths{};
-    for (const auto& row : rows)
-        for (std::size_t c = 0; c < row.size(); ++c) widths[c] = std::max(widths[c], display_width(row[c]));
-    for (const auto& row : rows) print_row(row, widths);
-
-    const auto metadata = checkpoint.metadata();
-    if (!metadata.empty()) {
-        print("\n");
-        for (const auto& [key, value] : metadata) print("{}={}\n", escape_control(key), escape_control(value));
-    }
-    const auto total = checkpoint.total_bytes();
-    print("\n{}, {}, {} ({} bytes)\n", count_of(checkpoint.tensors().size(), "tensor"),
-               count_of(checkpoint.files().size(), "file"), human_bytes(total), total);
+Row row_of(const Checkpoint& checkpoint, const format::TensorRef& t) {
+    return {escape_control(t.name()), std::string(format::to_string(t.info->dtype)), format_shape(t.info->shape),
+            escape_control(checkpoint.files()[t.file].path.string()), std::to_string(t.file_offset), std::to_string(t.nbytes())};
 }
 
-void print_json(const Checkpoint& checkpoint) {
-    boost::json::array tensors;
-    tensors.reserve(checkpoint.tensors().size());
-    for (const auto& t : checkpoint.tensors()) {
-        boost::json::array shape;
-        shape.reserve(t.info->shape.size());
-        for (std::uint64_t dim : t.info->shape) shape.emplace_back(dim);
-        boost::json::object tensor;
-        tensor["name"] = t.name();
-        tensor["dtype"] = format::to_string(t.info->dtype);
-        tensor["shape"] = std::move(shape);
-        tensor["file"] = checkpoint.files()[t.file].path.string();
-        tensor["offset"] = t.file_offset;
-        tensor["nbytes"] = t.nbytes();
-        tensors.emplace_back(std::move(tensor));
-    }
-    boost::json::object metadata;
-    for (const auto& [key, value] : checkpoint.metadata()) metadata[key] = value;
+/// Two passes over the tensors, the first for the column widths: no row is kept, so memory does not
+/// grow with the number of tensors.
+void print_table(const Checkpoint& checkpoint) {
+    const Row heading{"NAME", "DTYPE", "SHAPE", "FILE", "OFFSET", "BYTES"};
+    std::array<std::size_t, 6> widths{};
+    auto widen = [&](const Row& row) {
+        for (std::size_t c = 0; c < row.size(); ++c) widths[c] = std::max(widths[c], display_width(row[c]));
+    };
+    widen(heading);
+    for (const auto& t : checkpoint.tensors()) widen(row_of(checkpoint, t));
+    print_row(heading, widths);
+    for (const auto& t : checkpoint.tensors()) print_row(row_of(checkpoint, t), widths);
 
-    boost::json::object document;
-    document["tensors"] = std::move(tensors);
-    document["metadata"] = std::move(metadata);
-    print("{}\n", boost::json::serialize(document));
+    bool first = true;
+    checkpoint.for_each_metadata([&](const std::string& key, const std::string& value) {
+        print("{}{}={}\n", first ? "\n" : "", escape_control(key), escape_control(value));
+        first = false;
+    });
+    const auto total = checkpoint.total_bytes();
+    print("\n{}, {}, {} ({} bytes)\n", count_of(checkpoint.tensors().size(), "tensor"),
+          count_of(checkpoint.files().size(), "file"), human_bytes(total), total);
+}
+
+/// Writes the JSON as it goes, a tensor at a time: no document is built.
+void print_json(const Checkpoint& checkpoint) {
+    std::string out;
+    auto flush = [&](std::size_t above) {
+        if (out.size() < above) return;
+        print("{}", out);
+        out.clear();
+    };
+    out.append("{\"tensors\":[");
+    bool first = true;
+    for (const auto& t : checkpoint.tensors()) {
+        out.append(first ? "{\"name\":" : ",{\"name\":");
+        first = false;
+        detail::append_json_string(out, t.name());
+        out.append(",\"dtype\":\"").append(format::to_string(t.info->dtype)).append("\",\"shape\":[");
+        for (std::size_t d = 0; d < t.info->shape.size(); ++d) {
+            if (d) out.push_back(',');
+            out.append(std::to_string(t.info->shape[d]));
+            flush(1 << 20);
+        }
+        out.append("],\"file\":");
+        detail::append_json_string(out, checkpoint.files()[t.file].path.string());
+        out.append(",\"offset\":").append(std::to_string(t.file_offset));
+        out.append(",\"nbytes\":").append(std::to_string(t.nbytes())).push_back('}');
+        flush(1 << 20);
+    }
+    out.append("],\"metadata\":{");
+    first = true;
+    checkpoint.for_each_metadata([&](const std::string& key, const std::string& value) {
+        if (!first) out.push_back(',');
+        first = false;
+        detail::append_json_string(out, key);
+        out.push_back(':');
+        detail::append_json_string(out, value);
+        flush(1 << 20);
+    });
+    out.append("}}\n");
+    flush(0);
 }
 
 int run_inspect(const InspectOptions& options) {

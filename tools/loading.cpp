@@ -13,6 +13,7 @@
 #include <fmt/core.h>
 
 #include "cli.hpp"
+#include "split_rows.hpp"
 
 namespace instanttensor::cli {
 namespace {
@@ -163,17 +164,6 @@ private:
 #endif
 
 }  // namespace
-
-ShareFunction split_rows_matching(const format::Checkpoint& checkpoint, const std::string& regex) {
-    const RE2 pattern(regex, RE2::Quiet);
-    if (!pattern.ok()) throw usage_error("--split-rows", "not a regular expression: " + pattern.error());
-    auto tensors = checkpoint.tensors();
-    auto matches = std::make_shared<std::vector<bool>>(tensors.size());
-    for (std::size_t i = 0; i < tensors.size(); ++i) (*matches)[i] = RE2::PartialMatch(tensors[i].name(), pattern);
-    return split_rows([tensors, matches](const format::TensorRef& t) {
-        return (*matches)[static_cast<std::size_t>(&t - tensors.data())];
-    });
-}
 
 void add_load_options(CLI::App& sub, LoadSettings& settings, const std::string& default_device) {
     settings.device = default_device;

@@ -42,11 +42,6 @@ struct LoadSettings {
 /// options (--ranks, --rank, --nccl-id, --split-rows, --window-mib) to `sub`, with `default_device`.
 void add_load_options(CLI::App& sub, LoadSettings& settings, const std::string& default_device);
 
-/// split_rows() of the tensors whose name matches `regex` (RE2's syntax, anywhere in the name), the
-/// expression evaluated once per tensor (the share function runs for every tensor and rank), in
-/// time linear in the name. `checkpoint` must outlive the function.
-ShareFunction split_rows_matching(const format::Checkpoint& checkpoint, const std::string& regex);
-
 /// What a load did.
 struct LoadReport {
     std::string device;           ///< "cpu" or "cuda:N"

@@ -17,6 +17,7 @@
 
 #include "cli.hpp"
 #include "loading.hpp"
+#include "split_rows.hpp"
 #include "instanttensor/format/checkpoint.hpp"
 #include "instanttensor/loader.hpp"
 #include "instanttensor/pipeline/group_plan.hpp"

@@ -74,6 +74,7 @@ const std::vector<BadCase> bad_cases{
     {"float_dim", "tensor 'a': shape dimension is not an integer"},
     {"exponent_dim", "tensor 'a': shape dimension is not an integer"},
     {"dim_over_u64", "tensor 'a': shape dimension is not an integer in [0, 2^64)"},
+    {"too_many_dims", "tensor 'a': shape has more than 1024 dimensions"},
     {"string_dim", "tensor 'a': shape must be an array of non-negative integers (found a string)"},
     {"nested_shape", "tensor 'a': shape must be an array of non-negative integers (found an array)"},
     {"bool_dim", "tensor 'a': shape must be an array of non-negative integers (found a boolean)"},

@@ -1,15 +1,28 @@
-// libFuzzer target for the safetensors header parser and the index parser.
+// libFuzzer target for the safetensors header parser, the index parser, the index check and the
+// command's --split-rows matcher.
 //
-// The first byte picks the parser; the rest is the input. A parser may refuse an input only with
-// instanttensor::format_error. A header it accepts must survive a round trip through the writer:
-// written again and re-parsed, it yields the same tensors with the same bytes.
+// The first byte picks what is driven; the rest is the input:
+//   0  a safetensors file: a header accepted must survive a round trip through the writer (written
+//      again and re-parsed, it yields the same tensors with the same bytes);
+//   1  an index: one accepted lists tensors and shards;
+//   2  an index, a NUL, then a safetensors file standing for its first shard (the others empty):
+//      the check that the index lists exactly its shards' tensors; if it passes, every listed
+//      tensor is where it is listed;
+//   3  a --split-rows expression, a NUL, then a safetensors file: the matcher runs in linear time
+//      (RE2) whatever the expression, and on three ranks each tensor's kept rows are the whole
+//      tensor, either on every rank or split between them.
+// Inputs may be refused only with format_error, and an expression or a share only with usage_error.
 #include <instanttensor/format/checkpoint.hpp>
 #include <instanttensor/format/writer.hpp>
+
+#include "split_rows.hpp"
 
 #include <cstdint>
 #include <cstdlib>
 #include <span>
+#include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace it = instanttensor::format;
@@ -38,21 +51,65 @@ void round_trip(std::span<const std::byte> file, const it::Header& header) {
     }
 }
 
+/// The input before its first NUL, and the bytes after it (all of it and nothing when it has none).
+std::pair<std::string_view, std::span<const std::byte>> split_at_nul(std::span<const std::byte> input) {
+    const std::string_view text(reinterpret_cast<const char*>(input.data()), input.size());
+    const std::size_t nul = text.find('\0');
+    if (nul == std::string_view::npos) return {text, {}};
+    return {text.substr(0, nul), input.subspan(nul + 1)};
+}
+
+void index_check(std::span<const std::byte> input) {
+    const auto [json, shard] = split_at_nul(input);
+    const auto index = it::parse_index(json, "fuzz index");
+    const auto shards = index.shard_names();
+    std::vector<it::CheckpointFile> files(shards.size());
+    files.front().header = it::parse_file_bytes(shard, "fuzz shard");
+    instanttensor::detail::check_index_lists(index, shards, files, "fuzz index");
+    std::size_t held = 0;
+    for (const auto& f : files) held += f.header.tensors.size();
+    check(held == index.weight_map.size());
+    for (const auto& t : files.front().header.tensors) check(index.weight_map.at(t.name) == shards.front());
+}
+
+void split_rows(std::span<const std::byte> input) {
+    const auto [expression, file] = split_at_nul(input);
+    const std::pair<std::string, std::span<const std::byte>> named[] = {{"fuzz", file}};
+    const auto checkpoint = it::Checkpoint::from_memory(named);
+    const auto share = instanttensor::cli::split_rows_matching(checkpoint, std::string(expression));
+    constexpr int ranks = 3;
+    for (const auto& t : checkpoint.tensors()) {
+        std::uint64_t kept = 0;
+        bool split = false;
+        for (int r = 0; r < ranks; ++r) {
+            const auto bytes = instanttensor::kept_bytes(t, share(t, r, ranks));
+            split |= bytes.size() != t.nbytes() || bytes.rows != (t.info->shape.empty() ? 1 : t.info->shape[0]);
+            kept += bytes.size();
+        }
+        check(kept == (split ? t.nbytes() : ranks * t.nbytes()));
+    }
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     if (size == 0) return 0;
     const auto input = std::as_bytes(std::span(data + 1, size - 1));
     try {
-        if (data[0] % 2 == 0) {
-            const auto header = it::parse_file_bytes(input, "fuzz");
-            round_trip(input, header);
-        } else {
+        switch (data[0] % 4) {
+        case 0: round_trip(input, it::parse_file_bytes(input, "fuzz")); break;
+        case 1: {
             const auto index = it::parse_index({reinterpret_cast<const char*>(input.data()), input.size()}, "fuzz");
             check(!index.weight_map.empty() && !index.shard_names().empty());
+            break;
+        }
+        case 2: index_check(input); break;
+        case 3: split_rows(input); break;
         }
     } catch (const instanttensor::format_error&) {
         // refusing a malformed input is the expected outcome
+    } catch (const instanttensor::usage_error&) {
+        // an expression RE2 refuses, or a share of a tensor that cannot be split by rows
     }
     return 0;
 }

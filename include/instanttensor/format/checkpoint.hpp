@@ -89,6 +89,9 @@ public:
     [[nodiscard]] std::uint64_t total_bytes() const noexcept { return total_bytes_; }
     /// Metadata of all files merged; where files disagree on a key, the first file's value is kept.
     [[nodiscard]] Metadata metadata() const;
+    /// Calls visit(key, value) for each key of metadata(), in key order, without copying it.
+    template <class Visit>
+    void for_each_metadata(Visit&& visit) const;
     /// Whether it was parsed from memory (from_memory): there are no files to open, only the bytes
     /// the caller holds.
     [[nodiscard]] bool in_memory() const noexcept { return in_memory_; }
@@ -116,5 +119,14 @@ private:
 };
 
 }  // namespace instanttensor::format
+
+namespace instanttensor::detail {
+/// Checks that `index` lists exactly the tensors of its shards, each for the shard holding it:
+/// `files[k]` is the file of `shards[k]` (Index::shard_names). Throws format_error naming `source`.
+/// O(n log n) in the tensors.
+void check_index_lists(const format::Index& index, std::span<const std::string> shards,
+                       std::span<const format::CheckpointFile> files,
+                       std::string_view source);
+}  // namespace instanttensor::detail
 
 #include "instanttensor/format/detail/checkpoint.inl"

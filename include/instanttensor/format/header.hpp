@@ -11,7 +11,8 @@
 //   - the header is one JSON object, valid UTF-8, nothing but whitespace after it;
 //   - "__metadata__" is an object of string values (or null), keys unique;
 //   - each tensor entry has exactly the keys dtype, shape, data_offsets (unknown keys are refused),
-//     a known dtype, a shape of non-negative integers, and two non-negative integer offsets;
+//     a known dtype, a shape of at most max_dimensions non-negative integers, and two non-negative
+//     integer offsets;
 //   - tensor names are unique and not empty;
 //   - shape × dtype size == end − begin, computed without overflow, in whole bytes;
 //   - the tensors, sorted by offset, are contiguous from 0: no hole, no overlap, and together cover
@@ -32,6 +33,11 @@ namespace instanttensor::format {
 
 /// The largest JSON header accepted, in bytes (the reference implementation's limit).
 inline constexpr std::uint64_t max_header_size = 100'000'000;
+
+/// The most dimensions a tensor's shape may have. The reference sets no limit; frameworks do
+/// (NumPy 64, TensorFlow 254), and without one a header of 100 MB could hold a single shape of 49
+/// million dimensions, 400 MB once parsed.
+inline constexpr std::size_t max_dimensions = 1024;
 
 /// Size of the little-endian length prefix that starts every file.
 inline constexpr std::uint64_t header_length_size = 8;

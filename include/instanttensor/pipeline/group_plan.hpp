@@ -247,7 +247,6 @@ inline GroupPlan make_group_plan(const Plan& plan, int ranks, int rank, const Sh
     }
 
     detail::KeptByRank keeps(plan, ranks, rank, share, g, digest);
-    std::vector<std::vector<Transfer>> sends(n);  // per receiver, in window order
     for (std::size_t wi = 0; wi < g.windows.size(); ++wi) {
         Window& w = g.windows[wi];
         w.segment = align_up((w.bytes + n - 1) / n, page);
@@ -258,42 +257,56 @@ inline GroupPlan make_group_plan(const Plan& plan, int ranks, int rank, const Sh
         const Extent& last = plan.extents[w.first_extent + w.extent_count - 1];
         keeps.cover(plan.pieces[first.first_piece].tensor, plan.pieces[last.first_piece + last.piece_count - 1].tensor);
 
-        // The point-to-point alternative: each rank's kept bytes of each piece, from whoever read them.
-        auto list_sends = [&] {
-            std::uint64_t bytes = 0;
-            for (int r = 0; r < ranks; ++r) {
-                std::vector<Transfer>& to_r = sends[static_cast<std::size_t>(r)];
-                to_r.clear();
-                for (std::uint32_t x = w.first_extent; x < w.first_extent + w.extent_count; ++x) {
-                    const Extent& e = plan.extents[x];
-                    for (std::uint32_t p = e.first_piece; p < e.first_piece + e.piece_count; ++p) {
-                        const Piece& piece = plan.pieces[p];
-                        const KeptBytes& k = keeps(piece.tensor, r);
-                        const std::uint64_t from = std::max(k.begin, piece.tensor_offset);
-                        const std::uint64_t to = std::min(k.end, piece.tensor_offset + piece.length);
-                        if (!k.kept || from >= to) continue;
-                        std::uint64_t at = g.extent_window_offset[x] + piece.extent_offset + (from - piece.tensor_offset);
-                        const std::uint64_t stop = at + (to - from);
-                        while (at < stop) {  // split where the readers' segments meet
-                            const auto reader = static_cast<int>(at / w.segment);
-                            const std::uint64_t until = std::min(stop, (at / w.segment + 1) * w.segment);
-                            if (reader != r) {
-                                if (!to_r.empty() && to_r.back().from == reader && to_r.back().offset + to_r.back().length == at)
-                                    to_r.back().length += until - at;
-                                else
-                                    to_r.push_back({reader, r, at, until - at});
-                                bytes += until - at;
+        // The point-to-point alternative: each rank's kept bytes of each piece, from whoever read
+        // them. sends_to(r, emit) calls emit(Transfer) for receiver r's, in window order, adjacent
+        // ones from the same reader merged (r = everyone: no receiver, every run of kept bytes).
+        auto sends_to = [&](int r, auto&& emit) {
+            Transfer pending{};
+            for (std::uint32_t x = w.first_extent; x < w.first_extent + w.extent_count; ++x) {
+                const Extent& e = plan.extents[x];
+                for (std::uint32_t p = e.first_piece; p < e.first_piece + e.piece_count; ++p) {
+                    const Piece& piece = plan.pieces[p];
+                    const KeptBytes& k = keeps(piece.tensor, r);
+                    const std::uint64_t from = std::max(k.begin, piece.tensor_offset);
+                    const std::uint64_t to = std::min(k.end, piece.tensor_offset + piece.length);
+                    if (!k.kept || from >= to) continue;
+                    std::uint64_t at = g.extent_window_offset[x] + piece.extent_offset + (from - piece.tensor_offset);
+                    const std::uint64_t stop = at + (to - from);
+                    while (at < stop) {  // split where the readers' segments meet
+                        const auto reader = static_cast<int>(at / w.segment);
+                        const std::uint64_t until = std::min(stop, (at / w.segment + 1) * w.segment);
+                        if (reader != r) {
+                            if (pending.length > 0 && pending.from == reader && pending.offset + pending.length == at) {
+                                pending.length += until - at;
+                            } else {
+                                if (pending.length > 0) emit(pending);
+                                pending = {reader, r, at, until - at};
                             }
-                            at = until;
                         }
+                        at = until;
                     }
                 }
             }
-            return bytes;
+            if (pending.length > 0) emit(pending);
+        };
+        // Every send of the window, receivers in rank order. They are generated, not stored: a
+        // group of n ranks has up to n·(n-1) of them, of which this rank keeps only its own. When
+        // every rank keeps every byte, one list of runs serves every receiver (less its own reads):
+        // n times the runs, not n times the pieces.
+        auto for_each_send = [&](auto&& emit) {
+            if (share) {
+                for (int r = 0; r < ranks; ++r) sends_to(r, emit);
+                return;
+            }
+            std::vector<Transfer> runs;
+            sends_to(Transfer::everyone, [&](const Transfer& t) { runs.push_back(t); });
+            for (int r = 0; r < ranks; ++r)
+                for (const Transfer& t : runs)
+                    if (t.from != r) emit(Transfer{t.from, r, t.offset, t.length});
         };
         std::uint64_t send_bytes = 0;
         if (share) {
-            send_bytes = list_sends();
+            for_each_send([&](const Transfer& t) { send_bytes += t.length; });
         } else {  // every byte a rank reads goes to the n - 1 others: no need to list the sends yet
             for (std::uint32_t p = first.first_piece; p < last.first_piece + last.piece_count; ++p)
                 send_bytes += plan.pieces[p].length;
@@ -323,13 +336,11 @@ inline GroupPlan make_group_plan(const Plan& plan, int ranks, int rank, const Sh
             }
         } else {
             w.mode = ExchangeMode::sends;
-            if (!share) list_sends();
-            for (const auto& to_r : sends)
-                for (const Transfer& s : to_r) {
-                    g.received_bytes[static_cast<std::size_t>(s.to)] += s.length;
-                    digest.mix(s);
-                    if (s.from == rank || s.to == rank) g.transfers.push_back(s);
-                }
+            for_each_send([&](const Transfer& t) {
+                g.received_bytes[static_cast<std::size_t>(t.to)] += t.length;
+                digest.mix(t);
+                if (t.from == rank || t.to == rank) g.transfers.push_back(t);
+            });
         }
         digest.mix(static_cast<std::uint64_t>(w.mode));
         w.transfer_count = static_cast<std::uint32_t>(g.transfers.size() - w.first_transfer);

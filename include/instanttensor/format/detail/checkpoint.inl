@@ -185,6 +185,34 @@ inline DirectoryListing list_directory(const std::filesystem::path& dir) {
     return listing;
 }
 
+inline void check_index_lists(const format::Index& index, std::span<const std::string> shards,
+                              std::span<const format::CheckpointFile> files, std::string_view source) {
+    // Every tensor of a shard is listed for that shard; since names are unique per file, the
+    // counts then match exactly when every listed tensor was found.
+    std::size_t found = 0;
+    for (std::size_t k = 0; k < shards.size(); ++k)
+        for (const auto& t : files[k].header.tensors) {
+            auto it = index.weight_map.find(t.name);
+            if (it == index.weight_map.end())
+                throw format_error(std::string(source), "tensor " + quote_name(t.name) + " of shard " +
+                                                            quote_name(shards[k]) + " is not listed in weight_map");
+            if (it->second != shards[k])
+                throw format_error(std::string(source), "tensor " + quote_name(t.name) + " is listed in shard " +
+                                                            quote_name(it->second) + " but found in " + quote_name(shards[k]));
+            ++found;
+        }
+    if (found == index.weight_map.size()) return;
+    // Some listed tensor is in no shard (every one found was found where it is listed): name it.
+    std::unordered_set<std::string_view> present;
+    present.reserve(found);
+    for (std::size_t k = 0; k < shards.size(); ++k)
+        for (const auto& t : files[k].header.tensors) present.insert(t.name);
+    for (const auto& [tensor, shard] : index.weight_map)
+        if (!present.contains(tensor))
+            throw format_error(std::string(source), "tensor " + quote_name(tensor) +
+                                                        " listed in weight_map is missing from shard " + quote_name(shard));
+}
+
 }  // namespace instanttensor::detail
 
 namespace instanttensor::format {
@@ -245,30 +273,7 @@ inline void Checkpoint::add_index(const std::filesystem::path& index_path) {
                                            ", outside the index's directory (symlink?)");
         add_file(path);
     }
-    // Every tensor of a shard is listed for that shard; since names are unique per file, the
-    // counts then match exactly when every listed tensor was found.
-    std::size_t found = 0;
-    for (std::size_t k = 0; k < shards.size(); ++k)
-        for (const auto& t : files_[first_file + k].header.tensors) {
-            auto it = index.weight_map.find(t.name);
-            if (it == index.weight_map.end())
-                throw format_error(source, "tensor " + detail::quote_name(t.name) + " of shard " +
-                                               detail::quote_name(shards[k]) + " is not listed in weight_map");
-            if (it->second != shards[k])
-                throw format_error(source, "tensor " + detail::quote_name(t.name) + " is listed in shard " +
-                                               detail::quote_name(it->second) + " but found in " + detail::quote_name(shards[k]));
-            ++found;
-        }
-    if (found == index.weight_map.size()) return;
-    // Some listed tensor is in no shard (every one found was found where it is listed): name it.
-    std::unordered_set<std::string_view> present;
-    present.reserve(found);
-    for (std::size_t k = 0; k < shards.size(); ++k)
-        for (const auto& t : files_[first_file + k].header.tensors) present.insert(t.name);
-    for (const auto& [tensor, shard] : index.weight_map)
-        if (!present.contains(tensor))
-            throw format_error(source, "tensor " + detail::quote_name(tensor) + " listed in weight_map is missing from shard " +
-                                           detail::quote_name(shard));
+    detail::check_index_lists(index, shards, std::span(files_).subspan(first_file), source);
 }
 
 inline void Checkpoint::add_file(std::filesystem::path path) {
@@ -314,8 +319,31 @@ inline const TensorRef* Checkpoint::find(std::string_view name) const noexcept {
 
 inline Metadata Checkpoint::metadata() const {
     Metadata merged;
-    for (const auto& f : files_) merged.insert(f.header.metadata.begin(), f.header.metadata.end());
+    for_each_metadata([&](const std::string& key, const std::string& value) { merged.emplace_hint(merged.end(), key, value); });
     return merged;
+}
+
+template <class Visit>
+void Checkpoint::for_each_metadata(Visit&& visit) const {
+    // A merge of the files' sorted maps: each step takes the least key any file has left, from the
+    // first file holding it, and skips it in the others.
+    std::vector<Metadata::const_iterator> next;
+    next.reserve(files_.size());
+    for (const auto& f : files_) next.push_back(f.header.metadata.begin());
+    for (;;) {
+        const std::string* least = nullptr;
+        std::size_t from = 0;
+        for (std::size_t i = 0; i < files_.size(); ++i)
+            if (next[i] != files_[i].header.metadata.end() && (least == nullptr || next[i]->first < *least)) {
+                least = &next[i]->first;
+                from = i;
+            }
+        if (least == nullptr) return;
+        visit(next[from]->first, next[from]->second);
+        for (std::size_t i = from + 1; i < files_.size(); ++i)
+            if (next[i] != files_[i].header.metadata.end() && next[i]->first == *least) ++next[i];
+        ++next[from];
+    }
 }
 
 inline void Checkpoint::require_files() const {

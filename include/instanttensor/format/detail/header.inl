@@ -159,6 +159,9 @@ public:
     bool on_uint64(std::uint64_t v, string_view, error_code& ec) {
         in_number_ = false;
         if (state_ == State::shape_items) {
+            if (tensor_.shape.size() == format::max_dimensions)
+                return fail(ec, "tensor " + quote_name(tensor_.name) + ": shape has more than " +
+                                    std::to_string(format::max_dimensions) + " dimensions");
             tensor_.shape.push_back(v);
             return true;
         }
