@@ -21,10 +21,7 @@ TEST_CASE("storage: DirectIo::automatic reads cold files with O_DIRECT and resid
     TempDir dir;
     const auto path = write_file(dir / "cold.safetensors", odd_specs());
     const auto checkpoint = fmt::Checkpoint::open(path);
-    if (!accepts_o_direct(path) || on_tmpfs(path)) {
-        MESSAGE("skipped: the temporary directory has no O_DIRECT or no evictable page cache");
-        return;
-    }
+    if (!can_read_cold_with_o_direct(path)) return;
     for (Via via : {Via::uring, Via::pread, Via::auto_uring, Via::auto_pread}) {
         if (unavailable(via)) continue;
         INFO(to_string(via));
@@ -48,10 +45,7 @@ TEST_CASE("storage: DirectIo::automatic decides per file") {
     const auto index = fmt::write_sharded_checkpoint(dir / "mixed", specs, 3, fill_tensor);
     const auto checkpoint = fmt::Checkpoint::open(index);
     const auto& cold = checkpoint.files()[1].path;
-    if (!accepts_o_direct(cold) || on_tmpfs(cold)) {
-        MESSAGE("skipped: the temporary directory has no O_DIRECT or no evictable page cache");
-        return;
-    }
+    if (!can_read_cold_with_o_direct(cold)) return;
     for (Via via : {Via::uring, Via::pread, Via::auto_uring, Via::auto_pread}) {
         if (unavailable(via)) continue;
         INFO(to_string(via));

@@ -247,10 +247,7 @@ TEST_CASE("fallback: O_DIRECT refused at read time (EINVAL)") {
     TempDir dir;
     const auto path = write_file(dir / "readtime.safetensors", fallback_specs());
     const auto checkpoint = fmt::Checkpoint::open(path);
-    if (!accepts_o_direct(path) || on_tmpfs(path)) {
-        MESSAGE("skipped: the temporary directory has no O_DIRECT or no evictable page cache");
-        return;
-    }
+    if (!can_read_cold_with_o_direct(path)) return;
     {
         // Check that this filesystem refuses unaligned O_DIRECT reads at all.
         const int fd = ::open(path.c_str(), O_RDONLY | O_DIRECT);

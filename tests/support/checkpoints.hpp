@@ -95,6 +95,14 @@ inline bool on_tmpfs(const fs::path& file) {
     return ::statfs(file.c_str(), &info) == 0 && info.f_type == TMPFS_MAGIC;
 }
 
+/// Whether `file` can be made cold and read with O_DIRECT: its filesystem accepts O_DIRECT and
+/// can evict its pages (not tmpfs). Says so when not, so that a skip is visible.
+inline bool can_read_cold_with_o_direct(const fs::path& file) {
+    if (accepts_o_direct(file) && !on_tmpfs(file)) return true;
+    MESSAGE("skipped: the temporary directory has no O_DIRECT or no evictable page cache");
+    return false;
+}
+
 /// Whether io_uring works here: built with liburing, and the kernel lets this process make a ring
 /// (kernel.io_uring_disabled or a container's seccomp profile may refuse it).
 inline bool uring_available() {
