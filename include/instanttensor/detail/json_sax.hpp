@@ -80,10 +80,12 @@ private:
 };
 
 /// Parses `json` as one complete document with `Handler` (constructed from `args`), and returns the
-/// handler's result. Syntax errors name the byte offset in the file (`json` starts at
-/// `file_offset`); handler refusals carry the handler's own words. Throws format_error.
+/// handler's result as the handler declares it: a handler that fills the caller's object returns a
+/// reference, which `auto` would turn into a copy of the whole header. Syntax errors name the byte
+/// offset in the file (`json` starts at `file_offset`); handler refusals carry the handler's own
+/// words. Throws format_error.
 template <class Handler, class... Args>
-auto parse_json(std::string_view json, std::string_view source, std::uint64_t file_offset,
+decltype(auto) parse_json(std::string_view json, std::string_view source, std::uint64_t file_offset,
                 Args&&... args) {
     boost::json::basic_parser<Handler> parser(boost::json::parse_options{}, std::forward<Args>(args)...);
     boost::system::error_code ec;

@@ -142,9 +142,21 @@ private:
     std::uint64_t h_ = 0xcbf29ce484222325ull;
 };
 
-/// Every rank's KeptBytes of the tensors of the window being planned, each tensor evaluated once:
+/// The bytes [begin, end) of a tensor one rank keeps, or none: a KeptBytes without its rows, so
+/// that a window of a million tensors on 8 ranks holds 128 MB of them, not 320.
+struct KeptRange {
+    static constexpr std::uint64_t none = UINT64_MAX;
+    std::uint64_t begin = none;
+    std::uint64_t end = none;
+
+    [[nodiscard]] bool kept() const noexcept { return begin != none; }
+    [[nodiscard]] std::uint64_t size() const noexcept { return kept() ? end - begin : 0; }
+    friend bool operator==(const KeptRange&, const KeptRange&) = default;
+};
+
+/// Every rank's KeptRange of the tensors of the window being planned, each tensor evaluated once:
 /// a tensor that spans windows keeps its row from one window to the next. Without a share
-/// function every rank keeps every tensor whole, and one KeptBytes per tensor stands for all.
+/// function every rank keeps every tensor whole, and one KeptRange per tensor stands for all.
 class KeptByRank {
 public:
     KeptByRank(const Plan& plan, int ranks, int rank, const ShareFunction& share, GroupPlan& g, PlanDigest& digest)
@@ -166,7 +178,7 @@ public:
         while (next_ < plan_.tensors.size()) evaluate();
         if (width_ == 1) g_.kept_bytes.assign(n_, everyone_keeps_);
     }
-    [[nodiscard]] const KeptBytes& operator()(std::uint32_t tensor, int rank) const {
+    [[nodiscard]] KeptRange operator()(std::uint32_t tensor, int rank) const {
         return rows_[(tensor - first_) * width_ + (width_ == 1 ? 0 : static_cast<std::size_t>(rank))];
     }
 
@@ -180,29 +192,27 @@ private:
             if (width_ == 1) everyone_keeps_ += k.size();
             else g_.kept_bytes[r] += k.size();
             if (width_ == 1 || r == rank_) g_.kept[next_] = k;
-            rows_.push_back(k);
+            rows_.push_back(k.kept ? KeptRange{k.begin, k.end} : KeptRange{});
         }
         // The digest sees runs of ranks keeping the same bytes, so that no share function and one
         // that keeps everything (the same load) digest alike.
-        const KeptBytes* row = &rows_[rows_.size() - width_];
+        const KeptRange* row = &rows_[rows_.size() - width_];
         for (std::size_t r = 0; r < width_;) {
             std::size_t run = 1;
-            while (r + run < width_ && same(row[r + run], row[r])) ++run;
-            digest_.mix(row[r].kept), digest_.mix(row[r].begin), digest_.mix(row[r].end);
+            while (r + run < width_ && row[r + run] == row[r]) ++run;
+            digest_.mix(row[r].begin), digest_.mix(row[r].end);
             digest_.mix(width_ == 1 ? n_ : run);
             r += run;
         }
         ++next_;
     }
 
-    static bool same(const KeptBytes& a, const KeptBytes& b) { return a.kept == b.kept && a.begin == b.begin && a.end == b.end; }
-
     const Plan& plan_;
     std::size_t n_, width_, rank_;
     const ShareFunction& share_;
     GroupPlan& g_;
     PlanDigest& digest_;
-    std::vector<KeptBytes> rows_;  // tensors [first_, next_) × width_
+    std::vector<KeptRange> rows_;  // tensors [first_, next_) × width_
     std::uint32_t first_ = 0;
     std::uint32_t next_ = 0;
     std::uint64_t everyone_keeps_ = 0;  // without a share function: the bytes every rank keeps
@@ -266,10 +276,10 @@ inline GroupPlan make_group_plan(const Plan& plan, int ranks, int rank, const Sh
                 const Extent& e = plan.extents[x];
                 for (std::uint32_t p = e.first_piece; p < e.first_piece + e.piece_count; ++p) {
                     const Piece& piece = plan.pieces[p];
-                    const KeptBytes& k = keeps(piece.tensor, r);
+                    const detail::KeptRange k = keeps(piece.tensor, r);
                     const std::uint64_t from = std::max(k.begin, piece.tensor_offset);
                     const std::uint64_t to = std::min(k.end, piece.tensor_offset + piece.length);
-                    if (!k.kept || from >= to) continue;
+                    if (!k.kept() || from >= to) continue;
                     std::uint64_t at = g.extent_window_offset[x] + piece.extent_offset + (from - piece.tensor_offset);
                     const std::uint64_t stop = at + (to - from);
                     while (at < stop) {  // split where the readers' segments meet
