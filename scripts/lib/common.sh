@@ -5,8 +5,9 @@
 # Debian 12 packages the build needs (CUDA is optional and not from Debian: /usr/local/cuda).
 INSTANTTENSOR_BUILD_PACKAGES=(cmake ninja-build g++ pkg-config libboost-json1.81-dev libcli11-dev
   libfmt-dev libxxhash-dev liburing-dev libre2-dev)
-# Added for the test suite: doctest, Google Benchmark, clang with libFuzzer and the sanitizers.
-INSTANTTENSOR_TEST_PACKAGES=(doctest-dev libbenchmark-dev clang libclang-rt-14-dev python3)
+# Added for the test suite: doctest, Google Benchmark, clang with libFuzzer and the sanitizers,
+# Python with venv and headers for the Python package.
+INSTANTTENSOR_TEST_PACKAGES=(doctest-dev libbenchmark-dev clang libclang-rt-14-dev python3 python3-venv python3-dev)
 
 # Ninja's progress lines, with the seconds the build has taken: [done/total elapsed].
 export NINJA_STATUS="[%f/%t %es] "
@@ -50,4 +51,25 @@ configure() {
   echo "configuring $dir (log: $dir/configure.log)" >&2
   run_logged "$dir/configure.log" cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE="${BUILD_TYPE:-RelWithDebInfo}" "$@"
   sed -n 's/^-- instanttensor: /  /p' "$dir/configure.log" >&2
+}
+
+# ensure_python_env: a virtual environment at build/venv holding what python/requirements-test.txt
+# lists (installed again only when that file changes; pip keeps its downloads in its own cache),
+# then the instanttensor package built from this tree into it. Prints the venv's python.
+ensure_python_env() {
+  local venv=build/venv log=build/pip.log requirements=python/requirements-test.txt
+  mkdir -p build
+  : >"$log"
+  if [ ! -x "$venv/bin/python" ]; then
+    echo "creating the Python environment $venv (log: $log)" >&2
+    run_logged "$log" python3 -m venv "$venv"
+  fi
+  if ! cmp -s "$requirements" "$venv/installed-requirements.txt"; then
+    echo "  installing the Python test requirements (torch is a few GB the first time)" >&2
+    run_logged "$log" "$venv/bin/pip" install --upgrade-strategy only-if-needed -r "$requirements"
+    cp "$requirements" "$venv/installed-requirements.txt"
+  fi
+  echo "  building the instanttensor Python package into $venv" >&2
+  [ -x /usr/local/cuda/bin/nvcc ] && export PATH="/usr/local/cuda/bin:$PATH"
+  run_logged "$log" "$venv/bin/pip" install --no-build-isolation --no-deps --force-reinstall .
 }

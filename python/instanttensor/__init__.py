@@ -1,0 +1,353 @@
+"""instanttensor: safetensors checkpoints into memory at the speed of the hardware.
+
+The same loader as the C++ headers, in the names PyTorch users know::
+
+    import instanttensor as it
+    with it.safe_open("model/", framework="pt", device="cpu") as f:   # a file, a list, a directory or an index
+        f.keys(); f.metadata(); f.get_tensor(name); f.get_slice(name)[:, 128:256]
+        for name, tensor in f.tensors(): ...                          # the fast path, in file order
+    it.load_file("model/", device="cuda:0")                            # {name: tensor}
+    it.load_into(model, "model/", strict=True)                        # into the existing parameters
+
+Every tensor returned is the caller's: it stays valid after the next one, after the ``with``
+block and after the loader is gone (no ``clone()`` needed). Host tensors are allocated by the
+library per tensor and freed with the tensor; device tensors are allocated through torch's
+allocator and the bytes land in them directly.
+
+Dtypes map as safetensors maps them (F4 as torch's float4_e2m1fn_x2: two per byte, the last
+dimension halved). One the framework lacks (numpy: BF16 and the 8-, 6- and 4-bit floats; torch:
+F6_E2M3, F6_E3M2, those its version predates, and F4 with an odd last dimension) comes back as its
+raw bytes: a flat uint8 tensor of the tensor's size in bytes (``get_slice(name).get_dtype()`` and
+``get_shape()`` say what they hold).
+
+Errors are ``instanttensor.Error`` (see ``instanttensor.errors``): a malformed checkpoint is also a
+``ValueError``, a failed read an ``OSError`` with its ``errno``; each message names the file.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, NamedTuple, Union
+
+from . import _core
+from .errors import CudaError, Error, FormatError, IoError, NcclError, UnavailableError, UsageError
+
+__all__ = [
+    "safe_open", "load_file", "load_into", "IncompatibleKeys", "TensorSlice",
+    "Error", "FormatError", "IoError", "UsageError", "UnavailableError", "CudaError", "NcclError",
+]
+__version__ = _core.version
+
+PathLike = Union[str, "os.PathLike[str]"]
+Paths = Union[PathLike, Iterable[PathLike]]
+
+# safetensors dtype → the framework's dtype name; absent: raw bytes.
+_TORCH_DTYPES = {
+    "BOOL": "bool", "U8": "uint8", "I8": "int8", "I16": "int16", "U16": "uint16", "F16": "float16",
+    "BF16": "bfloat16", "I32": "int32", "U32": "uint32", "F32": "float32", "C64": "complex64",
+    "F64": "float64", "I64": "int64", "U64": "uint64", "F8_E5M2": "float8_e5m2",
+    "F8_E4M3": "float8_e4m3fn", "F8_E4M3FNUZ": "float8_e4m3fnuz", "F8_E5M2FNUZ": "float8_e5m2fnuz",
+    "F8_E8M0": "float8_e8m0fnu",
+}
+_NUMPY_DTYPES = {
+    "BOOL": "bool", "U8": "uint8", "I8": "int8", "I16": "int16", "U16": "uint16", "F16": "float16",
+    "I32": "int32", "U32": "uint32", "F32": "float32", "C64": "complex64", "F64": "float64",
+    "I64": "int64", "U64": "uint64",
+}
+
+
+def _layout(dtype: str, shape, nbytes: int, framework: str):
+    """(the framework's dtype, shape) a checkpoint tensor comes back as: its own, or raw bytes."""
+    if framework == "pt":
+        import torch
+        if dtype == "F4":  # two per byte, the last dimension halved, as safetensors returns it
+            packed = getattr(torch, "float4_e2m1fn_x2", None)
+            if packed is not None and shape and shape[-1] % 2 == 0:
+                return packed, tuple(shape[:-1]) + (shape[-1] // 2,)
+            return torch.uint8, (nbytes,)
+        typed = getattr(torch, _TORCH_DTYPES.get(dtype, ""), None)
+        return (typed, tuple(shape)) if typed is not None else (torch.uint8, (nbytes,))
+    import numpy
+    name = _NUMPY_DTYPES.get(dtype)
+    return (numpy.dtype(name), tuple(shape)) if name else (numpy.dtype("uint8"), (nbytes,))
+
+
+def _typed(flat, layout, framework: str):
+    """The flat uint8 `flat` seen in `layout` (the same memory)."""
+    dtype, shape = layout
+    if framework == "pt":
+        return flat.view(dtype).view(shape)
+    return flat.view(dtype).reshape(shape)
+
+
+def _path_list(paths: Paths) -> list[str]:
+    if isinstance(paths, (str, os.PathLike)):
+        return [os.fspath(paths)]
+    listed = [os.fspath(p) for p in paths]
+    if not listed:
+        raise UsageError("instanttensor: no checkpoint path given")
+    return listed
+
+
+def _cuda_index(device, framework: str) -> int:
+    """-1 for host memory, else the CUDA device index `device` names."""
+    if device is None or device == "cpu":
+        return -1
+    if framework == "np":
+        raise UsageError(f"instanttensor: framework='np' loads to host memory only, not to {device!r}")
+    import torch
+    d = torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+    if d.type == "cpu":
+        return -1
+    if d.type != "cuda":
+        raise UsageError(f"instanttensor: loads go to 'cpu' or a CUDA device, not {device!r}")
+    return d.index if d.index is not None else torch.cuda.current_device()
+
+
+class _Progress:
+    """A one-line progress bar on stderr, redrawn at most ten times a second."""
+
+    def __init__(self, total_bytes: int, label: str):
+        self.total, self.label, self.done = total_bytes, label, 0
+        self.start = self.drawn = time.monotonic()
+
+    def advance(self, nbytes: int) -> None:
+        self.done += nbytes
+        now = time.monotonic()
+        if now - self.drawn >= 0.1 or self.done >= self.total:
+            self.drawn = now
+            fraction = self.done / self.total if self.total else 1.0
+            bar = "#" * int(fraction * 30)
+            rate = self.done / max(now - self.start, 1e-9) / 1e9
+            sys.stderr.write(f"\r{self.label} [{bar:<30}] {fraction:4.0%} "
+                             f"{self.done / 1e9:.2f}/{self.total / 1e9:.2f} GB {rate:.2f} GB/s")
+            sys.stderr.flush()
+
+    def finish(self) -> None:
+        sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+class _Options(NamedTuple):
+    backend: str = "auto"
+    direct: str = "auto"
+    staging_bytes: int | None = None
+    slot_bytes: int | None = None
+    progress: bool = False
+
+    def request(self, names: list[str] | None, device: int, stream: int = 0):
+        r = _core.LoadRequest()
+        r.names, r.device, r.backend, r.direct, r.stream = names, device, self.backend, self.direct, stream
+        r.staging_bytes, r.slot_bytes = self.staging_bytes or 0, self.slot_bytes or 0
+        return r
+
+
+def _landing(checkpoint, names: list[str], options: _Options, framework: str, device_index: int,
+             destinations: Mapping[str, Any] | None) -> Iterator[tuple[str, Any]]:
+    """Loads `names` of `checkpoint`; yields (name, flat uint8 or None) in load order.
+
+    `destinations` maps each name to the torch tensor its bytes land in (required on the device).
+    """
+    stream = 0
+    if device_index >= 0:
+        import torch
+        stream = torch.cuda.current_stream(device_index).cuda_stream
+    pointers = None
+    if destinations is not None:
+        pointers = {n: (t.data_ptr(), t.numel() * t.element_size()) for n, t in destinations.items()}
+    load = _core.Load(checkpoint, options.request(names, device_index, stream), framework, pointers)
+    progress = None
+    if options.progress:
+        total = sum(checkpoint.describe(n)[2] for n in names)
+        progress = _Progress(total, "loading")
+    try:
+        for name, flat in load:
+            if progress:
+                progress.advance(checkpoint.describe(name)[2])
+            yield name, flat
+    finally:
+        load.close()
+        if progress:
+            progress.finish()
+
+
+class TensorSlice:
+    """One tensor of an open checkpoint, indexed as safetensors' ``get_slice`` returns it.
+
+    ``get_shape()`` and ``get_dtype()`` read the header only; indexing loads the tensor and returns
+    a tensor of its own holding the selected part.
+    """
+
+    def __init__(self, owner: "safe_open", name: str):
+        self._owner, self._name = owner, name
+        self._dtype, self._shape, self._nbytes, _ = owner._checkpoint.describe(name)
+
+    def get_shape(self) -> list[int]:
+        return list(self._shape)
+
+    def get_dtype(self) -> str:
+        return self._dtype
+
+    def __len__(self) -> int:
+        if not self._shape:
+            raise TypeError("len() of a 0-d tensor")
+        return self._shape[0]
+
+    def __getitem__(self, index):
+        whole = self._owner.get_tensor(self._name)
+        part = whole[index]
+        if self._owner._framework == "pt":
+            return part.clone() if part.data_ptr() != whole.data_ptr() or part.numel() != whole.numel() else part
+        return part.copy() if part.base is not None else part
+
+
+class safe_open:
+    """A checkpoint opened for reading: a file, a directory, an index, or a list of files.
+
+    ``framework`` is ``"pt"`` (torch tensors) or ``"np"`` (numpy arrays, host only); ``device``
+    is ``"cpu"``, ``"cuda"``, ``"cuda:N"``, an index or a ``torch.device``. Headers are read and
+    validated here, no tensor byte. Options: ``backend`` (``"auto"``, ``"uring"``, ``"pread"``,
+    ``"memory"``, ``"gds"``), ``direct`` (``"auto"``, ``"on"``, ``"off"``: O_DIRECT reads),
+    ``staging_bytes`` and ``slot_bytes`` (the loader's staging memory and largest read), and
+    ``progress`` (a bar on stderr).
+    """
+
+    def __init__(self, paths: Paths, framework: str = "pt", device: Any = "cpu", *, backend: str = "auto",
+                 direct: str = "auto", staging_bytes: int | None = None, slot_bytes: int | None = None,
+                 progress: bool = False):
+        if framework not in ("pt", "np"):
+            raise UsageError(f"instanttensor: framework is 'pt' or 'np', not {framework!r}")
+        self._framework = framework
+        self._device_index = _cuda_index(device, framework)
+        self._device = "cpu" if self._device_index < 0 else f"cuda:{self._device_index}"
+        self._options = _Options(backend, direct, staging_bytes, slot_bytes, progress)
+        self._checkpoint = _core.Checkpoint(_path_list(paths))
+
+    def __enter__(self) -> "safe_open":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Closes the checkpoint; tensors already returned stay valid."""
+        self._checkpoint = None
+
+    def _open(self):
+        if self._checkpoint is None:
+            raise UsageError("instanttensor: the checkpoint is closed")
+        return self._checkpoint
+
+    def keys(self) -> list[str]:
+        """Every tensor's name, sorted."""
+        return self._open().names()
+
+    def offset_keys(self) -> list[str]:
+        """Every tensor's name in file then offset order: the order ``tensors()`` yields them."""
+        return self._open().names_in_load_order()
+
+    def metadata(self) -> dict[str, str] | None:
+        """The ``__metadata__`` of the files merged (the first file's value where they disagree), or None."""
+        merged = self._open().metadata()
+        return merged or None
+
+    def get_tensor(self, name: str):
+        """Loads one tensor. For many, ``tensors()`` is faster: one load reads them all in file order."""
+        if name not in self._open():
+            raise KeyError(f"{self._checkpoint.files()[0]}: no tensor named {name!r}")
+        for _, tensor in self.tensors([name]):
+            return tensor
+        raise AssertionError("unreachable: a selected tensor was not yielded")
+
+    def get_slice(self, name: str) -> TensorSlice:
+        if name not in self._open():
+            raise KeyError(f"{self._checkpoint.files()[0]}: no tensor named {name!r}")
+        return TensorSlice(self, name)
+
+    def tensors(self, names: Iterable[str] | None = None, *,
+                filter: Callable[[str], bool] | None = None) -> Iterator[tuple[str, Any]]:
+        """Loads the tensors (all, those in ``names``, or those ``filter(name)`` accepts) and yields
+        ``(name, tensor)`` in file order as each lands. Only the selected tensors' bytes are read."""
+        checkpoint = self._open()
+        selected = list(names) if names is not None else checkpoint.names_in_load_order()
+        if filter is not None:
+            selected = [n for n in selected if filter(n)]
+        for n in selected:
+            if n not in checkpoint:
+                raise KeyError(f"{checkpoint.files()[0]}: no tensor named {n!r}")
+        described = {n: checkpoint.describe(n) for n in selected}
+        destinations = None
+        if self._device_index >= 0:  # land in tensors torch allocated on the device
+            import torch
+            destinations = {}
+            for n, (dtype, shape, nbytes, _) in described.items():
+                typed, layout_shape = _layout(dtype, shape, nbytes, "pt")
+                destinations[n] = torch.empty(layout_shape, dtype=typed, device=self._device)
+        for name, flat in _landing(checkpoint, selected, self._options, self._framework, self._device_index,
+                                   destinations):
+            if destinations is not None:
+                yield name, destinations.pop(name)
+            else:
+                dtype, shape, nbytes, _ = described[name]
+                yield name, _typed(flat, _layout(dtype, shape, nbytes, self._framework), self._framework)
+
+
+def load_file(paths: Paths, device: Any = "cpu", *, framework: str = "pt", **options) -> dict[str, Any]:
+    """Loads every tensor into a dict, as ``safetensors.torch.load_file`` (options: see ``safe_open``)."""
+    with safe_open(paths, framework=framework, device=device, **options) as f:
+        return dict(f.tensors())
+
+
+class IncompatibleKeys(NamedTuple):
+    """What ``load_into`` could not match, as ``torch.nn.Module.load_state_dict`` returns it."""
+    missing_keys: list[str]
+    unexpected_keys: list[str]
+
+
+def load_into(target, paths: Paths, strict: bool = True, **options) -> IncompatibleKeys:
+    """Loads a checkpoint's tensors into existing torch tensors: a module's parameters and buffers
+    (its ``state_dict()``) or a dict of tensors, on the host or on CUDA devices.
+
+    Each destination must be contiguous and of the tensor's dtype and shape (raw-byte dtypes: a
+    flat uint8 of its size); every mismatch is reported before any byte is read. With ``strict``,
+    a key of one side missing on the other is an error too; else they are returned.
+    Options: see ``safe_open``.
+    """
+    import torch
+    state = target.state_dict() if isinstance(target, torch.nn.Module) else target
+    with safe_open(paths, framework="pt", **options) as f:
+        checkpoint = f._open()
+        names = checkpoint.names()
+        present = set(names)
+        missing = [k for k in state if k not in present]
+        unexpected = [n for n in names if n not in state]
+        problems = []
+        if strict and missing:
+            problems.append("missing from the checkpoint: " + ", ".join(missing))
+        if strict and unexpected:
+            problems.append("in the checkpoint but not in the target: " + ", ".join(unexpected))
+        by_device: dict[Any, dict[str, Any]] = {}
+        for name in names:
+            if name not in state:
+                continue
+            destination = state[name]
+            dtype, shape, nbytes, _ = checkpoint.describe(name)
+            if (destination.dtype, tuple(destination.shape)) != _layout(dtype, shape, nbytes, "pt"):
+                problems.append(f"{name}: the checkpoint holds {dtype} {list(shape)}, the target "
+                                f"{str(destination.dtype).removeprefix('torch.')} {list(destination.shape)}")
+            elif not destination.is_contiguous():
+                problems.append(f"{name}: the target is not contiguous")
+            elif destination.device.type not in ("cpu", "cuda"):
+                problems.append(f"{name}: the target is on {destination.device}, not on the host or a CUDA device")
+            else:
+                by_device.setdefault(destination.device, {})[name] = destination
+        if problems:
+            raise UsageError(f"{checkpoint.files()[0]}: cannot load into the target: " + "; ".join(problems))
+        for device, destinations in by_device.items():
+            index = -1 if device.type == "cpu" else (device.index if device.index is not None else torch.cuda.current_device())
+            selected = [n for n in checkpoint.names_in_load_order() if n in destinations]
+            for _ in _landing(checkpoint, selected, f._options, "pt", index, destinations):
+                pass
+    return IncompatibleKeys(missing, unexpected)

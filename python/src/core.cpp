@@ -1,0 +1,324 @@
+// instanttensor._core: the headers, reachable from Python. Everything a user calls is in
+// python/instanttensor/__init__.py; this module gives it two things:
+//
+//   Checkpoint(paths)   a validated tensor table (format::Checkpoint): names, dtypes, shapes, metadata
+//   Load(...)           one load, iterated: yields (name, bytes) per selected tensor in load order,
+//                       where bytes is a flat uint8 array of the framework's kind in memory the
+//                       caller owns (host: allocated here per tensor, freed with the array), or
+//                       None where the caller gave the destination (load_into, every device load)
+//
+// The GIL is released while bytes move (inside each step of the loader); no Python object is
+// touched then. Library errors become the instanttensor.errors classes, named after the C++ ones.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/pair.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
+#include <nanobind/stl/unordered_map.h>
+#include <nanobind/stl/vector.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <unordered_map>
+#include <vector>
+
+#include "instanttensor/loader.hpp"
+
+namespace nb = nanobind;
+namespace it = instanttensor;
+
+namespace {
+
+// ---- errors ---------------------------------------------------------------------------------
+
+/// Raises the instanttensor.errors class named `name` with `args`.
+void raise(const char* name, nb::handle args) {
+    nb::object errors = nb::module_::import_("instanttensor.errors");
+    PyErr_SetObject(errors.attr(name).ptr(), args.ptr());
+}
+
+void translate(const std::exception_ptr& thrown, void*) {
+    try {
+        std::rethrow_exception(thrown);
+    } catch (const it::io_error& e) {  // an OSError: errno first, so that e.errno is set
+        raise("IoError", nb::make_tuple(e.code(), e.what()));
+    } catch (const it::format_error& e) {
+        raise("FormatError", nb::make_tuple(e.what()));
+    } catch (const it::usage_error& e) {
+        raise("UsageError", nb::make_tuple(e.what()));
+    } catch (const it::unavailable_error& e) {
+        raise("UnavailableError", nb::make_tuple(e.what()));
+    } catch (const it::cuda_error& e) {
+        raise("CudaError", nb::make_tuple(e.what()));
+    } catch (const it::nccl_error& e) {
+        raise("NcclError", nb::make_tuple(e.what()));
+    }
+}
+
+// ---- checkpoint -----------------------------------------------------------------------------
+
+it::format::Checkpoint open_checkpoint(const std::vector<std::string>& paths) {
+    if (paths.size() == 1) return it::format::Checkpoint::open(std::filesystem::path(paths[0]));
+    std::vector<std::filesystem::path> list(paths.begin(), paths.end());
+    return it::format::Checkpoint::open(std::span<const std::filesystem::path>(list));
+}
+
+const it::format::TensorRef& find_tensor(const it::format::Checkpoint& checkpoint, const std::string& name) {
+    const it::format::TensorRef* ref = checkpoint.find(name);
+    if (ref == nullptr) throw nb::key_error(("no tensor named '" + name + "'").c_str());
+    return *ref;
+}
+
+/// (dtype name, shape, bytes, file) of a tensor.
+nb::tuple describe(const it::format::Checkpoint& checkpoint, const it::format::TensorRef& ref) {
+    nb::list shape;
+    for (std::uint64_t d : ref.info->shape) shape.append(d);
+    return nb::make_tuple(std::string(it::format::to_string(ref.info->dtype)), nb::tuple(shape), ref.nbytes(),
+                          checkpoint.files()[ref.file].path.string());
+}
+
+// ---- loads ----------------------------------------------------------------------------------
+
+/// What Python asks of a load (the keyword arguments of safe_open and load_file, checked there).
+struct LoadRequest {
+    std::optional<std::vector<std::string>> names;  // None: every tensor
+    int device = -1;                                // -1: host memory
+    std::string backend = "auto";
+    std::string direct = "auto";
+    std::uint64_t staging_bytes = 0;  // 0: the library's default
+    std::uint64_t slot_bytes = 0;
+    std::uintptr_t stream = 0;        // device loads: the consumer's CUDA stream
+};
+
+/// Host memory of one tensor, 64-byte aligned (as torch's CPU allocator's), until an array owns it.
+struct Free {
+    void operator()(std::byte* p) const noexcept { std::free(p); }
+};
+using HostBuffer = std::unique_ptr<std::byte, Free>;
+
+HostBuffer allocate_host(std::uint64_t size) {
+    const std::uint64_t rounded = (std::max<std::uint64_t>(size, 1) + 63) / 64 * 64;
+    HostBuffer buffer(static_cast<std::byte*>(std::aligned_alloc(64, rounded)));
+    if (!buffer) throw std::bad_alloc();
+    return buffer;
+}
+
+/// One loader of any kind, stepped from Python.
+class Steps {
+public:
+    virtual ~Steps() = default;
+    /// The next tensor that landed, or nullptr at the end.
+    virtual const it::TensorView* next() = 0;
+    [[nodiscard]] virtual const it::LoadStats& stats() const = 0;
+    [[nodiscard]] virtual std::string backend() const = 0;
+};
+
+template <class L>
+class StepsOf final : public Steps {
+public:
+    template <class Make>
+    explicit StepsOf(Make&& make) : loader_(make()) {}
+
+    const it::TensorView* next() override {
+        if (!current_) current_.emplace(loader_.begin());
+        else ++*current_;
+        return *current_ == std::default_sentinel ? nullptr : &**current_;
+    }
+    [[nodiscard]] const it::LoadStats& stats() const override { return loader_.stats(); }
+    [[nodiscard]] std::string backend() const override {
+        if constexpr (requires { loader_.backend(); }) return std::string(loader_.backend());
+        else return std::string(loader_.storage().name());
+    }
+
+private:
+    L loader_;
+    std::optional<decltype(loader_.begin())> current_;
+};
+
+class Load {
+public:
+    /// `destinations` maps each selected name to (address, bytes) of caller-owned memory: on the
+    /// device for a device load (required there), on the host otherwise (none: allocated here).
+    Load(const it::format::Checkpoint& checkpoint, LoadRequest request, std::string framework,
+         std::optional<std::unordered_map<std::string, std::pair<std::uintptr_t, std::uint64_t>>> destinations)
+        : checkpoint_(checkpoint), framework_(std::move(framework)) {
+        if (framework_ != "pt" && framework_ != "np") throw it::usage_error("instanttensor", "framework is 'pt' or 'np', not '" + framework_ + "'");
+        it::LoadOptions options;
+        if (request.names) options.filter = it::select_names(checkpoint, *request.names);
+        if (request.staging_bytes != 0) options.staging_bytes = request.staging_bytes;
+        if (request.slot_bytes != 0) options.slot_bytes = request.slot_bytes;
+        it::storage::automatic::Options storage;
+        const auto backend = it::storage::parse_backend(request.backend);
+        if (!backend) throw it::usage_error("instanttensor", "backend '" + request.backend + "': expected auto, uring, pread, memory or gds");
+        storage.backend = *backend;
+        if (request.direct == "auto") storage.direct = it::DirectIo::automatic;
+        else if (request.direct == "on") storage.direct = it::DirectIo::on;
+        else if (request.direct == "off") storage.direct = it::DirectIo::off;
+        else throw it::usage_error("instanttensor", "direct '" + request.direct + "': expected auto, on or off");
+
+        given_mode_ = destinations.has_value() || request.device >= 0;
+        if (destinations) {
+            for (auto& [name, where] : *destinations)
+                given_.emplace(name, std::span(reinterpret_cast<std::byte*>(where.first), where.second));
+        }
+        auto given = [this](const it::format::TensorRef& t) -> std::span<std::byte> {
+            const auto found = given_.find(t.name());
+            if (found == given_.end()) throw it::usage_error("instanttensor", "no destination for tensor '" + t.name() + "'");
+            return found->second;
+        };
+        if (request.device >= 0) {
+#if INSTANTTENSOR_HAS_CUDA
+            if (!destinations) throw it::usage_error("instanttensor", "a device load lands in tensors the caller allocated");
+            it::sink::device_placement::Options placement{.device = request.device,
+                                                          .consumer_stream = reinterpret_cast<cudaStream_t>(request.stream)};
+            steps_ = std::make_unique<StepsOf<it::DeviceLoader<it::sink::device_placement>>>(
+                [&] { return it::load_into_device(checkpoint, given, placement, options, storage); });
+#else
+            throw it::unavailable_error("instanttensor", "this build of the module has no CUDA: it loads to host memory only "
+                                                         "(build it where the CUDA toolkit is installed)");
+#endif
+        } else if (destinations) {
+            steps_ = std::make_unique<StepsOf<HostLoader>>([&] { return it::load_into(checkpoint, given, options, storage); });
+        } else {
+            auto allocate = [this](const it::format::TensorRef& t) -> std::span<std::byte> {
+                auto [at, fresh] = allocated_.emplace(&t, allocate_host(t.nbytes()));
+                return {at->second.get(), t.nbytes()};
+            };
+            steps_ = std::make_unique<StepsOf<HostLoader>>([&] { return it::load_into(checkpoint, allocate, options, storage); });
+        }
+    }
+
+    Load(const Load&) = delete;
+    Load& operator=(const Load&) = delete;
+    ~Load() { close(); }
+
+    /// (name, array or None) of the next tensor; StopIteration at the end.
+    nb::tuple next() {
+        if (!steps_) throw nb::stop_iteration();
+        const it::TensorView* view = nullptr;
+        {
+            nb::gil_scoped_release unlocked;
+            view = steps_->next();
+        }
+        if (view == nullptr) throw nb::stop_iteration();
+        nb::str name(view->name.data(), view->name.size());
+        if (given_mode_) return nb::make_tuple(name, nb::none());
+        const auto held = allocated_.find(view->ref);
+        if (held == allocated_.end())  // 0 bytes: the loader asked for no memory
+            return nb::make_tuple(name, array(allocate_host(0), 0));
+        HostBuffer buffer = std::move(held->second);
+        allocated_.erase(held);
+        return nb::make_tuple(name, array(std::move(buffer), view->data.size()));
+    }
+
+    /// Stops the load (waiting for reads in flight) and frees what it holds; arrays already
+    /// handed out stay valid.
+    void close() {
+        steps_.reset();
+        allocated_.clear();
+    }
+
+    nb::dict stats() const {
+        nb::dict d;
+        if (!steps_) return d;
+        const it::LoadStats& s = steps_->stats();
+        d["tensors"] = s.tensors;
+        d["tensor_bytes"] = s.tensor_bytes;
+        d["read_bytes"] = s.read_bytes;
+        d["reads"] = s.reads;
+        d["retries"] = s.retries;
+        d["staging_bytes"] = s.staging_bytes;
+        d["seconds"] = s.seconds;
+        d["backend"] = steps_->backend();
+        return d;
+    }
+
+private:
+    /// A flat uint8 array of `size` bytes over `buffer`, of the framework's kind, that frees it
+    /// when collected.
+    nb::object array(HostBuffer buffer, std::uint64_t size) const {
+        std::byte* data = buffer.get();
+        nb::capsule owner(buffer.release(), [](void* p) noexcept { std::free(p); });
+        const std::size_t shape[1] = {static_cast<std::size_t>(size)};
+        if (framework_ == "pt")
+            return nb::cast(nb::ndarray<nb::pytorch, std::uint8_t, nb::ndim<1>>(data, 1, shape, owner));
+        return nb::cast(nb::ndarray<nb::numpy, std::uint8_t, nb::ndim<1>>(data, 1, shape, owner));
+    }
+
+    using HostLoader = it::Loader<it::storage::automatic, it::transport::single, it::sink::placement>;
+
+    const it::format::Checkpoint& checkpoint_;
+    std::string framework_;
+    bool given_mode_ = false;  // bytes land in the caller's memory: nothing to hand out
+    std::unordered_map<std::string, std::span<std::byte>> given_;
+    std::unordered_map<const it::format::TensorRef*, HostBuffer> allocated_;  // landed or landing, not yet handed out
+    std::unique_ptr<Steps> steps_;  // last: destroyed first, so no read is in flight into the buffers above
+};
+
+}  // namespace
+
+NB_MODULE(_core, m) {
+    m.doc() = "The instanttensor headers, bound for the Python package (use the package, not this module).";
+    nb::register_exception_translator(translate);
+    m.attr("has_cuda") = static_cast<bool>(INSTANTTENSOR_HAS_CUDA);
+    m.attr("version") = INSTANTTENSOR_VERSION;
+
+    nb::class_<it::format::Checkpoint>(m, "Checkpoint", "A validated tensor table: a file, a directory, an index or a list of files.")
+        .def("__init__", [](it::format::Checkpoint* self, const std::vector<std::string>& paths) {
+            new (self) it::format::Checkpoint(open_checkpoint(paths));
+        }, nb::arg("paths"))
+        .def("names", [](const it::format::Checkpoint& c) {
+            std::vector<std::string> names;
+            names.reserve(c.tensors().size());
+            for (const auto& t : c.tensors()) names.push_back(t.name());
+            std::sort(names.begin(), names.end());
+            return names;
+        }, "Every tensor's name, sorted.")
+        .def("names_in_load_order", [](const it::format::Checkpoint& c) {
+            std::vector<std::string> names;
+            names.reserve(c.tensors().size());
+            for (const auto& t : c.tensors()) names.push_back(t.name());
+            return names;
+        }, "Every tensor's name, in file then offset order (the order a load yields them).")
+        .def("describe", [](const it::format::Checkpoint& c, const std::string& name) { return describe(c, find_tensor(c, name)); },
+             nb::arg("name"), "(dtype, shape, bytes, file) of a tensor; KeyError when there is none.")
+        .def("__contains__", [](const it::format::Checkpoint& c, const std::string& name) { return c.find(name) != nullptr; })
+        .def("__len__", [](const it::format::Checkpoint& c) { return c.tensors().size(); })
+        .def("metadata", [](const it::format::Checkpoint& c) {
+            nb::dict d;
+            c.for_each_metadata([&](const std::string& k, const std::string& v) { d[nb::str(k.data(), k.size())] = nb::str(v.data(), v.size()); });
+            return d;
+        }, "The files' __metadata__ merged (the first file's value where they disagree).")
+        .def("files", [](const it::format::Checkpoint& c) {
+            std::vector<std::string> paths;
+            for (const auto& f : c.files()) paths.push_back(f.path.string());
+            return paths;
+        })
+        .def_prop_ro("total_bytes", &it::format::Checkpoint::total_bytes);
+
+    nb::class_<LoadRequest>(m, "LoadRequest")
+        .def(nb::init<>())
+        .def_rw("names", &LoadRequest::names)
+        .def_rw("device", &LoadRequest::device)
+        .def_rw("backend", &LoadRequest::backend)
+        .def_rw("direct", &LoadRequest::direct)
+        .def_rw("staging_bytes", &LoadRequest::staging_bytes)
+        .def_rw("slot_bytes", &LoadRequest::slot_bytes)
+        .def_rw("stream", &LoadRequest::stream);
+
+    nb::class_<Load>(m, "Load", "One load of a checkpoint's selected tensors, iterated once.")
+        .def(nb::init<const it::format::Checkpoint&, LoadRequest, std::string,
+                      std::optional<std::unordered_map<std::string, std::pair<std::uintptr_t, std::uint64_t>>>>(),
+             nb::arg("checkpoint"), nb::arg("request"), nb::arg("framework"), nb::arg("destinations").none(),
+             nb::keep_alive<1, 2>())
+        .def("__iter__", [](nb::handle self) { return self; })
+        .def("__next__", &Load::next)
+        .def("close", &Load::close)
+        .def("stats", &Load::stats);
+}

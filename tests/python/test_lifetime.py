@@ -1,0 +1,177 @@
+"""What a Python user relies on beyond the bytes: tensors that are theirs, memory that comes back,
+threads that keep running, and errors that name the file."""
+import gc
+import os
+import threading
+
+import pytest
+import safetensors.torch
+import torch
+
+import instanttensor as it
+
+
+def resident_mib():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    generator = torch.Generator().manual_seed(7)
+    tensors = {f"layer.{i}.weight": torch.randn(256, 256, generator=generator) for i in range(16)}
+    path = tmp_path / "model.safetensors"
+    safetensors.torch.save_file(tensors, path)
+    return path, tensors
+
+
+def test_tensors_outlive_the_loader_and_the_next_tensor(checkpoint):
+    path, expected = checkpoint
+    kept = []
+    with it.safe_open(path) as f:
+        for name, tensor in f.tensors():
+            kept.append((name, tensor))
+    gc.collect()
+    allocated = [torch.full((256, 256), 7.0) for _ in range(16)]  # would reuse freed memory
+    for name, tensor in kept:
+        assert torch.equal(tensor, expected[name]), name
+    del allocated
+
+
+def test_memory_stays_flat_over_a_thousand_opens(checkpoint):
+    path, _ = checkpoint
+    def round_trip():
+        with it.safe_open(path) as f:
+            for _ in f.tensors():
+                pass
+    for _ in range(50):
+        round_trip()
+    gc.collect()
+    before = resident_mib()
+    for _ in range(1000):
+        round_trip()
+    gc.collect()
+    assert resident_mib() - before < 32, f"resident memory grew from {before:.0f} to {resident_mib():.0f} MiB"
+
+
+def test_another_python_thread_runs_during_a_load(tmp_path):
+    path = tmp_path / "big.safetensors"
+    safetensors.torch.save_file({f"w{i}": torch.ones(1024, 1024) for i in range(24)}, path)  # 96 MiB
+    ticks = 0
+    stop = threading.Event()
+    def count():
+        nonlocal ticks
+        while not stop.is_set():
+            ticks += 1
+    counter = threading.Thread(target=count)
+    counter.start()
+    try:
+        loaded = it.load_file(path, direct="off")
+    finally:
+        stop.set()
+        counter.join()
+    assert len(loaded) == 24 and ticks > 0
+
+
+def test_stopping_early_frees_what_the_load_holds(checkpoint):
+    path, _ = checkpoint
+    def stop_after_one():
+        with it.safe_open(path) as f:
+            for _ in f.tensors():
+                break
+    for _ in range(20):
+        stop_after_one()
+    gc.collect()
+    before = resident_mib()
+    for _ in range(500):
+        stop_after_one()
+    gc.collect()
+    assert resident_mib() - before < 32
+
+
+def test_every_bad_file_raises_an_error_naming_it(fixtures):
+    bad = os.path.join(fixtures, "bad")
+    names = sorted(n for n in os.listdir(bad) if n.endswith(".safetensors"))
+    assert len(names) > 80
+    for name in names:
+        path = os.path.join(bad, name)
+        with pytest.raises(it.Error) as raised:
+            it.load_file(path)
+        assert isinstance(raised.value, (it.FormatError, it.IoError)), (name, raised.value)
+        assert path in str(raised.value), (name, str(raised.value))
+
+
+def test_error_kinds_are_the_builtin_ones_too(tmp_path):
+    with pytest.raises(FileNotFoundError.__mro__[1]) as raised:  # OSError
+        it.load_file(tmp_path / "missing.safetensors")
+    assert isinstance(raised.value, it.IoError) and raised.value.errno == 2
+    assert str(tmp_path / "missing.safetensors") in str(raised.value)
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x02\x00\x00\x00\x00\x00\x00\x00[]")
+    with pytest.raises(ValueError):
+        it.load_file(garbage)
+    with pytest.raises(it.UsageError, match="framework"):
+        it.safe_open(garbage, framework="tf")
+    with pytest.raises(it.UsageError, match="backend 'fast'"):
+        it.load_file(os.path.join(os.path.dirname(__file__), "..", "fixtures", "scalars.safetensors"), backend="fast")
+
+
+def test_every_backend_gives_the_same_bytes(checkpoint):
+    path, expected = checkpoint
+    for backend in ("auto", "uring", "pread", "memory"):
+        for direct in ("auto", "off"):
+            try:
+                loaded = it.load_file(path, backend=backend, direct=direct, staging_bytes=2 << 20, slot_bytes=1 << 20)
+            except it.UnavailableError:
+                continue  # io_uring refused here
+            for name, tensor in expected.items():
+                assert torch.equal(loaded[name], tensor), (backend, direct, name)
+
+
+def test_load_into_checks_before_reading(checkpoint):
+    path, expected = checkpoint
+    target = {name: torch.zeros_like(t) for name, t in expected.items()}
+    target["layer.0.weight"] = torch.zeros(256, 128)
+    target["extra"] = torch.zeros(1)
+    with pytest.raises(it.UsageError) as raised:
+        it.load_into(target, path)
+    message = str(raised.value)
+    assert "layer.0.weight: the checkpoint holds F32 [256, 256], the target float32 [256, 128]" in message
+    assert "missing from the checkpoint: extra" in message
+    assert all(not t.any() for t in target.values())  # nothing was written
+    del target["layer.0.weight"]
+    result = it.load_into(target, path, strict=False)
+    assert result.missing_keys == ["extra"] and result.unexpected_keys == ["layer.0.weight"]
+    assert torch.equal(target["layer.1.weight"], expected["layer.1.weight"])
+
+
+def test_progress_bar(checkpoint, capfd):
+    path, _ = checkpoint
+    it.load_file(path, progress=True)
+    err = capfd.readouterr().err
+    assert "loading [" in err and "100%" in err
+
+
+def test_numpy_has_no_device(checkpoint):
+    path, _ = checkpoint
+    with pytest.raises(it.UsageError, match="host memory only"):
+        it.safe_open(path, framework="np", device="cuda:0")
+
+
+def test_ctrl_c_stops_a_load_and_frees_its_memory(tmp_path):
+    import _thread
+    import time
+    path = tmp_path / "many.safetensors"
+    safetensors.torch.save_file({f"w{i}": torch.ones(64, 1024) for i in range(2048)}, path)  # 512 MiB
+    gc.collect()
+    before = resident_mib()
+    timer = threading.Timer(0.02, _thread.interrupt_main)
+    started = time.monotonic()
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        it.load_file(path, direct="off")
+    stopped = time.monotonic() - started
+    timer.join()
+    gc.collect()
+    assert stopped < 1.0
+    assert resident_mib() - before < 64, f"{resident_mib() - before:.0f} MiB left after the interrupted load"
