@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""Loads one checkpoint with every Python loader, side by side, warm and cold.
+
+    bench/python_side_by_side.py CHECKPOINT [--runs 5] [--device cpu|cuda:0] [--bin build/bin]
+                                 [--loaders safetensors,fastsafetensors,runai,instanttensor,command]
+
+Each loader puts every tensor into memory the caller owns and keeps, on --device:
+  safetensors      Hugging Face `safetensors.torch.load_file` per file, each tensor cloned (its CPU
+                   tensors are views of the file's mapping, read only when touched)
+  fastsafetensors  `fastsafe_open(files, nogds=True, device=...)`, `get_tensor` of every name
+  runai            the Run:ai streamer's `SafetensorsStreamer.stream_files(files, device=...)`
+  instanttensor    this project's `instanttensor.load_file(CHECKPOINT, device=...)`
+  command          the C++ command `instanttensor load --device cpu|N --json` (the reference)
+Each run is a fresh process that imports its loader, then times the load alone: from the call to
+the last tensor in memory (for the command, the load's own seconds from `--json`). Warm runs read
+the files through the page cache first and run each loader once untimed; cold runs drop the
+files' pages before each run (posix_fadvise DONTNEED: no root needed). Loaders alternate run by
+run, so that the machine's drift hits all alike. Prints GB/s (tensor bytes / seconds) per loader:
+the median, the range, and the median's ratio to safetensors'; instanttensor's to the command's.
+Needs the peers installed: pip install safetensors fastsafetensors runai-model-streamer.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+LOADERS = ["safetensors", "fastsafetensors", "runai", "instanttensor", "command"]
+
+
+def checkpoint_files(path):
+    p = Path(path)
+    if p.is_dir():
+        return sorted(str(q) for q in p.iterdir() if q.suffix == ".safetensors")
+    if p.suffix == ".json":
+        return sorted(str(q) for q in p.parent.iterdir() if q.suffix == ".safetensors")
+    return [str(p)]
+
+
+def drop_pages(files):
+    for f in files:
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def fill_pages(files):
+    for f in files:
+        with open(f, "rb", buffering=0) as h:
+            while h.read(1 << 24):
+                pass
+
+
+# ---- one load, in a child process ----------------------------------------------------------
+
+def load_safetensors(checkpoint, files, device):
+    from safetensors.torch import load_file
+    tensors = {}
+    for f in files:
+        tensors.update({k: v.clone() for k, v in load_file(f, device=device).items()})
+    return tensors
+
+
+def load_fastsafetensors(checkpoint, files, device):
+    from fastsafetensors import fastsafe_open
+    with fastsafe_open(files, nogds=True, device=device) as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+def load_runai(checkpoint, files, device):
+    from runai_model_streamer import SafetensorsStreamer
+    with SafetensorsStreamer() as streamer:
+        streamer.stream_files(files, device=device)
+        return dict(streamer.get_tensors())
+
+
+def load_instanttensor(checkpoint, files, device):
+    import instanttensor
+    return instanttensor.load_file(checkpoint, device=device)
+
+
+def child(loader, checkpoint, device):
+    import torch
+    files = checkpoint_files(checkpoint)
+    load = globals()[f"load_{loader}"]
+    start = time.perf_counter()
+    tensors = load(checkpoint, files, device)
+    if device != "cpu":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
+    print(json.dumps({"seconds": seconds, "bytes": nbytes}))
+
+
+# ---- the side by side ------------------------------------------------------------------------
+
+def run_once(loader, checkpoint, device, command):
+    if loader == "command":
+        target = "cpu" if device == "cpu" else device.split(":")[-1]
+        out = subprocess.run([command, "load", "--device", target, "--json", checkpoint],
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.exit(f"the command failed ({out.returncode}): {out.stderr.strip()}")
+        report = json.loads(out.stdout)
+        return report["gbps"]
+    out = subprocess.run([sys.executable, __file__, "--child", loader, checkpoint, "--device", device],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"{loader} failed ({out.returncode}): {out.stderr.strip()[-2000:]}")
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    return report["bytes"] / report["seconds"] / 1e9
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--bin", default="build/bin", help="directory of the instanttensor command")
+    parser.add_argument("--loaders", default=",".join(LOADERS))
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.checkpoint, args.device)
+        return
+    loaders = args.loaders.split(",")
+    unknown = set(loaders) - set(LOADERS)
+    if unknown:
+        parser.error(f"unknown loaders: {', '.join(sorted(unknown))}")
+    command = os.path.join(args.bin, "instanttensor")
+    files = checkpoint_files(args.checkpoint)
+    size = sum(os.path.getsize(f) for f in files)
+    results = {}
+    for cache in ("warm", "cold"):
+        figures = {name: [] for name in loaders}
+        if cache == "warm":
+            fill_pages(files)
+            for name in loaders:
+                run_once(name, args.checkpoint, args.device, command)
+        for _ in range(args.runs):
+            for name in loaders:
+                if cache == "cold":
+                    drop_pages(files)
+                figures[name].append(run_once(name, args.checkpoint, args.device, command))
+        results[cache] = figures
+
+    print(f"{args.checkpoint}: {len(files)} files, {size / 1e9:.2f} GB, to {args.device}; "
+          f"{args.runs} runs each, alternating; GB/s")
+    print()
+    print("| cache | loader | median GB/s | range | × safetensors |")
+    print("|---|---|---:|---|---:|")
+    for cache, figures in results.items():
+        medians = {name: statistics.median(values) for name, values in figures.items()}
+        for name, values in figures.items():
+            ratio = f"{medians[name] / medians['safetensors']:.2f}" if "safetensors" in medians else ""
+            print(f"| {cache} | {name} | {medians[name]:.2f} | {min(values):.2f}–{max(values):.2f} | {ratio} |")
+    if "instanttensor" in loaders and "command" in loaders:
+        print()
+        for cache, figures in results.items():
+            python = statistics.median(figures["instanttensor"])
+            native = statistics.median(figures["command"])
+            print(f"{cache}: instanttensor from Python / the command: {python / native:.2f}")
+
+
+if __name__ == "__main__":
+    main()
