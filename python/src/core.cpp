@@ -20,6 +20,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <sys/mman.h>
 #include <filesystem>
 #include <memory>
 #include <optional>
@@ -96,17 +97,22 @@ struct LoadRequest {
     std::uintptr_t stream = 0;        // device loads: the consumer's CUDA stream
 };
 
-/// Host memory of one tensor, 64-byte aligned (as torch's CPU allocator's), until an array owns it.
+/// Host memory of one tensor, until an array owns it: 64-byte aligned (as torch's CPU allocator's),
+/// and from 2 MiB on aligned to 2 MiB and backed by transparent huge pages where the kernel allows
+/// them: the first touch of fresh memory (a fault per 4 KiB page) otherwise costs more than the
+/// read that fills it.
 struct Free {
     void operator()(std::byte* p) const noexcept { std::free(p); }
 };
 using HostBuffer = std::unique_ptr<std::byte, Free>;
 
 HostBuffer allocate_host(std::uint64_t size) {
-    const std::uint64_t rounded = (std::max<std::uint64_t>(size, 1) + 63) / 64 * 64;
-    HostBuffer buffer(static_cast<std::byte*>(std::aligned_alloc(64, rounded)));
-    if (!buffer) throw std::bad_alloc();
-    return buffer;
+    constexpr std::uint64_t huge_page = 2ull << 20;
+    const std::size_t alignment = size >= huge_page ? huge_page : 64;
+    void* memory = nullptr;
+    if (posix_memalign(&memory, alignment, std::max<std::uint64_t>(size, 1)) != 0) throw std::bad_alloc();
+    if (alignment == huge_page) madvise(memory, size / huge_page * huge_page, MADV_HUGEPAGE);  // advice only
+    return HostBuffer(static_cast<std::byte*>(memory));
 }
 
 /// One loader of any kind, stepped from Python.
