@@ -18,9 +18,10 @@
 #include <nanobind/stl/unordered_map.h>
 #include <nanobind/stl/vector.h>
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <cstdlib>
-#include <sys/mman.h>
 #include <filesystem>
 #include <memory>
 #include <optional>
@@ -76,6 +77,15 @@ const it::format::TensorRef& find_tensor(const it::format::Checkpoint& checkpoin
     return *ref;
 }
 
+/// Every tensor's name, in load order (file, then offset) or sorted.
+std::vector<std::string> names_of(const it::format::Checkpoint& checkpoint, bool sorted) {
+    std::vector<std::string> names;
+    names.reserve(checkpoint.tensors().size());
+    for (const auto& t : checkpoint.tensors()) names.push_back(t.name());
+    if (sorted) std::sort(names.begin(), names.end());
+    return names;
+}
+
 /// (dtype name, shape, bytes, file) of a tensor.
 nb::tuple describe(const it::format::Checkpoint& checkpoint, const it::format::TensorRef& ref) {
     nb::list shape;
@@ -86,7 +96,7 @@ nb::tuple describe(const it::format::Checkpoint& checkpoint, const it::format::T
 
 // ---- loads ----------------------------------------------------------------------------------
 
-/// What Python asks of a load (the keyword arguments of safe_open and load_file, checked there).
+/// What Python asks of a load: the keyword arguments of safe_open and load_file (Load checks them).
 struct LoadRequest {
     std::optional<std::vector<std::string>> names;  // None: every tensor
     int device = -1;                                // -1: host memory
@@ -121,8 +131,6 @@ public:
     virtual ~Steps() = default;
     /// The next tensor that landed, or nullptr at the end.
     virtual const it::TensorView* next() = 0;
-    [[nodiscard]] virtual const it::LoadStats& stats() const = 0;
-    [[nodiscard]] virtual std::string backend() const = 0;
 };
 
 template <class L>
@@ -136,11 +144,6 @@ public:
         else ++*current_;
         return *current_ == std::default_sentinel ? nullptr : &**current_;
     }
-    [[nodiscard]] const it::LoadStats& stats() const override { return loader_.stats(); }
-    [[nodiscard]] std::string backend() const override {
-        if constexpr (requires { loader_.backend(); }) return std::string(loader_.backend());
-        else return std::string(loader_.storage().name());
-    }
 
 private:
     L loader_;
@@ -153,7 +156,7 @@ public:
     /// device for a device load (required there), on the host otherwise (none: allocated here).
     Load(const it::format::Checkpoint& checkpoint, LoadRequest request, std::string framework,
          std::optional<std::unordered_map<std::string, std::pair<std::uintptr_t, std::uint64_t>>> destinations)
-        : checkpoint_(checkpoint), framework_(std::move(framework)) {
+        : framework_(std::move(framework)) {
         if (framework_ != "pt" && framework_ != "np") throw it::usage_error("instanttensor", "framework is 'pt' or 'np', not '" + framework_ + "'");
         it::LoadOptions options;
         if (request.names) options.filter = it::select_names(checkpoint, *request.names);
@@ -230,21 +233,6 @@ public:
         allocated_.clear();
     }
 
-    nb::dict stats() const {
-        nb::dict d;
-        if (!steps_) return d;
-        const it::LoadStats& s = steps_->stats();
-        d["tensors"] = s.tensors;
-        d["tensor_bytes"] = s.tensor_bytes;
-        d["read_bytes"] = s.read_bytes;
-        d["reads"] = s.reads;
-        d["retries"] = s.retries;
-        d["staging_bytes"] = s.staging_bytes;
-        d["seconds"] = s.seconds;
-        d["backend"] = steps_->backend();
-        return d;
-    }
-
 private:
     /// A flat uint8 array of `size` bytes over `buffer`, of the framework's kind, that frees it
     /// when collected.
@@ -259,7 +247,6 @@ private:
 
     using HostLoader = it::Loader<it::storage::automatic, it::transport::single, it::sink::placement>;
 
-    const it::format::Checkpoint& checkpoint_;
     std::string framework_;
     bool given_mode_ = false;  // bytes land in the caller's memory: nothing to hand out
     std::unordered_map<std::string, std::span<std::byte>> given_;
@@ -279,19 +266,9 @@ NB_MODULE(_core, m) {
         .def("__init__", [](it::format::Checkpoint* self, const std::vector<std::string>& paths) {
             new (self) it::format::Checkpoint(open_checkpoint(paths));
         }, nb::arg("paths"))
-        .def("names", [](const it::format::Checkpoint& c) {
-            std::vector<std::string> names;
-            names.reserve(c.tensors().size());
-            for (const auto& t : c.tensors()) names.push_back(t.name());
-            std::sort(names.begin(), names.end());
-            return names;
-        }, "Every tensor's name, sorted.")
-        .def("names_in_load_order", [](const it::format::Checkpoint& c) {
-            std::vector<std::string> names;
-            names.reserve(c.tensors().size());
-            for (const auto& t : c.tensors()) names.push_back(t.name());
-            return names;
-        }, "Every tensor's name, in file then offset order (the order a load yields them).")
+        .def("names", [](const it::format::Checkpoint& c) { return names_of(c, true); }, "Every tensor's name, sorted.")
+        .def("names_in_load_order", [](const it::format::Checkpoint& c) { return names_of(c, false); },
+             "Every tensor's name, in file then offset order (the order a load yields them).")
         .def("describe", [](const it::format::Checkpoint& c, const std::string& name) { return describe(c, find_tensor(c, name)); },
              nb::arg("name"), "(dtype, shape, bytes, file) of a tensor; KeyError when there is none.")
         .def("__contains__", [](const it::format::Checkpoint& c, const std::string& name) { return c.find(name) != nullptr; })
@@ -325,6 +302,5 @@ NB_MODULE(_core, m) {
              nb::keep_alive<1, 2>())
         .def("__iter__", [](nb::handle self) { return self; })
         .def("__next__", &Load::next)
-        .def("close", &Load::close)
-        .def("stats", &Load::stats);
+        .def("close", &Load::close);
 }
