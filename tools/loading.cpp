@@ -59,10 +59,6 @@ std::uint64_t peak_rss() {
     return static_cast<std::uint64_t>(usage.ru_maxrss) * 1024;
 }
 
-DirectIo parse_direct(const std::string& s) {
-    return s == "on" ? DirectIo::on : s == "off" ? DirectIo::off : DirectIo::automatic;
-}
-
 /// Runs any loader to the end, feeding `consume`; `host_copy` turns a view into host bytes.
 template <class Loader, class HostCopy, class Sample>
 void drain(Loader& loader, const format::Checkpoint& checkpoint, const LoadSettings& settings,
@@ -240,7 +236,7 @@ void add_load_options(CLI::App& sub, LoadSettings& settings, const std::string& 
 LoadReport load_checkpoint(const format::Checkpoint& checkpoint, const LoadSettings& settings, [[maybe_unused]] bool want_host_bytes,
                            const TensorConsumer& consume) {
     const storage::automatic::Options storage{storage::parse_backend(settings.backend).value_or(storage::Backend::automatic),
-                                              parse_direct(settings.direct)};
+                                              parse_direct_io(settings.direct).value_or(DirectIo::automatic)};
     LoadOptions options;
     options.staging_bytes = settings.staging_mib << 20;
     // The default slot shrinks to half a small staging (add_load_options refuses such a slot asked for).

@@ -5,6 +5,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
+#include <string_view>
 
 namespace instanttensor {
 
@@ -35,5 +37,22 @@ enum class DirectIo {
     on,         ///< O_DIRECT wherever the filesystem accepts it
     off,        ///< always buffered
 };
+
+/// The policy's name as the command line and the Python package spell it ("auto", "on", "off").
+constexpr std::string_view to_string(DirectIo d) noexcept {
+    switch (d) {
+    case DirectIo::automatic: return "auto";
+    case DirectIo::on: return "on";
+    case DirectIo::off: return "off";
+    }
+    return "?";
+}
+
+/// The DirectIo a name stands for, or nullopt.
+constexpr std::optional<DirectIo> parse_direct_io(std::string_view name) noexcept {
+    for (auto d : {DirectIo::automatic, DirectIo::on, DirectIo::off})
+        if (to_string(d) == name) return d;
+    return std::nullopt;
+}
 
 }  // namespace instanttensor

@@ -166,10 +166,9 @@ public:
         const auto backend = it::storage::parse_backend(request.backend);
         if (!backend) throw it::usage_error("instanttensor", "backend '" + request.backend + "': expected auto, uring, pread, memory or gds");
         storage.backend = *backend;
-        if (request.direct == "auto") storage.direct = it::DirectIo::automatic;
-        else if (request.direct == "on") storage.direct = it::DirectIo::on;
-        else if (request.direct == "off") storage.direct = it::DirectIo::off;
-        else throw it::usage_error("instanttensor", "direct '" + request.direct + "': expected auto, on or off");
+        const auto direct = it::parse_direct_io(request.direct);
+        if (!direct) throw it::usage_error("instanttensor", "direct '" + request.direct + "': expected auto, on or off");
+        storage.direct = *direct;
 
         given_mode_ = destinations.has_value() || request.device >= 0;
         if (destinations) {

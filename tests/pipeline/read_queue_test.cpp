@@ -26,7 +26,7 @@ TEST_CASE("read queue: short reads are continued") {
     TempDir dir;
     const auto checkpoint = fmt::Checkpoint::open(write_file(dir / "short.safetensors", fault_specs()));
     for (it::DirectIo direct : {it::DirectIo::off, it::DirectIo::on}) {
-        INFO(to_string(direct));
+        INFO("direct=", to_string(direct));
         for_each_inner(direct, [&](auto make) {
             const bool aligned = direct == it::DirectIo::on;
             for (Fault fault : {Fault{Fault::short_read, 1, 1, 0}, Fault{Fault::short_read, 3, 1, 0},
@@ -78,7 +78,7 @@ TEST_CASE("read queue: EIO surfaces as io_error naming the file and byte offset"
     const auto path = write_file(dir / "eio.safetensors", fault_specs());
     const auto checkpoint = fmt::Checkpoint::open(path);
     for (it::DirectIo direct : {it::DirectIo::off, it::DirectIo::on}) {
-        INFO(to_string(direct));
+        INFO("direct=", to_string(direct));
         for_each_inner(direct, [&](auto make) {
             for (std::uint64_t at : {1u, 2u, 5u, 9u}) {
                 CAPTURE(at);
@@ -110,7 +110,7 @@ TEST_CASE("read queue: a file truncated after it was opened") {
         for (Via via : {Via::uring, Via::pread, Via::auto_uring, Via::auto_pread}) {
             if (unavailable(via)) continue;
             for (double keep : {0.0, 0.3, 0.97}) {
-                INFO(to_string(via), " ", to_string(direct), " keep ", keep);
+                INFO(to_string(via), " direct=", to_string(direct), " keep ", keep);
                 const auto path = write_file(dir / "truncated.safetensors", fault_specs());
                 const auto checkpoint = fmt::Checkpoint::open(path);
                 const auto& file = checkpoint.files()[0];
@@ -150,7 +150,7 @@ TEST_CASE("read queue: one read in flight at a time") {
     const auto checkpoint = fmt::Checkpoint::open(write_file(dir / "depth.safetensors", specs));
     namespace st = it::storage;
     for (it::DirectIo direct : all_direct) {
-        INFO(to_string(direct));
+        INFO("direct=", to_string(direct));
 #if INSTANTTENSOR_HAS_URING
         if (uring_available()) {
             it::Loader<st::uring, it::transport::single, it::sink::host> loader(

@@ -29,7 +29,7 @@ void check_every_configuration(const fmt::Checkpoint& checkpoint, const it::Load
         if (unavailable(via)) continue;
         for (it::DirectIo direct : all_direct) {
             for (SinkKind sink : all_sinks) {
-                INFO(to_string(via), " ", to_string(direct), " ", to_string(sink));
+                INFO(to_string(via), " direct=", to_string(direct), " ", to_string(sink));
                 const Outcome out = load(checkpoint, via, direct, sink, with_filter);
                 check_outcome(checkpoint, out, filter);
                 const bool memory = via == Via::memory || via == Via::auto_memory;
@@ -179,7 +179,7 @@ TEST_CASE("single, late copies: a slot is reused, and a tensor yielded, only onc
         if (unavailable(via)) continue;
         for (it::DirectIo direct : {it::DirectIo::off, it::DirectIo::on}) {
             for (unsigned latency : latencies) {
-                INFO(to_string(via), " ", to_string(direct), " latency ", latency);
+                INFO(to_string(via), " direct=", to_string(direct), " latency ", latency);
                 with_storage(via, direct, [&](auto storage) {
                     using S = decltype(storage);
                     // Three slots of 16 KiB: slots are reused many times over.

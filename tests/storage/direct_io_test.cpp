@@ -68,7 +68,7 @@ TEST_CASE("storage: one descriptor per file, O_DIRECT or not, so 150 shards load
         if (unavailable(via)) continue;
         for (it::DirectIo policy : {it::DirectIo::off, it::DirectIo::on}) {
             if (policy == it::DirectIo::on && !direct) continue;
-            INFO(to_string(via), " ", to_string(policy));
+            INFO(to_string(via), " direct=", to_string(policy));
             const int status = in_child([&]() -> int {
                 const rlimit limit{200, 200};
                 if (::setrlimit(RLIMIT_NOFILE, &limit) != 0) return 10;

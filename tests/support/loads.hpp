@@ -36,14 +36,6 @@ inline std::string to_string(Via v) {
     }
     return "?";
 }
-inline std::string to_string(it::DirectIo d) {
-    switch (d) {
-    case it::DirectIo::automatic: return "direct=auto";
-    case it::DirectIo::on: return "direct=on";
-    case it::DirectIo::off: return "direct=off";
-    }
-    return "?";
-}
 inline std::string to_string(SinkKind k) { return k == SinkKind::host ? "sink::host" : "sink::placement"; }
 
 /// Whether `via` cannot run here (io_uring missing or refused); says so, so that a skip is visible.
