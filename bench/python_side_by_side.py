@@ -28,32 +28,10 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from lib.page_cache import checkpoint_files, drop_pages, fill_pages  # noqa: E402
+
 LOADERS = ["safetensors", "fastsafetensors", "runai", "instanttensor", "command"]
-
-
-def checkpoint_files(path):
-    p = Path(path)
-    if p.is_dir():
-        return sorted(str(q) for q in p.iterdir() if q.suffix == ".safetensors")
-    if p.suffix == ".json":
-        return sorted(str(q) for q in p.parent.iterdir() if q.suffix == ".safetensors")
-    return [str(p)]
-
-
-def drop_pages(files):
-    for f in files:
-        fd = os.open(f, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
-def fill_pages(files):
-    for f in files:
-        with open(f, "rb", buffering=0) as h:
-            while h.read(1 << 24):
-                pass
 
 
 # ---- one load, in a child process ----------------------------------------------------------
@@ -86,7 +64,7 @@ def load_instanttensor(checkpoint, files, device):
 
 def child(loader, checkpoint, device):
     import torch
-    files = checkpoint_files(checkpoint)
+    files = [str(f) for f in checkpoint_files(checkpoint)]
     load = globals()[f"load_{loader}"]
     start = time.perf_counter()
     tensors = load(checkpoint, files, device)

@@ -18,35 +18,8 @@ import os
 import statistics
 import subprocess
 import sys
-from pathlib import Path
 
-
-def checkpoint_files(path):
-    p = Path(path)
-    if p.is_dir():
-        return sorted(q for q in p.iterdir() if q.suffix == ".safetensors")
-    if p.suffix == ".json":
-        return sorted(q for q in p.parent.iterdir() if q.suffix == ".safetensors")
-    return [p]
-
-
-def drop_pages(files):
-    for f in files:
-        fd = os.open(f, os.O_RDONLY)
-        try:
-            os.fdatasync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
-def fill_pages(files):
-    """Reads the files through the page cache (a load under --direct auto would read a cold file
-    with O_DIRECT, which leaves it cold)."""
-    for f in files:
-        with open(f, "rb", buffering=0) as h:
-            while h.read(1 << 24):
-                pass
+from lib.page_cache import checkpoint_files, drop_pages, fill_pages
 
 
 def load(binary, checkpoint, device, extra):

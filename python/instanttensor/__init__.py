@@ -158,14 +158,14 @@ def _landing(checkpoint, names: list[str], options: _Options, framework: str, de
     if destinations is not None:
         pointers = {n: (t.data_ptr(), t.numel() * t.element_size()) for n, t in destinations.items()}
     load = _core.Load(checkpoint, options.request(names, device_index, stream), framework, pointers)
-    progress = None
+    progress = sizes = None
     if options.progress:
-        total = sum(checkpoint.describe(n)[2] for n in names)
-        progress = _Progress(total, "loading")
+        sizes = {n: checkpoint.describe(n)[2] for n in names}
+        progress = _Progress(sum(sizes.values()), "loading")
     try:
         for name, flat in load:
             if progress:
-                progress.advance(checkpoint.describe(name)[2])
+                progress.advance(sizes[name])
             yield name, flat
     finally:
         load.close()
@@ -235,9 +235,13 @@ class safe_open:
         """Closes the checkpoint; tensors already returned stay valid."""
         self._checkpoint = None
 
-    def _open(self):
+    def _open(self, names: Iterable[str] = ()):
+        """The open checkpoint, which must hold every tensor in `names` (KeyError naming the first that it lacks)."""
         if self._checkpoint is None:
             raise UsageError("instanttensor: the checkpoint is closed")
+        for name in names:
+            if name not in self._checkpoint:
+                raise KeyError(f"{self._checkpoint.files()[0]}: no tensor named {name!r}")
         return self._checkpoint
 
     def keys(self) -> list[str]:
@@ -255,15 +259,12 @@ class safe_open:
 
     def get_tensor(self, name: str):
         """Loads one tensor. For many, ``tensors()`` is faster: one load reads them all in file order."""
-        if name not in self._open():
-            raise KeyError(f"{self._checkpoint.files()[0]}: no tensor named {name!r}")
         for _, tensor in self.tensors([name]):
             return tensor
         raise AssertionError("unreachable: a selected tensor was not yielded")
 
     def get_slice(self, name: str) -> TensorSlice:
-        if name not in self._open():
-            raise KeyError(f"{self._checkpoint.files()[0]}: no tensor named {name!r}")
+        self._open([name])
         return TensorSlice(self, name)
 
     def tensors(self, names: Iterable[str] | None = None, *,
@@ -274,9 +275,7 @@ class safe_open:
         selected = list(names) if names is not None else checkpoint.names_in_load_order()
         if filter is not None:
             selected = [n for n in selected if filter(n)]
-        for n in selected:
-            if n not in checkpoint:
-                raise KeyError(f"{checkpoint.files()[0]}: no tensor named {n!r}")
+        self._open(selected)
         described = {n: checkpoint.describe(n) for n in selected}
         destinations = None
         if self._device_index >= 0:  # land in tensors torch allocated on the device
