@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, NamedTuple, Union
 
 from . import _core
+from ._group import NOTHING, ROWS, Group, Keep, SplitRows
 from .errors import CudaError, Error, FormatError, IoError, NcclError, UnavailableError, UsageError
 
 __all__ = [
@@ -144,11 +145,20 @@ class _Options(NamedTuple):
         return r
 
 
-def _landing(checkpoint, names: list[str], options: _Options, framework: str, device_index: int,
-             destinations: Mapping[str, Any] | None) -> Iterator[tuple[str, Any]]:
-    """Loads `names` of `checkpoint`; yields (name, flat uint8 or None) in load order.
+class _Shares(NamedTuple):
+    """A group load's shares: the group, and what each rank keeps of each name (Group.share_table)."""
+    group: Group
+    table: bytes
 
-    `destinations` maps each name to the torch tensor its bytes land in (required on the device).
+
+def _landing(checkpoint, names: list[str], options: _Options, framework: str, device_index: int,
+             destinations: Mapping[str, Any] | None, sizes: Mapping[str, int],
+             shares: _Shares | None = None) -> Iterator[tuple[str, Any]]:
+    """Loads `names` of `checkpoint` (alone, or as one rank of `shares.group`); yields (name, flat
+    uint8 or None) in load order, for the tensors this rank keeps.
+
+    `destinations` maps each yielded name to the torch tensor its bytes land in (required on the
+    device); `sizes` each yielded name to its bytes, for the progress bar.
     """
     stream = 0
     if device_index >= 0:
@@ -157,10 +167,12 @@ def _landing(checkpoint, names: list[str], options: _Options, framework: str, de
     pointers = None
     if destinations is not None:
         pointers = {n: (t.data_ptr(), t.numel() * t.element_size()) for n, t in destinations.items()}
-    load = _core.Load(checkpoint, options.request(names, device_index, stream), framework, pointers)
-    progress = sizes = None
+    request = options.request(names, device_index, stream)
+    if shares is not None:
+        request.group, request.shares = shares.group, shares.table
+    load = _core.Load(checkpoint, request, framework, pointers)
+    progress = None
     if options.progress:
-        sizes = {n: checkpoint.describe(n)[2] for n in names}
         progress = _Progress(sum(sizes.values()), "loading")
     try:
         for name, flat in load:
@@ -169,6 +181,8 @@ def _landing(checkpoint, names: list[str], options: _Options, framework: str, de
             yield name, flat
     finally:
         load.close()
+        if shares is not None:
+            shares.group.finish()
         if progress:
             progress.finish()
 
@@ -212,17 +226,32 @@ class safe_open:
     ``"memory"``, ``"gds"``), ``direct`` (``"auto"``, ``"on"``, ``"off"``: O_DIRECT reads),
     ``staging_bytes`` and ``slot_bytes`` (the loader's staging memory and largest read), and
     ``progress`` (a bar on stderr).
+
+    With ``process_group`` (a torch.distributed group over NCCL, loading to its CUDA device, or
+    over gloo, loading to the host), ``tensors()``, ``load_file`` and ``load_into`` load as one
+    rank of the group: each rank reads about 1/N of the bytes and the group's collectives bring it
+    the rest of what it keeps. Every rank must make the same call with the same selection and
+    shares, and iterate to the end. What a rank keeps: every tensor whole (the default), those
+    ``keep(name, rank)`` accepts, and of the tensors ``split_rows`` selects (a predicate on names
+    or a collection of names) its block of rows, ⌊R·r/N⌋ to ⌊R·(r+1)/N⌋ of R. ``get_tensor`` and
+    ``get_slice`` read on this rank alone.
     """
 
     def __init__(self, paths: Paths, framework: str = "pt", device: Any = "cpu", *, backend: str = "auto",
                  direct: str = "auto", staging_bytes: int | None = None, slot_bytes: int | None = None,
-                 progress: bool = False):
+                 progress: bool = False, process_group=None, keep: Keep | None = None,
+                 split_rows: SplitRows | None = None):
         if framework not in ("pt", "np"):
             raise UsageError(f"instanttensor: framework is 'pt' or 'np', not {framework!r}")
+        if process_group is None and (keep is not None or split_rows is not None):
+            raise UsageError("instanttensor: keep and split_rows say what each rank of a process_group keeps; "
+                             "no process_group was given")
         self._framework = framework
         self._device_index = _cuda_index(device, framework)
         self._device = "cpu" if self._device_index < 0 else f"cuda:{self._device_index}"
         self._options = _Options(backend, direct, staging_bytes, slot_bytes, progress)
+        self._group = None if process_group is None else Group(process_group, self._device_index)
+        self._keep, self._split_rows = keep, split_rows
         self._checkpoint = _core.Checkpoint(_path_list(paths))
 
     def __enter__(self) -> "safe_open":
@@ -259,7 +288,8 @@ class safe_open:
 
     def get_tensor(self, name: str):
         """Loads one tensor. For many, ``tensors()`` is faster: one load reads them all in file order."""
-        for _, tensor in self.tensors([name]):
+        self._open([name])
+        for _, tensor in self._load([name], None):
             return tensor
         raise AssertionError("unreachable: a selected tensor was not yielded")
 
@@ -270,27 +300,51 @@ class safe_open:
     def tensors(self, names: Iterable[str] | None = None, *,
                 filter: Callable[[str], bool] | None = None) -> Iterator[tuple[str, Any]]:
         """Loads the tensors (all, those in ``names``, or those ``filter(name)`` accepts) and yields
-        ``(name, tensor)`` in file order as each lands. Only the selected tensors' bytes are read."""
+        ``(name, tensor)`` in file order as each lands. Only the selected tensors' bytes are read.
+        In a group load, it yields the tensors this rank keeps, a split one as its block of rows."""
         checkpoint = self._open()
         selected = list(names) if names is not None else checkpoint.names_in_load_order()
         if filter is not None:
             selected = [n for n in selected if filter(n)]
         self._open(selected)
-        described = {n: checkpoint.describe(n) for n in selected}
+        return self._load(selected, self._shares(selected))
+
+    def _shares(self, names: list[str]) -> _Shares | None:
+        """What each rank of the group keeps of `names`; None when loading alone."""
+        if self._group is None:
+            return None
+        return _Shares(self._group, self._group.share_table(names, self._keep, self._split_rows))
+
+    def _plan(self, names: list[str], shares: _Shares | None) -> dict[str, tuple[tuple[Any, tuple[int, ...]], int]]:
+        """{name: ((dtype, shape), bytes)} of the tensors of `names` this rank keeps, in their order:
+        each whole, or its block of rows."""
+        checkpoint, planned = self._checkpoint, {}
+        for index, name in enumerate(names):
+            dtype, shape, nbytes, _ = checkpoint.describe(name)
+            kept = shares.group.mine(shares.table, index) if shares is not None else None
+            if kept == NOTHING:
+                continue
+            if kept == ROWS and shape:
+                _, rows = _core.row_block(checkpoint, name, shares.group.rank, shares.group.size)
+                nbytes = nbytes // shape[0] * rows if shape[0] else 0
+                shape = (rows,) + tuple(shape[1:])
+            planned[name] = (_layout(dtype, shape, nbytes, self._framework), nbytes)
+        return planned
+
+    def _load(self, names: list[str], shares: _Shares | None) -> Iterator[tuple[str, Any]]:
+        planned = self._plan(names, shares)
         destinations = None
         if self._device_index >= 0:  # land in tensors torch allocated on the device
             import torch
-            destinations = {}
-            for n, (dtype, shape, nbytes, _) in described.items():
-                typed, layout_shape = _layout(dtype, shape, nbytes, "pt")
-                destinations[n] = torch.empty(layout_shape, dtype=typed, device=self._device)
-        for name, flat in _landing(checkpoint, selected, self._options, self._framework, self._device_index,
-                                   destinations):
+            destinations = {n: torch.empty(shape, dtype=dtype, device=self._device)
+                            for n, ((dtype, shape), _) in planned.items()}
+        sizes = {n: nbytes for n, (_, nbytes) in planned.items()}
+        for name, flat in _landing(self._checkpoint, names, self._options, self._framework, self._device_index,
+                                   destinations, sizes, shares):
             if destinations is not None:
                 yield name, destinations.pop(name)
             else:
-                dtype, shape, nbytes, _ = described[name]
-                yield name, _typed(flat, _layout(dtype, shape, nbytes, self._framework), self._framework)
+                yield name, _typed(flat, planned[name][0], self._framework)
 
 
 def load_file(paths: Paths, device: Any = "cpu", *, framework: str = "pt", **options) -> dict[str, Any]:
@@ -312,41 +366,66 @@ def load_into(target, paths: Paths, strict: bool = True, **options) -> Incompati
     Each destination must be contiguous and of the tensor's dtype and shape (raw-byte dtypes: a
     flat uint8 of its size); every mismatch is reported before any byte is read. With ``strict``,
     a key of one side missing on the other is an error too; else they are returned.
-    Options: see ``safe_open``.
+    Options: see ``safe_open``. With a ``process_group``, the target holds what this rank keeps
+    (a split tensor: its block of rows), on one device: the group's (gloo: the host); the ranks
+    check their targets together, so that all fail or none does.
     """
     import torch
     state = target.state_dict() if isinstance(target, torch.nn.Module) else target
+    if options.get("process_group") is not None and "device" not in options:
+        devices = {t.device for t in state.values()}
+        if len(devices) > 1:
+            raise UsageError("instanttensor: a group load lands on one device; the target spans "
+                             + ", ".join(sorted(map(str, devices))))
+        options["device"] = devices.pop() if devices else "cpu"
     with safe_open(paths, framework="pt", **options) as f:
         checkpoint = f._open()
-        names = checkpoint.names()
-        present = set(names)
-        missing = [k for k in state if k not in present]
-        unexpected = [n for n in names if n not in state]
+        names = checkpoint.names_in_load_order()
+        shares = f._shares(names)
+        planned = f._plan(names, shares)
+        missing = [k for k in state if k not in planned]
+        unexpected = sorted(n for n in planned if n not in state)
         problems = []
         if strict and missing:
             problems.append("missing from the checkpoint: " + ", ".join(missing))
         if strict and unexpected:
             problems.append("in the checkpoint but not in the target: " + ", ".join(unexpected))
         by_device: dict[Any, dict[str, Any]] = {}
-        for name in names:
+        for name, (layout, _) in planned.items():
             if name not in state:
                 continue
             destination = state[name]
-            dtype, shape, nbytes, _ = checkpoint.describe(name)
-            if (destination.dtype, tuple(destination.shape)) != _layout(dtype, shape, nbytes, "pt"):
-                problems.append(f"{name}: the checkpoint holds {dtype} {list(shape)}, the target "
+            if (destination.dtype, tuple(destination.shape)) != layout:
+                dtype, shape, nbytes, _ = checkpoint.describe(name)
+                held = f"{dtype} {list(shape)}"
+                if layout != _layout(dtype, shape, nbytes, "pt"):
+                    held += f", of which this rank keeps {list(layout[1])}"
+                problems.append(f"{name}: the checkpoint holds {held}, the target "
                                 f"{str(destination.dtype).removeprefix('torch.')} {list(destination.shape)}")
             elif not destination.is_contiguous():
                 problems.append(f"{name}: the target is not contiguous")
             elif destination.device.type not in ("cpu", "cuda"):
                 problems.append(f"{name}: the target is on {destination.device}, not on the host or a CUDA device")
+            elif shares is not None and destination.device != torch.device(f._device):
+                problems.append(f"{name}: the target is on {destination.device}, the group loads to {f._device}")
             else:
                 by_device.setdefault(destination.device, {})[name] = destination
+        if shares is not None:
+            problems = shares.group.agree(problems)
         if problems:
             raise UsageError(f"{checkpoint.files()[0]}: cannot load into the target: " + "; ".join(problems))
+        sizes = {n: nbytes for n, (_, nbytes) in planned.items()}
+        if shares is not None:  # one load for the group; a kept tensor the target lacks lands aside
+            destinations = by_device.get(torch.device(f._device), {})
+            for name, ((dtype, shape), _) in planned.items():
+                if name not in destinations:
+                    destinations[name] = torch.empty(shape, dtype=dtype, device=f._device)
+            for _ in _landing(checkpoint, names, f._options, "pt", f._device_index, destinations, sizes, shares):
+                pass
+            return IncompatibleKeys(missing, unexpected)
         for device, destinations in by_device.items():
             index = -1 if device.type == "cpu" else (device.index if device.index is not None else torch.cuda.current_device())
-            selected = [n for n in checkpoint.names_in_load_order() if n in destinations]
-            for _ in _landing(checkpoint, selected, f._options, "pt", index, destinations):
+            selected = [n for n in names if n in destinations]
+            for _ in _landing(checkpoint, selected, f._options, "pt", index, destinations, sizes):
                 pass
     return IncompatibleKeys(missing, unexpected)

@@ -7,8 +7,14 @@
 //                       caller owns (host: allocated here per tensor, freed with the array), or
 //                       None where the caller gave the destination (load_into, every device load)
 //
+// A group load (LoadRequest.group) runs the library's group pipeline over a torch.distributed
+// process group: ProcessGroupTransport hands each window's exchange to the group's own collectives
+// (instanttensor/_group.py), so the bytes move through torch's communicator and its libnccl (or
+// gloo's sockets); this module calls no NCCL.
+//
 // The GIL is released while bytes move (inside each step of the loader); no Python object is
-// touched then. Library errors become the instanttensor.errors classes, named after the C++ ones.
+// touched then, except by the group transport, which takes the GIL for each call it makes.
+// Library errors become the instanttensor.errors classes, named after the C++ ones.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
@@ -23,6 +29,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -98,13 +105,131 @@ nb::tuple describe(const it::format::Checkpoint& checkpoint, const it::format::T
 
 /// What Python asks of a load: the keyword arguments of safe_open and load_file (Load checks them).
 struct LoadRequest {
-    std::optional<std::vector<std::string>> names;  // None: every tensor
+    std::optional<std::vector<std::string>> names;  // None: every tensor (required by a group load)
     int device = -1;                                // -1: host memory
     std::string backend = "auto";
     std::string direct = "auto";
     std::uint64_t staging_bytes = 0;  // 0: the library's default
     std::uint64_t slot_bytes = 0;
     std::uintptr_t stream = 0;        // device loads: the consumer's CUDA stream
+    nb::object group;                 // None: a load alone; else an instanttensor._group.Group
+    nb::bytes shares;                 // group loads: what each rank keeps of each name (share_function)
+};
+
+// ---- group loads ----------------------------------------------------------------------------
+
+/// What rank r keeps of names[i] is shares[i * ranks + r]: nothing, the whole tensor, or its block
+/// of rows (the library's split_rows, so that every rank computes the same blocks).
+enum class Kept : std::uint8_t { nothing = 0, whole = 1, rows = 2 };
+
+it::ShareFunction share_function(const it::format::Checkpoint& checkpoint, const std::vector<std::string>& names,
+                                 std::string shares, int ranks) {
+    if (shares.size() != names.size() * static_cast<std::size_t>(ranks))
+        throw it::usage_error("instanttensor", "a group load's share table has " + std::to_string(shares.size()) + " entries, not " +
+                                                   std::to_string(names.size()) + " names × " + std::to_string(ranks) + " ranks");
+    std::unordered_map<const it::format::TensorRef*, std::size_t> row;
+    for (std::size_t i = 0; i < names.size(); ++i) row.emplace(&find_tensor(checkpoint, names[i]), i * static_cast<std::size_t>(ranks));
+    return [row = std::move(row), shares = std::move(shares), split = it::split_rows({})](const it::format::TensorRef& t, int rank, int n) {
+        switch (static_cast<Kept>(shares[row.at(&t) + static_cast<std::size_t>(rank)])) {
+        case Kept::nothing: return it::Share::none();
+        case Kept::whole: return it::Share::whole();
+        case Kept::rows: return split(t, rank, n);
+        }
+        throw it::usage_error("instanttensor", "a group load's share table holds an unknown entry");
+    };
+}
+
+/// (first row, rows) of `name` that rank `rank` of `ranks` keeps when its rows are split.
+std::pair<std::uint64_t, std::uint64_t> row_block(const it::format::Checkpoint& checkpoint, const std::string& name, int rank, int ranks) {
+    const it::format::TensorRef& t = find_tensor(checkpoint, name);
+    const it::KeptBytes kept = it::kept_bytes(t, it::split_rows({})(t, rank, ranks), checkpoint.files()[t.file].path.string());
+    return {kept.first_row, kept.rows};
+}
+
+/// A GroupTransport over a torch.distributed process group. Every call goes to the Group object
+/// of instanttensor/_group.py with the GIL held: exchange(window, mode, segment, transfers) starts
+/// a window's collectives and returns a ticket; done(ticket) says whether they completed (and
+/// raises what they raised); gather(value) all-gathers one integer; abandon() waits for the
+/// collectives still in flight. A Python exception becomes nccl_error, the library's error for a
+/// group that failed.
+template <it::MemoryKind Memory>
+class ProcessGroupTransport {
+public:
+    static constexpr it::MemoryKind memory = Memory;
+
+    ProcessGroupTransport(nb::object group, int device) : group_(std::move(group)), device_(device) {
+        rank_ = nb::cast<int>(group_.attr("rank"));
+        size_ = nb::cast<int>(group_.attr("size"));
+    }
+
+    [[nodiscard]] int rank() const noexcept { return rank_; }
+    [[nodiscard]] int size() const noexcept { return size_; }
+    [[nodiscard]] int device() const noexcept { return device_; }
+
+    std::uint64_t exchange(std::byte* window, const it::WindowExchange& x) {
+        nb::gil_scoped_acquire gil;
+        return call("an exchange", [&] {
+            nb::list transfers;
+            for (const it::Transfer& t : x.transfers) transfers.append(nb::make_tuple(t.from, t.to, t.offset, t.length));
+            const std::uint64_t bytes = std::max(x.bytes, x.segment * static_cast<std::uint64_t>(size_));
+            return nb::cast<std::uint64_t>(group_.attr("exchange")(view(window, bytes), mode_name(x.mode), x.segment, transfers));
+        });
+    }
+
+    bool exchange_done(std::uint64_t ticket) {
+        nb::gil_scoped_acquire gil;
+        return call("an exchange", [&] { return nb::cast<bool>(group_.attr("done")(ticket)); });
+    }
+
+    std::vector<std::uint64_t> gather(std::uint64_t value) {
+        nb::gil_scoped_acquire gil;
+        return call("a gather", [&] { return nb::cast<std::vector<std::uint64_t>>(group_.attr("gather")(value)); });
+    }
+
+    void abandon() noexcept {
+        nb::gil_scoped_acquire gil;
+        try {
+            group_.attr("abandon")();
+        } catch (const nb::python_error&) {  // the load failed already; its first error is the one to report
+        }
+    }
+
+private:
+    template <class F>
+    auto call(const char* what, F f) {
+        try {
+            return f();
+        } catch (nb::python_error& e) {
+            throw it::nccl_error("process group", std::string(what) + " failed: " + nb::str(e.value()).c_str());
+        }
+    }
+
+    static const char* mode_name(it::ExchangeMode mode) {
+        switch (mode) {
+        case it::ExchangeMode::none: return "none";
+        case it::ExchangeMode::all_gather: return "all_gather";
+        case it::ExchangeMode::broadcasts: return "broadcasts";
+        case it::ExchangeMode::sends: return "sends";
+        }
+        return "none";
+    }
+
+    /// A torch tensor over `bytes` bytes of a window buffer; the buffer outlives every collective
+    /// over it (abandon() waits for them before the loader frees it).
+    nb::object view(std::byte* window, std::uint64_t bytes) const {
+        const std::size_t shape[1] = {static_cast<std::size_t>(bytes)};
+        constexpr int device_type = Memory == it::MemoryKind::device ? nb::device::cuda::value : nb::device::cpu::value;
+        // rv_policy::reference: an array without an owner would otherwise be handed out as a copy.
+        return nb::cast(nb::ndarray<nb::pytorch, std::uint8_t, nb::ndim<1>>(window, 1, shape, nb::handle(), nullptr,
+                                                                            nb::dtype<std::uint8_t>(), device_type,
+                                                                            Memory == it::MemoryKind::device ? device_ : 0),
+                        nb::rv_policy::reference);
+    }
+
+    nb::object group_;
+    int device_;
+    int rank_ = 0;
+    int size_ = 1;
 };
 
 /// Host memory of one tensor, until an array owns it: 64-byte aligned (as torch's CPU allocator's),
@@ -180,25 +305,51 @@ public:
             if (found == given_.end()) throw it::usage_error("instanttensor", "no destination for tensor '" + t.name() + "'");
             return found->second;
         };
+        // The bytes of each tensor this rank keeps: all of them, or in a group load its share's.
+        std::function<std::uint64_t(const it::format::TensorRef&)> kept_size = [](const it::format::TensorRef& t) { return t.nbytes(); };
+        const bool grouped = request.group.is_valid() && !request.group.is_none();
+        if (grouped) {
+            if (!request.names) throw it::usage_error("instanttensor", "a group load names its tensors");
+            const int rank = nb::cast<int>(request.group.attr("rank")), ranks = nb::cast<int>(request.group.attr("size"));
+            options.share = share_function(checkpoint, *request.names, std::string(request.shares.c_str(), request.shares.size()), ranks);
+            kept_size = [share = options.share, rank, ranks](const it::format::TensorRef& t) {
+                return it::kept_bytes(t, share(t, rank, ranks)).size();
+            };
+        }
+        auto allocate = [this, kept_size](const it::format::TensorRef& t) -> std::span<std::byte> {
+            const std::uint64_t size = kept_size(t);
+            auto [at, fresh] = allocated_.emplace(&t, allocate_host(size));
+            return {at->second.get(), size};
+        };
         if (request.device >= 0) {
 #if INSTANTTENSOR_HAS_CUDA
             if (!destinations) throw it::usage_error("instanttensor", "a device load lands in tensors the caller allocated");
             it::sink::device_placement::Options placement{.device = request.device,
                                                           .consumer_stream = reinterpret_cast<cudaStream_t>(request.stream)};
-            steps_ = std::make_unique<StepsOf<it::DeviceLoader<it::sink::device_placement>>>(
-                [&] { return it::load_into_device(checkpoint, given, placement, options, storage); });
+            if (grouped) {
+                using GroupLoader = it::Loader<it::storage::automatic, ProcessGroupTransport<it::MemoryKind::device>, it::sink::device_placement>;
+                steps_ = std::make_unique<StepsOf<GroupLoader>>([&] {
+                    return GroupLoader(checkpoint, it::storage::automatic(storage), ProcessGroupTransport<it::MemoryKind::device>(request.group, request.device),
+                                       it::sink::device_placement(given, placement), options);
+                });
+            } else {
+                steps_ = std::make_unique<StepsOf<it::DeviceLoader<it::sink::device_placement>>>(
+                    [&] { return it::load_into_device(checkpoint, given, placement, options, storage); });
+            }
 #else
             throw it::unavailable_error("instanttensor", "this build of the module has no CUDA: it loads to host memory only "
                                                          "(build it where the CUDA toolkit is installed)");
 #endif
-        } else if (destinations) {
-            steps_ = std::make_unique<StepsOf<HostLoader>>([&] { return it::load_into(checkpoint, given, options, storage); });
+        } else if (grouped) {
+            using GroupLoader = it::Loader<it::storage::automatic, ProcessGroupTransport<it::MemoryKind::host>, it::sink::placement>;
+            steps_ = std::make_unique<StepsOf<GroupLoader>>([&] {
+                return GroupLoader(checkpoint, it::storage::automatic(storage), ProcessGroupTransport<it::MemoryKind::host>(request.group, -1),
+                                   destinations ? it::sink::placement(given) : it::sink::placement(allocate), options);
+            });
         } else {
-            auto allocate = [this](const it::format::TensorRef& t) -> std::span<std::byte> {
-                auto [at, fresh] = allocated_.emplace(&t, allocate_host(t.nbytes()));
-                return {at->second.get(), t.nbytes()};
-            };
-            steps_ = std::make_unique<StepsOf<HostLoader>>([&] { return it::load_into(checkpoint, allocate, options, storage); });
+            steps_ = std::make_unique<StepsOf<HostLoader>>([&] {
+                return destinations ? it::load_into(checkpoint, given, options, storage) : it::load_into(checkpoint, allocate, options, storage);
+            });
         }
     }
 
@@ -292,7 +443,12 @@ NB_MODULE(_core, m) {
         .def_rw("direct", &LoadRequest::direct)
         .def_rw("staging_bytes", &LoadRequest::staging_bytes)
         .def_rw("slot_bytes", &LoadRequest::slot_bytes)
-        .def_rw("stream", &LoadRequest::stream);
+        .def_rw("stream", &LoadRequest::stream)
+        .def_rw("group", &LoadRequest::group, nb::arg("group").none())
+        .def_rw("shares", &LoadRequest::shares);
+
+    m.def("row_block", &row_block, nb::arg("checkpoint"), nb::arg("name"), nb::arg("rank"), nb::arg("ranks"),
+          "(first row, rows) of a tensor that rank `rank` of `ranks` keeps when its rows are split across them.");
 
     nb::class_<Load>(m, "Load", "One load of a checkpoint's selected tensors, iterated once.")
         .def(nb::init<const it::format::Checkpoint&, LoadRequest, std::string,

@@ -47,3 +47,21 @@ def test_load_into_cuda_parameters():
     assert result == ([], [])
     for name, tensor in source.state_dict().items():
         assert torch.equal(target.state_dict()[name].cpu(), tensor), name
+
+
+def test_process_group_of_one_over_nccl(tmp_path, fixtures):
+    """The group path over torch's own NCCL communicator: a world of one on cuda:0, rows split."""
+    import torch.distributed as dist
+    path = os.path.join(fixtures, "sharded")
+    expected = it.load_file(path)
+    torch.cuda.set_device(0)
+    dist.init_process_group("nccl", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        loaded = it.load_file(path, device="cuda:0", process_group=dist.group.WORLD, split_rows=lambda name: True)
+        assert loaded.keys() == expected.keys()
+        for key, tensor in expected.items():
+            assert loaded[key].device == torch.device("cuda", 0) and torch.equal(loaded[key].cpu(), tensor), key
+        with pytest.raises(it.UsageError, match="NCCL process group exchanges device memory"):
+            it.safe_open(path, device="cpu", process_group=dist.group.WORLD)
+    finally:
+        dist.destroy_process_group()
