@@ -200,7 +200,8 @@ private:
         try {
             return f();
         } catch (nb::python_error& e) {
-            throw it::nccl_error("process group", std::string(what) + " failed: " + nb::str(e.value()).c_str());
+            throw it::nccl_error("process group", std::string(what) + " failed: " + nb::type_name(e.type()).c_str() + ": " +
+                                                      nb::str(e.value()).c_str());
         }
     }
 
@@ -309,7 +310,8 @@ public:
         std::function<std::uint64_t(const it::format::TensorRef&)> kept_size = [](const it::format::TensorRef& t) { return t.nbytes(); };
         const bool grouped = request.group.is_valid() && !request.group.is_none();
         if (grouped) {
-            if (!request.names) throw it::usage_error("instanttensor", "a group load names its tensors");
+            if (!request.names || !request.shares.is_valid())
+                throw it::usage_error("instanttensor", "a group load names its tensors and what each rank keeps of them");
             const int rank = nb::cast<int>(request.group.attr("rank")), ranks = nb::cast<int>(request.group.attr("size"));
             options.share = share_function(checkpoint, *request.names, std::string(request.shares.c_str(), request.shares.size()), ranks);
             kept_size = [share = options.share, rank, ranks](const it::format::TensorRef& t) {

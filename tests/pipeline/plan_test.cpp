@@ -37,6 +37,8 @@ void check_plan(const fmt::Checkpoint& checkpoint, const Plan& plan, const it::T
     CHECK(plan.tensor_bytes == tensor_bytes);
     CHECK(plan.largest_tensor == largest);
 
+    const auto owns_extents = [&](const fmt::TensorRef& t) { return alignment[t.file] == 1 && t.nbytes() >= max_extent; };
+
     // Extents: aligned, bounded, in file then offset order, owning consecutive runs of pieces.
     std::uint32_t next_piece = 0;
     std::uint64_t read_bytes = 0;
@@ -57,11 +59,17 @@ void check_plan(const fmt::Checkpoint& checkpoint, const Plan& plan, const it::T
         if (x > 0) {
             const auto& prev = plan.extents[x - 1];
             CHECK((prev.file < e.file || (prev.file == e.file && prev.offset <= e.offset)));
-            // A new extent starts only when the previous one is full or the bytes are not adjacent.
+            // A new extent starts only when the previous one is full, the bytes are not adjacent, or
+            // a tensor with extents of its own ends or starts there.
             const auto& first = plan.pieces[e.first_piece];
+            const auto& before = plan.pieces[prev.first_piece + prev.piece_count - 1];
             const std::uint64_t starts_at = refs[first.tensor]->file_offset + first.tensor_offset;
-            if (prev.file == e.file && prev.offset + prev.needed == starts_at) CHECK(prev.needed == max_extent);
+            const bool own = owns_extents(*refs[first.tensor]) || owns_extents(*refs[before.tensor]);
+            if (prev.file == e.file && prev.offset + prev.needed == starts_at && !own) CHECK(prev.needed == max_extent);
         }
+        // In a buffered file, a tensor of at least one extent shares none of its extents.
+        for (std::uint32_t p = e.first_piece; p < e.first_piece + e.piece_count; ++p)
+            if (owns_extents(*refs[plan.pieces[p].tensor])) CHECK(e.piece_count == 1);
         std::uint64_t cursor = 0;
         for (std::uint32_t p = e.first_piece; p < e.first_piece + e.piece_count; ++p) {
             REQUIRE(p < plan.pieces.size());

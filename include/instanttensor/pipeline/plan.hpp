@@ -5,6 +5,9 @@
 // file (O_DIRECT needs that; buffered files have alignment 1). Adjacent selected tensors share an
 // extent, so many tiny tensors cost few reads; a tensor larger than an extent spans several, and
 // each piece says where in the tensor its bytes go, so the tensor still lands contiguous.
+// In a buffered file, a tensor of at least one extent has extents of its own (none carries another
+// tensor's bytes), so that a sink that reads in place (sink::placement) reads all of it in place
+// and copies none of it from staging.
 // A group of ranks splits these extents further (pipeline/group_plan.hpp).
 #pragma once
 
@@ -113,11 +116,12 @@ inline Plan make_plan(const format::Checkpoint& checkpoint, const TensorFilter& 
         plan.largest_tensor = std::max(plan.largest_tensor, ref.nbytes());
 
         const std::uint64_t a = alignment[ref.file];
+        const bool own_extents = a == 1 && ref.nbytes() >= max_extent_bytes;
         std::uint64_t cursor = ref.file_offset;
         const std::uint64_t end = ref.file_offset + ref.nbytes();
         while (cursor < end) {
             auto* e = open ? &plan.extents.back() : nullptr;
-            const bool joins = e && e->file == ref.file && e->offset + e->needed == cursor &&
+            const bool joins = !own_extents && e && e->file == ref.file && e->offset + e->needed == cursor &&
                                e->needed < max_extent_bytes;
             if (!joins) {
                 if (open) close_extent();
@@ -137,6 +141,10 @@ inline Plan make_plan(const format::Checkpoint& checkpoint, const TensorFilter& 
                 close_extent();
                 open = false;
             }
+        }
+        if (own_extents && open) {
+            close_extent();
+            open = false;
         }
     }
     if (open) close_extent();
