@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable, Collection
 from typing import Any, Union
 
@@ -140,16 +141,15 @@ class Group:
             return [v % (1 << 64) for v in every.tolist()]
 
     def abandon(self) -> None:
-        """This rank stops early: waits for its collectives in flight, which read or write the
-        window buffers the loader is about to free (they end once the peers take part)."""
+        """This rank stops early: returns once its collectives in flight ended, since they read or
+        write the window buffers the loader is about to free (they end once the peers take part).
+        An NCCL work's ``wait()`` only orders a stream after it: its completion is polled instead."""
         self.finish()
         pending, self._pending = self._pending, {}
         for works in pending.values():
             for w in works:
-                try:
-                    w.wait()
-                except Exception:  # noqa: BLE001 - the load failed already; its first error is reported
-                    pass
+                while not w.is_completed():
+                    time.sleep(0.001)
 
     def finish(self) -> None:
         """The load ended: stops the gloo waiter once its collectives ended (a next load starts one)."""
