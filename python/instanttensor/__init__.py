@@ -426,6 +426,7 @@ def load_into(target, paths: Paths, strict: bool = True, **options) -> Incompati
         for device, destinations in by_device.items():
             index = -1 if device.type == "cpu" else (device.index if device.index is not None else torch.cuda.current_device())
             selected = [n for n in names if n in destinations]
-            for _ in _landing(checkpoint, selected, f._options, "pt", index, destinations, sizes):
+            for _ in _landing(checkpoint, selected, f._options, "pt", index, destinations,
+                              {n: sizes[n] for n in selected}):
                 pass
     return IncompatibleKeys(missing, unexpected)

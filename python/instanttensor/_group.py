@@ -7,6 +7,7 @@ exchange (python/src/core.cpp, ProcessGroupTransport); this module never loads a
 """
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -78,7 +79,6 @@ class Group:
         self._next = 0
 
     def _on_device(self):
-        import contextlib
         import torch
         return torch.cuda.device(self._device) if self._device.type == "cuda" else contextlib.nullcontext()
 
