@@ -9,7 +9,8 @@ source scripts/lib/common.sh
 
 ensure_packages "${INSTANTTENSOR_BUILD_PACKAGES[@]}" "${INSTANTTENSOR_TEST_PACKAGES[@]}"
 [ -x /usr/local/cuda/bin/nvcc ] || { echo "gpu-bundle: needs the CUDA toolkit in /usr/local/cuda" >&2; exit 1; }
-BUILD_TYPE=Release configure build-gpu -DINSTANTTENSOR_WITH_CUDA=ON -DINSTANTTENSOR_WITH_URING=ON
+# Without libcurl: the GPU machine measures local loads, and its libcurl is not known.
+BUILD_TYPE=Release configure build-gpu -DINSTANTTENSOR_WITH_CUDA=ON -DINSTANTTENSOR_WITH_URING=ON -DINSTANTTENSOR_WITH_CURL=OFF
 cmake --build build-gpu -j "$(nproc)" --target instanttensor_cli instanttensor_gpu_test instanttensor_bench_ceilings
 
 rm -rf .device && mkdir -p .device/bin .device/lib

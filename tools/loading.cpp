@@ -173,10 +173,12 @@ void add_load_options(CLI::App& sub, LoadSettings& settings, const std::string& 
                 return "'" + v + "' is not cpu, auto or a GPU ordinal";
             },
             "", "device"));
-    sub.add_option("--backend", settings.backend, "Storage backend: auto (GDS where nvidia-fs is, else io_uring, else pread), uring, pread, memory or gds")
+    sub.add_option("--backend", settings.backend,
+                   "Storage backend: auto (http for a URL; else GDS where nvidia-fs is, else io_uring, else pread), uring, pread, "
+                   "memory, gds or http")
         ->type_name("BACKEND")
         ->capture_default_str()
-        ->check(CLI::IsMember({"auto", "uring", "pread", "memory", "gds"}));
+        ->check(CLI::IsMember({"auto", "uring", "pread", "memory", "gds", "http"}));
     sub.add_option("--direct", settings.direct,
                    "O_DIRECT: auto (for files not in the page cache), on (every file, or an error), or off (always buffered)")
         ->type_name("MODE")
@@ -195,6 +197,15 @@ void add_load_options(CLI::App& sub, LoadSettings& settings, const std::string& 
         ->type_name("N")
         ->capture_default_str()
         ->check(whole_number(0, 1 << 24));
+    sub.add_option("--connections", settings.connections, "Remote checkpoints: ranged GETs in flight (one staging slot each)")
+        ->type_name("N")
+        ->capture_default_str()
+        ->check(whole_number(1, 1024));
+    sub.add_option("--stall-timeout", settings.stall_timeout_s,
+                   "Remote checkpoints: seconds a response may move under 1 KiB/s before it is failed and tried again")
+        ->type_name("S")
+        ->capture_default_str()
+        ->check(whole_number(1, 86400));
     sub.add_option("--copy-streams", settings.copy_streams, "GPU loads: CUDA streams taking turns at the copies")
         ->type_name("N")
         ->capture_default_str()
@@ -235,8 +246,10 @@ void add_load_options(CLI::App& sub, LoadSettings& settings, const std::string& 
 
 LoadReport load_checkpoint(const format::Checkpoint& checkpoint, const LoadSettings& settings, [[maybe_unused]] bool want_host_bytes,
                            const TensorConsumer& consume) {
-    const storage::automatic::Options storage{storage::parse_backend(settings.backend).value_or(storage::Backend::automatic),
-                                              parse_direct_io(settings.direct).value_or(DirectIo::automatic)};
+    storage::automatic::Options storage{storage::parse_backend(settings.backend).value_or(storage::Backend::automatic),
+                                        parse_direct_io(settings.direct).value_or(DirectIo::automatic)};
+    storage.remote.connections = settings.connections;
+    storage.remote.stall_timeout_s = settings.stall_timeout_s;
     LoadOptions options;
     options.staging_bytes = settings.staging_mib << 20;
     // The default slot shrinks to half a small staging (add_load_options refuses such a slot asked for).

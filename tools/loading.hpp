@@ -29,6 +29,8 @@ struct LoadSettings {
     std::uint64_t ring_mib = 0;    ///< where the tensors land: the host or device ring; 0 = as the load needs
     unsigned copy_streams = 2;     ///< GPU loads: streams taking turns at host-to-device copies
     bool progress = true;          ///< a progress bar on stderr, if stderr is a terminal
+    unsigned connections = RemoteOptions{}.connections;          ///< remote checkpoints: GETs in flight
+    unsigned stall_timeout_s = RemoteOptions{}.stall_timeout_s;  ///< remote checkpoints: a stalled response fails after this
 
     // Group loads over NCCL (ranks > 0): this process is rank `rank` of `ranks`.
     int ranks = 0;
@@ -38,7 +40,8 @@ struct LoadSettings {
     std::uint64_t window_mib = LoadOptions{}.window_bytes >> 20;
 };
 
-/// Adds --device, --backend, --direct, --staging-mib, --slot-mib, --ring-mib, --copy-streams and the group
+/// Adds --device, --backend, --direct, --staging-mib, --slot-mib, --ring-mib, --copy-streams,
+/// --connections, --stall-timeout and the group
 /// options (--ranks, --rank, --nccl-id, --split-rows, --window-mib) to `sub`, with `default_device`.
 void add_load_options(CLI::App& sub, LoadSettings& settings, const std::string& default_device);
 

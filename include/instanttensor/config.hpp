@@ -1,6 +1,6 @@
 // instanttensor/config.hpp: the one place that decides which optional parts are compiled in.
 //
-// CMake defines INSTANTTENSOR_HAS_CUDA / _NCCL / _URING to 0 or 1 on the instanttensor target,
+// CMake defines INSTANTTENSOR_HAS_CUDA / _NCCL / _URING / _CURL to 0 or 1 on the instanttensor target,
 // according to what it found and linked. A consumer that includes the headers without CMake gets
 // the answer from __has_include, and must then link what it asked for itself.
 #pragma once
@@ -26,6 +26,14 @@
 #    define INSTANTTENSOR_HAS_URING 1
 #  else
 #    define INSTANTTENSOR_HAS_URING 0
+#  endif
+#endif
+
+#if !defined(INSTANTTENSOR_HAS_CURL)
+#  if __has_include(<curl/curl.h>)
+#    define INSTANTTENSOR_HAS_CURL 1
+#  else
+#    define INSTANTTENSOR_HAS_CURL 0
 #  endif
 #endif
 

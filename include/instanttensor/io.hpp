@@ -31,6 +31,16 @@ struct ReadResult {
     std::int64_t result = 0;
 };
 
+/// How remote files are read (storage::http): requests in flight, and what happens when the network
+/// or the server falters.
+struct RemoteOptions {
+    unsigned connections = 16;         ///< ranged GETs in flight (one staging slot each)
+    unsigned tries = 5;                ///< attempts of a request failing transiently (reset, timeout, 5xx, 429)
+    unsigned first_backoff_ms = 100;   ///< pause before the second attempt; it doubles after each, up to 10 s
+    unsigned connect_timeout_s = 10;   ///< to establish a connection, TLS included
+    unsigned stall_timeout_s = 30;     ///< a response moving under 1 KiB/s this long fails (and is tried again)
+};
+
 /// How a backend is asked to treat the page cache.
 enum class DirectIo {
     automatic,  ///< O_DIRECT for files mostly not in the page cache, buffered for resident ones

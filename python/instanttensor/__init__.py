@@ -218,12 +218,14 @@ class TensorSlice:
 
 
 class safe_open:
-    """A checkpoint opened for reading: a file, a directory, an index, or a list of files.
+    """A checkpoint opened for reading: a file, a directory, an index, or a list of files, local or
+    remote (``http://``, ``https://``, ``hf://org/name[@revision][/file]``: README, "Load from a
+    server"), in a build with libcurl.
 
     ``framework`` is ``"pt"`` (torch tensors) or ``"np"`` (numpy arrays, host only); ``device``
     is ``"cpu"``, ``"cuda"``, ``"cuda:N"``, an index or a ``torch.device``. Headers are read and
     validated here, no tensor byte. Options: ``backend`` (``"auto"``, ``"uring"``, ``"pread"``,
-    ``"memory"``, ``"gds"``), ``direct`` (``"auto"``, ``"on"``, ``"off"``: O_DIRECT reads),
+    ``"memory"``, ``"gds"``, ``"http"``), ``direct`` (``"auto"``, ``"on"``, ``"off"``: O_DIRECT reads),
     ``staging_bytes`` and ``slot_bytes`` (the loader's staging memory and largest read), and
     ``progress`` (a bar on stderr).
 

@@ -290,7 +290,7 @@ public:
         if (request.slot_bytes != 0) options.slot_bytes = request.slot_bytes;
         it::storage::automatic::Options storage;
         const auto backend = it::storage::parse_backend(request.backend);
-        if (!backend) throw it::usage_error("instanttensor", "backend '" + request.backend + "': expected auto, uring, pread, memory or gds");
+        if (!backend) throw it::usage_error("instanttensor", "backend '" + request.backend + "': expected auto, uring, pread, memory, gds or http");
         storage.backend = *backend;
         const auto direct = it::parse_direct_io(request.direct);
         if (!direct) throw it::usage_error("instanttensor", "direct '" + request.direct + "': expected auto, on or off");

@@ -4,10 +4,11 @@
 
 # Debian 12 packages the build needs (CUDA is optional and not from Debian: /usr/local/cuda).
 INSTANTTENSOR_BUILD_PACKAGES=(cmake ninja-build g++ pkg-config libboost-json1.81-dev libcli11-dev
-  libfmt-dev libxxhash-dev liburing-dev libre2-dev)
+  libfmt-dev libxxhash-dev liburing-dev libre2-dev libcurl4-openssl-dev)
 # Added for the test suite: doctest, Google Benchmark, clang with libFuzzer and the sanitizers,
-# Python with venv and headers for the Python package.
-INSTANTTENSOR_TEST_PACKAGES=(doctest-dev libbenchmark-dev clang libclang-rt-14-dev python3 python3-venv python3-dev)
+# Python with venv and headers for the Python package, nginx and openssl for the remote tests' server.
+INSTANTTENSOR_TEST_PACKAGES=(doctest-dev libbenchmark-dev clang libclang-rt-14-dev python3 python3-venv python3-dev
+  nginx-light openssl)
 
 # Ninja's progress lines, with the seconds the build has taken: [done/total elapsed].
 export NINJA_STATUS="[%f/%t %es] "
@@ -42,7 +43,7 @@ ensure_packages() {
 }
 
 # configure BUILD_DIR [CMAKE_ARGS...]: configures a Ninja build, picking up CUDA where installed,
-# and prints what the build found (liburing, CUDA, NCCL).
+# and prints what the build found (liburing, libcurl, CUDA, NCCL).
 configure() {
   local dir=$1; shift
   [ -x /usr/local/cuda/bin/nvcc ] && export PATH="/usr/local/cuda/bin:$PATH"

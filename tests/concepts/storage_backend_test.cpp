@@ -76,6 +76,10 @@ TEST_CASE("StorageBackend: the library's backends model it") {
 #if INSTANTTENSOR_HAS_URING
     CHECK(it::StorageBackend<it::storage::uring>);
 #endif
+#if INSTANTTENSOR_HAS_CURL
+    CHECK(it::StorageBackend<it::storage::http>);
+    CHECK(it::storage::http::destination == MemoryKind::host);
+#endif
 #if INSTANTTENSOR_HAS_CUDA
     CHECK(it::StorageBackend<it::storage::gds>);
     CHECK(it::storage::gds::destination == MemoryKind::device);

@@ -4,10 +4,16 @@
 //   - a safetensors file;
 //   - an index (a file named *.json, such as model.safetensors.index.json): the shards it lists;
 //   - a directory: its one *.safetensors.index.json if it has one (two are ambiguous: an error),
-//     else every *.safetensors file in it, in name order.
+//     else every *.safetensors file in it, in name order;
+//   - a remote file, index or directory: http://, https:// or hf://org/name[@revision]/... (see
+//     detail/remote.hpp), in a build with libcurl. A remote directory (a URL ending with '/', or an
+//     hf:// path without a file) is its model.safetensors.index.json, else its model.safetensors.
+//     Each header is read with one ranged GET where it fits in the first 512 KiB, and the file's
+//     size and ETag (or Last-Modified) are pinned: storage::http then reads only that version.
 // Every header is read and validated (format/header.hpp) before open returns. Across the files,
-// tensor names must be unique and no file may appear twice. For an index, its "weight_map" must
-// name files inside the index's directory (relative, no "..", no symlink leading out), every tensor
+// tensor names must be unique, no file may appear twice, and the files are all local or all remote.
+// For an index, its "weight_map" must name files inside the index's directory (relative, no "..",
+// no symlink leading out; a remote index's shards are beside it on the same server), every tensor
 // it lists must be in the shard it names, and every tensor of a shard must be listed there.
 //
 // Tensors are kept in file then offset order, the order in which a loader reads them.
@@ -25,15 +31,19 @@
 #include <vector>
 
 #include "instanttensor/detail/fd.hpp"
+#include "instanttensor/detail/remote.hpp"
 #include "instanttensor/format/header.hpp"
 
 namespace instanttensor::format {
 
 /// One file of a checkpoint and its validated header.
 struct CheckpointFile {
-    std::filesystem::path path;
+    std::filesystem::path path;     ///< for a remote file, its URL as messages show it (shown_url)
     Header header;
-    detail::FileIdentity identity;  ///< the file whose header was read (none for from_memory)
+    detail::FileIdentity identity;  ///< the local file whose header was read (none for from_memory)
+    detail::RemoteFile remote;      ///< the remote file whose header was read (an empty URL if local)
+
+    [[nodiscard]] bool is_remote() const noexcept { return !remote.location.url.empty(); }
 };
 
 /// Where a tensor of a checkpoint lives.
@@ -95,21 +105,26 @@ public:
     /// Whether it was parsed from memory (from_memory): there are no files to open, only the bytes
     /// the caller holds.
     [[nodiscard]] bool in_memory() const noexcept { return in_memory_; }
+    /// Whether its files are remote (then all are): storage::http reads them, no other backend.
+    [[nodiscard]] bool remote() const noexcept { return !files_.empty() && files_.front().is_remote(); }
     /// The paths of its files, for a storage backend that opens them. Throws usage_error for a
-    /// checkpoint parsed from memory, which has none.
+    /// checkpoint parsed from memory, which has none, and unavailable_error for a remote one.
     [[nodiscard]] std::vector<std::filesystem::path> paths_to_open() const;
     /// Opens file `i` read-only (with `extra_flags`, such as O_DIRECT) and checks that it is the
     /// file whose header was validated: one replaced (a rename over it), truncated or rewritten
     /// since is an io_error, so bytes are never read at another file's offsets. Every storage
-    /// backend opens the files through here. Throws usage_error as paths_to_open does.
+    /// backend opens the files through here. Throws as paths_to_open does.
     [[nodiscard]] detail::FileDescriptor open_file(std::uint32_t i, int extra_flags = 0) const;
 
 private:
     Checkpoint() = default;
     void add_index(const std::filesystem::path& index_path);
     void add_file(std::filesystem::path path);
+    void add_remote(std::string_view path);
+    void add_remote_index(const detail::RemoteLocation& index);
+    void add_remote_file(detail::RemoteLocation location);
     void finish(bool on_disk = true);
-    void require_files() const;  // usage_error for a checkpoint parsed from memory
+    void require_files() const;  // a checkpoint parsed from memory or remote has no files to open
 
     std::vector<CheckpointFile> files_;
     std::vector<TensorRef> tensors_;

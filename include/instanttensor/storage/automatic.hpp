@@ -2,8 +2,8 @@
 //
 // A closed std::variant of the host backends: the choice is made when the checkpoint is opened
 // and each read then dispatches on the variant's index (a switch, no virtual call). Under
-// Backend::automatic it is io_uring where the kernel allows it, else pread; `chosen()` and
-// `fallback_reason()` report what happened. storage::gds is not among the alternatives, since it
+// Backend::automatic it is storage::http for a remote checkpoint, else io_uring where the kernel
+// allows it, else pread; `chosen()` and `fallback_reason()` report what happened. storage::gds is not among the alternatives, since it
 // writes device memory and so changes the loader's type: a load to the GPU that may use it goes
 // through FallbackLoader (loader.hpp; load_to_device), which tries GDS first and falls back to this.
 #pragma once
@@ -16,6 +16,7 @@
 #include "instanttensor/error.hpp"
 #include "instanttensor/format/checkpoint.hpp"
 #include "instanttensor/io.hpp"
+#include "instanttensor/storage/http.hpp"
 #include "instanttensor/storage/memory.hpp"
 #include "instanttensor/storage/pread.hpp"
 #include "instanttensor/storage/uring.hpp"
@@ -23,10 +24,11 @@
 namespace instanttensor::storage {
 
 /// Which backend to use. `gds` reads into device memory: only a load to the GPU takes it
-/// (load_to_device); under `automatic` such a load tries it first where it can work.
-enum class Backend { automatic, uring, pread, memory, gds };
+/// (load_to_device); under `automatic` such a load tries it first where it can work. `http` reads
+/// remote checkpoints, and is the one `automatic` takes for them.
+enum class Backend { automatic, uring, pread, memory, gds, http };
 
-/// The backend's name as the command line spells it ("auto", "uring", "pread", "memory", "gds").
+/// The backend's name as the command line spells it ("auto", "uring", "pread", "memory", "gds", "http").
 constexpr std::string_view to_string(Backend b) noexcept {
     switch (b) {
     case Backend::automatic: return "auto";
@@ -34,13 +36,14 @@ constexpr std::string_view to_string(Backend b) noexcept {
     case Backend::pread: return "pread";
     case Backend::memory: return "memory";
     case Backend::gds: return "gds";
+    case Backend::http: return "http";
     }
     return "?";
 }
 
 /// The Backend a name stands for, or nullopt.
 constexpr std::optional<Backend> parse_backend(std::string_view name) noexcept {
-    for (auto b : {Backend::automatic, Backend::uring, Backend::pread, Backend::memory, Backend::gds})
+    for (auto b : {Backend::automatic, Backend::uring, Backend::pread, Backend::memory, Backend::gds, Backend::http})
         if (to_string(b) == name) return b;
     return std::nullopt;
 }
@@ -54,6 +57,7 @@ public:
         DirectIo direct = DirectIo::automatic;
         unsigned queue_depth = 64;   ///< io_uring reads in flight
         unsigned threads = 8;        ///< pread threads
+        RemoteOptions remote{};      ///< storage::http, for a remote checkpoint
     };
 
     automatic() : automatic(Options{}) {}
@@ -62,10 +66,15 @@ public:
     automatic& operator=(automatic&&) = delete;
 
     void open(const format::Checkpoint& checkpoint) {
+        if (checkpoint.remote() && options_.backend == Backend::automatic) {
+            open_http(checkpoint);
+            return;
+        }
         switch (options_.backend) {
         case Backend::uring: open_uring(checkpoint); break;
         case Backend::pread: open_pread(checkpoint); break;
         case Backend::memory: backend_.emplace<memory>().open(checkpoint); break;
+        case Backend::http: open_http(checkpoint); break;
         case Backend::gds:
             throw usage_error("storage::automatic", "reads into host memory: GPUDirect Storage (Backend::gds) is for loads "
                                                     "to the GPU (load_to_device)");
@@ -85,13 +94,16 @@ public:
         return std::visit([](const auto& b) {
             using B = std::decay_t<decltype(b)>;
             if constexpr (std::is_same_v<B, memory>) return Backend::memory;
+#if INSTANTTENSOR_HAS_CURL
+            else if constexpr (std::is_same_v<B, http>) return Backend::http;
+#endif
             else if constexpr (std::is_same_v<B, pread>) return Backend::pread;
             else return Backend::uring;
         }, backend_);
     }
     /// Why the automatic choice did not take io_uring; empty when it did or was not asked to choose.
     [[nodiscard]] const std::string& fallback_reason() const noexcept { return fallback_reason_; }
-    /// Files read with O_DIRECT (0 for the memory backend).
+    /// Files read with O_DIRECT (0 for the memory and http backends).
     [[nodiscard]] std::size_t direct_files() const noexcept {
         return std::visit([](const auto& b) -> std::size_t {
             if constexpr (requires { b.files(); }) return b.files().direct_count();
@@ -127,6 +139,13 @@ private:
         throw unavailable_error("io_uring", "this build has no liburing (configure with liburing-dev installed)");
 #endif
     }
+    void open_http([[maybe_unused]] const format::Checkpoint& checkpoint) {
+#if INSTANTTENSOR_HAS_CURL
+        backend_.emplace<http>(options_.remote).open(checkpoint);
+#else
+        throw unavailable_error("http", "this build has no libcurl (configure with libcurl4-openssl-dev installed)");
+#endif
+    }
     void open_pread(const format::Checkpoint& checkpoint) {
         backend_.emplace<pread>(pread::Options{options_.threads, options_.direct}).open(checkpoint);
     }
@@ -134,11 +153,15 @@ private:
     Options options_;
     std::string fallback_reason_;
     // Holds an unopened pread until open() makes the choice.
+    using Alternatives = std::variant<pread, memory
 #if INSTANTTENSOR_HAS_URING
-    std::variant<pread, uring, memory> backend_;
-#else
-    std::variant<pread, memory> backend_;
+                                      , uring
 #endif
+#if INSTANTTENSOR_HAS_CURL
+                                      , http
+#endif
+                                      >;
+    Alternatives backend_;
 };
 
 }  // namespace instanttensor::storage

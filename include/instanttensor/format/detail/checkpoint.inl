@@ -10,9 +10,14 @@
 #include <unordered_set>
 #include <utility>
 
+#include "instanttensor/config.hpp"
 #include "instanttensor/detail/fd.hpp"
 #include "instanttensor/detail/json_sax.hpp"
+#include "instanttensor/detail/remote.hpp"
 #include "instanttensor/error.hpp"
+#if INSTANTTENSOR_HAS_CURL
+#include "instanttensor/detail/curl.hpp"
+#endif
 
 namespace instanttensor::detail {
 
@@ -185,6 +190,25 @@ inline DirectoryListing list_directory(const std::filesystem::path& dir) {
     return listing;
 }
 
+#if INSTANTTENSOR_HAS_CURL
+/// Bytes [offset, offset + length) of a remote file, fewer at its end. A first read (file.size 0)
+/// pins the file's size and validators in `file`.
+inline std::string fetch_remote(RemoteFile& file, std::uint64_t offset, std::uint64_t length) {
+    RangeGet get;
+    std::string bytes(length, '\0');
+    bytes.resize(get.run_blocking(file, offset, std::as_writable_bytes(std::span(bytes)), {}));
+    if (file.size == 0) {
+        const auto& head = get.head();
+        if (!head.total_known && !(head.status == 200 && head.empty_body))  // (an empty file: size 0)
+            throw io_error(file.location.shown, "the server does not say the file's size (no total in Content-Range)", 0);
+        file.size = head.total;
+        file.etag = get.head().etag;
+        file.last_modified = get.head().last_modified;
+    }
+    return bytes;
+}
+#endif
+
 inline void check_index_lists(const format::Index& index, std::span<const std::string> shards,
                               std::span<const format::CheckpointFile> files, std::string_view source) {
     // Every tensor of a shard is listed for that shard; since names are unique per file, the
@@ -234,6 +258,10 @@ inline Checkpoint Checkpoint::open(std::span<const std::filesystem::path> paths)
     Checkpoint c;
     for (const auto& p : paths) {
         if (p.empty()) throw usage_error("Checkpoint::open", "an empty path ('') names no file");
+        if (detail::is_remote(p.native())) {
+            c.add_remote(p.native());
+            continue;
+        }
         std::error_code ec;
         const bool is_dir = std::filesystem::is_directory(p, ec);
         if (is_dir) {
@@ -253,7 +281,7 @@ inline Checkpoint Checkpoint::open(std::span<const std::filesystem::path> paths)
 inline Checkpoint Checkpoint::from_memory(std::span<const std::pair<std::string, std::span<const std::byte>>> files) {
     if (files.empty()) throw format_error("", "no checkpoint file given");
     Checkpoint c;
-    for (const auto& [name, bytes] : files) c.files_.push_back({name, parse_file_bytes(bytes, name), {}});
+    for (const auto& [name, bytes] : files) c.files_.push_back({name, parse_file_bytes(bytes, name), {}, {}});
     c.finish(false);
     c.in_memory_ = true;
     return c;
@@ -280,15 +308,78 @@ inline void Checkpoint::add_file(std::filesystem::path path) {
     auto fd = detail::open_read_only(path);
     const std::string source = path.string();
     const auto identity = detail::identity_of(fd.get(), source);
-    files_.push_back({std::move(path), detail::read_header(fd.get(), identity.size, source), identity});
+    files_.push_back({std::move(path), detail::read_header(fd.get(), identity.size, source), identity, {}});
 }
+
+/// A remote file's header is read with one GET of this many bytes where it fits, else two.
+inline constexpr std::uint64_t remote_header_guess = 512 << 10;
+
+inline void Checkpoint::add_remote([[maybe_unused]] std::string_view path) {
+#if INSTANTTENSOR_HAS_CURL
+    const auto location = detail::locate_remote(path);
+    if (!location.is_directory()) {
+        if (detail::ends_with(location.url, ".json")) add_remote_index(location);
+        else add_remote_file(location);
+        return;
+    }
+    // A directory has no listing over HTTP: the names save_pretrained writes.
+    const auto index = location.sibling("model.safetensors.index.json");
+    const auto file = location.sibling("model.safetensors");
+    for (const auto* candidate : {&index, &file}) {
+        try {
+            if (candidate == &index) add_remote_index(index);
+            else add_remote_file(file);
+            return;
+        } catch (const io_error& e) {
+            if (e.message().find("HTTP 404") != 0) throw;
+        }
+    }
+    throw io_error(location.shown, "holds neither model.safetensors.index.json nor model.safetensors (HTTP 404 for both)", 0);
+#else
+    throw unavailable_error(std::string(path), "this build has no libcurl, so no remote files (configure with libcurl4-openssl-dev installed)");
+#endif
+}
+
+#if INSTANTTENSOR_HAS_CURL
+
+inline void Checkpoint::add_remote_index(const detail::RemoteLocation& location) {
+    detail::RemoteFile file{location, 0, {}, {}};
+    std::string json = detail::fetch_remote(file, 0, remote_header_guess);
+    if (file.size > max_header_size)
+        throw format_error(location.shown, "index of " + std::to_string(file.size) + " bytes exceeds the limit of " +
+                                               std::to_string(max_header_size) + " bytes");
+    if (json.size() < file.size) json += detail::fetch_remote(file, json.size(), file.size - json.size());
+    const Index index = parse_index(json, location.shown);
+    const auto shards = index.shard_names();
+    const std::size_t first_file = files_.size();
+    for (const auto& shard : shards) add_remote_file(location.sibling(shard));  // parse_index kept them inside
+    detail::check_index_lists(index, shards, std::span(files_).subspan(first_file), location.shown);
+}
+
+inline void Checkpoint::add_remote_file(detail::RemoteLocation location) {
+    detail::RemoteFile file{std::move(location), 0, {}, {}};
+    const std::string source = file.location.shown;
+    std::string head = detail::fetch_remote(file, 0, remote_header_guess);
+    const std::uint64_t n = decode_header_length(std::as_bytes(std::span(head)), file.size, source);
+    const std::uint64_t end = header_length_size + n;
+    if (head.size() < end) head += detail::fetch_remote(file, head.size(), end - head.size());
+    if (head.size() < end) throw io_error(source, "the file ended inside its header while it was read", 0);
+    Header header = parse_header(std::string_view(head).substr(header_length_size, n), file.size, source);
+    files_.push_back({source, std::move(header), {}, std::move(file)});
+}
+#endif
 
 inline void Checkpoint::finish(bool on_disk) {
     if (files_.size() > UINT32_MAX) throw format_error("", "too many files");
     if (on_disk) {
+        const auto remote_file = std::find_if(files_.begin(), files_.end(), [](const CheckpointFile& f) { return f.is_remote(); });
+        const auto local_file = std::find_if(files_.begin(), files_.end(), [](const CheckpointFile& f) { return !f.is_remote(); });
+        if (remote_file != files_.end() && local_file != files_.end())
+            throw usage_error("Checkpoint::open", "the files of a checkpoint are all local or all remote: " +
+                                                      remote_file->path.string() + " is remote, " + local_file->path.string() + " is not");
         std::set<std::filesystem::path> seen;
         for (const auto& f : files_)
-            if (!seen.insert(detail::canonical_or_throw(f.path, "cannot resolve path")).second)
+            if (!seen.insert(f.is_remote() ? std::filesystem::path(f.remote.location.url) : detail::canonical_or_throw(f.path, "cannot resolve path")).second)
                 throw format_error(f.path.string(), "file is part of the checkpoint twice");
     }
     for (std::uint32_t i = 0; i < files_.size(); ++i)
@@ -347,6 +438,9 @@ void Checkpoint::for_each_metadata(Visit&& visit) const {
 }
 
 inline void Checkpoint::require_files() const {
+    if (remote())
+        throw unavailable_error(files_.front().path.string(),
+                                "is a remote file: storage::http reads it (Backend::http, or Backend::automatic), no other backend");
     if (in_memory_)
         throw usage_error(files_.empty() ? std::string() : files_.front().path.string(),
                           "this checkpoint was parsed from memory (Checkpoint::from_memory): it has no files to open; "

@@ -1,0 +1,315 @@
+// instanttensor/detail/curl.hpp: ranged GETs of remote files with libcurl, set up one way for the
+// header reads of Checkpoint::open and the reads of storage::http.
+//
+// A RangeGet is one easy handle, reused for request after request: it asks for bytes [offset,
+// offset + length) of a file, lands them in the caller's memory, and says afterwards what the
+// response amounts to (Outcome): bytes (all, or fewer when the connection broke: the caller
+// continues from there), a failure worth another try after a pause (a reset, a timeout, 5xx, 429),
+// or one that is final (403, 404, a server ignoring Range, a file changed since its header was
+// read). Every request after the first names the pinned version (If-Match, else
+// If-Unmodified-Since) and every response is checked against it as well, so that bytes of two
+// versions never mix even behind a server that ignores those conditions.
+//
+// Credentials never reach a message: the hub token is sent as a bearer token to the URL's host
+// only (redirects to other hosts drop it, as curl does for authentication), and messages show
+// URLs through shown_url.
+#pragma once
+
+#include <curl/curl.h>
+
+#include <algorithm>
+#include <cctype>
+#include <charconv>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <initializer_list>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <thread>
+
+#include "instanttensor/detail/remote.hpp"
+#include "instanttensor/error.hpp"
+#include "instanttensor/io.hpp"
+
+namespace instanttensor::detail {
+
+/// Initialises libcurl once per process. Throws unavailable_error if it cannot.
+inline void init_curl() {
+    static const CURLcode code = curl_global_init(CURL_GLOBAL_DEFAULT);
+    if (code != CURLE_OK) throw unavailable_error("libcurl", std::string("cannot initialise: ") + curl_easy_strerror(code));
+}
+
+struct CurlEasyDeleter {
+    void operator()(CURL* c) const noexcept { curl_easy_cleanup(c); }
+};
+struct CurlListDeleter {
+    void operator()(curl_slist* l) const noexcept { curl_slist_free_all(l); }
+};
+using CurlEasy = std::unique_ptr<CURL, CurlEasyDeleter>;
+using CurlList = std::unique_ptr<curl_slist, CurlListDeleter>;
+
+/// What the headers of a response said (of the last response, where redirects were followed).
+struct ResponseHead {
+    long status = 0;
+    std::string reason;
+    std::string etag;
+    std::string last_modified;
+    bool has_range = false;        ///< a Content-Range "bytes first-last/total" came
+    std::uint64_t first = 0;
+    std::uint64_t total = 0;
+    bool total_known = false;      ///< the total of Content-Range (also "bytes */total" of a 416)
+    bool empty_body = false;       ///< Content-Length: 0
+    unsigned retry_after_s = 0;
+
+    void parse_line(std::string_view line) {
+        while (!line.empty() && (line.back() == '\n' || line.back() == '\r' || line.back() == ' ')) line.remove_suffix(1);
+        if (line.starts_with("HTTP/")) {  // a new response (after a redirect or a 100): forget the last
+            *this = {};
+            const auto code = line.find(' ');
+            if (code == std::string_view::npos) return;
+            std::from_chars(line.data() + code + 1, line.data() + line.size(), status);
+            if (const auto space = line.find(' ', code + 1); space != std::string_view::npos) reason = line.substr(space + 1);
+            return;
+        }
+        const auto colon = line.find(':');
+        if (colon == std::string_view::npos) return;
+        std::string name(line.substr(0, colon));
+        std::transform(name.begin(), name.end(), name.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+        std::string_view value = line.substr(colon + 1);
+        while (value.starts_with(' ')) value.remove_prefix(1);
+        if (name == "etag") etag = value;
+        else if (name == "last-modified") last_modified = value;
+        else if (name == "content-length") empty_body = value == "0";
+        else if (name == "retry-after") std::from_chars(value.data(), value.data() + value.size(), retry_after_s);
+        else if (name == "content-range") parse_content_range(value);
+    }
+
+private:
+    void parse_content_range(std::string_view value) {  // "bytes 0-99/1000" or "bytes */1000"
+        if (!value.starts_with("bytes ")) return;
+        value.remove_prefix(6);
+        const auto slash = value.find('/');
+        if (slash == std::string_view::npos) return;
+        const std::string_view range = value.substr(0, slash);
+        const std::string_view size = value.substr(slash + 1);
+        total_known = std::from_chars(size.data(), size.data() + size.size(), total).ec == std::errc{};
+        if (range != "*")
+            has_range = std::from_chars(range.data(), range.data() + range.size(), first).ec == std::errc{};
+    }
+};
+
+/// What a finished RangeGet amounts to.
+struct Outcome {
+    enum Kind { bytes, again, failed } kind = failed;
+    std::uint64_t received = 0;  ///< bytes: how many landed (fewer than asked when the connection broke)
+    std::string message;         ///< again, failed: what went wrong, without the URL
+    unsigned pause_ms = 0;       ///< again: the server's Retry-After, if it said
+};
+
+/// One ranged GET at a time, over a reused handle.
+class RangeGet {
+public:
+    RangeGet() {
+        init_curl();
+        easy_.reset(curl_easy_init());
+        if (!easy_) throw unavailable_error("libcurl", "cannot create a transfer handle");
+    }
+    RangeGet(const RangeGet&) = delete;
+    RangeGet& operator=(const RangeGet&) = delete;
+
+    [[nodiscard]] CURL* handle() const noexcept { return easy_.get(); }
+    [[nodiscard]] const ResponseHead& head() const noexcept { return head_; }
+
+    /// Sets up a GET of bytes [offset, offset + length) of `file` into `destination` (which must
+    /// hold `length` bytes). A file whose size is still 0 is being opened: nothing is pinned yet.
+    void prepare(const RemoteFile& file, std::uint64_t offset, std::uint64_t length, std::byte* destination,
+                 const RemoteOptions& options) {
+        CURL* c = easy_.get();
+        curl_easy_reset(c);
+        file_ = &file;
+        offset_ = offset;
+        length_ = length;
+        destination_ = destination;
+        received_ = 0;
+        overflow_ = false;
+        head_ = {};
+        error_[0] = '\0';
+        range_ = std::to_string(offset) + "-" + std::to_string(offset + length - 1);
+        conditions_.reset();
+        if (!file.etag.empty() && !file.etag.starts_with("W/")) conditions_.reset(append(nullptr, "If-Match: " + file.etag));
+        else if (!file.last_modified.empty()) conditions_.reset(append(nullptr, "If-Unmodified-Since: " + file.last_modified));
+
+        curl_easy_setopt(c, CURLOPT_URL, file.location.url.c_str());
+        curl_easy_setopt(c, CURLOPT_RANGE, range_.c_str());
+        curl_easy_setopt(c, CURLOPT_HTTPHEADER, conditions_.get());
+        curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+        curl_easy_setopt(c, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+        curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 1L);
+        curl_easy_setopt(c, CURLOPT_MAXREDIRS, 8L);
+        curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, static_cast<long>(options.connect_timeout_s));
+        curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1024L);
+        curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, static_cast<long>(options.stall_timeout_s));
+        curl_easy_setopt(c, CURLOPT_BUFFERSIZE, 512L * 1024);
+        curl_easy_setopt(c, CURLOPT_HTTP_VERSION, static_cast<long>(CURL_HTTP_VERSION_2TLS));
+        curl_easy_setopt(c, CURLOPT_PIPEWAIT, 1L);
+        curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
+        curl_easy_setopt(c, CURLOPT_ERRORBUFFER, error_);
+        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, &RangeGet::on_body);
+        curl_easy_setopt(c, CURLOPT_WRITEDATA, this);
+        curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, &RangeGet::on_header);
+        curl_easy_setopt(c, CURLOPT_HEADERDATA, this);
+        // libcurl reads no CA variables itself (the curl command does): honour the usual ones.
+        if (const char* bundle = first_env({"CURL_CA_BUNDLE", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"}))
+            curl_easy_setopt(c, CURLOPT_CAINFO, bundle);
+        if (const char* dir = std::getenv("SSL_CERT_DIR")) curl_easy_setopt(c, CURLOPT_CAPATH, dir);
+        if (!file.location.bearer_token.empty()) {
+            curl_easy_setopt(c, CURLOPT_HTTPAUTH, static_cast<long>(CURLAUTH_BEARER));
+            curl_easy_setopt(c, CURLOPT_XOAUTH2_BEARER, file.location.bearer_token.c_str());
+        }
+    }
+
+    /// What the transfer amounts to, once curl finished it with `code`.
+    [[nodiscard]] Outcome outcome(CURLcode code) const {
+        const long status = head_.status;
+        if (status == 206) {
+            if (!head_.has_range || head_.first != offset_)
+                return fail("the server answered a range request with other bytes (Content-Range of 206 does not start at " +
+                            std::to_string(offset_) + ")");
+            if (std::string why = changed(); !why.empty()) return fail(why);
+            if (overflow_) return fail("the server sent more bytes than the range asked for");
+            // Bytes that arrived count even if the connection then broke: the caller continues.
+            if (received_ > 0 || (code == CURLE_OK && head_.total_known && offset_ >= head_.total))
+                return {Outcome::bytes, received_, {}, 0};
+            if (code == CURLE_OK) return again("an empty response");
+        } else if (status == 200) {
+            // An empty file has no range to send: some servers answer 200 with nothing (nginx), others 416.
+            if (file_->size == 0 && offset_ == 0 && head_.empty_body) return {Outcome::bytes, 0, {}, 0};
+            return fail("the server ignores range requests (it answered 200 with the whole file to a request for bytes " +
+                        range_ + "); serve the checkpoint with a server that supports Range");
+        } else if (status == 412) {
+            return fail("changed on the server since its header was read (If-Match failed): open the checkpoint again");
+        } else if (status == 416) {
+            if (file_->size == 0 && offset_ == 0) return {Outcome::bytes, 0, {}, 0};  // an empty file, being opened
+            return fail("the server has fewer bytes than when its header was read (416 for bytes " + range_ +
+                        "): the file changed; open the checkpoint again");
+        } else if (status == 429 || status >= 500) {
+            Outcome o = again(status_text());
+            o.pause_ms = std::min(head_.retry_after_s, 30u) * 1000;
+            return o;
+        } else if (status >= 300) {
+            std::string text = status_text();
+            if ((status == 401 || status == 403) && file_->location.shown.starts_with("hf://"))
+                text += file_->location.bearer_token.empty() ? " (no token was sent: set HF_TOKEN)" : " (check the token)";
+            return fail(text);
+        }
+        if (code == CURLE_OK) return fail("no answer with a status");
+        std::string text = error_[0] != '\0' ? error_ : curl_easy_strerror(code);
+        return transient(code) ? again(text) : fail(text);
+    }
+
+    /// Transfers and retries with pauses until done; for the few small reads of opening a file.
+    /// Returns the bytes that landed (fewer than asked only at the end of the file).
+    std::uint64_t run_blocking(const RemoteFile& file, std::uint64_t offset, std::span<std::byte> out,
+                               const RemoteOptions& options) {
+        std::uint64_t done = 0;
+        unsigned tries = 0;
+        while (done < out.size()) {
+            prepare(file, offset + done, out.size() - done, out.data() + done, options);
+            const Outcome o = outcome(curl_easy_perform(easy_.get()));
+            if (o.kind == Outcome::failed) throw io_error(file.location.shown, o.message, 0);
+            if (o.kind == Outcome::again) {
+                if (++tries >= options.tries)
+                    throw io_error(file.location.shown, o.message + " (" + std::to_string(tries) + " tries)", 0);
+                std::this_thread::sleep_for(std::chrono::milliseconds(std::max(o.pause_ms, backoff_ms(options, tries))));
+                continue;
+            }
+            tries = 0;
+            done += o.received;
+            if (o.received == 0 || (head_.total_known && offset + done >= head_.total)) break;  // the end of the file
+        }
+        return done;
+    }
+
+    /// The pause before try `tries + 1`: first_backoff_ms, doubling, at most 10 s.
+    static unsigned backoff_ms(const RemoteOptions& options, unsigned tries) {
+        return std::min<unsigned>(10'000, options.first_backoff_ms << std::min(tries - 1, 16u));
+    }
+
+private:
+    static curl_slist* append(curl_slist* list, const std::string& line) {
+        curl_slist* grown = curl_slist_append(list, line.c_str());
+        if (grown == nullptr) throw std::bad_alloc();
+        return grown;
+    }
+    static const char* first_env(std::initializer_list<const char*> names) {
+        for (const char* n : names)
+            if (const char* v = std::getenv(n); v != nullptr && *v != '\0') return v;
+        return nullptr;
+    }
+    static bool transient(CURLcode code) {
+        switch (code) {
+        case CURLE_COULDNT_CONNECT: case CURLE_OPERATION_TIMEDOUT: case CURLE_RECV_ERROR: case CURLE_SEND_ERROR:
+        case CURLE_PARTIAL_FILE: case CURLE_GOT_NOTHING: case CURLE_HTTP2: case CURLE_HTTP2_STREAM: case CURLE_SSL_CONNECT_ERROR:
+            return true;
+        default:
+            return false;
+        }
+    }
+
+    /// Why the response is not of the pinned version, or empty.
+    [[nodiscard]] std::string changed() const {
+        if (file_->size == 0) return {};  // being opened: this response pins the version
+        if (head_.total_known && head_.total != file_->size)
+            return "changed on the server since its header was read (" + std::to_string(file_->size) + " bytes then, " +
+                   std::to_string(head_.total) + " now): open the checkpoint again";
+        if (!file_->etag.empty() && !head_.etag.empty() && head_.etag != file_->etag)
+            return "changed on the server since its header was read (ETag " + file_->etag + " then, " + head_.etag +
+                   " now): open the checkpoint again";
+        if (file_->etag.empty() && !file_->last_modified.empty() && !head_.last_modified.empty() &&
+            head_.last_modified != file_->last_modified)
+            return "changed on the server since its header was read (Last-Modified " + file_->last_modified + " then, " +
+                   head_.last_modified + " now): open the checkpoint again";
+        return {};
+    }
+    [[nodiscard]] std::string status_text() const {
+        return "HTTP " + std::to_string(head_.status) + (head_.reason.empty() ? "" : " " + head_.reason);
+    }
+    [[nodiscard]] static Outcome fail(std::string message) { return {Outcome::failed, 0, std::move(message), 0}; }
+    [[nodiscard]] static Outcome again(std::string message) { return {Outcome::again, 0, std::move(message), 0}; }
+
+    static std::size_t on_body(char* data, std::size_t size, std::size_t count, void* self_) {
+        auto* self = static_cast<RangeGet*>(self_);
+        const std::size_t n = size * count;
+        if (self->head_.status != 206) return 0;  // not the bytes asked for: stop (outcome says why)
+        if (n > self->length_ - self->received_) {
+            self->overflow_ = true;
+            return 0;
+        }
+        std::memcpy(self->destination_ + self->received_, data, n);
+        self->received_ += n;
+        return n;
+    }
+    static std::size_t on_header(char* data, std::size_t size, std::size_t count, void* self_) {
+        static_cast<RangeGet*>(self_)->head_.parse_line(std::string_view(data, size * count));
+        return size * count;
+    }
+
+    CurlEasy easy_;
+    CurlList conditions_;
+    const RemoteFile* file_ = nullptr;
+    std::uint64_t offset_ = 0;
+    std::uint64_t length_ = 0;
+    std::byte* destination_ = nullptr;
+    std::uint64_t received_ = 0;
+    bool overflow_ = false;
+    ResponseHead head_;
+    std::string range_;
+    char error_[CURL_ERROR_SIZE]{};
+};
+
+}  // namespace instanttensor::detail

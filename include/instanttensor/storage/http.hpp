@@ -1,0 +1,195 @@
+// instanttensor/storage/http.hpp: reads the files of a remote checkpoint with ranged GETs, many in
+// flight, over libcurl's multi interface.
+//
+// Each ReadRequest is one GET of its bytes (a range the size of a staging slot) landing in the
+// staging slot itself, so everything after the read (device sinks, group loads) is as for local
+// files. Up to RemoteOptions::connections requests run at once over connections kept alive from one
+// request to the next: HTTP/1.1 runs them on parallel connections, HTTP/2 (offered over TLS)
+// multiplexes them on one. No thread of its own: reap() drives the transfers in the loader's
+// thread, and between two reaps the kernel's socket buffers hold what arrives.
+//
+// Every request names the version whose header Checkpoint::open read (detail/curl.hpp), so a file
+// replaced on the server fails the load instead of mixing versions. A request failing transiently
+// (a reset or timeout before any byte, 5xx, 429) is sent again after a pause, up to
+// RemoteOptions::tries times; bytes that arrived before a connection broke come back as a short
+// read, which the pipeline continues from the byte where it stopped. Anything else throws an
+// io_error naming the URL (never its credentials), the bytes asked for and what the server said.
+#pragma once
+
+#include "instanttensor/config.hpp"
+
+#if INSTANTTENSOR_HAS_CURL
+
+#include <curl/curl.h>
+
+#include <algorithm>
+#include <chrono>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "instanttensor/detail/curl.hpp"
+#include "instanttensor/error.hpp"
+#include "instanttensor/format/checkpoint.hpp"
+#include "instanttensor/io.hpp"
+
+namespace instanttensor::storage {
+
+class http {
+public:
+    static constexpr MemoryKind destination = MemoryKind::host;
+    using Options = RemoteOptions;
+
+    http() : http(Options{}) {}
+    explicit http(Options options) : options_(options) { options_.connections = std::clamp(options_.connections, 1u, 1024u); }
+    /// Moves an unopened backend (the loader takes it by value, then opens it).
+    http(http&& other) noexcept : options_(other.options_) {}
+    http& operator=(http&&) = delete;
+    http(const http&) = delete;
+    http& operator=(const http&) = delete;
+    ~http() { close(); }
+
+    void open(const format::Checkpoint& checkpoint) {
+        close();
+        if (!checkpoint.remote())
+            throw usage_error(checkpoint.files().empty() ? std::string("storage::http") : checkpoint.files().front().path.string(),
+                              "is not remote: storage::http reads http://, https:// and hf:// checkpoints only");
+        detail::init_curl();
+        for (const auto& f : checkpoint.files()) files_.push_back(f.remote);
+        multi_ = curl_multi_init();
+        if (multi_ == nullptr) throw unavailable_error("libcurl", "cannot create a multi handle");
+        const long connections = options_.connections;
+        curl_multi_setopt(multi_, CURLMOPT_MAX_HOST_CONNECTIONS, connections);
+        curl_multi_setopt(multi_, CURLMOPT_MAXCONNECTS, connections);
+        curl_multi_setopt(multi_, CURLMOPT_PIPELINING, static_cast<long>(CURLPIPE_MULTIPLEX));
+        for (unsigned i = 0; i < options_.connections; ++i) {
+            transfers_.push_back(std::make_unique<Transfer>());
+            idle_.push_back(transfers_.back().get());
+        }
+    }
+
+    [[nodiscard]] std::uint64_t alignment(std::uint32_t) const noexcept { return 1; }
+    [[nodiscard]] std::size_t queue_depth() const noexcept { return options_.connections; }
+    [[nodiscard]] std::string_view name() const noexcept { return "http"; }
+    /// Requests sent again after a transient failure, so far.
+    [[nodiscard]] std::uint64_t retried() const noexcept { return retried_; }
+
+    void submit(const ReadRequest& request) {
+        Transfer* t = idle_.back();
+        idle_.pop_back();
+        t->request = request;
+        t->tries = 0;
+        start(*t);
+    }
+
+    std::size_t reap(std::span<ReadResult> out, bool wait) {
+        std::size_t n = 0;
+        for (;;) {
+            start_due();
+            int running = 0;
+            if (const CURLMcode code = curl_multi_perform(multi_, &running); code != CURLM_OK)
+                throw io_error("storage::http", std::string("libcurl: ") + curl_multi_strerror(code), 0);
+            for (int left = 0; n < out.size();) {
+                CURLMsg* message = curl_multi_info_read(multi_, &left);
+                if (message == nullptr) break;
+                if (message->msg != CURLMSG_DONE) continue;
+                Transfer* t = nullptr;
+                curl_easy_getinfo(message->easy_handle, CURLINFO_PRIVATE, &t);
+                const CURLcode code = message->data.result;
+                curl_multi_remove_handle(multi_, message->easy_handle);
+                --active_;
+                finished(*t, t->get.outcome(code), out, n);
+            }
+            if (n > 0 || !wait || (active_ == 0 && waiting_.empty())) return n;
+            curl_multi_poll(multi_, nullptr, 0, poll_timeout_ms(), nullptr);
+        }
+    }
+
+private:
+    using Clock = std::chrono::steady_clock;
+
+    struct Transfer {
+        detail::RangeGet get;
+        ReadRequest request;
+        unsigned tries = 0;
+        Clock::time_point due;  // while waiting to be sent again
+    };
+
+    void start(Transfer& t) {
+        t.get.prepare(files_[t.request.file], t.request.offset, t.request.length, t.request.destination, options_);
+        curl_easy_setopt(t.get.handle(), CURLOPT_PRIVATE, &t);
+        if (const CURLMcode code = curl_multi_add_handle(multi_, t.get.handle()); code != CURLM_OK)
+            throw io_error("storage::http", std::string("libcurl: ") + curl_multi_strerror(code), 0);
+        ++active_;
+    }
+
+    void finished(Transfer& t, const detail::Outcome& outcome, std::span<ReadResult> out, std::size_t& n) {
+        const auto& file = files_[t.request.file];
+        auto where = [&] {
+            return " (bytes " + std::to_string(t.request.offset) + "-" + std::to_string(t.request.offset + t.request.length - 1) + ")";
+        };
+        switch (outcome.kind) {
+        case detail::Outcome::bytes:
+            out[n++] = {t.request.tag, static_cast<std::int64_t>(outcome.received)};
+            idle_.push_back(&t);
+            return;
+        case detail::Outcome::again:
+            if (++t.tries >= options_.tries)
+                throw io_error(file.location.shown, outcome.message + where() + ", " + std::to_string(t.tries) + " tries", 0);
+            ++retried_;
+            t.due = Clock::now() + std::chrono::milliseconds(std::max(outcome.pause_ms, detail::RangeGet::backoff_ms(options_, t.tries)));
+            waiting_.push_back(&t);
+            return;
+        case detail::Outcome::failed:
+            throw io_error(file.location.shown, outcome.message + where(), 0);
+        }
+    }
+
+    /// Sends again the transfers whose pause is over.
+    void start_due() {
+        const auto now = Clock::now();
+        for (auto it = waiting_.begin(); it != waiting_.end();) {
+            if ((*it)->due > now) {
+                ++it;
+                continue;
+            }
+            start(**it);
+            it = waiting_.erase(it);
+        }
+    }
+
+    /// How long reap may sleep in curl: until the next pause ends, at most a second.
+    [[nodiscard]] int poll_timeout_ms() const {
+        auto next = Clock::now() + std::chrono::seconds(1);
+        for (const Transfer* t : waiting_) next = std::min(next, t->due);
+        const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(next - Clock::now()).count();
+        return static_cast<int>(std::clamp<long long>(ms, 0, 1000));
+    }
+
+    void close() noexcept {
+        if (multi_ == nullptr) return;
+        for (const auto& t : transfers_) curl_multi_remove_handle(multi_, t->get.handle());  // stops what is in flight
+        transfers_.clear();
+        curl_multi_cleanup(multi_);
+        multi_ = nullptr;
+        idle_.clear();
+        waiting_.clear();
+        files_.clear();
+        active_ = 0;
+    }
+
+    Options options_;
+    std::vector<detail::RemoteFile> files_;
+    CURLM* multi_ = nullptr;
+    std::vector<std::unique_ptr<Transfer>> transfers_;
+    std::vector<Transfer*> idle_;
+    std::vector<Transfer*> waiting_;  // failed transiently, to be sent again at their `due`
+    std::size_t active_ = 0;
+    std::uint64_t retried_ = 0;
+};
+
+}  // namespace instanttensor::storage
+
+#endif  // INSTANTTENSOR_HAS_CURL

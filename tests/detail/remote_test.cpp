@@ -1,0 +1,145 @@
+// detail/remote.hpp and detail/curl.hpp without a server: how remote paths resolve and show, and
+// what the headers of a response are read as. The transfers themselves are tested against real
+// servers by tests/remote/remote_test.py.
+#include "instanttensor/detail/remote.hpp"
+
+#include <doctest/doctest.h>
+#include <stdlib.h>
+
+#include <string>
+
+#include "instanttensor/config.hpp"
+#if INSTANTTENSOR_HAS_CURL
+#include "instanttensor/detail/curl.hpp"
+#endif
+
+namespace {
+
+namespace detail = instanttensor::detail;
+
+/// Sets an environment variable for one scope.
+class ScopedEnv {
+public:
+    ScopedEnv(const char* name, const char* value) : name_(name) {
+        if (const char* old = ::getenv(name)) old_ = old, had_ = true;
+        if (value != nullptr) ::setenv(name, value, 1);
+        else ::unsetenv(name);
+    }
+    ~ScopedEnv() {
+        if (had_) ::setenv(name_, old_.c_str(), 1);
+        else ::unsetenv(name_);
+    }
+    ScopedEnv(const ScopedEnv&) = delete;
+    ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+private:
+    const char* name_;
+    std::string old_;
+    bool had_ = false;
+};
+
+TEST_CASE("remote paths are told from local ones by their scheme") {
+    CHECK(detail::is_remote("http://h/m.safetensors"));
+    CHECK(detail::is_remote("https://h/m.safetensors"));
+    CHECK(detail::is_remote("hf://org/name"));
+    CHECK_FALSE(detail::is_remote("model.safetensors"));
+    CHECK_FALSE(detail::is_remote("/data/http://x"));
+    CHECK_FALSE(detail::is_remote("s3:/bucket"));
+}
+
+TEST_CASE("a URL is shown without its credentials and its query") {
+    CHECK(detail::shown_url("https://user:secret@host:8443/dir/m.safetensors") == "https://host:8443/dir/m.safetensors");
+    CHECK(detail::shown_url("https://host/m.safetensors?X-Amz-Signature=abc#frag") == "https://host/m.safetensors");
+    CHECK(detail::shown_url("http://host/a@b/m.safetensors") == "http://host/a@b/m.safetensors");  // '@' in the path stays
+    CHECK(detail::shown_url("http://host") == "http://host");
+}
+
+TEST_CASE("a shard beside a remote index is encoded in its URL, shown as named") {
+    const auto index = detail::locate_remote("http://host/dir/model.safetensors.index.json?sig=1");
+    const auto shard = index.sibling("sub/a b%.safetensors");
+    CHECK(shard.url == "http://host/dir/sub/a%20b%25.safetensors");
+    CHECK(shard.shown == "http://host/dir/sub/a b%.safetensors");
+    CHECK_FALSE(index.is_directory());
+    CHECK(detail::locate_remote("http://host/dir/").is_directory());
+}
+
+TEST_CASE("hf:// paths resolve to the Hub's layout with the token of HF_TOKEN") {
+    ScopedEnv endpoint("HF_ENDPOINT", "http://127.0.0.1:9/hub/");
+    ScopedEnv token("HF_TOKEN", "hf_secret");
+    const auto file = detail::locate_remote("hf://org/name@v1.0/sub/model.safetensors");
+    CHECK(file.url == "http://127.0.0.1:9/hub/org/name/resolve/v1.0/sub/model.safetensors");
+    CHECK(file.shown == "hf://org/name@v1.0/sub/model.safetensors");
+    CHECK(file.bearer_token == "hf_secret");
+    CHECK(file.shown.find("hf_secret") == std::string::npos);
+
+    const auto repo = detail::locate_remote("hf://org/name");
+    CHECK(repo.url == "http://127.0.0.1:9/hub/org/name/resolve/main/");
+    CHECK(repo.is_directory());
+    CHECK(repo.sibling("model.safetensors").shown == "hf://org/name@main/model.safetensors");
+
+    CHECK_THROWS_AS(detail::locate_remote("hf://name-without-org"), instanttensor::usage_error);
+    CHECK_THROWS_AS(detail::locate_remote("hf://org/"), instanttensor::usage_error);
+    CHECK_THROWS_AS(detail::locate_remote("hf://org/name@/m.safetensors"), instanttensor::usage_error);
+}
+
+TEST_CASE("without HF_TOKEN the Hub's token file is read") {
+    ScopedEnv token("HF_TOKEN", nullptr);
+    const std::string path = "/tmp/instanttensor-remote-test-token";
+    {
+        FILE* f = std::fopen(path.c_str(), "w");
+        REQUIRE(f != nullptr);
+        std::fputs("hf_from_file\n", f);
+        std::fclose(f);
+    }
+    ScopedEnv token_path("HF_TOKEN_PATH", path.c_str());
+    CHECK(detail::hub_token() == "hf_from_file");
+    std::remove(path.c_str());
+    CHECK(detail::hub_token().empty());
+}
+
+#if INSTANTTENSOR_HAS_CURL
+TEST_CASE("a response's head: status, validators, range; a redirect starts over") {
+    detail::ResponseHead head;
+    head.parse_line("HTTP/1.1 302 Found\r\n");
+    head.parse_line("ETag: \"redirect\"\r\n");
+    head.parse_line("HTTP/2 206\r\n");
+    head.parse_line("etag: \"abc\"\r\n");
+    head.parse_line("Last-Modified: Tue, 01 Dec 2026 10:00:00 GMT\r\n");
+    head.parse_line("Content-Range: bytes 100-199/1000\r\n");
+    head.parse_line("\r\n");
+    CHECK(head.status == 206);
+    CHECK(head.etag == "\"abc\"");
+    CHECK(head.last_modified == "Tue, 01 Dec 2026 10:00:00 GMT");
+    CHECK(head.has_range);
+    CHECK(head.first == 100);
+    CHECK(head.total_known);
+    CHECK(head.total == 1000);
+
+    detail::ResponseHead unsatisfiable;
+    unsatisfiable.parse_line("HTTP/1.1 416 Range Not Satisfiable\r\n");
+    unsatisfiable.parse_line("Content-Range: bytes */0\r\n");
+    CHECK(unsatisfiable.status == 416);
+    CHECK(unsatisfiable.reason == "Range Not Satisfiable");
+    CHECK_FALSE(unsatisfiable.has_range);
+    CHECK(unsatisfiable.total_known);
+    CHECK(unsatisfiable.total == 0);
+
+    detail::ResponseHead busy;
+    busy.parse_line("HTTP/1.1 503 Service Unavailable\r\n");
+    busy.parse_line("Retry-After: 7\r\n");
+    busy.parse_line("Content-Range: bytes 0-9/*\r\n");  // a total the server does not know
+    CHECK(busy.retry_after_s == 7);
+    CHECK_FALSE(busy.total_known);
+}
+
+TEST_CASE("pauses between tries double from the first, up to 10 s") {
+    instanttensor::RemoteOptions options;
+    options.first_backoff_ms = 100;
+    CHECK(detail::RangeGet::backoff_ms(options, 1) == 100);
+    CHECK(detail::RangeGet::backoff_ms(options, 2) == 200);
+    CHECK(detail::RangeGet::backoff_ms(options, 4) == 800);
+    CHECK(detail::RangeGet::backoff_ms(options, 40) == 10'000);
+}
+#endif
+
+}  // namespace
