@@ -219,7 +219,7 @@ class TensorSlice:
 
 class safe_open:
     """A checkpoint opened for reading: a file, a directory, an index, or a list of files, local or
-    remote (``http://``, ``https://``, ``hf://org/name[@revision][/file]``: README, "Load from a
+    remote (``http://``, ``https://``, ``s3://bucket/key``, ``hf://org/name[@revision][/file]``: README, "Load from a
     server"), in a build with libcurl.
 
     ``framework`` is ``"pt"`` (torch tensors) or ``"np"`` (numpy arrays, host only); ``device``

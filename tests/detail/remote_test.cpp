@@ -6,6 +6,8 @@
 #include <doctest/doctest.h>
 #include <stdlib.h>
 
+#include <filesystem>
+#include <fstream>
 #include <string>
 
 #include "instanttensor/config.hpp"
@@ -42,9 +44,11 @@ TEST_CASE("remote paths are told from local ones by their scheme") {
     CHECK(detail::is_remote("http://h/m.safetensors"));
     CHECK(detail::is_remote("https://h/m.safetensors"));
     CHECK(detail::is_remote("hf://org/name"));
+    CHECK(detail::is_remote("s3://bucket/key"));
     CHECK_FALSE(detail::is_remote("model.safetensors"));
     CHECK_FALSE(detail::is_remote("/data/http://x"));
     CHECK_FALSE(detail::is_remote("s3:/bucket"));
+    CHECK_FALSE(detail::is_remote("gs://bucket/key"));
 }
 
 TEST_CASE("a URL is shown without its credentials and its query") {
@@ -95,6 +99,45 @@ TEST_CASE("without HF_TOKEN the Hub's token file is read") {
     CHECK(detail::hub_token() == "hf_from_file");
     std::remove(path.c_str());
     CHECK(detail::hub_token().empty());
+}
+
+TEST_CASE("s3:// paths: path-style at a custom endpoint, else AWS's virtual host; credentials from the environment or a profile") {
+    const std::string dir = "/tmp/instanttensor-remote-test-aws";
+    std::filesystem::create_directories(dir);
+    {
+        std::ofstream(dir + "/credentials") << "[default]\naws_access_key_id = AKDEFAULT\naws_secret_access_key = s1\n"
+                                               "[other]\n aws_access_key_id=AKOTHER \naws_secret_access_key = s2\naws_session_token = t2\n";
+        std::ofstream(dir + "/config") << "[default]\nregion = eu-west-1\n[profile other]\nregion = ap-south-1\n";
+    }
+    ScopedEnv id("AWS_ACCESS_KEY_ID", nullptr), secret("AWS_SECRET_ACCESS_KEY", nullptr), token("AWS_SESSION_TOKEN", nullptr),
+        region("AWS_REGION", nullptr), default_region("AWS_DEFAULT_REGION", nullptr), profile("AWS_PROFILE", nullptr),
+        credentials("AWS_SHARED_CREDENTIALS_FILE", (dir + "/credentials").c_str()), config("AWS_CONFIG_FILE", (dir + "/config").c_str());
+    {
+        ScopedEnv endpoint("AWS_ENDPOINT_URL", "http://127.0.0.1:9000/");
+        const auto object = detail::locate_remote("s3://bucket/dir/a b.safetensors");
+        CHECK(object.s3);
+        CHECK(object.url == "http://127.0.0.1:9000/bucket/dir/a%20b.safetensors");
+        CHECK(object.shown == "s3://bucket/dir/a b.safetensors");
+        CHECK(object.credentials.access_key == "AKDEFAULT");
+        CHECK(object.credentials.region == "eu-west-1");
+        CHECK(detail::locate_remote("s3://bucket/dir/").is_directory());
+        CHECK(detail::locate_remote("s3://bucket").is_directory());
+        ScopedEnv s3_endpoint("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9001");
+        CHECK(detail::locate_remote("s3://bucket/m.safetensors").url == "http://127.0.0.1:9001/bucket/m.safetensors");
+    }
+    {
+        ScopedEnv endpoint("AWS_ENDPOINT_URL", nullptr), s3_endpoint("AWS_ENDPOINT_URL_S3", nullptr), other("AWS_PROFILE", "other");
+        const auto object = detail::locate_remote("s3://bucket/m.safetensors");
+        CHECK(object.url == "https://bucket.s3.ap-south-1.amazonaws.com/m.safetensors");
+        CHECK(object.credentials.access_key == "AKOTHER");
+        CHECK(object.credentials.secret_key == "s2");
+        CHECK(object.credentials.session_token == "t2");
+        ScopedEnv env_id("AWS_ACCESS_KEY_ID", "AKENV"), env_secret("AWS_SECRET_ACCESS_KEY", "s3"), env_region("AWS_REGION", "us-west-2");
+        CHECK(detail::locate_remote("s3://bucket/m.safetensors").credentials.access_key == "AKENV");
+        CHECK(detail::locate_remote("s3://bucket/m.safetensors").credentials.region == "us-west-2");
+    }
+    CHECK_THROWS_AS(detail::locate_remote("s3:///key"), instanttensor::usage_error);
+    std::filesystem::remove_all(dir);
 }
 
 #if INSTANTTENSOR_HAS_CURL

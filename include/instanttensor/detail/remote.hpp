@@ -2,7 +2,13 @@
 // from, how messages show it, and what pins the version whose header was read.
 //
 // No libcurl here: a checkpoint holds these whether or not the build can read them (detail/curl.hpp
-// does). A path is remote when it starts with http://, https:// or hf://. An hf:// path,
+// does). A path is remote when it starts with http://, https://, s3:// or hf://. An s3:// path,
+// `s3://bucket/key`, is requested path-style from AWS_ENDPOINT_URL_S3 (else AWS_ENDPOINT_URL) where
+// one is set, else from https://{bucket}.s3.{region}.amazonaws.com, signed (SigV4) with the
+// credentials of AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN, else of the profile
+// AWS_PROFILE (else default) of ~/.aws/credentials (AWS_SHARED_CREDENTIALS_FILE), in the region of
+// AWS_REGION, AWS_DEFAULT_REGION or that profile in ~/.aws/config (AWS_CONFIG_FILE), else us-east-1;
+// without credentials, unsigned. An hf:// path,
 // `hf://org/name[@revision][/file]`, stands for the Hugging Face Hub's
 // `{HF_ENDPOINT}/{org}/{name}/resolve/{revision}/{file}` (endpoint https://huggingface.co and revision
 // main by default; a revision holding '/' is written with %2F), requested with the token of
@@ -12,6 +18,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <fstream>
+#include <map>
 #include <string>
 #include <string_view>
 
@@ -21,7 +28,8 @@ namespace instanttensor::detail {
 
 /// Whether `path` names a remote file or directory rather than a local path.
 inline bool is_remote(std::string_view path) noexcept {
-    return path.starts_with("http://") || path.starts_with("https://") || path.starts_with("hf://");
+    return path.starts_with("http://") || path.starts_with("https://") || path.starts_with("s3://") ||
+           path.starts_with("hf://");
 }
 
 /// `url` as messages show it: without a user:password@ and without a query (the query of a signed
@@ -52,12 +60,22 @@ inline std::string encode_url_path(std::string_view text) {
     return out;
 }
 
+/// How requests to S3 are signed (AWS SigV4); an empty access key: not signed.
+struct S3Credentials {
+    std::string region;
+    std::string access_key;
+    std::string secret_key;
+    std::string session_token;
+};
+
 /// A remote file or directory: the URL requests go to (redirects are followed), how messages name
 /// it, and the credential requests carry (never shown).
 struct RemoteLocation {
     std::string url;
     std::string shown;
     std::string bearer_token;  ///< sent as "Authorization: Bearer", to the URL's host only
+    bool s3 = false;           ///< an S3 object or prefix: requests are signed with `credentials`
+    S3Credentials credentials;
 
     /// Whether it names a directory (ends with '/'): its index, else model.safetensors.
     [[nodiscard]] bool is_directory() const noexcept { return url.ends_with('/'); }
@@ -79,27 +97,99 @@ struct RemoteFile {
     std::string last_modified;  ///< likewise
 };
 
+/// The value of environment variable `name`, or empty.
+inline std::string environment(const char* name) {
+    const char* v = std::getenv(name);
+    return v != nullptr ? v : "";
+}
+
 /// The Hub token: HF_TOKEN, else the file `huggingface-cli login` writes (HF_TOKEN_PATH, else
 /// $HF_HOME/token, else ~/.cache/huggingface/token); empty if none.
 inline std::string hub_token() {
-    auto env = [](const char* name) -> std::string {
-        const char* v = std::getenv(name);
-        return v != nullptr ? v : "";
-    };
-    if (auto token = env("HF_TOKEN"); !token.empty()) return token;
-    std::string path = env("HF_TOKEN_PATH");
-    if (path.empty() && !env("HF_HOME").empty()) path = env("HF_HOME") + "/token";
-    if (path.empty() && !env("HOME").empty()) path = env("HOME") + "/.cache/huggingface/token";
+    if (auto token = environment("HF_TOKEN"); !token.empty()) return token;
+    std::string path = environment("HF_TOKEN_PATH");
+    if (path.empty() && !environment("HF_HOME").empty()) path = environment("HF_HOME") + "/token";
+    if (path.empty() && !environment("HOME").empty()) path = environment("HOME") + "/.cache/huggingface/token";
     std::string token;
     if (std::ifstream in(path); in) std::getline(in, token);
     while (!token.empty() && (token.back() == '\r' || token.back() == ' ')) token.pop_back();
     return token;
 }
 
+/// The keys of section `section` of an INI file (the AWS credentials and config files); empty if
+/// the file or the section is missing.
+inline std::map<std::string, std::string> ini_section(const std::string& path, std::string_view section) {
+    std::map<std::string, std::string> keys;
+    std::ifstream in(path);
+    auto trim = [](std::string_view t) {
+        while (!t.empty() && (t.front() == ' ' || t.front() == '\t')) t.remove_prefix(1);
+        while (!t.empty() && (t.back() == ' ' || t.back() == '\t' || t.back() == '\r')) t.remove_suffix(1);
+        return t;
+    };
+    bool inside = false;
+    for (std::string line; std::getline(in, line);) {
+        const std::string_view t = trim(line);
+        if (t.starts_with('[') && t.ends_with(']')) inside = trim(t.substr(1, t.size() - 2)) == section;
+        else if (const auto eq = t.find('='); inside && eq != std::string_view::npos)
+            keys[std::string(trim(t.substr(0, eq)))] = trim(t.substr(eq + 1));
+    }
+    return keys;
+}
+
+/// The credentials and region S3 requests are signed with (see the top of this header).
+inline S3Credentials s3_credentials() {
+    const std::string home = environment("HOME");
+    std::string profile = environment("AWS_PROFILE");
+    if (profile.empty()) profile = "default";
+    S3Credentials c;
+    c.access_key = environment("AWS_ACCESS_KEY_ID");
+    c.secret_key = environment("AWS_SECRET_ACCESS_KEY");
+    c.session_token = environment("AWS_SESSION_TOKEN");
+    if (c.access_key.empty()) {
+        std::string file = environment("AWS_SHARED_CREDENTIALS_FILE");
+        if (file.empty()) file = home + "/.aws/credentials";
+        auto keys = ini_section(file, profile);
+        c.access_key = keys["aws_access_key_id"];
+        c.secret_key = keys["aws_secret_access_key"];
+        c.session_token = keys["aws_session_token"];
+    }
+    c.region = environment("AWS_REGION");
+    if (c.region.empty()) c.region = environment("AWS_DEFAULT_REGION");
+    if (c.region.empty()) {
+        std::string file = environment("AWS_CONFIG_FILE");
+        if (file.empty()) file = home + "/.aws/config";
+        c.region = ini_section(file, profile == "default" ? profile : "profile " + profile)["region"];
+    }
+    if (c.region.empty()) c.region = "us-east-1";
+    return c;
+}
+
+/// The location of s3://bucket/key.
+inline RemoteLocation locate_s3(std::string_view path) {
+    const std::string_view rest = path.substr(5);
+    const auto slash = rest.find('/');
+    const std::string bucket(rest.substr(0, slash));
+    const std::string key(slash == std::string_view::npos ? "" : rest.substr(slash + 1));
+    if (bucket.empty()) throw usage_error(std::string(path), "an s3:// path is s3://bucket/key (or s3://bucket/prefix/)");
+    RemoteLocation location;
+    location.s3 = true;
+    location.credentials = s3_credentials();
+    std::string endpoint = environment("AWS_ENDPOINT_URL_S3");
+    if (endpoint.empty()) endpoint = environment("AWS_ENDPOINT_URL");
+    while (endpoint.ends_with('/')) endpoint.pop_back();
+    // A custom endpoint is addressed path-style; AWS itself by virtual host.
+    location.url = endpoint.empty() ? "https://" + bucket + ".s3." + location.credentials.region + ".amazonaws.com/"
+                                    : endpoint + "/" + encode_url_path(bucket) + "/";
+    location.url += encode_url_path(key);
+    location.shown = "s3://" + bucket + "/" + key;
+    return location;
+}
+
 /// Resolves a remote path (is_remote) to its location. Throws usage_error for an hf:// path
-/// without org/name.
+/// without org/name or an s3:// path without a bucket.
 inline RemoteLocation locate_remote(std::string_view path) {
-    if (!path.starts_with("hf://")) return {std::string(path), shown_url(path), {}};
+    if (path.starts_with("s3://")) return locate_s3(path);
+    if (!path.starts_with("hf://")) return {std::string(path), shown_url(path), {}, false, {}};
     std::string_view rest = path.substr(5);
     const auto org_end = rest.find('/');
     const auto repo_end = org_end == std::string_view::npos ? org_end : rest.find('/', org_end + 1);
@@ -110,8 +200,8 @@ inline RemoteLocation locate_remote(std::string_view path) {
     std::string name(repo.substr(0, repo.find('@')));
     const std::string revision = repo.find('@') == std::string_view::npos ? "main" : std::string(repo.substr(repo.find('@') + 1));
     if (revision.empty()) throw usage_error(std::string(path), "an empty revision after '@'");
-    const char* endpoint_env = std::getenv("HF_ENDPOINT");
-    std::string endpoint = endpoint_env != nullptr && *endpoint_env != '\0' ? endpoint_env : "https://huggingface.co";
+    std::string endpoint = environment("HF_ENDPOINT");
+    if (endpoint.empty()) endpoint = "https://huggingface.co";
     while (endpoint.ends_with('/')) endpoint.pop_back();
     RemoteLocation location;
     // The revision is one segment of the URL, taken as written (refs/pr/1 is written refs%2Fpr%2F1).

@@ -5,9 +5,10 @@
 //   - an index (a file named *.json, such as model.safetensors.index.json): the shards it lists;
 //   - a directory: its one *.safetensors.index.json if it has one (two are ambiguous: an error),
 //     else every *.safetensors file in it, in name order;
-//   - a remote file, index or directory: http://, https:// or hf://org/name[@revision]/... (see
-//     detail/remote.hpp), in a build with libcurl. A remote directory (a URL ending with '/', or an
-//     hf:// path without a file) is its model.safetensors.index.json, else its model.safetensors.
+//   - a remote file, index or directory: http://, https://, s3://bucket/key or
+//     hf://org/name[@revision]/... (see detail/remote.hpp), in a build with libcurl. A remote
+//     directory (a path ending with '/', an s3:// bucket or an hf:// repository without a file) is
+//     its model.safetensors.index.json, else its model.safetensors.
 //     Each header is read with one ranged GET where it fits in the first 512 KiB, and the file's
 //     size and ETag (or Last-Modified) are pinned: storage::http then reads only that version.
 // Every header is read and validated (format/header.hpp) before open returns. Across the files,

@@ -55,7 +55,7 @@ public:
         close();
         if (!checkpoint.remote())
             throw usage_error(checkpoint.files().empty() ? std::string("storage::http") : checkpoint.files().front().path.string(),
-                              "is not remote: storage::http reads http://, https:// and hf:// checkpoints only");
+                              "is not remote: storage::http reads http://, https://, s3:// and hf:// checkpoints only");
         detail::init_curl();
         for (const auto& f : checkpoint.files()) files_.push_back(f.remote);
         multi_ = curl_multi_init();
