@@ -1,6 +1,5 @@
 """Remote checkpoints from Python: the same URLs the command takes, served by nginx on 127.0.0.1
 (tests/remote/servers.py); skipped where nginx cannot run or the module was built without libcurl."""
-import json
 import os
 import shutil
 import sys
@@ -10,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file as reference_load_file
-from safetensors.torch import save_file
 
 import instanttensor as it
+from conftest import write_sharded_reference
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "remote"))
 from servers import Nginx, Unavailable  # noqa: E402
@@ -28,17 +27,7 @@ def served():
     work.chmod(0o755)
     root = work / "root"
     root.mkdir()
-    generator = torch.Generator().manual_seed(7)
-    tensors = {f"layer{i}.weight": torch.randn(256, 1024 + i, generator=generator).to(torch.bfloat16) for i in range(6)}
-    names = sorted(tensors)
-    shards = {"model-00001-of-00002.safetensors": names[:3], "model-00002-of-00002.safetensors": names[3:]}
-    weight_map = {}
-    for shard, members in shards.items():
-        save_file({n: tensors[n] for n in members}, str(root / shard))
-        weight_map.update({n: shard for n in members})
-    (root / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    for f in root.iterdir():
-        f.chmod(0o644)  # the reference writes 0600
+    write_sharded_reference(root)
     try:
         with Nginx(work, lambda port: f"server {{ listen 127.0.0.1:{port()}; root {root}; }}") as n:
             yield root, f"http://127.0.0.1:{n.ports[0]}/"
