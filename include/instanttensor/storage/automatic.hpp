@@ -3,9 +3,10 @@
 // A closed std::variant of the host backends: the choice is made when the checkpoint is opened
 // and each read then dispatches on the variant's index (a switch, no virtual call). Under
 // Backend::automatic it is storage::http for a remote checkpoint, else io_uring where the kernel
-// allows it, else pread; `chosen()` and `fallback_reason()` report what happened. storage::gds is not among the alternatives, since it
-// writes device memory and so changes the loader's type: a load to the GPU that may use it goes
-// through FallbackLoader (loader.hpp; load_to_device), which tries GDS first and falls back to this.
+// allows it, else pread; `chosen()` and `fallback_reason()` report what happened. storage::gds is
+// not among the alternatives, since it writes device memory and so changes the loader's type: a
+// load to the GPU that may use it goes through FallbackLoader (loader.hpp; load_to_device), which
+// tries GDS first and falls back to this.
 #pragma once
 
 #include <optional>
@@ -152,7 +153,6 @@ private:
 
     Options options_;
     std::string fallback_reason_;
-    // Holds an unopened pread until open() makes the choice.
     using Alternatives = std::variant<pread, memory
 #if INSTANTTENSOR_HAS_URING
                                       , uring
@@ -161,7 +161,7 @@ private:
                                       , http
 #endif
                                       >;
-    Alternatives backend_;
+    Alternatives backend_;  // an unopened pread until open() makes the choice
 };
 
 }  // namespace instanttensor::storage
