@@ -109,6 +109,9 @@ def serve_root():
     shutil.copytree(FIXTURES / "sharded", root / "sharded")
     make_sample(root / "sample", 24, 3)
     write_many_tensors(root / "many", 12000)
+    (root / "broken").mkdir()  # an index whose shard is missing
+    (root / "broken" / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"a": "model-00001-of-00001.safetensors"}}))
     return root
 
 
@@ -135,6 +138,8 @@ def case_http():
                    "a missing file")
         fails_with(["hash", f"{base}/nothing-here/"], "holds neither model.safetensors.index.json nor model.safetensors",
                    "a directory without a checkpoint")
+        fails_with(["hash", f"{base}/broken/"], r"broken/model-00001-of-00001\.safetensors: HTTP 404",
+                   "a directory whose index lists a missing shard: the shard is named")
         fails_with(["inspect", f"http://user:s3cr3t@127.0.0.1:{n.ports[0]}/missing.safetensors?token=t0k3n"], "HTTP 404",
                    "a URL with credentials", absent=("s3cr3t", "t0k3n"))
         fails_with(["hash", f"{base}/sample/model-00001-of-00003.safetensors", str(root / "metadata.safetensors")],

@@ -122,8 +122,9 @@ private:
     void add_index(const std::filesystem::path& index_path);
     void add_file(std::filesystem::path path);
     void add_remote(std::string_view path);
-    void add_remote_index(const detail::RemoteLocation& index);
-    void add_remote_file(detail::RemoteLocation location);
+    // Each returns false only where `may_be_missing` and the server has no such file (404).
+    bool add_remote_index(const detail::RemoteLocation& index, bool may_be_missing = false);
+    bool add_remote_file(detail::RemoteLocation location, bool may_be_missing = false);
     void finish(bool on_disk = true);
     void require_files() const;  // a checkpoint parsed from memory or remote has no files to open
 

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <algorithm>
+#include <optional>
 #include <set>
 #include <string>
 #include <string_view>
@@ -192,18 +193,25 @@ inline DirectoryListing list_directory(const std::filesystem::path& dir) {
 
 #if INSTANTTENSOR_HAS_CURL
 /// Bytes [offset, offset + length) of a remote file, fewer at its end. A first read (file.size 0)
-/// pins the file's size and validators in `file`.
-inline std::string fetch_remote(RemoteFile& file, std::uint64_t offset, std::uint64_t length) {
+/// pins the file's size and validators in `file`. Nullopt where the server has no such file (404)
+/// and `may_be_missing`; an io_error for any other failure.
+inline std::optional<std::string> fetch_remote(RemoteFile& file, std::uint64_t offset, std::uint64_t length,
+                                               bool may_be_missing = false) {
     RangeGet get;
     std::string bytes(length, '\0');
-    bytes.resize(get.run_blocking(file, offset, std::as_writable_bytes(std::span(bytes)), {}));
+    try {
+        bytes.resize(get.run_blocking(file, offset, std::as_writable_bytes(std::span(bytes)), {}));
+    } catch (const io_error&) {
+        if (may_be_missing && get.head().status == 404) return std::nullopt;
+        throw;
+    }
     if (file.size == 0) {
         const auto& head = get.head();
         if (!head.total_known && !(head.status == 200 && head.empty_body))  // (an empty file: size 0)
             throw io_error(file.location.shown, "the server does not say the file's size (no total in Content-Range)", 0);
         file.size = head.total;
-        file.etag = get.head().etag;
-        file.last_modified = get.head().last_modified;
+        file.etag = head.etag;
+        file.last_modified = head.last_modified;
     }
     return bytes;
 }
@@ -322,18 +330,11 @@ inline void Checkpoint::add_remote([[maybe_unused]] std::string_view path) {
         else add_remote_file(location);
         return;
     }
-    // A directory has no listing over HTTP: the names save_pretrained writes.
-    const auto index = location.sibling("model.safetensors.index.json");
-    const auto file = location.sibling("model.safetensors");
-    for (const auto* candidate : {&index, &file}) {
-        try {
-            if (candidate == &index) add_remote_index(index);
-            else add_remote_file(file);
-            return;
-        } catch (const io_error& e) {
-            if (e.message().find("HTTP 404") != 0) throw;
-        }
-    }
+    // A directory has no listing over HTTP: the names save_pretrained writes. Only the candidate
+    // itself may be missing; a shard its index lists may not.
+    if (add_remote_index(location.sibling("model.safetensors.index.json"), true) ||
+        add_remote_file(location.sibling("model.safetensors"), true))
+        return;
     throw io_error(location.shown, "holds neither model.safetensors.index.json nor model.safetensors (HTTP 404 for both)", 0);
 #else
     throw unavailable_error(std::string(path), "this build has no libcurl, so no remote files (configure with libcurl4-openssl-dev installed)");
@@ -342,30 +343,36 @@ inline void Checkpoint::add_remote([[maybe_unused]] std::string_view path) {
 
 #if INSTANTTENSOR_HAS_CURL
 
-inline void Checkpoint::add_remote_index(const detail::RemoteLocation& location) {
+inline bool Checkpoint::add_remote_index(const detail::RemoteLocation& location, bool may_be_missing) {
     detail::RemoteFile file{location, 0, {}, {}};
-    std::string json = detail::fetch_remote(file, 0, remote_header_guess);
+    auto first = detail::fetch_remote(file, 0, remote_header_guess, may_be_missing);
+    if (!first) return false;
+    std::string json = std::move(*first);
     if (file.size > max_header_size)
         throw format_error(location.shown, "index of " + std::to_string(file.size) + " bytes exceeds the limit of " +
                                                std::to_string(max_header_size) + " bytes");
-    if (json.size() < file.size) json += detail::fetch_remote(file, json.size(), file.size - json.size());
+    if (json.size() < file.size) json += *detail::fetch_remote(file, json.size(), file.size - json.size());
     const Index index = parse_index(json, location.shown);
     const auto shards = index.shard_names();
     const std::size_t first_file = files_.size();
     for (const auto& shard : shards) add_remote_file(location.sibling(shard));  // parse_index kept them inside
     detail::check_index_lists(index, shards, std::span(files_).subspan(first_file), location.shown);
+    return true;
 }
 
-inline void Checkpoint::add_remote_file(detail::RemoteLocation location) {
+inline bool Checkpoint::add_remote_file(detail::RemoteLocation location, bool may_be_missing) {
     detail::RemoteFile file{std::move(location), 0, {}, {}};
     const std::string source = file.location.shown;
-    std::string head = detail::fetch_remote(file, 0, remote_header_guess);
+    auto first = detail::fetch_remote(file, 0, remote_header_guess, may_be_missing);
+    if (!first) return false;
+    std::string head = std::move(*first);
     const std::uint64_t n = decode_header_length(std::as_bytes(std::span(head)), file.size, source);
     const std::uint64_t end = header_length_size + n;
-    if (head.size() < end) head += detail::fetch_remote(file, head.size(), end - head.size());
+    if (head.size() < end) head += *detail::fetch_remote(file, head.size(), end - head.size());
     if (head.size() < end) throw io_error(source, "the file ended inside its header while it was read", 0);
     Header header = parse_header(std::string_view(head).substr(header_length_size, n), file.size, source);
     files_.push_back({source, std::move(header), {}, std::move(file)});
+    return true;
 }
 #endif
 
