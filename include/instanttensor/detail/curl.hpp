@@ -22,9 +22,7 @@
 #include <charconv>
 #include <chrono>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
-#include <initializer_list>
 #include <memory>
 #include <span>
 #include <string>
@@ -117,6 +115,10 @@ public:
         init_curl();
         easy_.reset(curl_easy_init());
         if (!easy_) throw unavailable_error("libcurl", "cannot create a transfer handle");
+        // libcurl reads no CA variables itself (the curl command does): the usual ones, read once.
+        for (const char* name : {"CURL_CA_BUNDLE", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"})
+            if (ca_bundle_.empty()) ca_bundle_ = environment(name);
+        ca_directory_ = environment("SSL_CERT_DIR");
     }
     RangeGet(const RangeGet&) = delete;
     RangeGet& operator=(const RangeGet&) = delete;
@@ -173,10 +175,8 @@ public:
         curl_easy_setopt(c, CURLOPT_WRITEDATA, this);
         curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, &RangeGet::on_header);
         curl_easy_setopt(c, CURLOPT_HEADERDATA, this);
-        // libcurl reads no CA variables itself (the curl command does): honour the usual ones.
-        if (const char* bundle = first_env({"CURL_CA_BUNDLE", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"}))
-            curl_easy_setopt(c, CURLOPT_CAINFO, bundle);
-        if (const char* dir = std::getenv("SSL_CERT_DIR")) curl_easy_setopt(c, CURLOPT_CAPATH, dir);
+        if (!ca_bundle_.empty()) curl_easy_setopt(c, CURLOPT_CAINFO, ca_bundle_.c_str());
+        if (!ca_directory_.empty()) curl_easy_setopt(c, CURLOPT_CAPATH, ca_directory_.c_str());
         if (!location.bearer_token.empty()) {
             curl_easy_setopt(c, CURLOPT_HTTPAUTH, static_cast<long>(CURLAUTH_BEARER));
             curl_easy_setopt(c, CURLOPT_XOAUTH2_BEARER, location.bearer_token.c_str());
@@ -244,9 +244,7 @@ public:
             const Outcome o = outcome(curl_easy_perform(easy_.get()));
             if (o.kind == Outcome::failed) throw io_error(file.location.shown, o.message, 0);
             if (o.kind == Outcome::again) {
-                if (++tries >= options.tries)
-                    throw io_error(file.location.shown, o.message + " (" + std::to_string(tries) + " tries)", 0);
-                std::this_thread::sleep_for(std::chrono::milliseconds(std::max(o.pause_ms, backoff_ms(options, tries))));
+                std::this_thread::sleep_for(pause_before_try(o, ++tries, options, file.location.shown, ""));
                 continue;
             }
             tries = 0;
@@ -261,16 +259,20 @@ public:
         return std::min<unsigned>(10'000, options.first_backoff_ms << std::min(tries - 1, 16u));
     }
 
+    /// The pause before sending again a request whose try `tries` came back `again` (the backoff,
+    /// or the server's Retry-After if longer); once options.tries are spent, an io_error naming
+    /// `shown` and what was `asked` ("bytes 0-99, ", or empty).
+    static std::chrono::milliseconds pause_before_try(const Outcome& again, unsigned tries, const RemoteOptions& options,
+                                                      const std::string& shown, const std::string& asked) {
+        if (tries >= options.tries) throw io_error(shown, again.message + " (" + asked + std::to_string(tries) + " tries)", 0);
+        return std::chrono::milliseconds(std::max(again.pause_ms, backoff_ms(options, tries)));
+    }
+
 private:
     static curl_slist* append(curl_slist* list, const std::string& line) {
         curl_slist* grown = curl_slist_append(list, line.c_str());
-        if (grown == nullptr) throw std::bad_alloc();
+        if (grown == nullptr) throw unavailable_error("libcurl", "out of memory for a request's headers");
         return grown;
-    }
-    static const char* first_env(std::initializer_list<const char*> names) {
-        for (const char* n : names)
-            if (const char* v = std::getenv(n); v != nullptr && *v != '\0') return v;
-        return nullptr;
     }
     static bool transient(CURLcode code) {
         switch (code) {
@@ -321,6 +323,8 @@ private:
     }
 
     CurlEasy easy_;
+    std::string ca_bundle_;     // CURLOPT_CAINFO, if the environment names one
+    std::string ca_directory_;  // CURLOPT_CAPATH, likewise
     CurlList headers_;  // conditions and S3's own
     std::string sigv4_;
     const RemoteFile* file_ = nullptr;

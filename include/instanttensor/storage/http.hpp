@@ -73,8 +73,6 @@ public:
     [[nodiscard]] std::uint64_t alignment(std::uint32_t) const noexcept { return 1; }
     [[nodiscard]] std::size_t queue_depth() const noexcept { return options_.connections; }
     [[nodiscard]] std::string_view name() const noexcept { return "http"; }
-    /// Requests sent again after a transient failure, so far.
-    [[nodiscard]] std::uint64_t retried() const noexcept { return retried_; }
 
     void submit(const ReadRequest& request) {
         Transfer* t = idle_.back();
@@ -127,8 +125,8 @@ private:
 
     void finished(Transfer& t, const detail::Outcome& outcome, std::span<ReadResult> out, std::size_t& n) {
         const auto& file = files_[t.request.file];
-        auto where = [&] {
-            return " (bytes " + std::to_string(t.request.offset) + "-" + std::to_string(t.request.offset + t.request.length - 1) + ")";
+        auto asked = [&] {  // only for messages
+            return "bytes " + std::to_string(t.request.offset) + "-" + std::to_string(t.request.offset + t.request.length - 1);
         };
         switch (outcome.kind) {
         case detail::Outcome::bytes:
@@ -136,14 +134,11 @@ private:
             idle_.push_back(&t);
             return;
         case detail::Outcome::again:
-            if (++t.tries >= options_.tries)
-                throw io_error(file.location.shown, outcome.message + where() + ", " + std::to_string(t.tries) + " tries", 0);
-            ++retried_;
-            t.due = Clock::now() + std::chrono::milliseconds(std::max(outcome.pause_ms, detail::RangeGet::backoff_ms(options_, t.tries)));
+            t.due = Clock::now() + detail::RangeGet::pause_before_try(outcome, ++t.tries, options_, file.location.shown, asked() + ", ");
             waiting_.push_back(&t);
             return;
         case detail::Outcome::failed:
-            throw io_error(file.location.shown, outcome.message + where(), 0);
+            throw io_error(file.location.shown, outcome.message + " (" + asked() + ")", 0);
         }
     }
 
@@ -187,7 +182,6 @@ private:
     std::vector<Transfer*> idle_;
     std::vector<Transfer*> waiting_;  // failed transiently, to be sent again at their `due`
     std::size_t active_ = 0;
-    std::uint64_t retried_ = 0;
 };
 
 }  // namespace instanttensor::storage
