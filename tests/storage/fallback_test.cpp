@@ -241,9 +241,11 @@ TEST_CASE("fallback: O_DIRECT refused when the file is opened") {
 TEST_CASE("fallback: O_DIRECT refused at read time (EINVAL)") {
     // A filesystem may accept O_DIRECT at open and refuse the reads (EINVAL). Provoke that with a
     // read the device rejects: a short read of an unaligned length (Faulty passes 1000 bytes of
-    // the request on), which the kernel refuses for an O_DIRECT descriptor. Under
-    // DirectIo::automatic the backends then read the file buffered, and the loader continues with
-    // the right bytes; under DirectIo::on the refusal is the load's error.
+    // the request on), which the kernel refuses for an O_DIRECT descriptor. Three reads in a row
+    // are refused, so that O_DIRECT reads are still in flight when the first refusal switches the
+    // file. Under DirectIo::automatic the backends then read the file buffered (every refused read
+    // again, also those that were queued with O_DIRECT before the switch), and the loader
+    // continues with the right bytes; under DirectIo::on the refusal is the load's error.
     TempDir dir;
     const auto path = write_file(dir / "readtime.safetensors", fallback_specs());
     const auto checkpoint = fmt::Checkpoint::open(path);
@@ -265,7 +267,7 @@ TEST_CASE("fallback: O_DIRECT refused at read time (EINVAL)") {
         REQUIRE(read_errno == EINVAL);
     }
     namespace st = it::storage;
-    const Fault unaligned_continuation{Fault::short_read, 2, 1, 1000};
+    const Fault unaligned_continuation{Fault::short_read, 2, 3, 1000};
     auto check = [&](auto make) {
         using Inner = decltype(make(it::DirectIo::on));
         {
@@ -276,7 +278,7 @@ TEST_CASE("fallback: O_DIRECT refused at read time (EINVAL)") {
             REQUIRE(loader.storage().inner().files().direct_count() == 1);
             CHECK(loader.storage().inner().alignment(0) > 1);
             CHECK(loads_exactly(loader, checkpoint));
-            CHECK(loader.storage().faults() == 1);
+            CHECK(loader.storage().faults() == 3);
             CHECK(loader.storage().inner().files().direct_count() == 0);  // read buffered from then on
             CHECK(loader.storage().inner().alignment(0) == 1);
         }

@@ -8,7 +8,9 @@
 //   - Files and the staging memory are registered with the ring where the kernel and
 //     RLIMIT_MEMLOCK allow (fewer per-read lookups and page pinning); plain reads where not.
 //   - A filesystem that refuses O_DIRECT at read time (EINVAL) gets the file read buffered
-//     (DirectIo::automatic), or the refusal reported (DirectIo::on).
+//     (DirectIo::automatic), or the refusal reported (DirectIo::on). Each read remembers whether
+//     it was queued with O_DIRECT: the file's other O_DIRECT reads already in flight come back
+//     EINVAL too, after the switch, and are queued again buffered rather than failing the load.
 // io_uring itself refused (ENOSYS on old kernels, EPERM under seccomp or
 // kernel.io_uring_disabled) is an unavailable_error, on which storage::automatic falls back to
 // storage::pread.
@@ -21,6 +23,8 @@
 #include <liburing.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -95,7 +99,7 @@ public:
     void submit(const ReadRequest& request) {
         const unsigned entry = free_entries_.back();
         free_entries_.pop_back();
-        entries_[entry] = request;
+        entries_[entry].request = request;
         queue(entry);
     }
 
@@ -109,9 +113,11 @@ public:
                 if (n == out.size()) break;
                 ++seen;
                 const auto entry = static_cast<unsigned>(cqe->user_data);
-                const ReadRequest& r = entries_[entry];
-                // O_DIRECT refused at read time: read buffered, unless DirectIo::on forbids it.
-                if (cqe->res == -EINVAL && files_.is_direct(r.file) && files_.fall_back_to_buffered(r.file)) {
+                const ReadRequest& r = entries_[entry].request;
+                // O_DIRECT refused at read time: read buffered, unless DirectIo::on forbids it. A
+                // read queued with O_DIRECT after another one switched the file is queued again.
+                if (cqe->res == -EINVAL && entries_[entry].direct &&
+                    (!files_.is_direct(r.file) || files_.fall_back_to_buffered(r.file))) {
                     --in_flight_;
                     queue(entry);
                     continue;
@@ -133,8 +139,8 @@ private:
             flush(false);
             sqe = ::io_uring_get_sqe(&ring_);
         }
-        const ReadRequest& r = entries_[entry];
-        const bool direct = files_.is_direct(r.file);
+        const ReadRequest& r = entries_[entry].request;
+        const bool direct = entries_[entry].direct = files_.is_direct(r.file);
         const int fd = files_registered_ ? static_cast<int>(r.file) : files_.descriptor(r.file);
         // An SQE's length is 32 bits, and the kernel reads at most 2 GiB - 4 KiB at once anyway: a
         // longer request reads its first GiB, and the loader continues it as a short read.
@@ -168,15 +174,22 @@ private:
     }
 
     /// Waits for every read still in flight (they write into memory the caller will free), then
-    /// tears the ring down.
+    /// tears the ring down. Closing a ring does not wait for reads that io-wq workers are running:
+    /// they would write into freed staging. On a ring this object set up, waiting can only be
+    /// interrupted (EINTR) or told to drain completions first (EAGAIN, EBUSY), and both are tried
+    /// again; any other answer means the ring is broken, and the process stops rather than let the
+    /// kernel write into memory that is about to be reused.
     void close() noexcept {
         if (!ring_open_) return;
         while (in_flight_ > 0) {
             io_uring_cqe* cqe = nullptr;
             const int rc = unsubmitted_ ? ::io_uring_submit_and_wait(&ring_, 1) : ::io_uring_wait_cqe(&ring_, &cqe);
-            if (rc == -EINTR) continue;
-            if (rc < 0) break;
-            unsubmitted_ = 0;
+            if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
+                std::fprintf(stderr, "instanttensor: io_uring: cannot wait for %zu reads in flight (%s); stopping the process "
+                                     "before their memory is freed\n", in_flight_, std::strerror(-rc));
+                std::abort();
+            }
+            if (rc >= 0) unsubmitted_ = 0;
             unsigned head, seen = 0;
             io_uring_for_each_cqe(&ring_, head, cqe) ++seen;
             ::io_uring_cq_advance(&ring_, seen);
@@ -194,7 +207,12 @@ private:
     bool files_registered_ = false;
     bool buffers_registered_ = false;
     std::span<std::byte> registered_;
-    std::vector<ReadRequest> entries_;   // requests in flight, by ring user_data
+    /// A read in flight, and whether it was queued with O_DIRECT.
+    struct Entry {
+        ReadRequest request;
+        bool direct = false;
+    };
+    std::vector<Entry> entries_;  // reads in flight, by ring user_data
     std::vector<unsigned> free_entries_;
     std::size_t in_flight_ = 0;
     std::size_t unsubmitted_ = 0;
