@@ -59,14 +59,22 @@ class DeviceGuard {
 public:
     explicit DeviceGuard(int device) {
         INSTANTTENSOR_CUDA_CHECK(cudaGetDevice(&previous_));
-        if (previous_ != device) INSTANTTENSOR_CUDA_CHECK(cudaSetDevice(device));
+        if (previous_ != device) {
+            INSTANTTENSOR_CUDA_CHECK(cudaSetDevice(device));
+            switched_ = true;
+        }
     }
     DeviceGuard(const DeviceGuard&) = delete;
     DeviceGuard& operator=(const DeviceGuard&) = delete;
-    ~DeviceGuard() { cudaSetDevice(previous_); }
+    /// Restores the previous device only where it switched: cudaSetDevice makes the device's
+    /// context, and a guard for GPU k in a thread already on GPU k must not make one on GPU 0.
+    ~DeviceGuard() {
+        if (switched_) cudaSetDevice(previous_);
+    }
 
 private:
     int previous_ = 0;
+    bool switched_ = false;
 };
 
 /// Sole owner of memory from a CUDA allocator, released with `Free` on destruction.

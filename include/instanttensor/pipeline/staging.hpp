@@ -49,7 +49,9 @@ namespace instanttensor::pipeline {
 template <MemoryKind where, bool copied_to_device = false>
 using Buffer = typename detail::buffer_of<where, copied_to_device>::type;
 
-/// A Buffer of `bytes`, allocated on GPU `device` when it is device memory. `lower_with` names the
+/// A Buffer of `bytes`, allocated on GPU `device` when it is device memory, and pinned in GPU
+/// `device`'s context when it is pinned (without the guard, cudaHostAlloc would make a context on
+/// the thread's current device, GPU 0 in a process that never chose one). `lower_with` names the
 /// option that lowers the need, for the message when it does not fit.
 template <class Memory>
 Memory allocate([[maybe_unused]] std::uint64_t bytes, [[maybe_unused]] int device, [[maybe_unused]] const char* lower_with) {
@@ -57,6 +59,9 @@ Memory allocate([[maybe_unused]] std::uint64_t bytes, [[maybe_unused]] int devic
     if constexpr (std::is_same_v<Memory, detail::DeviceBuffer>) {
         detail::DeviceGuard guard(device);
         return Memory(bytes, lower_with);
+    } else if constexpr (std::is_same_v<Memory, detail::PinnedBuffer>) {
+        detail::DeviceGuard guard(device);
+        return Memory(bytes);
     } else
 #endif
     {
