@@ -3,6 +3,7 @@
 // holds one descriptor.
 #include <doctest/doctest.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <vector>
 
@@ -35,6 +36,38 @@ TEST_CASE("storage: DirectIo::automatic reads cold files with O_DIRECT and resid
         const Outcome warm = load(checkpoint, via, it::DirectIo::automatic, SinkKind::host, small_slots);
         check_outcome(checkpoint, warm);
         CHECK(warm.direct_files == 0);
+    }
+}
+
+TEST_CASE("storage: DirectIo::automatic sees a cold file of a read-only store as cold") {
+    // mincore() reports every page of a file the caller may not write as resident (Linux 5.2 on),
+    // so a read-only model store once always looked warm and was read buffered. Root makes a file
+    // that only it may write, and a child that is not root loads it, cold then warm.
+    if (::geteuid() != 0) {
+        MESSAGE("skipped: needs root, to make a file the loading process may not write");
+        return;
+    }
+    TempDir dir;
+    const auto path = write_file(dir / "store.safetensors", odd_specs());
+    const auto checkpoint = fmt::Checkpoint::open(path);
+    if (!can_read_cold_with_o_direct(path)) return;
+    fs::permissions(dir.path(), fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec | fs::perms::others_read |
+                                    fs::perms::others_exec);
+    fs::permissions(path, fs::perms::owner_read | fs::perms::group_read | fs::perms::others_read);
+    for (bool cold : {true, false}) {
+        for (Via via : {Via::pread, Via::uring}) {
+            if (unavailable(via)) continue;
+            if (cold) evict_from_page_cache(path);
+            else check_outcome(checkpoint, load(checkpoint, Via::memory, it::DirectIo::off, SinkKind::host));  // resident
+            INFO(to_string(via), cold ? " cold" : " warm");
+            const int status = in_child([&]() -> int {
+                if (::setgid(65534) != 0 || ::setuid(65534) != 0) return 10;  // nobody
+                const Outcome out = load(checkpoint, via, it::DirectIo::automatic, SinkKind::host, small_slots);
+                if (out.tensors.size() != checkpoint.tensors().size()) return 11;
+                return out.direct_files == (cold ? 1u : 0u) ? 0 : 12;
+            });
+            CHECK(status == 0);
+        }
     }
 }
 
