@@ -41,7 +41,7 @@ int main(int argc, char** argv) try {
     options.share = it::split_rows(is_projection);  // rank r keeps rows [r·R/N, (r+1)·R/N) of each
     std::uint64_t kept = 0;
     {
-        auto loader = it::load_distributed(checkpoint, it::transport::nccl(comm, stream, {.abort_on_failure = true}), options);
+        auto loader = it::load_distributed(checkpoint, it::transport::nccl(comm, stream), options);
         for (const it::TensorView& t : loader) {  // t.data: device memory, valid until the next iteration
             // A runtime copies t.data into its weight buffer here (cudaMemcpyAsync on its stream).
             kept += t.data.size();
@@ -55,5 +55,5 @@ int main(int argc, char** argv) try {
     return 0;
 } catch (const std::exception& e) {
     std::fprintf(stderr, "distributed_load: %s\n", e.what());
-    return 1;  // with abort_on_failure, the communicator is already aborted: the peers fail too
+    return 1;  // the loader told the peers (they fail too), or aborted the communicator if they were silent
 }

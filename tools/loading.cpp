@@ -146,8 +146,9 @@ public:
     }
     Communicator(const Communicator&) = delete;
     Communicator& operator=(const Communicator&) = delete;
-    /// Destroyed while an exception unwinds, the load failed and its loader may have aborted the
-    /// communicator (abort_on_failure), which frees it: then it is left alone (the process exits).
+    /// Destroyed while an exception unwinds, the load failed and its transport may have aborted the
+    /// communicator (a peer silent past the deadline, an NCCL error), which frees it: then it is
+    /// left alone (the process exits).
     ~Communicator() {
         if (std::uncaught_exceptions() == unwinding_) ncclCommDestroy(comm_);
     }
@@ -292,7 +293,7 @@ LoadReport load_checkpoint(const format::Checkpoint& checkpoint, const LoadSetti
             detail::DeviceGuard guard(ordinal);
             return detail::Stream();
         }();
-        auto loader = load_distributed(checkpoint, transport::nccl(comm.get(), stream.get(), {.abort_on_failure = true}),
+        auto loader = load_distributed(checkpoint, transport::nccl(comm.get(), stream.get()),
                                        options, {.device = ordinal, .ring_bytes = ring_bytes, .copy_streams = settings.copy_streams}, storage);
         report.ranks = settings.ranks;
         return run_device_load(loader, checkpoint, settings, ordinal, free_before, want_host_bytes, consume, report);

@@ -62,25 +62,30 @@ concept Transport = requires(const T& t) {
 };
 
 /// GroupTransport: a Transport that exchanges the bytes of each window of a group load (see
-/// pipeline/group_plan.hpp); transport::single is not one, it loads alone.
+/// pipeline/group_plan.hpp); transport::single is not one, it loads alone. Its operations are
+/// asynchronous, as NCCL's are: each is started, gets a ticket (0, 1, 2, ... in the order they were
+/// started), and completes later. Every rank starts the same operations in the same order; the
+/// group pipeline's protocol (pipeline/group.hpp) guarantees it, also when a rank fails.
 ///
 ///   t.device()                   (device memory only) the CUDA device of this rank
-///   t.exchange(window, x)        starts window exchange `x` over this rank's window buffer and
-///                                returns a ticket; every rank starts the same exchanges in the
-///                                same order, each over its own buffer
-///   t.exchange_done(ticket)      whether that exchange (and every earlier one) completed here;
-///                                throws when the group failed (a peer stopped, an NCCL error)
-///   t.abandon()                  this rank stops before the end of the load: peers must not wait
-///                                for it forever; returns once nothing more touches its buffers
-///   t.gather(value)              every rank's `value`, by rank (a blocking all-gather; the loader
-///                                checks with it that every rank planned the same load)
+///   t.exchange(window, x)        starts window exchange `x` over this rank's window buffer, which
+///                                must stay valid until the exchange completed; returns its ticket
+///   t.gather(value)              starts an all-gather of one 64-bit value per rank; returns its ticket
+///   t.done(ticket)               whether operation `ticket` (and every earlier one) completed here;
+///                                throws nccl_error when the transport failed (an NCCL error, a peer
+///                                that aborted its communicator, ranks that posted different operations)
+///   t.gathered(ticket)           once done(ticket) for a gather: every rank's value, by rank
+///   t.abort()                    ends every operation in flight here at once, complete or not, so
+///                                that their buffers may be freed; the transport is unusable after,
+///                                and the peers are not told (they find out by their deadline)
 template <class T>
 concept GroupTransport =
     Transport<T> && requires(T& t, std::byte* window, const WindowExchange& x, std::uint64_t ticket) {
-        { t.gather(ticket) } -> std::same_as<std::vector<std::uint64_t>>;
         { t.exchange(window, x) } -> std::same_as<std::uint64_t>;
-        { t.exchange_done(ticket) } -> std::same_as<bool>;
-        t.abandon();
+        { t.gather(ticket) } -> std::same_as<std::uint64_t>;
+        { t.done(ticket) } -> std::same_as<bool>;
+        { t.gathered(ticket) } -> std::same_as<std::vector<std::uint64_t>>;
+        t.abort();
     } && (T::memory == MemoryKind::host || requires(const T& t) {
         { t.device() } -> std::convertible_to<int>;
     });

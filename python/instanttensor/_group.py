@@ -54,7 +54,8 @@ class _Waiter:
 
 
 class Group:
-    """One rank's side of a group load: the collectives of one window's exchange, by ticket."""
+    """One rank's side of a group load: the collectives of each operation (a window's exchange, a
+    gather of the loader's status rounds), by ticket."""
 
     def __init__(self, process_group, device_index: int):
         import torch
@@ -74,7 +75,8 @@ class Group:
             raise UsageError(f"instanttensor: group loads run over an 'nccl' or 'gloo' process group, not {self.backend!r}")
         self._device = torch.device("cpu") if device_index < 0 else torch.device("cuda", device_index)
         self._global = [dist.get_global_rank(process_group, r) for r in range(self.size)]
-        self._pending: dict[int, list] = {}  # NCCL: ticket → the collectives of that exchange
+        self._pending: dict[int, list] = {}  # NCCL: ticket → the collectives of that operation
+        self._gathered: dict[int, tuple] = {}  # gather ticket → (every rank's value, this rank's)
         self._waiter: _Waiter | None = None   # gloo: waits for them instead (one per load)
         self._next = 0
 
@@ -106,6 +108,21 @@ class Group:
                         ops.append(dist.P2POp(dist.irecv, part, self._global[source], self.group))
                 if ops:
                     works.extend(dist.batch_isend_irecv(ops))
+        return self._start(works)
+
+    def gather(self, value: int) -> int:
+        """Starts an all-gather of every rank's unsigned 64-bit ``value``; ``gathered`` reads it."""
+        import torch
+        signed = value - (1 << 64) if value >= 1 << 63 else value
+        with self._on_device():
+            mine = torch.tensor([signed], dtype=torch.int64, device=self._device)
+            every = torch.empty(self.size, dtype=torch.int64, device=self._device)
+            work = self._dist.all_gather_into_tensor(every, mine, group=self.group, async_op=True)
+        ticket = self._start([work])
+        self._gathered[ticket] = (every, mine)  # both stay alive until the collective ended
+        return ticket
+
+    def _start(self, works: list) -> int:
         ticket, self._next = self._next, self._next + 1
         if self.backend == "gloo":
             if self._waiter is None:
@@ -116,7 +133,7 @@ class Group:
         return ticket
 
     def done(self, ticket: int) -> bool:
-        """Whether exchange ``ticket`` and every earlier one completed; raises what they raised."""
+        """Whether operation ``ticket`` and every earlier one completed; raises what they raised."""
         if self._waiter is not None:
             if self._waiter.error is not None:
                 raise self._waiter.error
@@ -130,26 +147,29 @@ class Group:
                 w.wait()  # completed: returns at once, or raises the collective's error
         return True
 
-    def gather(self, value: int) -> list[int]:
-        """Every rank's unsigned 64-bit ``value``, by rank."""
-        import torch
-        signed = value - (1 << 64) if value >= 1 << 63 else value
-        with self._on_device():
-            mine = torch.tensor([signed], dtype=torch.int64, device=self._device)
-            every = torch.empty(self.size, dtype=torch.int64, device=self._device)
-            self._dist.all_gather_into_tensor(every, mine, group=self.group)
-            return [v % (1 << 64) for v in every.tolist()]
+    def gathered(self, ticket: int) -> list[int]:
+        """Every rank's value of gather ``ticket``, by rank, once ``done(ticket)``."""
+        every, _ = self._gathered.pop(ticket)
+        return [v % (1 << 64) for v in every.tolist()]
 
-    def abandon(self) -> None:
-        """This rank stops early: returns once its collectives in flight ended, since they read or
-        write the window buffers the loader is about to free (they end once the peers take part).
-        An NCCL work's ``wait()`` only orders a stream after it: its completion is polled instead."""
+    def abort(self) -> None:
+        """The load gave up on the group (its deadline passed, or a collective failed): returns once
+        nothing in flight touches the window buffers the loader is about to free. An NCCL group is
+        aborted where torch can (its communicators are then gone; an NCCL work's ``wait()`` only
+        orders a stream, so completion is polled); a gloo group's collectives end by themselves, at
+        the latest after the process group's timeout."""
+        if self.backend == "nccl":
+            abort = getattr(self._dist.distributed_c10d, "_abort_process_group", None)
+            if abort is not None:
+                with contextlib.suppress(Exception):
+                    abort(self.group)
+            pending, self._pending = self._pending, {}
+            for works in pending.values():
+                for w in works:
+                    while not w.is_completed():
+                        time.sleep(0.001)
         self.finish()
-        pending, self._pending = self._pending, {}
-        for works in pending.values():
-            for w in works:
-                while not w.is_completed():
-                    time.sleep(0.001)
+        self._gathered.clear()
 
     def finish(self) -> None:
         """The load ended: stops the gloo waiter once its collectives ended (a next load starts one)."""

@@ -147,11 +147,10 @@ std::pair<std::uint64_t, std::uint64_t> row_block(const it::format::Checkpoint& 
 }
 
 /// A GroupTransport over a torch.distributed process group. Every call goes to the Group object
-/// of instanttensor/_group.py with the GIL held: exchange(window, mode, segment, transfers) starts
-/// a window's collectives and returns a ticket; done(ticket) says whether they completed (and
-/// raises what they raised); gather(value) all-gathers one integer; abandon() waits for the
-/// collectives still in flight. A Python exception becomes nccl_error, the library's error for a
-/// group that failed.
+/// of instanttensor/_group.py with the GIL held: exchange(window, mode, segment, transfers) and
+/// gather(value) start an operation and return its ticket; done(ticket) says whether it completed
+/// (and raises what it raised); gathered(ticket) reads a gather; abort() ends what is in flight.
+/// A Python exception becomes nccl_error, the library's error for a group that failed.
 template <it::MemoryKind Memory>
 class ProcessGroupTransport {
 public:
@@ -176,20 +175,25 @@ public:
         });
     }
 
-    bool exchange_done(std::uint64_t ticket) {
+    std::uint64_t gather(std::uint64_t value) {
         nb::gil_scoped_acquire gil;
-        return call("an exchange", [&] { return nb::cast<bool>(group_.attr("done")(ticket)); });
+        return call("a gather", [&] { return nb::cast<std::uint64_t>(group_.attr("gather")(value)); });
     }
 
-    std::vector<std::uint64_t> gather(std::uint64_t value) {
+    bool done(std::uint64_t ticket) {
         nb::gil_scoped_acquire gil;
-        return call("a gather", [&] { return nb::cast<std::vector<std::uint64_t>>(group_.attr("gather")(value)); });
+        return call("an operation", [&] { return nb::cast<bool>(group_.attr("done")(ticket)); });
     }
 
-    void abandon() noexcept {
+    std::vector<std::uint64_t> gathered(std::uint64_t ticket) {
+        nb::gil_scoped_acquire gil;
+        return call("a gather", [&] { return nb::cast<std::vector<std::uint64_t>>(group_.attr("gathered")(ticket)); });
+    }
+
+    void abort() noexcept {
         nb::gil_scoped_acquire gil;
         try {
-            group_.attr("abandon")();
+            group_.attr("abort")();
         } catch (const nb::python_error&) {  // the load failed already; its first error is the one to report
         }
     }
@@ -216,7 +220,7 @@ private:
     }
 
     /// A torch tensor over `bytes` bytes of a window buffer; the buffer outlives every collective
-    /// over it (abandon() waits for them before the loader frees it).
+    /// over it (the loader waits for them, or aborts them, before it frees it).
     nb::object view(std::byte* window, std::uint64_t bytes) const {
         const std::size_t shape[1] = {static_cast<std::size_t>(bytes)};
         constexpr int device_type = Memory == it::MemoryKind::device ? nb::device::cuda::value : nb::device::cpu::value;

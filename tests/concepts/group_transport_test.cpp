@@ -1,5 +1,6 @@
 // GroupTransport: a Transport that exchanges windows. A group of one (transport::single) is not
-// one; a group must be able to release its peers, and one over device memory must name its device.
+// one; a group must be able to abort what it has in flight, its operations are started and then
+// polled, and one over device memory must name its device.
 #include <doctest/doctest.h>
 
 #include "instanttensor/loader.hpp"
@@ -18,6 +19,7 @@ TEST_CASE("GroupTransport: each near-miss is refused") {
     using namespace concepts_test;
     CHECK_FALSE(it::GroupTransport<it::transport::single>);  // it loads alone
     CHECK_FALSE(it::GroupTransport<FakeNcclTransport>);      // a Transport that exchanges nothing
-    CHECK_FALSE(it::GroupTransport<GroupWithoutAbandon>);    // a rank that stops must release its peers
+    CHECK_FALSE(it::GroupTransport<GroupWithoutAbort>);      // a rank that gives up must end what it has in flight
+    CHECK_FALSE(it::GroupTransport<GroupWithBlockingGather>);  // every operation is started, then polled
     CHECK_FALSE(it::GroupTransport<DeviceGroupWithoutDevice>);  // device memory: which device must be known
 }

@@ -54,19 +54,31 @@ struct FakeNcclTransport {
     int size() const { return 2; }
 };
 
-/// A group that exchanges host memory, but cannot release its peers.
-struct GroupWithoutAbandon {
+/// A group that exchanges host memory, but cannot abort what it has in flight.
+struct GroupWithoutAbort {
     static constexpr MemoryKind memory = MemoryKind::host;
     int rank() const { return 0; }
     int size() const { return 2; }
     std::uint64_t exchange(std::byte*, const it::WindowExchange&) { return 0; }
-    bool exchange_done(std::uint64_t) { return true; }
+    std::uint64_t gather(std::uint64_t) { return 0; }
+    bool done(std::uint64_t) { return true; }
+    std::vector<std::uint64_t> gathered(std::uint64_t) { return {0, 0}; }
+};
+
+/// A group whose gather blocks and returns the values (the interface before tickets).
+struct GroupWithBlockingGather {
+    static constexpr MemoryKind memory = MemoryKind::host;
+    int rank() const { return 0; }
+    int size() const { return 2; }
+    std::uint64_t exchange(std::byte*, const it::WindowExchange&) { return 0; }
     std::vector<std::uint64_t> gather(std::uint64_t v) { return {v, v}; }
+    bool done(std::uint64_t) { return true; }
+    void abort() noexcept {}
 };
 
 /// Everything a group transport over host memory needs.
-struct HostGroup : GroupWithoutAbandon {
-    void abandon() noexcept {}
+struct HostGroup : GroupWithoutAbort {
+    void abort() noexcept {}
 };
 
 /// A group over device memory that does not say which device.

@@ -1,13 +1,15 @@
 // Loading to the GPU: every backend that runs here × both device sinks gives each tensor's exact
 // bytes (XXH3 of the bytes copied back == XXH3 of the file's bytes), device memory stays within the
 // ring, a load that fails midway leaks neither device nor pinned memory, and transport::nccl with
-// a world of one runs the group path end to end.
+// a world of one runs the group path end to end: on a non-blocking communicator too, and through
+// a read error mid-load, after which the communicator still works.
 #include <instanttensor/loader.hpp>
 #include <instanttensor/format/writer.hpp>
 
 #include <doctest/doctest.h>
 #include <xxhash.h>
 
+#include "faulty.hpp"
 #include "temp_dir.hpp"
 
 #include <unistd.h>
@@ -263,6 +265,20 @@ public:
         int device = 0;
         INSTANTTENSOR_NCCL_CHECK(nullptr, ncclCommInitAll(&comm_, 1, &device));
     }
+    /// A non-blocking communicator (config.blocking = 0): its calls may answer ncclInProgress.
+    struct NonBlocking {};
+    explicit SoloCommunicator(NonBlocking) {
+        INSTANTTENSOR_CUDA_CHECK(cudaSetDevice(0));
+        ncclUniqueId id{};
+        INSTANTTENSOR_NCCL_CHECK(nullptr, ncclGetUniqueId(&id));
+        ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+        config.blocking = 0;
+        const ncclResult_t started = ncclCommInitRankConfig(&comm_, 1, id, 0, &config);
+        if (started != ncclInProgress) INSTANTTENSOR_NCCL_CHECK(nullptr, started);
+        ncclResult_t state = ncclInProgress;
+        while (state == ncclInProgress) INSTANTTENSOR_NCCL_CHECK(comm_, ncclCommGetAsyncError(comm_, &state));
+        INSTANTTENSOR_NCCL_CHECK(comm_, state);
+    }
     SoloCommunicator(const SoloCommunicator&) = delete;
     SoloCommunicator& operator=(const SoloCommunicator&) = delete;
     ~SoloCommunicator() { ncclCommDestroy(comm_); }
@@ -322,7 +338,9 @@ TEST_CASE("transport::nccl with world size 1: every exchange mode runs and leave
     SoloCommunicator comm;
     it::detail::Stream stream;
     it::transport::nccl group(comm.get(), stream.get());
-    CHECK(group.gather(0x0123456789abcdefull) == std::vector<std::uint64_t>{0x0123456789abcdefull});
+    const auto gather = group.gather(0x0123456789abcdefull);
+    while (!group.done(gather)) {}
+    CHECK(group.gathered(gather) == std::vector<std::uint64_t>{0x0123456789abcdefull});
     constexpr std::uint64_t bytes = 3 * 4096;
     std::vector<std::byte> host(bytes);
     for (std::size_t i = 0; i < host.size(); ++i) host[i] = static_cast<std::byte>(i * 7 + 1);
@@ -337,10 +355,44 @@ TEST_CASE("transport::nccl with world size 1: every exchange mode runs and leave
     for (const auto& x : exchanges) {
         CAPTURE(static_cast<int>(x.mode));
         const auto ticket = group.exchange(window.data(), x);
-        while (!group.exchange_done(ticket)) {}
+        while (!group.done(ticket)) {}
         std::vector<std::byte> back(bytes);
         INSTANTTENSOR_CUDA_CHECK(cudaMemcpy(back.data(), window.data(), bytes, cudaMemcpyDeviceToHost));
         CHECK(back == host);
     }
+}
+TEST_CASE("transport::nccl with world size 1: a non-blocking communicator loads bit-exactly") {
+    const AwkwardCheckpoint awkward;
+    SoloCommunicator comm(SoloCommunicator::NonBlocking{});
+    it::detail::Stream stream;
+    it::LoadOptions small;
+    small.slot_bytes = 256 << 10;
+    small.window_bytes = 1 << 20;
+    auto loader = it::load_distributed(awkward.checkpoint, it::transport::nccl(comm.get(), stream.get()), small);
+    CHECK(check_all(loader, awkward.expected) == awkward.checkpoint.tensors().size());
+}
+
+TEST_CASE("transport::nccl with world size 1: a read error mid-load fails the load and leaves the communicator usable") {
+    const AwkwardCheckpoint awkward;
+    SoloCommunicator comm;
+    it::detail::Stream stream;
+    it::LoadOptions small;
+    small.slot_bytes = 256 << 10;
+    small.window_bytes = 1 << 20;
+    using FaultyLoader = it::Loader<instanttensor_test::Faulty<it::storage::automatic>, it::transport::nccl, it::sink::device_ring>;
+    const instanttensor_test::Fault fault{instanttensor_test::Fault::eio, 5, 1, 0};
+    std::string failure;
+    try {
+        FaultyLoader loader(awkward.checkpoint, instanttensor_test::Faulty(it::storage::automatic(), fault),
+                            it::transport::nccl(comm.get(), stream.get()), it::sink::device_ring{}, small);
+        for (const auto& t : loader) (void)t;
+    } catch (const it::io_error& e) {
+        failure = e.what();
+    }
+    CHECK(failure.find("Input/output error") != std::string::npos);
+    // The failing rank said so in a status round and waited for it: nothing was aborted, and the
+    // communicator carries the next load.
+    auto loader = it::load_distributed(awkward.checkpoint, it::transport::nccl(comm.get(), stream.get()), small);
+    CHECK(check_all(loader, awkward.expected) == awkward.checkpoint.tensors().size());
 }
 #endif

@@ -1,13 +1,15 @@
 // tests/support/in_process_group.hpp: a GroupTransport of N threads sharing host memory, so that the
 // split-and-exchange logic of group loads runs on a machine without GPUs.
 //
-// Each rank posts its window buffer and the exchange it was asked for; once every rank posted the
-// round, each rank copies what it receives straight out of the readers' buffers (as NCCL's
-// kernels would), and a round is done once every rank copied. It is strict where NCCL would hang
-// or corrupt silently: ranks that disagree on a round's collective, or on the sends between two of
+// Each rank posts its operations (window exchanges and gathers) in order; once every rank posted
+// an operation, each rank copies what it receives straight out of the readers' buffers (as NCCL's
+// kernels would), and the operation is done once every rank copied. It is strict where NCCL would
+// hang or corrupt silently: ranks that disagree on an operation, or on the sends between two of
 // them (a send is matched with the receive its receiver posted, in order, as in an NCCL group),
-// which the loader's plan digest should have caught first; a rank that gives up; and bytes a rank
-// receives are all checked or counted.
+// which the loader's plan digest should have caught first, fail; bytes a rank receives are
+// counted. One liberty it takes that NCCL does not: a rank that aborts fails its peers at once,
+// because they copy out of its buffers, which it is about to free (process_group.hpp models NCCL
+// without it: separate processes, which learn of a peer's abort only by the loader's protocol).
 #pragma once
 
 #include <algorithm>
@@ -40,17 +42,22 @@ public:
 private:
     friend class InProcessTransport;
 
+    /// One operation, as every rank posted it: a window exchange or a gather.
     struct Round {
-        std::vector<std::byte*> buffers;                             // by rank
+        bool gather = false;                                          // as the first rank posted it
+        std::vector<std::byte*> buffers;                              // by rank
         std::vector<std::vector<instanttensor::Transfer>> transfers;  // by rank, as each posted them
-        instanttensor::WindowExchange exchange;                      // as the first rank posted it
+        std::vector<std::uint64_t> values;                            // a gather's, by rank
+        instanttensor::WindowExchange exchange;                       // as the first rank posted it
         int posted = 0;
         int copied = 0;
     };
 
     Round& round(std::uint64_t ticket) {
         const auto n = static_cast<std::size_t>(ranks_);
-        while (rounds_.size() <= ticket) rounds_.push_back({std::vector<std::byte*>(n), std::vector<std::vector<instanttensor::Transfer>>(n), {}, 0, 0});
+        while (rounds_.size() <= ticket)
+            rounds_.push_back({false, std::vector<std::byte*>(n), std::vector<std::vector<instanttensor::Transfer>>(n),
+                               std::vector<std::uint64_t>(n), {}, 0, 0});
         return rounds_[ticket];
     }
 
@@ -58,7 +65,6 @@ private:
     std::mutex mutex_;
     std::condition_variable changed_;
     std::deque<Round> rounds_;  // a deque: a round's address holds while others are added
-    std::deque<std::vector<std::pair<int, std::uint64_t>>> gathered_;  // gather() rounds: (rank, value)
     std::vector<std::uint64_t> received_;
     int copying_ = 0;       // ranks copying out of others' buffers right now
     std::string failure_;   // set once a rank gave up or the ranks disagreed
@@ -77,33 +83,39 @@ public:
     std::uint64_t exchange(std::byte* window, const instanttensor::WindowExchange& x) {
         std::lock_guard lock(group_->mutex_);
         fail_if_failed();
-        auto& round = group_->round(next_);
+        auto& round = post(false);
         round.buffers[static_cast<std::size_t>(rank_)] = window;
         auto& mine = round.transfers[static_cast<std::size_t>(rank_)];
         mine.assign(x.transfers.begin(), x.transfers.end());
-        if (round.posted == 0) {
+        if (round.posted == 1) {
             round.exchange = x;
             round.exchange.transfers = mine;
         } else if (!same_collective(round.exchange, x)) {
-            disagree(next_, "rank " + std::to_string(rank_) + " differs");
+            disagree(next_ - 1, "rank " + std::to_string(rank_) + " differs");
         }
-        ++round.posted;
-        group_->changed_.notify_all();
-        return next_++;
+        return next_ - 1;
     }
 
-    /// Copies this rank's receives once every rank posted the round; done once every rank copied.
-    bool exchange_done(std::uint64_t ticket) {
+    std::uint64_t gather(std::uint64_t value) {
+        std::lock_guard lock(group_->mutex_);
+        fail_if_failed();
+        post(true).values[static_cast<std::size_t>(rank_)] = value;
+        return next_ - 1;
+    }
+
+    /// Copies this rank's receives of every operation up to `ticket` whose ranks all posted it;
+    /// true once every rank copied them.
+    bool done(std::uint64_t ticket) {
         std::unique_lock lock(group_->mutex_);
         fail_if_failed();
         for (; copied_ <= ticket; ++copied_) {
             auto& round = group_->round(copied_);
             if (round.posted < size()) return false;
             fail_if_failed();  // a peer that gave up may have freed its buffers
-            if (round.exchange.mode == instanttensor::ExchangeMode::sends) check_sends_match(round, copied_);
+            if (!round.gather && round.exchange.mode == instanttensor::ExchangeMode::sends) check_sends_match(round, copied_);
             ++group_->copying_;
             lock.unlock();
-            const std::uint64_t bytes = receive(round);  // peers keep their buffers until every rank copied
+            const std::uint64_t bytes = round.gather ? 0 : receive(round);  // peers keep their buffers until every rank copied
             lock.lock();
             --group_->copying_;
             ++round.copied;
@@ -113,26 +125,16 @@ public:
         return group_->rounds_[ticket].copied == size();
     }
 
-    /// Every rank's value, once every rank gave one (or a rank gave up).
-    std::vector<std::uint64_t> gather(std::uint64_t value) {
-        std::unique_lock lock(group_->mutex_);
-        auto& g = *group_;
-        const std::size_t round = gathers_++;
-        if (g.gathered_.size() <= round) g.gathered_.emplace_back();
-        g.gathered_[round].emplace_back(rank_, value);
-        g.changed_.notify_all();
-        const auto complete = [&] { return g.gathered_[round].size() == static_cast<std::size_t>(size()); };
-        g.changed_.wait(lock, [&] { return complete() || !g.failure_.empty(); });
-        if (!complete()) fail_if_failed();  // a complete round stands, whatever a rank did after it
-        std::vector<std::uint64_t> all(static_cast<std::size_t>(size()));
-        for (const auto& [rank, v] : g.gathered_[round]) all[static_cast<std::size_t>(rank)] = v;
-        return all;
+    /// Every rank's value of gather `ticket`, once done(ticket).
+    std::vector<std::uint64_t> gathered(std::uint64_t ticket) {
+        std::lock_guard lock(group_->mutex_);
+        return group_->rounds_[ticket].values;
     }
 
     /// The peers fail from now on; returns once none copies out of this rank's buffers.
-    void abandon() noexcept {
+    void abort() noexcept {
         std::unique_lock lock(group_->mutex_);
-        if (group_->failure_.empty()) group_->failure_ = "rank " + std::to_string(rank_) + " stopped loading";
+        if (group_->failure_.empty()) group_->failure_ = "rank " + std::to_string(rank_) + " aborted";
         group_->changed_.notify_all();
         group_->changed_.wait(lock, [&] { return group_->copying_ == 0; });
     }
@@ -166,6 +168,16 @@ private:
             if (!std::equal(sent.begin(), sent.end(), received.begin(), received.end(), [](const auto& p, const auto& q) { return same(p, q); }))
                 disagree(ticket, "rank " + std::to_string(peer) + " sends what rank " + std::to_string(rank_) + " does not receive");
         }
+    }
+
+    /// Posts this rank's next operation (a gather or an exchange); the lock is held.
+    InProcessGroup::Round& post(bool gather) {
+        auto& round = group_->round(next_++);
+        if (round.posted == 0) round.gather = gather;
+        else if (round.gather != gather) disagree(next_ - 1, "rank " + std::to_string(rank_) + (gather ? " gathers" : " exchanges"));
+        ++round.posted;
+        group_->changed_.notify_all();
+        return round;
     }
 
     [[noreturn]] void disagree(std::uint64_t ticket, const std::string& how) const {
@@ -209,9 +221,8 @@ private:
 
     InProcessGroup* group_;
     int rank_;
-    std::uint64_t next_ = 0;    // the next exchange this rank starts
-    std::uint64_t copied_ = 0;  // exchanges below this one this rank copied
-    std::size_t gathers_ = 0;   // gather() rounds this rank took part in
+    std::uint64_t next_ = 0;    // the next operation this rank starts
+    std::uint64_t copied_ = 0;  // operations below this one this rank copied
 };
 
 static_assert(instanttensor::GroupTransport<InProcessTransport>);

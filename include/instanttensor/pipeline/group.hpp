@@ -9,12 +9,23 @@
 // polls every stage in turn, so the stages of successive windows overlap. A rank that keeps nothing
 // more still takes part in every exchange: finish() does that.
 //
-// Every rank checks first that all planned the same load (a digest of the group plan, gathered);
-// a rank that fails, or whose loader is made or dropped before the end, abandons the group so
-// that its peers fail instead of waiting for it.
+// The protocol that keeps the ranks in step, also when one fails (docs/distributed.md#failures):
+//
+//   agree        gather(digest of the plan, or "failed" from a rank that could not plan or open)
+//   window w     gather(status: ok | failed | left, and w)       once this rank's segment of w is in
+//                exchange(w)                                      only if every rank said ok
+//
+// so every rank starts the same operations in the same order: a window's exchange only after a
+// status round in which every rank said ok, and the next status round only after that exchange was
+// started. A rank that fails or whose loader is dropped says so in its next status round (and still
+// starts the exchange of a window whose round was all ok: its peers started theirs); the peers then
+// stop too, with nccl_error naming it and the window, and nothing is left waiting. A peer that dies
+// or hangs without saying so is caught by LoadOptions::group_timeout: no operation completing for
+// that long aborts the transport (ncclCommAbort) and fails the load.
 #pragma once
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <deque>
 #include <optional>
@@ -54,6 +65,20 @@ struct uploader_of<true> {
 };
 #endif
 
+/// What a rank says in a status round of a group load: ok, or that it stops.
+enum class RankState : std::uint64_t { ok = 0, failed = 1, left = 2 };
+
+/// A status round's word: the state in the top two bits, a value (the plan's digest, or the
+/// window) in the other 62.
+struct StatusWord {
+    static constexpr std::uint64_t value_mask = (std::uint64_t{1} << 62) - 1;
+    static constexpr std::uint64_t make(RankState state, std::uint64_t value) noexcept {
+        return (static_cast<std::uint64_t>(state) << 62) | (value & value_mask);
+    }
+    static constexpr RankState state(std::uint64_t word) noexcept { return static_cast<RankState>(word >> 62); }
+    static constexpr std::uint64_t value(std::uint64_t word) noexcept { return word & value_mask; }
+};
+
 }  // namespace instanttensor::detail
 
 namespace instanttensor::pipeline {
@@ -86,15 +111,18 @@ class Group {
 
 public:
     /// Opens the files, plans the load and checks that every rank planned the same, then allocates
-    /// the window buffers, staging and the sink's memory. A rank that cannot make its loader
-    /// abandons the group, as it would mid-load.
+    /// the window buffers, staging and the sink's memory. A rank that cannot make its loader tells
+    /// its peers, which then fail too instead of waiting for it.
     Group(const format::Checkpoint& checkpoint, Storage storage, Tr transport, Sk sink, LoadOptions options)
         : checkpoint_(checkpoint), options_(std::move(options)), sink_(std::move(sink)), storage_(std::move(storage)),
           transport_(std::move(transport)) {
+        const int rank = transport_.rank(), ranks = transport_.size();
+        if (ranks < 1 || rank < 0 || rank >= ranks)  // before the protocol: it needs a valid rank
+            throw usage_error("transport", "rank " + std::to_string(rank) + " of " + std::to_string(ranks));
         try {
             prepare();
         } catch (...) {
-            transport_.abandon();  // the peers must not wait for this rank
+            leave(detail::RankState::failed);
             throw;
         }
     }
@@ -102,10 +130,10 @@ public:
     Group(const Group&) = delete;
     Group& operator=(const Group&) = delete;
 
-    /// A load stopped early (an error, or the loader dropped before the end) lets the peers know,
-    /// so that they fail instead of waiting for this rank.
+    /// A load dropped before the end tells the peers it left, so that they fail instead of waiting
+    /// for it, and waits for its operations in flight (they use the window buffers).
     ~Group() {
-        if (!finished()) transport_.abandon();
+        if (!finished()) leave(detail::RankState::left);
     }
 
     [[nodiscard]] const Plan& plan() const noexcept { return plan_; }
@@ -128,6 +156,8 @@ public:
     void release(std::uint32_t t) { destinations_.release(t); }
 
 private:
+    using Clock = std::chrono::steady_clock;
+
     /// A window between the start of its reads and the end of the copies out of its buffer.
     struct ActiveWindow {
         std::uint32_t index = 0;
@@ -145,12 +175,25 @@ private:
         std::uint64_t copy_ticket = no_ticket;
     };
 
+    /// A status round started and not read yet: its window, and its ticket.
+    struct StatusRound {
+        std::uint32_t window = 0;
+        std::uint64_t ticket = 0;
+    };
+
+    /// Where this rank stands with its group.
+    enum class Standing : std::uint8_t {
+        running,  // every round so far said ok
+        ended,    // a round said a rank stops: nobody starts another operation; those started complete
+        left,     // this rank said it stops (or the group ended) and its operations completed
+        broken,   // the transport was aborted: nothing is in flight any more
+    };
+
     void prepare() {
         const int rank = transport_.rank(), ranks = transport_.size();
-        if (ranks < 1 || rank < 0 || rank >= ranks)
-            throw usage_error("transport", "rank " + std::to_string(rank) + " of " + std::to_string(ranks));
         if (options_.windows < 2 || options_.windows > 16) throw usage_error("loader", "LoadOptions::windows must be 2 to 16");
-        plan_ = open_and_plan(checkpoint_, storage_, options_);
+        if (options_.group_timeout.count() <= 0) throw usage_error("loader", "LoadOptions::group_timeout must be positive");
+        plan_ = open_and_plan(checkpoint_, storage_, options_, PlanAlignment::page);
         group_ = make_group_plan(plan_, ranks, rank, options_.share, std::max(options_.window_bytes, options_.slot_bytes));
         agree();
         stats_.received_bytes = group_.received_bytes[static_cast<std::size_t>(rank)];
@@ -178,13 +221,25 @@ private:
     }
 
     /// Ranks that planned different loads would wait on each other's exchanges forever: every rank
-    /// gathers every rank's plan digest and refuses to go on when one differs.
+    /// gathers every rank's plan digest (the first status round) and refuses to go on when one
+    /// differs or a rank could not plan.
     void agree() {
-        const std::vector<std::uint64_t> digests = transport_.gather(group_.digest);
-        for (std::size_t r = 0; r < digests.size(); ++r)
-            if (digests[r] != digests[0])
+        agreed_ = true;
+        const std::uint64_t ticket = start([&] { return transport_.gather(detail::StatusWord::make(detail::RankState::ok, group_.digest)); });
+        wait_for(ticket, "the plans' agreement");
+        const std::vector<std::uint64_t> words = gathered(ticket);
+        for (std::size_t r = 0; r < words.size(); ++r)
+            if (detail::StatusWord::state(words[r]) != detail::RankState::ok) {
+                standing_ = Standing::ended;
+                throw nccl_error("group", "rank " + std::to_string(r) + " could not start the load (its own error says why); rank " +
+                                              std::to_string(transport_.rank()) + " stops too");
+            }
+        for (std::size_t r = 0; r < words.size(); ++r)
+            if (words[r] != words[0]) {
+                standing_ = Standing::ended;
                 throw usage_error("group", "rank " + std::to_string(r) + " planned a different load than rank 0: every rank must load "
                                            "the same checkpoint with the same filter, slot_bytes, window_bytes and share function");
+            }
     }
 
     /// The GPU of the window buffers and uploads (0 for a transport that exchanges host memory).
@@ -195,31 +250,39 @@ private:
 
     /// Drives the group pipeline until `done()`. It polls: reads, uploads, exchanges and copies
     /// each complete on their own, and the loop keeps every stage fed; it sleeps in the kernel only
-    /// when reads are all that is in flight.
+    /// when reads are all that is in flight. Any failure tells the peers before it propagates.
     template <class Done>
     void pump(Done done) {
-        for (;;) {
-            bool moved = reclaim();
-            moved |= start_windows();
-            moved |= submit_reads();
-            moved |= start_exchanges();
-            moved |= land_windows();
-            if (done()) return;
-            // Besides reads: uploads, or windows past their reads (waiting on their exchange, the
-            // sink's room or its copies), which complete without the kernel telling us.
-            const bool others_pending = staging_.copying() || std::any_of(active_.begin(), active_.end(), [](const ActiveWindow& w) {
-                return w.exchange_started;
-            });
-            if (reads_.in_flight() > 0) {
-                const std::size_t n = reads_.reap(!moved && !others_pending, [this](const Read& r) { read_done(r); });
-                moved |= n > 0;
+        waiting_since_ = Clock::now();  // the deadline counts time spent waiting here, not the consumer's
+        try {
+            for (;;) {
+                bool moved = reclaim();
+                moved |= start_windows();
+                moved |= submit_reads();
+                moved |= start_exchanges();
+                moved |= land_windows();
+                if (done()) return;
+                // Besides reads: uploads, or operations of the transport (a status round, the
+                // exchanges of windows past their reads), which complete without the kernel telling us.
+                const bool others_pending = staging_.copying() || transport_pending() ||
+                                            std::any_of(active_.begin(), active_.end(), [](const ActiveWindow& w) {
+                                                return w.exchange_started;
+                                            });
+                if (reads_.in_flight() > 0) {
+                    const std::size_t n = reads_.reap(!moved && !others_pending, [this](const Read& r) { read_done(r); });
+                    moved |= n > 0;
+                }
+                if (!moved) {
+                    if (reads_.in_flight() == 0 && !others_pending)
+                        throw usage_error("loader", "a group load stalled: the sink has no room although the consumer holds "
+                                                    "no tensor (its reserve() refuses a ring of plan().ring_needed() bytes)");
+                    if (transport_pending()) check_deadline("the exchanges");
+                    std::this_thread::yield();
+                }
             }
-            if (!moved) {
-                if (reads_.in_flight() == 0 && !others_pending)
-                    throw usage_error("loader", "a group load stalled: the sink has no room although the consumer holds "
-                                                "no tensor (its reserve() refuses a ring of plan().ring_needed() bytes)");
-                std::this_thread::yield();
-            }
+        } catch (...) {
+            leave(detail::RankState::failed);
+            throw;
         }
     }
 
@@ -242,6 +305,8 @@ private:
         }
         return moved;
     }
+
+    ActiveWindow& active_window(std::uint32_t index) { return active_[index - active_.front().index]; }
 
     /// Submits this rank's reads of the started windows, oldest window first.
     bool submit_reads() {
@@ -266,7 +331,7 @@ private:
 
     /// A segment read is complete: upload it from its staging slot, if it went through one.
     void read_done(const Read& r) {
-        ActiveWindow& w = active_[r.job.window - active_.front().index];
+        ActiveWindow& w = active_window(r.job.window);
         if constexpr (uploads) {
             uploader_->store(r.job.upload_to, r.buffer, r.length);
             w.last_upload = uploader_->extent_stored();
@@ -295,16 +360,59 @@ private:
         else return true;
     }
 
-    /// Starts the exchanges of windows whose segment is read, in window order on every rank.
+    /// Starts the status round of the next window once this rank's segment of it is in, and the
+    /// window's exchange once every rank said ok in it: in window order, the same on every rank.
     bool start_exchanges() {
         bool moved = false;
-        for (ActiveWindow& w : active_) {
-            if (w.exchange_started) continue;
-            if (w.reads_left > 0 || !uploaded(w)) break;
-            w.exchange_ticket = transport_.exchange(w.buffer, group_.exchange(w.index));
-            w.exchange_started = moved = true;
+        for (;;) {
+            if (status_) {
+                if (!completed(status_->ticket)) return moved;
+                const StatusRound round = *status_;
+                status_.reset();
+                check_statuses(round.window, gathered(round.ticket));
+                start_exchange(active_window(round.window));
+                moved = true;
+                continue;
+            }
+            if (next_status_ >= group_.windows.size() || active_.empty() || active_.back().index < next_status_) return moved;
+            const ActiveWindow& w = active_window(next_status_);
+            if (w.reads_left > 0 || !uploaded(w)) return moved;
+            start_status(detail::RankState::ok);
+            moved = true;
         }
-        return moved;
+    }
+
+    void start_status(detail::RankState state) {
+        const std::uint32_t window = next_status_++;
+        status_ = StatusRound{window, start([&] { return transport_.gather(detail::StatusWord::make(state, window)); })};
+    }
+
+    void start_exchange(ActiveWindow& w) {
+        w.exchange_ticket = start([&] { return transport_.exchange(w.buffer, group_.exchange(w.index)); });
+        w.exchange_started = true;
+    }
+
+    /// The words of window `window`'s status round: every rank ok, or the first that stops is
+    /// named (and nobody starts another operation: every rank read the same words).
+    void check_statuses(std::uint32_t window, const std::vector<std::uint64_t>& words) {
+        const std::string where = "window " + std::to_string(window) + " of " + std::to_string(group_.windows.size());
+        for (std::size_t r = 0; r < words.size(); ++r) {
+            const detail::RankState state = detail::StatusWord::state(words[r]);
+            if (state == detail::RankState::ok && detail::StatusWord::value(words[r]) == window) continue;
+            standing_ = Standing::ended;
+            const std::string peer = "rank " + std::to_string(r);
+            const std::string me = "; rank " + std::to_string(transport_.rank()) + " stops too";
+            if (state == detail::RankState::failed) throw nccl_error("group", peer + " failed at " + where + " (its own error says why)" + me);
+            if (state == detail::RankState::left)
+                throw nccl_error("group", peer + " stopped loading at " + where + " (its loader was dropped before the end)" + me);
+            if (state == detail::RankState::ok) {
+                standing_ = Standing::running;  // out of step: the exchanges may not match, abort
+                abort_transport();
+                throw nccl_error("group", peer + " reported window " + std::to_string(detail::StatusWord::value(words[r])) + " at " +
+                                              where + ": the ranks are out of step; the transport was aborted");
+            }
+            throw nccl_error("group", peer + " sent a status this version does not know at " + where + me);
+        }
     }
 
     /// Lands the kept bytes of exchanged windows into the sink, oldest first, as far as it has room.
@@ -314,7 +422,7 @@ private:
             if (w.landed) continue;
             if (!w.exchange_started) break;
             if (!w.exchange_done) {
-                if (!transport_.exchange_done(w.exchange_ticket)) break;
+                if (!completed(w.exchange_ticket)) break;
                 w.exchange_done = moved = true;
             }
             const Window& window = group_.windows[w.index];
@@ -350,6 +458,124 @@ private:
         return moved;
     }
 
+    // ---- the transport's operations: tickets, completion, the deadline ----------------------------
+
+    /// Starts an operation through `call` (which returns its ticket). A transport that throws is
+    /// in an unknown state: it is aborted.
+    template <class Call>
+    std::uint64_t start(Call call) {
+        if (!transport_pending()) waiting_since_ = Clock::now();
+        std::uint64_t ticket = 0;
+        try {
+            ticket = call();
+        } catch (...) {
+            abort_transport();
+            throw;
+        }
+        started_ = ticket + 1;
+        return ticket;
+    }
+
+    /// Whether operation `ticket` completed; a transport that throws is aborted.
+    bool completed(std::uint64_t ticket) {
+        if (ticket < completed_) return true;
+        bool done = false;
+        try {
+            done = transport_.done(ticket);
+        } catch (...) {
+            abort_transport();
+            throw;
+        }
+        if (done) {
+            completed_ = ticket + 1;
+            waiting_since_ = Clock::now();
+        }
+        return done;
+    }
+
+    std::vector<std::uint64_t> gathered(std::uint64_t ticket) {
+        try {
+            return transport_.gathered(ticket);
+        } catch (...) {
+            abort_transport();
+            throw;
+        }
+    }
+
+    bool transport_pending() const noexcept { return completed_ < started_; }
+
+    /// Waits for operation `ticket`, within the deadline.
+    void wait_for(std::uint64_t ticket, const char* what) {
+        while (!completed(ticket)) {
+            check_deadline(what);
+            std::this_thread::yield();
+        }
+    }
+
+    /// No operation of the transport completed for LoadOptions::group_timeout: a peer died, hangs,
+    /// or stopped without telling. Nothing that is waited for will ever come: abort the transport,
+    /// so that the buffers its operations use can be freed, and fail.
+    void check_deadline(const char* what) {
+        if (Clock::now() - waiting_since_ < options_.group_timeout) return;
+        abort_transport();
+        const std::string seconds = std::to_string(options_.group_timeout.count() / 1000) + "." +
+                                    std::to_string(options_.group_timeout.count() % 1000 / 100) + " s";
+        const std::string window = next_status_ > 0 ? " (at window " + std::to_string(next_status_ - 1) + " of " +
+                                                          std::to_string(group_.windows.size()) + ")"
+                                                    : "";
+        throw nccl_error("group", "rank " + std::to_string(transport_.rank()) + " waited " + seconds +
+                                      " for " + what + window +
+                                      " and nothing completed: a peer died, hangs, or stopped without telling "
+                                      "(LoadOptions::group_timeout); the transport was aborted");
+    }
+
+    void abort_transport() noexcept {
+        if (standing_ == Standing::broken) return;
+        standing_ = Standing::broken;
+        transport_.abort();
+    }
+
+    /// This rank stops before the end of the load (it failed, or its loader is dropped). Its peers
+    /// must learn it from the protocol, not wait for it: the status round in flight is read (and if
+    /// every rank said ok there, that window's exchange is started as the peers start theirs),
+    /// then the next round says `state`, unless the group ended already. Then every operation
+    /// started is waited for, within the deadline, since they use the window buffers; a wait that
+    /// fails or times out aborts the transport instead. Never throws.
+    void leave(detail::RankState state) noexcept {
+        if (standing_ == Standing::left || standing_ == Standing::broken) return;
+        waiting_since_ = Clock::now();
+        try {
+            if (!agreed_) {  // the peers wait in the agreement round: say this rank cannot start
+                agreed_ = true;
+                start([&] { return transport_.gather(detail::StatusWord::make(state, 0)); });
+                standing_ = Standing::ended;
+            }
+            if (standing_ == Standing::running && status_) {
+                wait_for(status_->ticket, "a status round");
+                const StatusRound round = *status_;
+                status_.reset();
+                check_statuses(round.window, gathered(round.ticket));
+                start_exchange(active_window(round.window));
+            }
+            if (standing_ == Standing::running && next_status_ < group_.windows.size()) start_status(state);
+            standing_ = Standing::ended;
+            if (transport_pending()) wait_for(started_ - 1, "the operations in flight");
+            standing_ = Standing::left;
+        } catch (...) {
+            // A peer stopped too (the group ended: wait for what is in flight), or the transport
+            // failed or timed out (aborted: nothing is in flight).
+            if (standing_ == Standing::ended) {
+                try {
+                    if (transport_pending()) wait_for(started_ - 1, "the operations in flight");
+                    standing_ = Standing::left;
+                    return;
+                } catch (...) {
+                }
+            }
+            abort_transport();
+        }
+    }
+
     const format::Checkpoint& checkpoint_;
     LoadOptions options_;
     LoadStats stats_;
@@ -357,7 +583,8 @@ private:
     // from staging into the window buffers), the storage (its destructor waits for the reads still
     // in flight, which write into staging or the window buffers), then the sink, whose destructor
     // waits for its copies out of the window buffers. The transport stops touching the window
-    // buffers in ~Group(), before any of them: abandon() returns once nothing does.
+    // buffers in ~Group(), before any of them: leave() returns once its operations completed, or
+    // once it aborted them.
     Staging<StagingMemory> staging_;
     WindowMemory window_buffers_;
     Sk sink_;
@@ -371,6 +598,14 @@ private:
     std::deque<ActiveWindow> active_;  // in window order
     std::vector<std::byte*> free_buffers_;
     std::uint32_t next_window_ = 0;
+    // The protocol (see the top of this file).
+    Standing standing_ = Standing::running;
+    bool agreed_ = false;               // the agreement round was started
+    std::optional<StatusRound> status_;  // the status round started and not read yet
+    std::uint32_t next_status_ = 0;     // the window whose status round starts next
+    std::uint64_t started_ = 0;         // operations started on the transport: tickets [0, started_)
+    std::uint64_t completed_ = 0;       // tickets below this one completed
+    Clock::time_point waiting_since_ = Clock::now();  // since the last operation completed (or the first started)
 };
 
 }  // namespace instanttensor::pipeline

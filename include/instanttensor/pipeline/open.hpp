@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "instanttensor/concepts.hpp"
@@ -19,16 +20,37 @@ namespace instanttensor::pipeline {
 /// alignment, so that each one gets well past its aligned head).
 inline constexpr std::uint64_t min_slot_bytes = 3 * detail::page_alignment;
 
+/// How the reads of a plan are aligned.
+enum class PlanAlignment : std::uint8_t {
+    /// As the storage requires for each file: 1 where it reads buffered. A single load.
+    storage,
+    /// At page alignment in every file, whatever the storage chose: a group load, whose ranks must
+    /// plan the same reads although each chooses buffered or O_DIRECT from its own page cache and
+    /// filesystem. Every backend's alignment divides a page (detail::FileSet refuses O_DIRECT that
+    /// needs more), so page-aligned reads suit every rank.
+    page,
+};
+
 /// Opens the checkpoint's files with `storage` and plans the selected tensors, in reads of at most
-/// one slot aligned as the storage requires for each file.
+/// one slot aligned as `alignment` says.
 template <StorageBackend Storage>
-Plan open_and_plan(const format::Checkpoint& checkpoint, Storage& storage, const LoadOptions& options) {
+Plan open_and_plan(const format::Checkpoint& checkpoint, Storage& storage, const LoadOptions& options,
+                   PlanAlignment alignment = PlanAlignment::storage) {
     if (options.slot_bytes < min_slot_bytes || options.slot_bytes % detail::page_alignment != 0)
         throw usage_error("loader", "slot_bytes must be a multiple of 4096 and at least 12288");
     storage.open(checkpoint);
-    std::vector<std::uint64_t> alignment(checkpoint.files().size());
-    for (std::uint32_t f = 0; f < alignment.size(); ++f) alignment[f] = storage.alignment(f);
-    return make_plan(checkpoint, options.filter, alignment, options.slot_bytes);
+    std::vector<std::uint64_t> aligned(checkpoint.files().size());
+    for (std::uint32_t f = 0; f < aligned.size(); ++f) {
+        aligned[f] = storage.alignment(f);
+        if (alignment == PlanAlignment::page) {
+            if (detail::page_alignment % aligned[f] != 0)
+                throw usage_error(checkpoint.files()[f].path.string(),
+                                  "the storage reads it at an alignment of " + std::to_string(aligned[f]) +
+                                      " bytes, which does not divide the page alignment a group load plans with");
+            aligned[f] = detail::page_alignment;
+        }
+    }
+    return make_plan(checkpoint, options.filter, aligned, options.slot_bytes);
 }
 
 /// Staging slots for a plan: what the staging size holds, at least two (a read and a copy

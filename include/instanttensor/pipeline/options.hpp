@@ -2,6 +2,7 @@
 // (LoadStats). Both pipelines read the one and fill the other; the Loader hands them to the caller.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 
 #include "instanttensor/pipeline/plan.hpp"
@@ -21,6 +22,10 @@ struct LoadOptions {
     ShareFunction share;                        ///< what each rank keeps (pipeline/share.hpp); empty = everything
     std::uint64_t window_bytes = 128ull << 20;  ///< bytes the group reads, then exchanges, at a time
     unsigned windows = 3;                       ///< window buffers: reading, exchanging, landing overlap
+    /// How long a rank waits for the group without any of its operations completing before it
+    /// gives up on its peers (one died, hangs, or stopped without telling): it then aborts its
+    /// transport and fails with nccl_error. Waiting on a peer's consumer counts: give slow consumers room.
+    std::chrono::milliseconds group_timeout = std::chrono::minutes(10);
 };
 
 /// What a load did, for reports.

@@ -1,21 +1,31 @@
 // instanttensor/transport/nccl.hpp: a group of GPUs that load one checkpoint together over NCCL.
 //
-// The caller brings a communicator it already has (the world, or any subgroup: one per tensor
-// parallel group, one per node, ...) and the stream the exchanges run on. Each window's exchange
-// is one NCCL call or one NCCL group (pipeline/group_plan.hpp):
+// The caller brings a communicator and the stream the operations run on. Each window's exchange is
+// one NCCL call or one NCCL group (pipeline/group_plan.hpp), and the loader's status rounds are
+// small all-gathers:
 //
 //   all_gather   ncclAllGather, in place (rank r's segment already sits at r·S)
 //   broadcasts   one in-place ncclBroadcast per reader, in one ncclGroupStart/End
 //   sends        ncclSend / ncclRecv of exactly the kept bytes, in one group, in the same order
 //                on both sides of every pair
+//   gather       ncclAllGather of one 64-bit word per rank, into the transport's own buffers
 //
-// Every rank of the communicator must load the same checkpoint with the same LoadOptions (filter,
-// slot_bytes, window_bytes, share function): the exchanges are derived from them. The loader
-// checks it first, through gather() of a digest of each rank's plan. If a rank fails mid-load, its
-// loader abandons the group: with Options::abort_on_failure it calls ncclCommAbort (the
-// communicator is then gone, and every peer's pending exchange ends with an error instead of
-// waiting); without it, it waits for its own exchanges in flight, which end only when the peers
-// take part.
+// What the caller must guarantee (docs/distributed.md#the-communicator):
+//   - Every rank loads the same checkpoint with the same LoadOptions (filter, slot_bytes,
+//     window_bytes, share): the operations are derived from them (the loader checks it first).
+//   - Nothing else uses the communicator from a loader's construction to its destruction: the
+//     loader issues operations inside operator++, at moments that depend on each rank's reads, so
+//     another collective on it would land at different positions on different ranks. Give the
+//     load a communicator of its own (ncclCommSplit of the application's).
+//   - If the transport aborts (a deadline passed, or NCCL reported an error), the communicator is
+//     gone (ncclCommAbort): neither use nor destroy it after; aborted() says so.
+//
+// Blocking and non-blocking communicators (config.blocking = 0, NCCL_COMM_BLOCKING=0) both work: a
+// call that answers ncclInProgress is still launching in the background, so the transport records
+// the operation's completion event only once the communicator reports the launch finished, and
+// issues the next operation only then (NCCL asks that of non-blocking communicators). An NCCL call
+// that fails inside ncclGroupStart/End still gets its ncclGroupEnd, which cancels the group, so
+// that no later NCCL call of this thread (the application's included) is held in an open group.
 #pragma once
 
 #include "instanttensor/config.hpp"
@@ -27,8 +37,11 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
+#include <cstring>
+#include <deque>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -45,22 +58,18 @@ class nccl {
 public:
     static constexpr MemoryKind memory = MemoryKind::device;
 
-    struct Options {
-        /// When the load stops early on this rank, abort the communicator (ncclCommAbort), so that
-        /// no rank waits forever; the caller must then neither use nor destroy it.
-        bool abort_on_failure = false;
-    };
-
     /// `comm` stays the caller's: it must outlive the transport and is never destroyed here.
-    /// Exchanges run on `stream` (the caller's, or null for the default stream).
-    nccl(ncclComm_t comm, cudaStream_t stream) : nccl(comm, stream, Options{}) {}
-    nccl(ncclComm_t comm, cudaStream_t stream, Options options) : comm_(comm), stream_(stream), options_(options) {
+    /// Operations run on `stream` (the caller's, or null for the legacy default stream).
+    nccl(ncclComm_t comm, cudaStream_t stream) : comm_(comm), stream_(stream) {
         if (comm_ == nullptr) throw usage_error("transport::nccl", "needs a communicator");
         INSTANTTENSOR_NCCL_CHECK(comm_, ncclCommUserRank(comm_, &rank_));
         INSTANTTENSOR_NCCL_CHECK(comm_, ncclCommCount(comm_, &size_));
         INSTANTTENSOR_NCCL_CHECK(comm_, ncclCommCuDevice(comm_, &device_));
         detail::DeviceGuard guard(device_);
         events_ = std::vector<detail::Event>(max_in_flight);
+        const std::size_t words = max_in_flight * static_cast<std::size_t>(size_);
+        gathered_device_ = detail::DeviceBuffer(words * sizeof(std::uint64_t), "nothing: 8 bytes per rank and operation");
+        gathered_host_ = detail::PinnedBuffer((words + max_in_flight) * sizeof(std::uint64_t));
     }
     nccl(nccl&&) = default;
     nccl& operator=(nccl&&) = delete;
@@ -69,86 +78,185 @@ public:
     [[nodiscard]] int size() const noexcept { return size_; }
     [[nodiscard]] int device() const noexcept { return device_; }
     [[nodiscard]] ncclComm_t communicator() const noexcept { return comm_; }
+    /// Whether abort() ran: the communicator is gone.
+    [[nodiscard]] bool aborted() const noexcept { return aborted_; }
 
-    /// Queues the exchange of one window on the stream; the ticket's event follows it. At most
-    /// `max_in_flight` exchanges may be unfinished at once (the loader keeps at most 16 windows).
+    /// Starts the exchange of one window; `window` stays valid until done(ticket).
     std::uint64_t exchange(std::byte* window, const WindowExchange& x) {
-        detail::DeviceGuard guard(device_);
-        switch (x.mode) {
-        case ExchangeMode::none: break;
-        case ExchangeMode::all_gather:
-            INSTANTTENSOR_NCCL_CHECK(comm_, ncclAllGather(window + x.segment * static_cast<std::uint64_t>(rank_), window,
-                                                          x.segment, ncclUint8, comm_, stream_));
-            break;
-        case ExchangeMode::broadcasts:
-            INSTANTTENSOR_NCCL_CHECK(comm_, ncclGroupStart());
-            for (const Transfer& t : x.transfers)
-                INSTANTTENSOR_NCCL_CHECK(comm_, ncclBroadcast(window + t.offset, window + t.offset, t.length, ncclUint8,
-                                                              t.from, comm_, stream_));
-            INSTANTTENSOR_NCCL_CHECK(comm_, ncclGroupEnd());
-            break;
-        case ExchangeMode::sends:
-            INSTANTTENSOR_NCCL_CHECK(comm_, ncclGroupStart());
-            for (const Transfer& t : x.transfers) {
-                if (t.from == rank_) INSTANTTENSOR_NCCL_CHECK(comm_, ncclSend(window + t.offset, t.length, ncclUint8, t.to, comm_, stream_));
-                if (t.to == rank_) INSTANTTENSOR_NCCL_CHECK(comm_, ncclRecv(window + t.offset, t.length, ncclUint8, t.from, comm_, stream_));
-            }
-            INSTANTTENSOR_NCCL_CHECK(comm_, ncclGroupEnd());
-            break;
-        }
-        events_[next_ % max_in_flight].record(stream_);
-        return next_++;
+        std::vector<Transfer> transfers(x.transfers.begin(), x.transfers.end());
+        return start(
+            [this, window, mode = x.mode, segment = x.segment, transfers = std::move(transfers)] {
+                switch (mode) {
+                case ExchangeMode::none: return ncclSuccess;
+                case ExchangeMode::all_gather:
+                    return ncclAllGather(window + segment * static_cast<std::uint64_t>(rank_), window, segment, ncclUint8, comm_, stream_);
+                case ExchangeMode::broadcasts:
+                    return grouped([&] {
+                        for (const Transfer& t : transfers)
+                            if (const ncclResult_t r = ncclBroadcast(window + t.offset, window + t.offset, t.length, ncclUint8, t.from, comm_, stream_);
+                                r != ncclSuccess)
+                                return r;
+                        return ncclSuccess;
+                    });
+                case ExchangeMode::sends:
+                    return grouped([&] {
+                        for (const Transfer& t : transfers) {
+                            ncclResult_t r = ncclSuccess;
+                            if (t.from == rank_) r = ncclSend(window + t.offset, t.length, ncclUint8, t.to, comm_, stream_);
+                            if (r == ncclSuccess && t.to == rank_) r = ncclRecv(window + t.offset, t.length, ncclUint8, t.from, comm_, stream_);
+                            if (r != ncclSuccess) return r;
+                        }
+                        return ncclSuccess;
+                    });
+                }
+                return ncclSuccess;
+            },
+            {});
     }
 
-    /// Every rank's `value`, by rank: a small all-gather, waited for (polling the communicator's
-    /// asynchronous error, like exchange_done).
-    std::vector<std::uint64_t> gather(std::uint64_t value) {
-        detail::DeviceGuard guard(device_);
-        const auto n = static_cast<std::size_t>(size_);
-        detail::DeviceBuffer values(n * sizeof value, "nothing: 8 bytes per rank");
-        std::byte* mine = values.data() + static_cast<std::size_t>(rank_) * sizeof value;
-        INSTANTTENSOR_CUDA_CHECK(cudaMemcpyAsync(mine, &value, sizeof value, cudaMemcpyHostToDevice, stream_));
-        const std::uint64_t ticket = exchange(values.data(), {ExchangeMode::all_gather, sizeof value, n * sizeof value, {}});
-        while (!exchange_done(ticket)) std::this_thread::yield();
-        std::vector<std::uint64_t> all(n);
-        INSTANTTENSOR_CUDA_CHECK(cudaMemcpy(all.data(), values.data(), n * sizeof value, cudaMemcpyDeviceToHost));
-        return all;
+    /// Starts an all-gather of one word per rank, into the transport's own buffers.
+    std::uint64_t gather(std::uint64_t value) {
+        const std::uint64_t ticket = next_;
+        std::uint64_t* device = words_on_device(ticket);
+        std::uint64_t* host = words_on_host(ticket);
+        host[size_] = value;  // this rank's word, pinned until the copy below ran
+        return start(
+            [this, device, host] {
+                const cudaError_t copied = cudaMemcpyAsync(device + rank_, host + size_, sizeof(std::uint64_t), cudaMemcpyHostToDevice, stream_);
+                if (copied != cudaSuccess) detail::throw_cuda_error(copied, "cudaMemcpyAsync", __FILE__, __LINE__, "a gather's word");
+                return ncclAllGather(device + rank_, device, 1, ncclUint64, comm_, stream_);
+            },
+            [this, device, host] {
+                INSTANTTENSOR_CUDA_CHECK(cudaMemcpyAsync(host, device, static_cast<std::size_t>(size_) * sizeof(std::uint64_t),
+                                                         cudaMemcpyDeviceToHost, stream_));
+            });
     }
 
-    /// Whether the exchange `ticket` (and, the stream being in order, every earlier one) finished.
+    /// Whether operation `ticket` (and, the stream being in order, every earlier one) completed.
     /// Throws nccl_error when the communicator reports an asynchronous error (a peer aborted, a
-    /// network failure), so that a rank does not poll a dead group forever.
-    bool exchange_done(std::uint64_t ticket) {
-        if (events_[ticket % max_in_flight].done()) return true;
+    /// network failure) or was aborted.
+    bool done(std::uint64_t ticket) {
+        if (aborted_) throw nccl_error("transport::nccl", "the communicator was aborted");
+        launch();
+        if (ticket >= recorded_) return false;
+        if (ticket < completed_) return true;
+        if (events_[ticket % max_in_flight].done()) {
+            completed_ = ticket + 1;
+            return true;
+        }
         ncclResult_t state = ncclSuccess;
         INSTANTTENSOR_NCCL_CHECK(comm_, ncclCommGetAsyncError(comm_, &state));
-        if (state != ncclSuccess && state != ncclInProgress) detail::throw_nccl_error(state, comm_, "an exchange");
+        if (state != ncclSuccess && state != ncclInProgress) detail::throw_nccl_error(state, comm_, "an operation");
         return false;
     }
 
-    void abandon() noexcept {
-        if (options_.abort_on_failure) {
-            ncclCommAbort(comm_);
-            return;
-        }
-        int previous = 0;  // no DeviceGuard: it throws, and this must not
-        cudaGetDevice(&previous);
-        cudaSetDevice(device_);
-        cudaStreamSynchronize(stream_);
-        cudaSetDevice(previous);
+    /// Every rank's word of gather `ticket`, once done(ticket).
+    std::vector<std::uint64_t> gathered(std::uint64_t ticket) {
+        const std::uint64_t* host = words_on_host(ticket);
+        return {host, host + size_};
     }
 
-    static constexpr std::size_t max_in_flight = 16;
+    /// Aborts the communicator (ncclCommAbort), which ends every operation in flight; it is gone
+    /// after, for the caller too.
+    void abort() noexcept {
+        if (aborted_) return;
+        aborted_ = true;
+        ncclCommAbort(comm_);
+        queue_.clear();
+    }
+
+    /// Operations unfinished at once, at most: the loader holds at most 16 windows' exchanges and
+    /// one status round.
+    static constexpr std::size_t max_in_flight = 32;
 
 private:
+    /// An operation started and not launched yet: its NCCL calls, and what follows them on the
+    /// stream once they are launched (a gather's copy of the words back).
+    struct Operation {
+        std::function<ncclResult_t()> calls;
+        std::function<void()> then;
+    };
+
+    std::uint64_t* words_on_device(std::uint64_t ticket) const {
+        return reinterpret_cast<std::uint64_t*>(gathered_device_.data()) + ticket % max_in_flight * static_cast<std::uint64_t>(size_);
+    }
+    /// size_ words gathered, then this rank's own word.
+    std::uint64_t* words_on_host(std::uint64_t ticket) const {
+        return reinterpret_cast<std::uint64_t*>(gathered_host_.data()) + ticket % max_in_flight * (static_cast<std::uint64_t>(size_) + 1);
+    }
+
+    std::uint64_t start(std::function<ncclResult_t()> calls, std::function<void()> then) {
+        if (aborted_) throw nccl_error("transport::nccl", "the communicator was aborted");
+        if (next_ >= completed_ + max_in_flight)  // its slot would still be the one of an unfinished operation
+            throw usage_error("transport::nccl", "more than " + std::to_string(max_in_flight) + " operations unfinished");
+        queue_.push_back({std::move(calls), std::move(then)});
+        const std::uint64_t ticket = next_++;
+        launch();
+        return ticket;
+    }
+
+    /// Launches the operations started, in order, as far as the communicator lets: one still
+    /// launching (ncclInProgress) holds the next back, and its event is recorded once it is launched.
+    void launch() {
+        detail::DeviceGuard guard(device_);
+        for (;;) {
+            if (launching_) {
+                ncclResult_t state = ncclSuccess;
+                INSTANTTENSOR_NCCL_CHECK(comm_, ncclCommGetAsyncError(comm_, &state));
+                if (state == ncclInProgress) return;
+                if (state != ncclSuccess) detail::throw_nccl_error(state, comm_, "launching an operation");
+                launching_ = false;
+                launched();
+            }
+            if (queue_.empty()) return;
+            const ncclResult_t result = queue_.front().calls();
+            if (result != ncclSuccess && result != ncclInProgress) detail::throw_nccl_error(result, comm_, "an exchange");
+            if (result == ncclInProgress) {
+                launching_ = true;
+                continue;
+            }
+            launched();
+        }
+    }
+
+    /// The front operation is launched: queue what follows it and record its event.
+    void launched() {
+        if (queue_.front().then) queue_.front().then();
+        events_[recorded_ % max_in_flight].record(stream_);
+        ++recorded_;
+        queue_.pop_front();
+    }
+
+    /// Runs `calls` between ncclGroupStart and ncclGroupEnd. The group is ended whatever happens
+    /// (a failed call inside it makes ncclGroupEnd cancel it), so that it never stays open.
+    template <class Calls>
+    ncclResult_t grouped(Calls calls) {
+        if (const ncclResult_t started = ncclGroupStart(); started != ncclSuccess) return started;
+        ncclResult_t result = ncclSuccess;
+        try {
+            result = calls();
+        } catch (...) {
+            ncclGroupEnd();
+            throw;
+        }
+        const ncclResult_t ended = ncclGroupEnd();
+        return result != ncclSuccess ? result : ended;
+    }
+
     ncclComm_t comm_;
     cudaStream_t stream_;
-    Options options_;
     int rank_ = 0;
     int size_ = 0;
     int device_ = 0;
-    std::vector<detail::Event> events_;
-    std::uint64_t next_ = 0;
+    std::vector<detail::Event> events_;     // per ticket % max_in_flight
+    detail::DeviceBuffer gathered_device_;  // per ticket % max_in_flight: a word per rank
+    detail::PinnedBuffer gathered_host_;    // per ticket % max_in_flight: a word per rank, and this rank's
+    std::deque<Operation> queue_;           // started, not launched: tickets [recorded_ + launching_, next_)
+    std::uint64_t next_ = 0;                // the next ticket
+    std::uint64_t recorded_ = 0;            // tickets below it are launched and have their event
+    std::uint64_t completed_ = 0;           // tickets below it completed (done() said so)
+    bool launching_ = false;                // the front of queue_ answered ncclInProgress
+    bool aborted_ = false;
 };
 
 /// The NCCL unique id of a new communicator, through a file every rank can see (a shared
