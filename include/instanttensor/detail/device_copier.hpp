@@ -25,9 +25,10 @@ namespace instanttensor::detail {
 
 class DeviceCopier {
 public:
-    /// `consumer` (may be null) is the stream the runtime uses the tensors on: copies into memory
-    /// it released wait for its work before overwriting. `streams` copy streams take turns.
-    DeviceCopier(int device, cudaStream_t consumer, unsigned streams)
+    /// `consumer` is the stream the runtime uses the tensors on, if any: copies into memory it
+    /// released wait for its work before overwriting. A null stream is CUDA's legacy default stream,
+    /// which is a stream like the others here; std::nullopt is none. `streams` copy streams take turns.
+    DeviceCopier(int device, std::optional<cudaStream_t> consumer, unsigned streams)
         : device_(device), consumer_(consumer), stream_count_(std::clamp(streams, 1u, 8u)) {}
 
     DeviceCopier(DeviceCopier&&) = default;
@@ -77,8 +78,8 @@ public:
     /// The consumer moved past memory that later copies may overwrite: order those copies after
     /// the consumer's work issued so far.
     void after_consumer() {
-        if (consumer_ == nullptr) return;
-        released_->record(consumer_);
+        if (!consumer_) return;
+        released_->record(*consumer_);
         for (const auto& s : streams_) INSTANTTENSOR_CUDA_CHECK(cudaStreamWaitEvent(s.get(), released_->get(), 0));
     }
 
@@ -98,7 +99,7 @@ private:
     cudaStream_t current() const noexcept { return streams_[next_ % streams_.size()].get(); }
 
     int device_;
-    cudaStream_t consumer_;
+    std::optional<cudaStream_t> consumer_;
     unsigned stream_count_;
     std::vector<Stream> streams_;
     std::vector<Event> events_;       // ring of per-ticket events

@@ -208,7 +208,7 @@ private:
             slots = staging_slots(plan_, options_);
             staging_ = Staging<StagingMemory>(allocate<StagingMemory>(slots * options_.slot_bytes, device(), ""), options_.slot_bytes);
             stats_.staging_bytes = staging_.memory().size();
-            uploader_.emplace(device(), nullptr, 2);
+            uploader_.emplace(device(), std::nullopt, 2);
             uploader_->prepare_copies(slots);
         }
         if constexpr (requires { storage_.register_memory(staging_.memory()); })

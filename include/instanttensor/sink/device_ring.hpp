@@ -13,6 +13,7 @@
 
 #if INSTANTTENSOR_HAS_CUDA
 
+#include <optional>
 #include <string>
 
 #include "instanttensor/detail/cuda.hpp"
@@ -34,7 +35,9 @@ public:
     struct Options {
         int device = 0;
         std::uint64_t ring_bytes = 0;  ///< 0: three times the largest selected tensor, or what the plan needs
-        cudaStream_t consumer_stream = nullptr;  ///< where the runtime uses the tensors, if anywhere
+        /// Stream the runtime uses the tensors on, if any: a released tensor's space is reused only
+        /// after the work queued there so far (nullptr: the legacy default stream).
+        std::optional<cudaStream_t> consumer_stream;
         unsigned copy_streams = 2;     ///< streams taking turns at the copies (keeps the DMA engine busy)
     };
 

@@ -11,6 +11,7 @@
 
 #include <cstring>
 #include <functional>
+#include <optional>
 #include <string>
 
 #include "instanttensor/config.hpp"
@@ -67,7 +68,8 @@ public:
 
     struct Options {
         int device = 0;
-        cudaStream_t consumer_stream = nullptr;  ///< stream the runtime uses the tensors on, if any
+        /// Stream the runtime uses the tensors on, if any (nullptr: the legacy default stream).
+        std::optional<cudaStream_t> consumer_stream;
         unsigned copy_streams = 2;               ///< streams taking turns at the copies
     };
 
