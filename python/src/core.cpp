@@ -168,8 +168,11 @@ public:
     std::uint64_t exchange(std::byte* window, const it::WindowExchange& x) {
         nb::gil_scoped_acquire gil;
         return call("an exchange", [&] {
-            nb::list transfers;
-            for (const it::Transfer& t : x.transfers) transfers.append(nb::make_tuple(t.from, t.to, t.offset, t.length));
+            nb::list transfers;  // (from, to, offset, length, NCCL group of a send)
+            for (std::size_t i = 0; i < x.transfers.size(); ++i) {
+                const it::Transfer& t = x.transfers[i];
+                transfers.append(nb::make_tuple(t.from, t.to, t.offset, t.length, x.groups.empty() ? 0u : x.groups[i]));
+            }
             const std::uint64_t bytes = std::max(x.bytes, x.segment * static_cast<std::uint64_t>(size_));
             return nb::cast<std::uint64_t>(group_.attr("exchange")(view(window, bytes), mode_name(x.mode), x.segment, transfers));
         });

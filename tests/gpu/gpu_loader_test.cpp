@@ -348,9 +348,9 @@ TEST_CASE("transport::nccl with world size 1: every exchange mode runs and leave
     INSTANTTENSOR_CUDA_CHECK(cudaMemcpy(window.data(), host.data(), bytes, cudaMemcpyHostToDevice));
     const std::vector<it::Transfer> broadcasts{{0, it::Transfer::everyone, 0, 4096}, {0, it::Transfer::everyone, 4096, 8192}};
     const it::WindowExchange exchanges[] = {
-        {it::ExchangeMode::none, bytes, bytes, {}},
-        {it::ExchangeMode::all_gather, bytes, bytes, {}},
-        {it::ExchangeMode::broadcasts, bytes, bytes, broadcasts},
+        {it::ExchangeMode::none, bytes, bytes, {}, {}},
+        {it::ExchangeMode::all_gather, bytes, bytes, {}, {}},
+        {it::ExchangeMode::broadcasts, bytes, bytes, broadcasts, {}},
     };
     for (const auto& x : exchanges) {
         CAPTURE(static_cast<int>(x.mode));

@@ -159,3 +159,42 @@ TEST_CASE("group plan: aligned reads cover every needed byte once, segments are 
         for (auto b : read_bytes) CHECK(b <= total / static_cast<std::uint64_t>(ranks) + 4096 * g.windows.size() * 2 + 4096);
     }
 }
+
+TEST_CASE("group plan: a window's sends go in NCCL groups of at most max_group_transfers, numbered alike on both sides") {
+    // Thousands of small matrices split by rows on 8 ranks: a window of point-to-point sends far
+    // longer than one NCCL group may hold. Each transfer must sit in the same group on its sender
+    // and its receiver (else each waits for the other's group forever), and no group may hold more
+    // calls than NCCL aggregates.
+    const auto checkpoint = checkpoint_of({tiny_specs(3000, 4)});
+    const std::vector<std::uint64_t> align(checkpoint.files().size(), 4096);
+    const auto plan = it::make_plan(checkpoint, {}, align, 1 << 20);
+    constexpr int ranks = 8;
+    const auto share = it::split_rows({});
+    std::vector<it::GroupPlan> plans;
+    for (int r = 0; r < ranks; ++r) plans.push_back(it::make_group_plan(plan, ranks, r, share, 8 << 20));
+    std::uint32_t most_groups = 0;
+    for (std::size_t w = 0; w < plans[0].windows.size(); ++w) {
+        if (plans[0].windows[w].mode != ExchangeMode::sends) continue;
+        for (int r = 0; r < ranks; ++r) {
+            const auto x = plans[static_cast<std::size_t>(r)].exchange(w);
+            REQUIRE(x.groups.size() == x.transfers.size());
+            std::vector<std::uint64_t> calls;  // this rank's calls per group
+            for (std::size_t i = 0; i < x.transfers.size(); ++i) {
+                if (i > 0) CHECK(x.groups[i] >= x.groups[i - 1]);
+                if (calls.size() <= x.groups[i]) calls.resize(x.groups[i] + 1);
+                ++calls[x.groups[i]];
+                most_groups = std::max(most_groups, x.groups[i] + 1);
+                // The other side lists the same transfer in the same group.
+                const it::Transfer& t = x.transfers[i];
+                const auto other = plans[static_cast<std::size_t>(t.from == r ? t.to : t.from)].exchange(w);
+                const auto match = std::find_if(other.transfers.begin(), other.transfers.end(), [&](const it::Transfer& u) {
+                    return u.from == t.from && u.to == t.to && u.offset == t.offset && u.length == t.length;
+                });
+                REQUIRE(match != other.transfers.end());
+                CHECK(other.groups[static_cast<std::size_t>(match - other.transfers.begin())] == x.groups[i]);
+            }
+            for (const auto c : calls) CHECK(c <= it::max_group_transfers);
+        }
+    }
+    CHECK(most_groups > 1);  // the case the groups are for
+}

@@ -6,7 +6,8 @@
 //     does only once its bytes moved, both ways;
 //   - the bytes move through the same pointer arithmetic as transport::nccl: an in-place all-gather
 //     sends window + rank·S and receives peer p's segment at window + p·S; a broadcast sends and
-//     receives at window + offset; sends and receives match in order between each pair;
+//     receives at window + offset; sends and receives match in order between each pair, each in
+//     the same NCCL group on both sides, no group holding more calls than NCCL aggregates;
 //   - a rank knows nothing of its peers but what they sent: no shared "abandoned" flag. A rank
 //     that aborts (NCCL: ncclCommAbort) stops its own operations; its peers' operations then never
 //     complete, and they learn of it only through the loader's protocol or its deadline;
@@ -199,6 +200,9 @@ public:
         op.window = window;
         op.posted = {0, static_cast<std::uint64_t>(x.mode), x.segment, x.bytes, 0, x.transfers.size()};
         op.transfers.assign(x.transfers.begin(), x.transfers.end());
+        if (x.mode == instanttensor::ExchangeMode::sends) check_groups(x);
+        op.groups.assign(x.groups.begin(), x.groups.end());
+        op.groups.resize(op.transfers.size());  // 0 where the mode has no groups
         return state_->start(std::move(op));
     }
 
@@ -229,7 +233,20 @@ private:
         ProcessGroup::Posted posted;
         std::byte* window = nullptr;
         std::vector<instanttensor::Transfer> transfers;
+        std::vector<std::uint32_t> groups;  // per transfer: its NCCL group (sends)
     };
+
+    /// The sends' groups as NCCL needs them: one per transfer, non-decreasing, none holding more
+    /// than max_group_transfers of this rank's calls.
+    static void check_groups(const instanttensor::WindowExchange& x) {
+        if (x.groups.size() != x.transfers.size()) throw instanttensor::nccl_error("process group", "sends without their groups");
+        std::size_t run = 0;
+        for (std::size_t i = 0; i < x.groups.size(); ++i) {
+            if (i > 0 && x.groups[i] < x.groups[i - 1]) throw instanttensor::nccl_error("process group", "sends' groups out of order");
+            run = i > 0 && x.groups[i] == x.groups[i - 1] ? run + 1 : 1;
+            if (run > instanttensor::max_group_transfers) throw instanttensor::nccl_error("process group", "an NCCL group of too many calls");
+        }
+    }
 
     struct State {
         State(ProcessGroup& g, int r, Options o) : group(g), rank(r), options(o) {}
@@ -339,7 +356,10 @@ private:
                 at += length;
             };
             put(&op.posted, sizeof op.posted);
-            if (!op.transfers.empty()) put(op.transfers.data(), op.transfers.size() * sizeof(instanttensor::Transfer));
+            if (!op.transfers.empty()) {
+                put(op.transfers.data(), op.transfers.size() * sizeof(instanttensor::Transfer));
+                put(op.groups.data(), op.groups.size() * sizeof(std::uint32_t));
+            }
             if (op.posted.gather) return;
             using instanttensor::ExchangeMode;
             switch (static_cast<ExchangeMode>(op.posted.mode)) {
@@ -364,8 +384,13 @@ private:
             std::memcpy(&theirs, at, sizeof theirs);
             at += sizeof theirs;
             std::vector<Transfer> transfers(theirs.transfers);
-            if (!transfers.empty()) std::memcpy(transfers.data(), at, transfers.size() * sizeof(Transfer));
-            at += transfers.size() * sizeof(Transfer);
+            std::vector<std::uint32_t> groups(theirs.transfers);
+            if (!transfers.empty()) {
+                std::memcpy(transfers.data(), at, transfers.size() * sizeof(Transfer));
+                at += transfers.size() * sizeof(Transfer);
+                std::memcpy(groups.data(), at, groups.size() * sizeof(std::uint32_t));
+                at += groups.size() * sizeof(std::uint32_t);
+            }
             const std::string who = "rank " + std::to_string(p) + " and rank " + std::to_string(rank);
             if (theirs.gather != op.posted.gather) throw std::runtime_error(who + " posted a gather against an exchange");
             if (op.posted.gather) {
@@ -395,13 +420,17 @@ private:
                 }
                 break;
             case ExchangeMode::sends: {
-                std::vector<Transfer> sent, expected;  // p to this rank: as p posted them, as this rank did
-                for (const auto& t : transfers)
-                    if (t.from == p && t.to == rank) sent.push_back(t);
-                for (const auto& t : op.transfers)
-                    if (t.from == p && t.to == rank) expected.push_back(t);
-                if (!std::equal(sent.begin(), sent.end(), expected.begin(), expected.end(), same))
-                    throw std::runtime_error("rank " + std::to_string(p) + " sends what rank " + std::to_string(rank) + " does not receive");
+                // p to this rank, with their NCCL groups: as p posted them, as this rank did. A send
+                // and its receive in different groups would wait for each other forever.
+                std::vector<std::pair<Transfer, std::uint32_t>> sent, expected;
+                for (std::size_t i = 0; i < transfers.size(); ++i)
+                    if (transfers[i].from == p && transfers[i].to == rank) sent.emplace_back(transfers[i], groups[i]);
+                for (std::size_t i = 0; i < op.transfers.size(); ++i)
+                    if (op.transfers[i].from == p && op.transfers[i].to == rank) expected.emplace_back(op.transfers[i], op.groups[i]);
+                if (!std::equal(sent.begin(), sent.end(), expected.begin(), expected.end(),
+                                [&](const auto& a, const auto& b) { return same(a.first, b.first) && a.second == b.second; }))
+                    throw std::runtime_error("rank " + std::to_string(p) + " sends what rank " + std::to_string(rank) +
+                                             " does not receive in the same NCCL group");
                 for (const auto& t : transfers) {
                     if (t.from != p) continue;
                     if (t.to == rank) {

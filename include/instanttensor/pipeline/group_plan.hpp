@@ -44,12 +44,20 @@ struct Transfer {
     std::uint64_t length = 0;
 };
 
+/// The most point-to-point transfers one NCCL group of a window's sends holds, counted over every
+/// rank's: NCCL aggregates a bounded number of calls in a group (2048 in its documentation).
+inline constexpr std::uint64_t max_group_transfers = 1024;
+
 /// What one window's exchange does; the same on every rank.
 struct WindowExchange {
     ExchangeMode mode = ExchangeMode::none;
     std::uint64_t segment = 0;             ///< S: rank r read [r·S, (r+1)·S) of the window buffer
     std::uint64_t bytes = 0;               ///< L: the window's length
     std::span<const Transfer> transfers;   ///< broadcasts or sends, in the order both sides post them
+    /// Sends only, per transfer: the group it is posted in (non-decreasing). Groups cut the list of
+    /// every rank's sends of the window into runs of max_group_transfers, so both sides of a
+    /// transfer put it in the same group, and each group completes on its own.
+    std::span<const std::uint32_t> groups;
 };
 
 struct Window {
@@ -86,6 +94,7 @@ struct GroupPlan {
     /// Per window, in the order every rank posts them: the broadcasts, or the sends this rank takes
     /// part in (as sender or receiver; each pair of ranks lists its sends in the same order).
     std::vector<Transfer> transfers;
+    std::vector<std::uint32_t> transfer_groups;  ///< per transfer of a sends window: its group (WindowExchange::groups)
     std::vector<KeptBytes> kept;                       ///< per planned tensor: what this rank keeps
     std::vector<std::uint64_t> read_bytes;             ///< per rank: bytes it reads from storage
     std::vector<std::uint64_t> kept_bytes;             ///< per rank: bytes it keeps
@@ -99,7 +108,9 @@ struct GroupPlan {
     [[nodiscard]] const KeptBytes& keeps(std::uint32_t tensor) const { return kept[tensor]; }
     [[nodiscard]] WindowExchange exchange(std::size_t window) const {
         const Window& w = windows[window];
-        return {w.mode, w.segment, w.bytes, std::span(transfers).subspan(w.first_transfer, w.transfer_count)};
+        const auto groups = w.mode == ExchangeMode::sends ? std::span(transfer_groups).subspan(w.first_transfer, w.transfer_count)
+                                                          : std::span<const std::uint32_t>();
+        return {w.mode, w.segment, w.bytes, std::span(transfers).subspan(w.first_transfer, w.transfer_count), groups};
     }
 
     /// Calls read(SegmentRead) for each read of `reader`'s segment of window `window`, in order.
@@ -342,14 +353,20 @@ inline GroupPlan make_group_plan(const Plan& plan, int ranks, int rank, const Sh
                 g.received_bytes[static_cast<std::size_t>(r)] += w.bytes - length;
                 if (length == 0) continue;
                 g.transfers.push_back({r, Transfer::everyone, begin, length});
+                g.transfer_groups.push_back(0);
                 digest.mix(g.transfers.back());
             }
         } else {
             w.mode = ExchangeMode::sends;
+            std::uint64_t index = 0;  // in the list of every rank's sends, the same on every rank
             for_each_send([&](const Transfer& t) {
                 g.received_bytes[static_cast<std::size_t>(t.to)] += t.length;
                 digest.mix(t);
-                if (t.from == rank || t.to == rank) g.transfers.push_back(t);
+                if (t.from == rank || t.to == rank) {
+                    g.transfers.push_back(t);
+                    g.transfer_groups.push_back(static_cast<std::uint32_t>(index / max_group_transfers));
+                }
+                ++index;
             });
         }
         digest.mix(static_cast<std::uint64_t>(w.mode));

@@ -6,8 +6,8 @@
 //
 //   all_gather   ncclAllGather, in place (rank r's segment already sits at r·S)
 //   broadcasts   one in-place ncclBroadcast per reader, in one ncclGroupStart/End
-//   sends        ncclSend / ncclRecv of exactly the kept bytes, in one group, in the same order
-//                on both sides of every pair
+//   sends        ncclSend / ncclRecv of exactly the kept bytes, in the same order on both sides of
+//                every pair, in NCCL groups of at most max_group_transfers (numbered alike on all ranks)
 //   gather       ncclAllGather of one 64-bit word per rank, into the transport's own buffers
 //
 // What the caller must guarantee (docs/distributed.md#the-communicator):
@@ -81,24 +81,32 @@ public:
     /// Whether abort() ran: the communicator is gone.
     [[nodiscard]] bool aborted() const noexcept { return aborted_; }
 
-    /// Starts the exchange of one window; `window` stays valid until done(ticket).
+    /// Starts the exchange of one window; `window` stays valid until done(ticket). Sends go in one
+    /// NCCL group per run of WindowExchange::groups (NCCL aggregates a bounded number of calls).
     std::uint64_t exchange(std::byte* window, const WindowExchange& x) {
-        std::vector<Transfer> transfers(x.transfers.begin(), x.transfers.end());
-        return start(
-            [this, window, mode = x.mode, segment = x.segment, transfers = std::move(transfers)] {
-                switch (mode) {
-                case ExchangeMode::none: return ncclSuccess;
-                case ExchangeMode::all_gather:
-                    return ncclAllGather(window + segment * static_cast<std::uint64_t>(rank_), window, segment, ncclUint8, comm_, stream_);
-                case ExchangeMode::broadcasts:
-                    return grouped([&] {
-                        for (const Transfer& t : transfers)
-                            if (const ncclResult_t r = ncclBroadcast(window + t.offset, window + t.offset, t.length, ncclUint8, t.from, comm_, stream_);
-                                r != ncclSuccess)
-                                return r;
-                        return ncclSuccess;
-                    });
-                case ExchangeMode::sends:
+        switch (x.mode) {
+        case ExchangeMode::none: return start({part([] { return ncclSuccess; })});
+        case ExchangeMode::all_gather:
+            return start({part([this, window, segment = x.segment] {
+                return ncclAllGather(window + segment * static_cast<std::uint64_t>(rank_), window, segment, ncclUint8, comm_, stream_);
+            })});
+        case ExchangeMode::broadcasts:
+            return start({part([this, window, transfers = std::vector<Transfer>(x.transfers.begin(), x.transfers.end())] {
+                return grouped([&] {
+                    for (const Transfer& t : transfers)
+                        if (const ncclResult_t r = ncclBroadcast(window + t.offset, window + t.offset, t.length, ncclUint8, t.from, comm_, stream_);
+                            r != ncclSuccess)
+                            return r;
+                    return ncclSuccess;
+                });
+            })});
+        case ExchangeMode::sends: {
+            std::vector<Operation> groups;
+            for (std::size_t first = 0; first < x.transfers.size();) {
+                std::size_t end = first + 1;
+                while (end < x.transfers.size() && x.groups[end] == x.groups[first]) ++end;
+                groups.push_back(part([this, window, transfers = std::vector<Transfer>(x.transfers.begin() + static_cast<std::ptrdiff_t>(first),
+                                                                                   x.transfers.begin() + static_cast<std::ptrdiff_t>(end))] {
                     return grouped([&] {
                         for (const Transfer& t : transfers) {
                             ncclResult_t r = ncclSuccess;
@@ -108,10 +116,14 @@ public:
                         }
                         return ncclSuccess;
                     });
-                }
-                return ncclSuccess;
-            },
-            {});
+                }));
+                first = end;
+            }
+            if (groups.empty()) groups.push_back(part([] { return ncclSuccess; }));
+            return start(std::move(groups));
+        }
+        }
+        throw usage_error("transport::nccl", "an exchange mode this version does not know");
     }
 
     /// Starts an all-gather of one word per rank, into the transport's own buffers.
@@ -120,16 +132,16 @@ public:
         std::uint64_t* device = words_on_device(ticket);
         std::uint64_t* host = words_on_host(ticket);
         host[size_] = value;  // this rank's word, pinned until the copy below ran
-        return start(
+        return start({part(
             [this, device, host] {
                 const cudaError_t copied = cudaMemcpyAsync(device + rank_, host + size_, sizeof(std::uint64_t), cudaMemcpyHostToDevice, stream_);
                 if (copied != cudaSuccess) detail::throw_cuda_error(copied, "cudaMemcpyAsync", __FILE__, __LINE__, "a gather's word");
                 return ncclAllGather(device + rank_, device, 1, ncclUint64, comm_, stream_);
             },
             [this, device, host] {
-                INSTANTTENSOR_CUDA_CHECK(cudaMemcpyAsync(host, device, static_cast<std::size_t>(size_) * sizeof(std::uint64_t),
-                                                         cudaMemcpyDeviceToHost, stream_));
-            });
+                INSTANTTENSOR_CUDA_CHECK(
+                    cudaMemcpyAsync(host, device, static_cast<std::size_t>(size_) * sizeof(std::uint64_t), cudaMemcpyDeviceToHost, stream_));
+            })});
     }
 
     /// Whether operation `ticket` (and, the stream being in order, every earlier one) completed.
@@ -170,12 +182,17 @@ public:
     static constexpr std::size_t max_in_flight = 32;
 
 private:
-    /// An operation started and not launched yet: its NCCL calls, and what follows them on the
-    /// stream once they are launched (a gather's copy of the words back).
+    /// Part of an operation, started and not launched yet: its NCCL calls (one call, or one NCCL
+    /// group), and what follows them on the stream once they are launched (a gather's copy of the
+    /// words back). An operation is one part, or one per group of its sends.
     struct Operation {
         std::function<ncclResult_t()> calls;
         std::function<void()> then;
+        bool last = true;  ///< the operation's last part: its launch records the ticket's event
     };
+    static Operation part(std::function<ncclResult_t()> calls, std::function<void()> then = {}) {
+        return {std::move(calls), std::move(then), true};
+    }
 
     std::uint64_t* words_on_device(std::uint64_t ticket) const {
         return reinterpret_cast<std::uint64_t*>(gathered_device_.data()) + ticket % max_in_flight * static_cast<std::uint64_t>(size_);
@@ -185,18 +202,21 @@ private:
         return reinterpret_cast<std::uint64_t*>(gathered_host_.data()) + ticket % max_in_flight * (static_cast<std::uint64_t>(size_) + 1);
     }
 
-    std::uint64_t start(std::function<ncclResult_t()> calls, std::function<void()> then) {
+    std::uint64_t start(std::vector<Operation> parts) {
         if (aborted_) throw nccl_error("transport::nccl", "the communicator was aborted");
         if (next_ >= completed_ + max_in_flight)  // its slot would still be the one of an unfinished operation
             throw usage_error("transport::nccl", "more than " + std::to_string(max_in_flight) + " operations unfinished");
-        queue_.push_back({std::move(calls), std::move(then)});
+        for (std::size_t p = 0; p < parts.size(); ++p) {
+            parts[p].last = p + 1 == parts.size();
+            queue_.push_back(std::move(parts[p]));
+        }
         const std::uint64_t ticket = next_++;
         launch();
         return ticket;
     }
 
-    /// Launches the operations started, in order, as far as the communicator lets: one still
-    /// launching (ncclInProgress) holds the next back, and its event is recorded once it is launched.
+    /// Launches the parts started, in order, as far as the communicator lets: one still launching
+    /// (ncclInProgress) holds the next back, and an operation's event is recorded once it is launched.
     void launch() {
         detail::DeviceGuard guard(device_);
         for (;;) {
@@ -219,11 +239,14 @@ private:
         }
     }
 
-    /// The front operation is launched: queue what follows it and record its event.
+    /// The front part is launched: queue what follows it, and record the event of an operation
+    /// whose last part it is.
     void launched() {
         if (queue_.front().then) queue_.front().then();
-        events_[recorded_ % max_in_flight].record(stream_);
-        ++recorded_;
+        if (queue_.front().last) {
+            events_[recorded_ % max_in_flight].record(stream_);
+            ++recorded_;
+        }
         queue_.pop_front();
     }
 
@@ -251,11 +274,11 @@ private:
     std::vector<detail::Event> events_;     // per ticket % max_in_flight
     detail::DeviceBuffer gathered_device_;  // per ticket % max_in_flight: a word per rank
     detail::PinnedBuffer gathered_host_;    // per ticket % max_in_flight: a word per rank, and this rank's
-    std::deque<Operation> queue_;           // started, not launched: tickets [recorded_ + launching_, next_)
+    std::deque<Operation> queue_;           // parts started and not launched, in order
     std::uint64_t next_ = 0;                // the next ticket
     std::uint64_t recorded_ = 0;            // tickets below it are launched and have their event
     std::uint64_t completed_ = 0;           // tickets below it completed (done() said so)
-    bool launching_ = false;                // the front of queue_ answered ncclInProgress
+    bool launching_ = false;                // the front part of queue_ answered ncclInProgress
     bool aborted_ = false;
 };
 
