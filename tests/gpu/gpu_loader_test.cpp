@@ -1,8 +1,9 @@
 // Loading to the GPU: every backend that runs here × both device sinks gives each tensor's exact
 // bytes (XXH3 of the bytes copied back == XXH3 of the file's bytes), device memory stays within the
 // ring, a load that fails midway leaks neither device nor pinned memory, and transport::nccl with
-// a world of one runs the group path end to end: on a non-blocking communicator too, and through
-// a read error mid-load, after which the communicator still works.
+// a world of one runs the group path end to end: on a non-blocking communicator too, through a
+// read error mid-load (after which the communicator still works), and past an NCCL call that
+// fails inside a group (which leaves no group open).
 #include <instanttensor/loader.hpp>
 #include <instanttensor/format/writer.hpp>
 
@@ -14,6 +15,7 @@
 
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -394,5 +396,26 @@ TEST_CASE("transport::nccl with world size 1: a read error mid-load fails the lo
     // communicator carries the next load.
     auto loader = it::load_distributed(awkward.checkpoint, it::transport::nccl(comm.get(), stream.get()), small);
     CHECK(check_all(loader, awkward.expected) == awkward.checkpoint.tensors().size());
+}
+TEST_CASE("transport::nccl: an NCCL call that fails inside a group leaves no group open") {
+    // A send to a rank the world of one does not have fails inside ncclGroupStart/End. The transport
+    // still ends the group (NCCL then cancels it); were it left open, every later NCCL call of this
+    // thread would be held in it and never launched: the gather below would never complete.
+    SoloCommunicator comm;
+    it::detail::Stream stream;
+    it::detail::DeviceBuffer window(4096, "test window");
+    {
+        it::transport::nccl group(comm.get(), stream.get());
+        const std::vector<it::Transfer> sends{{0, 3, 0, 4096}};
+        const std::vector<std::uint32_t> groups{0};
+        CHECK_THROWS_AS(group.exchange(window.data(), {it::ExchangeMode::sends, 4096, 4096, sends, groups}), it::nccl_error);
+    }
+    it::transport::nccl group(comm.get(), stream.get());
+    const auto ticket = group.gather(42);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    bool done = false;
+    while (!(done = group.done(ticket)) && std::chrono::steady_clock::now() < deadline) {}
+    REQUIRE(done);
+    CHECK(group.gathered(ticket) == std::vector<std::uint64_t>{42});
 }
 #endif
