@@ -226,14 +226,19 @@ void add_load_options(CLI::App& sub, LoadSettings& settings, const std::string& 
         ->type_name("N")
         ->capture_default_str()
         ->check(whole_number(1, 1 << 20));
-    sub.parse_complete_callback([&settings, slot] {
+    auto* timeout = group->add_option("--group-timeout", settings.group_timeout_s,
+                                      "Seconds without any exchange completing before giving up on the peers (one died or hangs)")
+                        ->type_name("S")
+                        ->capture_default_str()
+                        ->check(whole_number(1, 7 * 24 * 3600));
+    sub.parse_complete_callback([&settings, slot, timeout] {
         // Two slots at least, so that a read and a copy overlap: the default slot shrinks to fit
         // a small staging, a slot asked for does not.
         if (slot->count() > 0 && 2 * settings.slot_mib > settings.staging_mib)
             throw CLI::ValidationError("--slot-mib", "must be at most half of --staging-mib");
         if (settings.ranks == 0) {
-            if (settings.rank != 0 || !settings.nccl_id.empty() || !settings.split_rows.empty())
-                throw CLI::ValidationError("--rank, --nccl-id and --split-rows", "need --ranks");
+            if (settings.rank != 0 || !settings.nccl_id.empty() || !settings.split_rows.empty() || timeout->count() > 0)
+                throw CLI::ValidationError("--rank, --nccl-id, --split-rows and --group-timeout", "need --ranks");
             return;
         }
         if (settings.rank < 0 || settings.rank >= settings.ranks)
@@ -287,6 +292,7 @@ LoadReport load_checkpoint(const format::Checkpoint& checkpoint, const LoadSetti
 #if INSTANTTENSOR_HAS_NCCL
         if (settings.backend == "gds") throw unavailable_error("gds", "group loads read through pinned staging; use another --backend");
         options.window_bytes = settings.window_mib << 20;
+        options.group_timeout = std::chrono::seconds(settings.group_timeout_s);
         if (!settings.split_rows.empty()) options.share = split_rows_matching(checkpoint, settings.split_rows);
         const Communicator comm(settings, ordinal);
         const detail::Stream stream = [&] {  // on the communicator's GPU, where NCCL runs

@@ -2,6 +2,7 @@
 // host or GPU loader, the progress bar and the figures a load reports.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -38,11 +39,14 @@ struct LoadSettings {
     std::string nccl_id;           ///< the file through which rank 0 hands out the NCCL unique id
     std::string split_rows;        ///< a regular expression: tensors split by rows across the ranks
     std::uint64_t window_mib = LoadOptions{}.window_bytes >> 20;
+    /// Seconds a rank waits without any of its exchanges completing before it gives up on its peers.
+    unsigned group_timeout_s = static_cast<unsigned>(std::chrono::duration_cast<std::chrono::seconds>(LoadOptions{}.group_timeout).count());
 };
 
 /// Adds --device, --backend, --direct, --staging-mib, --slot-mib, --ring-mib, --copy-streams,
 /// --connections, --stall-timeout and the group
-/// options (--ranks, --rank, --nccl-id, --split-rows, --window-mib) to `sub`, with `default_device`.
+/// options (--ranks, --rank, --nccl-id, --split-rows, --window-mib, --group-timeout) to `sub`, with
+/// `default_device`.
 void add_load_options(CLI::App& sub, LoadSettings& settings, const std::string& default_device);
 
 /// What a load did.

@@ -294,6 +294,8 @@ case_usage_errors() {
     expect_usage_error load --ranks 2 --rank 2 --nccl-id "$work/id" "$work"
     expect_usage_error load --ranks 1 --device cpu "$work"
     expect_usage_error load --ranks 1 --split-rows '[' "$work"
+    expect_usage_error load --group-timeout 5 "$work"
+    expect_usage_error load --ranks 1 --group-timeout 0 "$work"
     expect_usage_error hash --ranks 1 --window-mib 1 --slot-mib 4 "$work"
     expect_usage_error sample --dtype F4 "$work/s"
     expect_usage_error sample --dtype bf16 "$work/s"
