@@ -25,7 +25,6 @@
 #pragma once
 
 #include <algorithm>
-#include <chrono>
 #include <cstdint>
 #include <deque>
 #include <optional>
@@ -40,6 +39,7 @@
 #include "instanttensor/error.hpp"
 #include "instanttensor/format/checkpoint.hpp"
 #include "instanttensor/pipeline/destinations.hpp"
+#include "instanttensor/pipeline/group_link.hpp"
 #include "instanttensor/pipeline/group_plan.hpp"
 #include "instanttensor/pipeline/open.hpp"
 #include "instanttensor/pipeline/options.hpp"
@@ -64,20 +64,6 @@ struct uploader_of<true> {
     using type = std::optional<DeviceCopier>;
 };
 #endif
-
-/// What a rank says in a status round of a group load: ok, or that it stops.
-enum class RankState : std::uint64_t { ok = 0, failed = 1, left = 2 };
-
-/// A status round's word: the state in the top two bits, a value (the plan's digest, or the
-/// window) in the other 62.
-struct StatusWord {
-    static constexpr std::uint64_t value_mask = (std::uint64_t{1} << 62) - 1;
-    static constexpr std::uint64_t make(RankState state, std::uint64_t value) noexcept {
-        return (static_cast<std::uint64_t>(state) << 62) | (value & value_mask);
-    }
-    static constexpr RankState state(std::uint64_t word) noexcept { return static_cast<RankState>(word >> 62); }
-    static constexpr std::uint64_t value(std::uint64_t word) noexcept { return word & value_mask; }
-};
 
 }  // namespace instanttensor::detail
 
@@ -115,8 +101,8 @@ public:
     /// its peers, which then fail too instead of waiting for it.
     Group(const format::Checkpoint& checkpoint, Storage storage, Tr transport, Sk sink, LoadOptions options)
         : checkpoint_(checkpoint), options_(std::move(options)), sink_(std::move(sink)), storage_(std::move(storage)),
-          transport_(std::move(transport)) {
-        const int rank = transport_.rank(), ranks = transport_.size();
+          link_(std::move(transport), options_.group_timeout) {
+        const int rank = link_.rank(), ranks = link_.transport().size();
         if (ranks < 1 || rank < 0 || rank >= ranks)  // before the protocol: it needs a valid rank
             throw usage_error("transport", "rank " + std::to_string(rank) + " of " + std::to_string(ranks));
         try {
@@ -156,8 +142,6 @@ public:
     void release(std::uint32_t t) { destinations_.release(t); }
 
 private:
-    using Clock = std::chrono::steady_clock;
-
     /// A window between the start of its reads and the end of the copies out of its buffer.
     struct ActiveWindow {
         std::uint32_t index = 0;
@@ -181,16 +165,16 @@ private:
         std::uint64_t ticket = 0;
     };
 
-    /// Where this rank stands with its group.
+    /// Where this rank stands with its group (once the transport is aborted, link_.aborted()
+    /// says so instead: nothing is in flight any more).
     enum class Standing : std::uint8_t {
         running,  // every round so far said ok
         ended,    // a round said a rank stops: nobody starts another operation; those started complete
         left,     // this rank said it stops (or the group ended) and its operations completed
-        broken,   // the transport was aborted: nothing is in flight any more
     };
 
     void prepare() {
-        const int rank = transport_.rank(), ranks = transport_.size();
+        const int rank = link_.rank(), ranks = link_.transport().size();
         if (options_.windows < 2 || options_.windows > 16) throw usage_error("loader", "LoadOptions::windows must be 2 to 16");
         if (options_.group_timeout.count() <= 0) throw usage_error("loader", "LoadOptions::group_timeout must be positive");
         plan_ = open_and_plan(checkpoint_, storage_, options_, PlanAlignment::page);
@@ -225,14 +209,14 @@ private:
     /// differs or a rank could not plan.
     void agree() {
         agreed_ = true;
-        const std::uint64_t ticket = start([&] { return transport_.gather(detail::StatusWord::make(detail::RankState::ok, group_.digest)); });
-        wait_for(ticket, "the plans' agreement");
-        const std::vector<std::uint64_t> words = gathered(ticket);
+        const std::uint64_t ticket = link_.gather(detail::StatusWord::make(detail::RankState::ok, group_.digest));
+        link_.wait_for(ticket, "the plans' agreement", [] { return ""; });
+        const std::vector<std::uint64_t> words = link_.gathered(ticket);
         for (std::size_t r = 0; r < words.size(); ++r)
             if (detail::StatusWord::state(words[r]) != detail::RankState::ok) {
                 standing_ = Standing::ended;
                 throw nccl_error("group", "rank " + std::to_string(r) + " could not start the load (its own error says why); rank " +
-                                              std::to_string(transport_.rank()) + " stops too");
+                                              std::to_string(link_.rank()) + " stops too");
             }
         for (std::size_t r = 0; r < words.size(); ++r)
             if (words[r] != words[0]) {
@@ -244,7 +228,7 @@ private:
 
     /// The GPU of the window buffers and uploads (0 for a transport that exchanges host memory).
     int device() const {
-        if constexpr (Tr::memory == MemoryKind::device) return transport_.device();
+        if constexpr (Tr::memory == MemoryKind::device) return link_.transport().device();
         else return 0;
     }
 
@@ -253,7 +237,7 @@ private:
     /// when reads are all that is in flight. Any failure tells the peers before it propagates.
     template <class Done>
     void pump(Done done) {
-        waiting_since_ = Clock::now();  // the deadline counts time spent waiting here, not the consumer's
+        link_.restart_clock();  // the deadline counts time spent waiting here, not the consumer's
         try {
             for (;;) {
                 bool moved = reclaim();
@@ -264,7 +248,7 @@ private:
                 if (done()) return;
                 // Besides reads: uploads, or operations of the transport (a status round, the
                 // exchanges of windows past their reads), which complete without the kernel telling us.
-                const bool others_pending = staging_.copying() || transport_pending() ||
+                const bool others_pending = staging_.copying() || link_.pending() ||
                                             std::any_of(active_.begin(), active_.end(), [](const ActiveWindow& w) {
                                                 return w.exchange_started;
                                             });
@@ -276,7 +260,7 @@ private:
                     if (reads_.in_flight() == 0 && !others_pending)
                         throw usage_error("loader", "a group load stalled: the sink has no room although the consumer holds "
                                                     "no tensor (its reserve() refuses a ring of plan().ring_needed() bytes)");
-                    if (transport_pending()) check_deadline("the exchanges");
+                    if (link_.pending()) link_.check_deadline("the exchanges", [this] { return where(); });
                     std::this_thread::yield();
                 }
             }
@@ -296,7 +280,7 @@ private:
             w.index = next_window_++;
             w.buffer = free_buffers_.back();
             free_buffers_.pop_back();
-            group_.for_each_read(plan_, w.index, transport_.rank(), [&](const SegmentRead& r) { w.reads.push_back(r); });
+            group_.for_each_read(plan_, w.index, link_.rank(), [&](const SegmentRead& r) { w.reads.push_back(r); });
             w.reads_left = w.reads.size();
             w.next_extent = group_.windows[w.index].first_extent;
             w.next_piece = plan_.extents[w.next_extent].first_piece;
@@ -366,10 +350,10 @@ private:
         bool moved = false;
         for (;;) {
             if (status_) {
-                if (!completed(status_->ticket)) return moved;
+                if (!link_.completed(status_->ticket)) return moved;
                 const StatusRound round = *status_;
                 status_.reset();
-                check_statuses(round.window, gathered(round.ticket));
+                check_statuses(round.window, link_.gathered(round.ticket));
                 start_exchange(active_window(round.window));
                 moved = true;
                 continue;
@@ -384,11 +368,11 @@ private:
 
     void start_status(detail::RankState state) {
         const std::uint32_t window = next_status_++;
-        status_ = StatusRound{window, start([&] { return transport_.gather(detail::StatusWord::make(state, window)); })};
+        status_ = StatusRound{window, link_.gather(detail::StatusWord::make(state, window))};
     }
 
     void start_exchange(ActiveWindow& w) {
-        w.exchange_ticket = start([&] { return transport_.exchange(w.buffer, group_.exchange(w.index)); });
+        w.exchange_ticket = link_.exchange(w.buffer, group_.exchange(w.index));
         w.exchange_started = true;
     }
 
@@ -401,13 +385,12 @@ private:
             if (state == detail::RankState::ok && detail::StatusWord::value(words[r]) == window) continue;
             standing_ = Standing::ended;
             const std::string peer = "rank " + std::to_string(r);
-            const std::string me = "; rank " + std::to_string(transport_.rank()) + " stops too";
+            const std::string me = "; rank " + std::to_string(link_.rank()) + " stops too";
             if (state == detail::RankState::failed) throw nccl_error("group", peer + " failed at " + where + " (its own error says why)" + me);
             if (state == detail::RankState::left)
                 throw nccl_error("group", peer + " stopped loading at " + where + " (its loader was dropped before the end)" + me);
             if (state == detail::RankState::ok) {
-                standing_ = Standing::running;  // out of step: the exchanges may not match, abort
-                abort_transport();
+                link_.abort();  // out of step: the exchanges may not match
                 throw nccl_error("group", peer + " reported window " + std::to_string(detail::StatusWord::value(words[r])) + " at " +
                                               where + ": the ranks are out of step; the transport was aborted");
             }
@@ -422,7 +405,7 @@ private:
             if (w.landed) continue;
             if (!w.exchange_started) break;
             if (!w.exchange_done) {
-                if (!completed(w.exchange_ticket)) break;
+                if (!link_.completed(w.exchange_ticket)) break;
                 w.exchange_done = moved = true;
             }
             const Window& window = group_.windows[w.index];
@@ -458,81 +441,10 @@ private:
         return moved;
     }
 
-    // ---- the transport's operations: tickets, completion, the deadline ----------------------------
-
-    /// Starts an operation through `call` (which returns its ticket). A transport that throws is
-    /// in an unknown state: it is aborted.
-    template <class Call>
-    std::uint64_t start(Call call) {
-        if (!transport_pending()) waiting_since_ = Clock::now();
-        std::uint64_t ticket = 0;
-        try {
-            ticket = call();
-        } catch (...) {
-            abort_transport();
-            throw;
-        }
-        started_ = ticket + 1;
-        return ticket;
-    }
-
-    /// Whether operation `ticket` completed; a transport that throws is aborted.
-    bool completed(std::uint64_t ticket) {
-        if (ticket < completed_) return true;
-        bool done = false;
-        try {
-            done = transport_.done(ticket);
-        } catch (...) {
-            abort_transport();
-            throw;
-        }
-        if (done) {
-            completed_ = ticket + 1;
-            waiting_since_ = Clock::now();
-        }
-        return done;
-    }
-
-    std::vector<std::uint64_t> gathered(std::uint64_t ticket) {
-        try {
-            return transport_.gathered(ticket);
-        } catch (...) {
-            abort_transport();
-            throw;
-        }
-    }
-
-    bool transport_pending() const noexcept { return completed_ < started_; }
-
-    /// Waits for operation `ticket`, within the deadline.
-    void wait_for(std::uint64_t ticket, const char* what) {
-        while (!completed(ticket)) {
-            check_deadline(what);
-            std::this_thread::yield();
-        }
-    }
-
-    /// No operation of the transport completed for LoadOptions::group_timeout: a peer died, hangs,
-    /// or stopped without telling. Nothing that is waited for will ever come: abort the transport,
-    /// so that the buffers its operations use can be freed, and fail.
-    void check_deadline(const char* what) {
-        if (Clock::now() - waiting_since_ < options_.group_timeout) return;
-        abort_transport();
-        const std::string seconds = std::to_string(options_.group_timeout.count() / 1000) + "." +
-                                    std::to_string(options_.group_timeout.count() % 1000 / 100) + " s";
-        const std::string window = next_status_ > 0 ? " (at window " + std::to_string(next_status_ - 1) + " of " +
-                                                          std::to_string(group_.windows.size()) + ")"
-                                                    : "";
-        throw nccl_error("group", "rank " + std::to_string(transport_.rank()) + " waited " + seconds +
-                                      " for " + what + window +
-                                      " and nothing completed: a peer died, hangs, or stopped without telling "
-                                      "(LoadOptions::group_timeout); the transport was aborted");
-    }
-
-    void abort_transport() noexcept {
-        if (standing_ == Standing::broken) return;
-        standing_ = Standing::broken;
-        transport_.abort();
+    /// Where the load stands, for a message: " (at window w of n)" once a status round started.
+    std::string where() const {
+        if (next_status_ == 0) return "";
+        return " (at window " + std::to_string(next_status_ - 1) + " of " + std::to_string(group_.windows.size()) + ")";
     }
 
     /// This rank stops before the end of the load (it failed, or its loader is dropped). Its peers
@@ -542,44 +454,45 @@ private:
     /// started is waited for, within the deadline, since they use the window buffers; a wait that
     /// fails or times out aborts the transport instead. Never throws.
     void leave(detail::RankState state) noexcept {
-        if (standing_ == Standing::left || standing_ == Standing::broken) return;
-        waiting_since_ = Clock::now();
+        if (standing_ == Standing::left || link_.aborted()) return;
+        link_.restart_clock();
+        const auto here = [this] { return where(); };
         try {
             if (!agreed_) {  // the peers wait in the agreement round: say this rank cannot start
                 agreed_ = true;
-                start([&] { return transport_.gather(detail::StatusWord::make(state, 0)); });
+                link_.gather(detail::StatusWord::make(state, 0));
                 standing_ = Standing::ended;
             }
             if (standing_ == Standing::running && status_) {
-                wait_for(status_->ticket, "a status round");
+                link_.wait_for(status_->ticket, "a status round", here);
                 const StatusRound round = *status_;
                 status_.reset();
-                check_statuses(round.window, gathered(round.ticket));
+                check_statuses(round.window, link_.gathered(round.ticket));
                 start_exchange(active_window(round.window));
             }
             if (standing_ == Standing::running && next_status_ < group_.windows.size()) start_status(state);
             standing_ = Standing::ended;
-            if (transport_pending()) wait_for(started_ - 1, "the operations in flight");
+            if (link_.pending()) link_.wait_for(link_.last(), "the operations in flight", here);
             standing_ = Standing::left;
         } catch (...) {
             // A peer stopped too (the group ended: wait for what is in flight), or the transport
             // failed or timed out (aborted: nothing is in flight).
-            if (standing_ == Standing::ended) {
+            if (standing_ == Standing::ended && !link_.aborted()) {
                 try {
-                    if (transport_pending()) wait_for(started_ - 1, "the operations in flight");
+                    if (link_.pending()) link_.wait_for(link_.last(), "the operations in flight", here);
                     standing_ = Standing::left;
                     return;
                 } catch (...) {
                 }
             }
-            abort_transport();
+            link_.abort();
         }
     }
 
     const format::Checkpoint& checkpoint_;
     LoadOptions options_;
     LoadStats stats_;
-    // Declared in this order so that they are destroyed transport first, then the uploader (copies
+    // Declared in this order so that they are destroyed transport (link_) first, then the uploader (copies
     // from staging into the window buffers), the storage (its destructor waits for the reads still
     // in flight, which write into staging or the window buffers), then the sink, whose destructor
     // waits for its copies out of the window buffers. The transport stops touching the window
@@ -590,7 +503,7 @@ private:
     Sk sink_;
     Storage storage_;
     Uploader uploader_;
-    Tr transport_;
+    GroupLink<Tr> link_;
     Plan plan_;
     GroupPlan group_;
     Destinations<Sk> destinations_;
@@ -600,12 +513,9 @@ private:
     std::uint32_t next_window_ = 0;
     // The protocol (see the top of this file).
     Standing standing_ = Standing::running;
-    bool agreed_ = false;               // the agreement round was started
+    bool agreed_ = false;                // the agreement round was started
     std::optional<StatusRound> status_;  // the status round started and not read yet
-    std::uint32_t next_status_ = 0;     // the window whose status round starts next
-    std::uint64_t started_ = 0;         // operations started on the transport: tickets [0, started_)
-    std::uint64_t completed_ = 0;       // tickets below this one completed
-    Clock::time_point waiting_since_ = Clock::now();  // since the last operation completed (or the first started)
+    std::uint32_t next_status_ = 0;      // the window whose status round starts next
 };
 
 }  // namespace instanttensor::pipeline
