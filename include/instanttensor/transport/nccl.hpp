@@ -38,7 +38,6 @@
 #include <chrono>
 #include <cstdint>
 #include <cstring>
-#include <deque>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -47,6 +46,7 @@
 #include <vector>
 
 #include "instanttensor/detail/cuda.hpp"
+#include "instanttensor/detail/launch_queue.hpp"
 #include "instanttensor/detail/nccl.hpp"
 #include "instanttensor/error.hpp"
 #include "instanttensor/io.hpp"
@@ -101,7 +101,7 @@ public:
                 });
             })});
         case ExchangeMode::sends: {
-            std::vector<Operation> groups;
+            std::vector<detail::LaunchQueue::Part> groups;
             for (std::size_t first = 0; first < x.transfers.size();) {
                 std::size_t end = first + 1;
                 while (end < x.transfers.size() && x.groups[end] == x.groups[first]) ++end;
@@ -182,16 +182,17 @@ public:
     static constexpr std::size_t max_in_flight = 32;
 
 private:
-    /// Part of an operation, started and not launched yet: its NCCL calls (one call, or one NCCL
-    /// group), and what follows them on the stream once they are launched (a gather's copy of the
-    /// words back). An operation is one part, or one per group of its sends.
-    struct Operation {
-        std::function<ncclResult_t()> calls;
-        std::function<void()> then;
-        bool last = true;  ///< the operation's last part: its launch records the ticket's event
-    };
-    static Operation part(std::function<ncclResult_t()> calls, std::function<void()> then = {}) {
-        return {std::move(calls), std::move(then), true};
+    /// A part of an operation whose NCCL calls (one call, or one group) return `calls()`'s result:
+    /// launched, still launching (ncclInProgress), or an error.
+    template <class Calls>
+    detail::LaunchQueue::Part part(Calls calls, std::function<void()> then = {}) {
+        return {[this, calls = std::move(calls)]() mutable { return launch_of(calls(), "an exchange"); }, std::move(then)};
+    }
+
+    detail::Launch launch_of(ncclResult_t result, const char* what) const {
+        if (result == ncclSuccess) return detail::Launch::done;
+        if (result == ncclInProgress) return detail::Launch::in_progress;
+        detail::throw_nccl_error(result, comm_, what);
     }
 
     std::uint64_t* words_on_device(std::uint64_t ticket) const {
@@ -202,52 +203,31 @@ private:
         return reinterpret_cast<std::uint64_t*>(gathered_host_.data()) + ticket % max_in_flight * (static_cast<std::uint64_t>(size_) + 1);
     }
 
-    std::uint64_t start(std::vector<Operation> parts) {
+    std::uint64_t start(std::vector<detail::LaunchQueue::Part> parts) {
         if (aborted_) throw nccl_error("transport::nccl", "the communicator was aborted");
         if (next_ >= completed_ + max_in_flight)  // its slot would still be the one of an unfinished operation
             throw usage_error("transport::nccl", "more than " + std::to_string(max_in_flight) + " operations unfinished");
-        for (std::size_t p = 0; p < parts.size(); ++p) {
-            parts[p].last = p + 1 == parts.size();
-            queue_.push_back(std::move(parts[p]));
-        }
+        queue_.push(std::move(parts));
         const std::uint64_t ticket = next_++;
         launch();
         return ticket;
     }
 
-    /// Launches the parts started, in order, as far as the communicator lets: one still launching
-    /// (ncclInProgress) holds the next back, and an operation's event is recorded once it is launched.
+    /// Launches the parts started, as far as the communicator lets (detail::LaunchQueue), and
+    /// records the event of each operation launched.
     void launch() {
+        if (!queue_.busy()) return;
         detail::DeviceGuard guard(device_);
-        for (;;) {
-            if (launching_) {
+        queue_.advance(
+            [this] {
                 ncclResult_t state = ncclSuccess;
                 INSTANTTENSOR_NCCL_CHECK(comm_, ncclCommGetAsyncError(comm_, &state));
-                if (state == ncclInProgress) return;
-                if (state != ncclSuccess) detail::throw_nccl_error(state, comm_, "launching an operation");
-                launching_ = false;
-                launched();
-            }
-            if (queue_.empty()) return;
-            const ncclResult_t result = queue_.front().calls();
-            if (result != ncclSuccess && result != ncclInProgress) detail::throw_nccl_error(result, comm_, "an exchange");
-            if (result == ncclInProgress) {
-                launching_ = true;
-                continue;
-            }
-            launched();
-        }
-    }
-
-    /// The front part is launched: queue what follows it, and record the event of an operation
-    /// whose last part it is.
-    void launched() {
-        if (queue_.front().then) queue_.front().then();
-        if (queue_.front().last) {
-            events_[recorded_ % max_in_flight].record(stream_);
-            ++recorded_;
-        }
-        queue_.pop_front();
+                return launch_of(state, "launching an operation");
+            },
+            [this] {
+                events_[recorded_ % max_in_flight].record(stream_);
+                ++recorded_;
+            });
     }
 
     /// Runs `calls` between ncclGroupStart and ncclGroupEnd. The group is ended whatever happens
@@ -274,11 +254,10 @@ private:
     std::vector<detail::Event> events_;     // per ticket % max_in_flight
     detail::DeviceBuffer gathered_device_;  // per ticket % max_in_flight: a word per rank
     detail::PinnedBuffer gathered_host_;    // per ticket % max_in_flight: a word per rank, and this rank's
-    std::deque<Operation> queue_;           // parts started and not launched, in order
+    detail::LaunchQueue queue_;             // parts started and not launched yet
     std::uint64_t next_ = 0;                // the next ticket
     std::uint64_t recorded_ = 0;            // tickets below it are launched and have their event
     std::uint64_t completed_ = 0;           // tickets below it completed (done() said so)
-    bool launching_ = false;                // the front part of queue_ answered ncclInProgress
     bool aborted_ = false;
 };
 
