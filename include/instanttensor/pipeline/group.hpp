@@ -379,22 +379,22 @@ private:
     /// The words of window `window`'s status round: every rank ok, or the first that stops is
     /// named (and nobody starts another operation: every rank read the same words).
     void check_statuses(std::uint32_t window, const std::vector<std::uint64_t>& words) {
-        const std::string where = "window " + std::to_string(window) + " of " + std::to_string(group_.windows.size());
+        const std::string at = "window " + std::to_string(window) + " of " + std::to_string(group_.windows.size());
         for (std::size_t r = 0; r < words.size(); ++r) {
             const detail::RankState state = detail::StatusWord::state(words[r]);
             if (state == detail::RankState::ok && detail::StatusWord::value(words[r]) == window) continue;
             standing_ = Standing::ended;
             const std::string peer = "rank " + std::to_string(r);
             const std::string me = "; rank " + std::to_string(link_.rank()) + " stops too";
-            if (state == detail::RankState::failed) throw nccl_error("group", peer + " failed at " + where + " (its own error says why)" + me);
+            if (state == detail::RankState::failed) throw nccl_error("group", peer + " failed at " + at + " (its own error says why)" + me);
             if (state == detail::RankState::left)
-                throw nccl_error("group", peer + " stopped loading at " + where + " (its loader was dropped before the end)" + me);
+                throw nccl_error("group", peer + " stopped loading at " + at + " (its loader was dropped before the end)" + me);
             if (state == detail::RankState::ok) {
                 link_.abort();  // out of step: the exchanges may not match
                 throw nccl_error("group", peer + " reported window " + std::to_string(detail::StatusWord::value(words[r])) + " at " +
-                                              where + ": the ranks are out of step; the transport was aborted");
+                                              at + ": the ranks are out of step; the transport was aborted");
             }
-            throw nccl_error("group", peer + " sent a status this version does not know at " + where + me);
+            throw nccl_error("group", peer + " sent a status this version does not know at " + at + me);
         }
     }
 
@@ -457,7 +457,7 @@ private:
         if (standing_ == Standing::left || link_.aborted()) return;
         link_.restart_clock();
         const auto here = [this] { return where(); };
-        try {
+        try {  // say it, unless the group ended already
             if (!agreed_) {  // the peers wait in the agreement round: say this rank cannot start
                 agreed_ = true;
                 link_.gather(detail::StatusWord::make(state, 0));
@@ -471,20 +471,19 @@ private:
                 start_exchange(active_window(round.window));
             }
             if (standing_ == Standing::running && next_status_ < group_.windows.size()) start_status(state);
-            standing_ = Standing::ended;
+        } catch (...) {
+            // A peer stopped too (check_statuses ended the group: what is in flight completes), or
+            // the transport failed or timed out (aborted: nothing is in flight).
+            if (standing_ != Standing::ended || link_.aborted()) {
+                link_.abort();
+                return;
+            }
+        }
+        standing_ = Standing::ended;
+        try {  // the operations in flight use the window buffers
             if (link_.pending()) link_.wait_for(link_.last(), "the operations in flight", here);
             standing_ = Standing::left;
         } catch (...) {
-            // A peer stopped too (the group ended: wait for what is in flight), or the transport
-            // failed or timed out (aborted: nothing is in flight).
-            if (standing_ == Standing::ended && !link_.aborted()) {
-                try {
-                    if (link_.pending()) link_.wait_for(link_.last(), "the operations in flight", here);
-                    standing_ = Standing::left;
-                    return;
-                } catch (...) {
-                }
-            }
             link_.abort();
         }
     }

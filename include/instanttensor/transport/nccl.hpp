@@ -186,7 +186,7 @@ private:
     /// launched, still launching (ncclInProgress), or an error.
     template <class Calls>
     detail::LaunchQueue::Part part(Calls calls, std::function<void()> then = {}) {
-        return {[this, calls = std::move(calls)]() mutable { return launch_of(calls(), "an exchange"); }, std::move(then)};
+        return {[this, calls = std::move(calls)]() mutable { return launch_of(calls(), "an operation"); }, std::move(then)};
     }
 
     detail::Launch launch_of(ncclResult_t result, const char* what) const {
