@@ -13,7 +13,7 @@
 #include <fmt/core.h>
 
 #include "cli.hpp"
-#include "split_rows.hpp"
+#include "splits.hpp"
 
 namespace instanttensor::cli {
 namespace {
@@ -219,7 +219,11 @@ void add_load_options(CLI::App& sub, LoadSettings& settings, const std::string& 
     group->add_option("--rank", settings.rank, "This process's rank, 0 to N-1")->type_name("R")->capture_default_str();
     group->add_option("--nccl-id", settings.nccl_id, "File through which rank 0 hands out the NCCL unique id (remove it before each job)")
         ->type_name("FILE");
-    group->add_option("--split-rows", settings.split_rows, "Split the tensors whose name matches this regular expression by rows across the ranks")
+    group->add_option("--split", settings.splits,
+                      "Split the tensors whose name matches REGEX along dimension DIM across the ranks (repeatable: the first match decides)")
+        ->type_name("REGEX=DIM")
+        ->check(CLI::Validator(check_split, "", "split"));
+    group->add_option("--split-rows", settings.split_rows, "Split the tensors whose name matches this regular expression by rows (--split REGEX=0)")
         ->type_name("REGEX")
         ->check(CLI::Validator(check_regex, "", "regex"));
     group->add_option("--window-mib", settings.window_mib, "Bytes the group reads, then exchanges, at a time")
@@ -237,8 +241,9 @@ void add_load_options(CLI::App& sub, LoadSettings& settings, const std::string& 
         if (slot->count() > 0 && 2 * settings.slot_mib > settings.staging_mib)
             throw CLI::ValidationError("--slot-mib", "must be at most half of --staging-mib");
         if (settings.ranks == 0) {
-            if (settings.rank != 0 || !settings.nccl_id.empty() || !settings.split_rows.empty() || timeout->count() > 0)
-                throw CLI::ValidationError("--rank, --nccl-id, --split-rows and --group-timeout", "need --ranks");
+            if (settings.rank != 0 || !settings.nccl_id.empty() || !settings.splits.empty() || !settings.split_rows.empty() ||
+                timeout->count() > 0)
+                throw CLI::ValidationError("--rank, --nccl-id, --split, --split-rows and --group-timeout", "need --ranks");
             return;
         }
         if (settings.rank < 0 || settings.rank >= settings.ranks)
@@ -293,7 +298,8 @@ LoadReport load_checkpoint(const format::Checkpoint& checkpoint, const LoadSetti
         if (settings.backend == "gds") throw unavailable_error("gds", "group loads read through pinned staging; use another --backend");
         options.window_bytes = settings.window_mib << 20;
         options.group_timeout = std::chrono::seconds(settings.group_timeout_s);
-        if (!settings.split_rows.empty()) options.share = split_rows_matching(checkpoint, settings.split_rows);
+        if (!settings.splits.empty() || !settings.split_rows.empty())
+            options.share = splits_matching(checkpoint, split_patterns(settings.splits, settings.split_rows));
         const Communicator comm(settings, ordinal);
         const detail::Stream stream = [&] {  // on the communicator's GPU, where NCCL runs
             detail::DeviceGuard guard(ordinal);

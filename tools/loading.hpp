@@ -37,7 +37,8 @@ struct LoadSettings {
     int ranks = 0;
     int rank = 0;
     std::string nccl_id;           ///< the file through which rank 0 hands out the NCCL unique id
-    std::string split_rows;        ///< a regular expression: tensors split by rows across the ranks
+    std::vector<std::string> splits;  ///< REGEX=DIM each: tensors split along DIM across the ranks
+    std::string split_rows;        ///< a regular expression: tensors split by rows (REGEX=0, after splits)
     std::uint64_t window_mib = LoadOptions{}.window_bytes >> 20;
     /// Seconds a rank waits without any of its exchanges completing before it gives up on its peers.
     unsigned group_timeout_s = static_cast<unsigned>(std::chrono::duration_cast<std::chrono::seconds>(LoadOptions{}.group_timeout).count());
@@ -45,7 +46,7 @@ struct LoadSettings {
 
 /// Adds --device, --backend, --direct, --staging-mib, --slot-mib, --ring-mib, --copy-streams,
 /// --connections, --stall-timeout and the group
-/// options (--ranks, --rank, --nccl-id, --split-rows, --window-mib, --group-timeout) to `sub`, with
+/// options (--ranks, --rank, --nccl-id, --split, --split-rows, --window-mib, --group-timeout) to `sub`, with
 /// `default_device`.
 void add_load_options(CLI::App& sub, LoadSettings& settings, const std::string& default_device);
 

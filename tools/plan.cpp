@@ -2,8 +2,9 @@
 // keeps and receives, computed from the checkpoint's layout alone (GroupPlan, no I/O).
 //
 // With every tensor kept by every rank, each rank reads about 1/N of the bytes and receives the
-// rest; with --split-rows, the matching tensors are split along their first dimension across the
-// ranks (tensor parallelism) and a rank receives only its rows of them (and the others whole).
+// rest; with --split REGEX=DIM (or --split-rows REGEX), the matching tensors are split along DIM
+// across the ranks (tensor parallelism) and a rank receives only its block of them (and the others
+// whole).
 // docs/distributed.md quotes its output for the traffic model.
 #include <algorithm>
 #include <array>
@@ -17,7 +18,7 @@
 
 #include "cli.hpp"
 #include "loading.hpp"
-#include "split_rows.hpp"
+#include "splits.hpp"
 #include "instanttensor/format/checkpoint.hpp"
 #include "instanttensor/loader.hpp"
 #include "instanttensor/pipeline/group_plan.hpp"
@@ -28,6 +29,7 @@ namespace {
 struct PlanCommand {
     std::vector<std::string> paths;
     int ranks = 8;
+    std::vector<std::string> splits;
     std::string split_rows;
     std::uint64_t window_mib = LoadOptions{}.window_bytes >> 20;
     std::uint64_t slot_mib = LoadOptions{}.slot_bytes >> 20;
@@ -39,7 +41,8 @@ int run_plan(const PlanCommand& command) {
     const auto checkpoint = format::Checkpoint::open(to_paths(command.paths));
     const std::vector<std::uint64_t> alignment(checkpoint.files().size(), command.buffered ? 1 : 4096);
     const auto plan = make_plan(checkpoint, {}, alignment, command.slot_mib << 20);
-    const ShareFunction share = command.split_rows.empty() ? ShareFunction{} : split_rows_matching(checkpoint, command.split_rows);
+    const auto patterns = split_patterns(command.splits, command.split_rows);
+    const ShareFunction share = patterns.empty() ? ShareFunction{} : splits_matching(checkpoint, patterns);
     const auto group = make_group_plan(plan, command.ranks, 0, share, command.window_mib << 20);
 
     std::array<std::size_t, 4> modes{};
@@ -83,10 +86,14 @@ void add_plan(CLI::App& app, Action& action) {
     auto command = std::make_shared<PlanCommand>();
     auto* sub = app.add_subcommand("plan", "Show what each rank of a group load reads, keeps and receives");
     sub->footer("Computed from the layout alone: no file data is read. Every rank keeps every tensor unless\n"
-                "--split-rows names tensors to split along their first dimension (tensor parallelism).");
+                "--split names tensors to split along a dimension (tensor parallelism: column-parallel\n"
+                "weights along 0, row-parallel ones along 1).");
     add_checkpoint_paths(*sub, command->paths);
     sub->add_option("--ranks", command->ranks, "Ranks in the group")->capture_default_str()->check(whole_number(1, 4096));
-    sub->add_option("--split-rows", command->split_rows, "Split the tensors whose name matches this regular expression")
+    sub->add_option("--split", command->splits, "Split the tensors whose name matches REGEX along dimension DIM (repeatable: the first match decides)")
+        ->type_name("REGEX=DIM")
+        ->check(CLI::Validator(check_split, "", "split"));
+    sub->add_option("--split-rows", command->split_rows, "Split the tensors whose name matches this regular expression by rows (--split REGEX=0)")
         ->type_name("REGEX")
         ->check(CLI::Validator(check_regex, "", "regex"));
     sub->add_option("--window-mib", command->window_mib, "Bytes the group reads, then exchanges, at a time")

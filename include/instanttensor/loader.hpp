@@ -62,11 +62,12 @@ namespace instanttensor {
 struct TensorView {
     std::string_view name;
     format::Dtype dtype{};
-    std::span<const std::uint64_t> shape;   ///< a group load that splits the tensor: shape[0] is this rank's rows
+    std::span<const std::uint64_t> shape;   ///< of a block (a share of the tensor): the block's shape
     std::span<std::byte> data;
     MemoryKind memory = MemoryKind::host;
     const format::TensorRef* ref = nullptr;  ///< file and offsets, from the checkpoint
-    std::uint64_t first_row = 0;             ///< a group load that splits the tensor: its first row here
+    std::uint32_t block_dim = 0;             ///< of a block: the dimension it is cut along
+    std::uint64_t block_first = 0;           ///< and its first index along it (0 for a whole tensor)
 };
 
 /// Selects tensors by exact name; a name no tensor has selects nothing.
@@ -206,10 +207,10 @@ private:
     void set_view(std::uint32_t t) {
         const format::TensorRef& ref = *plan().tensors[t].ref;
         const KeptBytes kept = pipeline_.destinations().kept(t);
-        view_ = {ref.name(), ref.info->dtype, ref.info->shape, pipeline_.destinations().at(t), Sk::memory, &ref, kept.first_row};
-        if (!ref.info->shape.empty() && kept.rows != ref.info->shape[0]) {  // this rank's rows of a split tensor
+        view_ = {ref.name(), ref.info->dtype, ref.info->shape, pipeline_.destinations().at(t), Sk::memory, &ref, kept.dim, kept.first};
+        if (!ref.info->shape.empty() && kept.count != ref.info->shape[kept.dim]) {  // a block of the tensor
             view_shape_.assign(ref.info->shape.begin(), ref.info->shape.end());
-            view_shape_[0] = kept.rows;
+            view_shape_[kept.dim] = kept.count;
             view_.shape = view_shape_;
         }
         LoadStats& stats = pipeline_.stats();

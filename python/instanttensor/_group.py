@@ -86,10 +86,11 @@ class Group:
 
     # ---- called by the loader (core.cpp), with the GIL ----------------------------------------
 
-    def exchange(self, window, mode: str, segment: int, transfers: list[tuple[int, int, int, int, int]]) -> int:
-        """Starts one window's exchange over ``window`` (a uint8 tensor over the window buffer).
-        ``transfers`` are (from, to, offset, length, group); sends go in one batch per group, which
-        both sides of each send agree on (NCCL aggregates a bounded number of calls in one)."""
+    def exchange(self, window, mode: str, segment: int, transfers: list[tuple[int, int, int, int, int, int]]) -> int:
+        """Starts one window's exchange over ``window`` (a uint8 tensor over the window buffer and
+        its pack area). ``transfers`` are (from, to, offset, length, group, source): the sender
+        sends from ``source``, the receiver receives at ``offset``; sends go in one batch per group,
+        which both sides of each send agree on (NCCL aggregates a bounded number of calls in one)."""
         dist, works = self._dist, []
         with self._on_device():
             if mode == "all_gather":  # in place: rank r's segment already sits at r·segment
@@ -97,17 +98,17 @@ class Group:
                 works.append(dist.all_gather_into_tensor(window[: segment * self.size], mine, group=self.group,
                                                          async_op=True))
             elif mode == "broadcasts":
-                for source, _, offset, length, _ in transfers:
+                for source, _, offset, length, _, _ in transfers:
                     works.append(dist.broadcast(window[offset: offset + length], src=self._global[source],
                                                 group=self.group, async_op=True))
             elif mode == "sends":
                 batches: dict[int, list] = {}
-                for source, target, offset, length, batch in transfers:
-                    part, ops = window[offset: offset + length], batches.setdefault(batch, [])
+                for source, target, offset, length, batch, at in transfers:
+                    ops = batches.setdefault(batch, [])
                     if source == self.rank:
-                        ops.append(dist.P2POp(dist.isend, part, self._global[target], self.group))
+                        ops.append(dist.P2POp(dist.isend, window[at: at + length], self._global[target], self.group))
                     if target == self.rank:
-                        ops.append(dist.P2POp(dist.irecv, part, self._global[source], self.group))
+                        ops.append(dist.P2POp(dist.irecv, window[offset: offset + length], self._global[source], self.group))
                 for batch in sorted(batches):
                     works.extend(dist.batch_isend_irecv(batches[batch]))
         return self._start(works)

@@ -143,7 +143,7 @@ it::ShareFunction share_function(const it::format::Checkpoint& checkpoint, const
 std::pair<std::uint64_t, std::uint64_t> row_block(const it::format::Checkpoint& checkpoint, const std::string& name, int rank, int ranks) {
     const it::format::TensorRef& t = find_tensor(checkpoint, name);
     const it::KeptBytes kept = it::kept_bytes(t, it::split_rows({})(t, rank, ranks), checkpoint.files()[t.file].path.string());
-    return {kept.first_row, kept.rows};
+    return {kept.first, kept.count};
 }
 
 /// A GroupTransport over a torch.distributed process group. Every call goes to the Group object
@@ -168,12 +168,13 @@ public:
     std::uint64_t exchange(std::byte* window, const it::WindowExchange& x) {
         nb::gil_scoped_acquire gil;
         return call("an exchange", [&] {
-            nb::list transfers;  // (from, to, offset, length, NCCL group of a send)
+            nb::list transfers;  // (from, to, offset, length, NCCL group of a send, source)
+            std::uint64_t bytes = std::max(x.bytes, x.segment * static_cast<std::uint64_t>(size_));  // and the pack area used
             for (std::size_t i = 0; i < x.transfers.size(); ++i) {
                 const it::Transfer& t = x.transfers[i];
-                transfers.append(nb::make_tuple(t.from, t.to, t.offset, t.length, x.groups.empty() ? 0u : x.groups[i]));
+                transfers.append(nb::make_tuple(t.from, t.to, t.offset, t.length, x.groups.empty() ? 0u : x.groups[i], t.source));
+                bytes = std::max(bytes, t.source + t.length);
             }
-            const std::uint64_t bytes = std::max(x.bytes, x.segment * static_cast<std::uint64_t>(size_));
             return nb::cast<std::uint64_t>(group_.attr("exchange")(view(window, bytes), mode_name(x.mode), x.segment, transfers));
         });
     }

@@ -222,7 +222,8 @@ PY
 }
 
 # plan: one row per rank; with every tensor kept, each of 4 ranks reads about a quarter and
-# receives the rest; splitting the projections along their rows makes every rank receive less.
+# receives the rest; splitting the projections along their rows, or along the dimensions of tensor
+# parallelism, makes every rank receive less, and never more than it keeps.
 case_plan() {
     make_sample
     expect_success plan --ranks 4 --window-mib 1 --slot-mib 1 "$work/sample"
@@ -246,6 +247,20 @@ for whole, part in zip(everything["per_rank"], split["per_rank"]):
     assert part["kept_bytes"] < whole["kept_bytes"] and part["received_bytes"] < whole["received_bytes"], (whole, part)
 assert split["send_windows"] > 0, split
 PY
+        # Tensor parallelism: row-parallel weights along dimension 1, column-parallel along 0.
+        cp "$work/stdout" "$work/plan.rows"
+        expect_success plan --json --ranks 4 --window-mib 1 --slot-mib 1 --split 'o_proj|down_proj=1' \
+            --split 'q_proj|k_proj|v_proj|gate_proj|up_proj=0' "$work/sample"
+        python3 - "$work/plan.rows" "$work/stdout" <<'PY' || fail "plan --split: $(cat "$work/plan.rows" "$work/stdout")"
+import json, sys
+rows, tp = (json.load(open(p)) for p in sys.argv[1:3])
+for by_rows, by_tp in zip(rows["per_rank"], tp["per_rank"]):
+    # The same tensors split, along other dimensions: the same quarter kept, give or take a row.
+    assert abs(by_tp["kept_bytes"] - by_rows["kept_bytes"]) < 0.01 * by_rows["kept_bytes"], (by_rows, by_tp)
+    # Nobody receives a byte it does not keep.
+    assert by_tp["received_bytes"] <= by_tp["kept_bytes"], by_tp
+assert tp["send_windows"] > 0, tp
+PY
     fi
     # Patterns match in linear time: one that backtracks exponentially in ECMAScript engines, and a
     # tensor name of 50,000 characters that overflowed std::regex's recursion.
@@ -262,6 +277,13 @@ PY
     expect_usage_error plan --ranks 0 "$work/sample"
     expect_usage_error plan --split-rows '(' "$work/sample"
     grep -q 'not a regular expression' "$work/stderr" || fail "--split-rows '(' does not say why"
+    expect_usage_error plan --split 'o_proj' "$work/sample"
+    grep -q 'is not REGEX=DIM' "$work/stderr" || fail "--split without =DIM does not say why"
+    expect_usage_error plan --split 'o_proj=one' "$work/sample"
+    grep -q 'is not a dimension' "$work/stderr" || fail "--split REGEX=one does not say why"
+    expect_usage_error plan --split 'o_proj=64' "$work/sample"
+    expect_usage_error plan --split '(=1' "$work/sample"
+    grep -q 'not a regular expression' "$work/stderr" || fail "--split '(=1' does not say why"
     expect_usage_error plan --window-mib 1 --slot-mib 4 "$work/sample"
     expect_failure "$work/missing" plan "$work/missing"
     # Loading as a rank of a group needs a GPU (and NCCL); here it says which option cannot run.
@@ -294,6 +316,8 @@ case_usage_errors() {
     expect_usage_error load --ranks 2 --rank 2 --nccl-id "$work/id" "$work"
     expect_usage_error load --ranks 1 --device cpu "$work"
     expect_usage_error load --ranks 1 --split-rows '[' "$work"
+    expect_usage_error load --ranks 1 --split 'proj' "$work"
+    expect_usage_error load --split 'proj=1' "$work"
     expect_usage_error load --group-timeout 5 "$work"
     expect_usage_error load --ranks 1 --group-timeout 0 "$work"
     expect_usage_error hash --ranks 1 --window-mib 1 --slot-mib 4 "$work"

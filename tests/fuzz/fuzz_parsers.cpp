@@ -15,7 +15,7 @@
 #include <instanttensor/format/checkpoint.hpp>
 #include <instanttensor/format/writer.hpp>
 
-#include "split_rows.hpp"
+#include "splits.hpp"
 
 #include <cstdint>
 #include <cstdlib>
@@ -72,20 +72,24 @@ void index_check(std::span<const std::byte> input) {
     for (const auto& t : files.front().header.tensors) check(index.weight_map.at(t.name) == shards.front());
 }
 
-void split_rows(std::span<const std::byte> input) {
+void split(std::span<const std::byte> input) {
     const auto [expression, file] = split_at_nul(input);
     const std::pair<std::string, std::span<const std::byte>> named[] = {{"fuzz", file}};
     const auto checkpoint = it::Checkpoint::from_memory(named);
-    const auto share = instanttensor::cli::split_rows_matching(checkpoint, std::string(expression));
+    const auto pattern = instanttensor::cli::parse_split(std::string(expression));
+    const auto share = instanttensor::cli::splits_matching(checkpoint, {pattern});
     constexpr int ranks = 3;
     for (const auto& t : checkpoint.tensors()) {
         std::uint64_t kept = 0;
         bool split = false;
         for (int r = 0; r < ranks; ++r) {
             const auto bytes = instanttensor::kept_bytes(t, share(t, r, ranks));
-            split |= bytes.size() != t.nbytes() || bytes.rows != (t.info->shape.empty() ? 1 : t.info->shape[0]);
+            split |= bytes.size() != t.nbytes();
+            check(bytes.end() <= t.nbytes());
+            check(bytes.within(0, t.nbytes()).length == bytes.size());
             kept += bytes.size();
         }
+        // The ranks' blocks partition a split tensor; a tensor kept whole is kept by all.
         check(kept == (split ? t.nbytes() : ranks * t.nbytes()));
     }
 }
@@ -104,12 +108,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
             break;
         }
         case 2: index_check(input); break;
-        case 3: split_rows(input); break;
+        case 3: split(input); break;
         }
     } catch (const instanttensor::format_error&) {
         // refusing a malformed input is the expected outcome
     } catch (const instanttensor::usage_error&) {
-        // an expression RE2 refuses, or a share of a tensor that cannot be split by rows
+        // a --split RE2 or the dimension refuses, or a block of a tensor that is not whole bytes
     }
     return 0;
 }

@@ -1,6 +1,7 @@
 // make_group_plan, property by property on random layouts: aligned reads cover every needed byte
 // once, segments are balanced, every rank agrees on the windows and exchanges, and point-to-point
-// sends carry only bytes their receiver keeps, listed alike on both sides.
+// sends carry exactly the bytes their receiver keeps (strided blocks packed), listed alike on both
+// sides.
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -50,7 +51,9 @@ TEST_CASE("group plan: aligned reads cover every needed byte once, segments are 
                 const auto expected = it::kept_bytes(ref, selection.share ? selection.share(ref, r, ranks) : Share::whole());
                 CHECK(mine.keeps(t).kept == expected.kept);
                 CHECK(mine.keeps(t).begin == expected.begin);
-                CHECK(mine.keeps(t).end == expected.end);
+                CHECK(mine.keeps(t).run == expected.run);
+                CHECK(mine.keeps(t).stride == expected.stride);
+                CHECK(mine.keeps(t).runs == expected.runs);
                 kept += expected.size();
             }
             CHECK(kept == g.kept_bytes[static_cast<std::size_t>(r)]);
@@ -112,33 +115,49 @@ TEST_CASE("group plan: aligned reads cover every needed byte once, segments are 
                 }
             if (w.mode != ExchangeMode::sends) continue;
             // Point-to-point: each rank holds only the sends it takes part in; every send is from the
-            // rank that read the bytes, of bytes the receiver keeps, and both list it in the same order.
+            // rank that read the bytes, of bytes the receiver keeps (contiguous ones at their window
+            // offsets, strided ones packed at the offset of their first), and both list it in the
+            // same order; the sender packs each packed one into its own pack area.
             for (int r = 0; r < ranks; ++r) {
                 const auto& mine = plans[static_cast<std::size_t>(r)];
+                // The bytes r keeps among the window buffer's [from, to).
+                const auto kept_in = [&](std::uint64_t from, std::uint64_t to) {
+                    std::uint64_t kept = 0;
+                    for (std::uint32_t x = w.first_extent; x < w.first_extent + w.extent_count; ++x) {
+                        const auto& e = plan.extents[x];
+                        for (std::uint32_t p = e.first_piece; p < e.first_piece + e.piece_count; ++p) {
+                            const auto& piece = plan.pieces[p];
+                            const std::uint64_t at = g.extent_window_offset[x] + piece.extent_offset;
+                            const std::uint64_t a = std::max(from, at), b = std::min(to, at + piece.length);
+                            if (a < b) kept += mine.keeps(piece.tensor).within(piece.tensor_offset + (a - at), piece.tensor_offset + (b - at)).length;
+                        }
+                    }
+                    return kept;
+                };
+                std::vector<std::uint64_t> received_from(static_cast<std::size_t>(ranks), 0);
                 for (const auto& t : mine.exchange(wi).transfers) {
                     CHECK((t.from == r || t.to == r));
                     CHECK(t.to != t.from);
                     CHECK(t.offset >= w.segment * static_cast<std::uint64_t>(t.from));
                     CHECK(t.offset + t.length <= w.segment * static_cast<std::uint64_t>(t.from + 1));
+                    if (t.packed()) {
+                        const auto& sender = plans[static_cast<std::size_t>(t.from)];
+                        CHECK(t.source >= sender.buffer_bytes);
+                        CHECK(t.source + t.length <= sender.buffer_bytes + sender.pack_bytes);
+                        const auto packs = sender.packs_of(wi);
+                        CHECK(std::any_of(packs.begin(), packs.end(), [&](const it::Pack& p) {
+                            return p.to == t.source && p.from.at == t.offset && p.from.length == t.length;
+                        }));
+                    }
                     if (t.to != r) continue;
                     received[static_cast<std::size_t>(r)] += t.length;
-                    std::uint64_t kept = 0;  // bytes of [offset, offset + length) the receiver keeps
-                    for (std::uint32_t x = w.first_extent; x < w.first_extent + w.extent_count; ++x) {
-                        const auto& e = plan.extents[x];
-                        for (std::uint32_t p = e.first_piece; p < e.first_piece + e.piece_count; ++p) {
-                            const auto& piece = plan.pieces[p];
-                            const auto& k = mine.keeps(piece.tensor);
-                            if (!k.kept) continue;
-                            const std::uint64_t kb = std::max(k.begin, piece.tensor_offset);
-                            const std::uint64_t ke = std::min(k.end, piece.tensor_offset + piece.length);
-                            if (kb >= ke) continue;
-                            const std::uint64_t at = g.extent_window_offset[x] + piece.extent_offset + (kb - piece.tensor_offset);
-                            const std::uint64_t from = std::max(t.offset, at);
-                            const std::uint64_t to = std::min(t.offset + t.length, at + (ke - kb));
-                            if (from < to) kept += to - from;
-                        }
-                    }
-                    CHECK(kept == t.length);
+                    received_from[static_cast<std::size_t>(t.from)] += t.length;
+                    CHECK(kept_in(t.offset, t.offset + 1) == 1);
+                    if (!t.packed()) CHECK(kept_in(t.offset, t.offset + t.length) == t.length);
+                }
+                for (int q = 0; q < ranks; ++q) {  // every byte r keeps from another reader, once
+                    const auto segment = w.segment * static_cast<std::uint64_t>(q);
+                    if (q != r) CHECK(received_from[static_cast<std::size_t>(q)] == kept_in(segment, segment + w.segment));
                 }
                 for (int q = 0; q < ranks; ++q) {  // what q sends r, as each of them lists it
                     auto between = [&](const it::GroupPlan& p) {
@@ -149,6 +168,13 @@ TEST_CASE("group plan: aligned reads cover every needed byte once, segments are 
                     };
                     CHECK(between(plans[static_cast<std::size_t>(q)]) == between(mine));
                 }
+            }
+            // A sender's packs of the window do not overlap in its pack area.
+            for (const auto& p : plans) {
+                std::vector<std::pair<std::uint64_t, std::uint64_t>> areas;
+                for (const auto& pack : p.packs_of(wi)) areas.emplace_back(pack.to, pack.to + pack.from.length);
+                std::sort(areas.begin(), areas.end());
+                for (std::size_t i = 1; i < areas.size(); ++i) CHECK(areas[i].first >= areas[i - 1].second);
             }
         }
         CHECK(read_bytes == g.read_bytes);

@@ -139,11 +139,16 @@ TEST_CASE("group: options that cannot work are refused") {
         message = e.what();
     }
     CHECK(message.starts_with((dir / "one.safetensors").string() + ": a share of tensor '"));
-    CHECK(message.find("run past its") != std::string::npos);
-    // One rank alone cannot split: LoadOptions::share needs a group transport.
-    CHECK_THROWS_AS((it::Loader<it::storage::automatic, it::transport::single, it::sink::host>(
-                        checkpoint, it::storage::automatic(), {}, it::sink::host(), group_options(it::split_rows({})))),
-                    std::invalid_argument);
+    CHECK(message.find("runs past its") != std::string::npos);
+    // A dimension a tensor does not have.
+    message.clear();
+    try {
+        GroupLoader(checkpoint, it::storage::automatic(), InProcessTransport(group, 0), it::sink::host(),
+                    group_options([](const fmt::TensorRef& t, int, int) { return Share::block(9, 0, 1); }));
+    } catch (const std::invalid_argument& e) {
+        message = e.what();
+    }
+    CHECK(message.find("dimension 9 does not exist") != std::string::npos);
 }
 
 // ---- share functions and the group plan ---------------------------------------------------------

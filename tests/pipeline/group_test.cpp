@@ -1,8 +1,9 @@
 // pipeline::Group on the CPU: N = 1…8 ranks as threads of one process, exchanging through
 // InProcessGroup (shared host memory). Every rank must end with exactly the bytes it keeps (whole
-// tensors, a per-rank selection, row slices of split tensors), through every storage backend, both
-// host sinks and a sink whose copies run late, with windows from one read to the whole checkpoint;
-// a rank that keeps nothing, or a load that selects nothing, still runs every exchange.
+// tensors, a per-rank selection, blocks of split tensors along any dimension, received packed and
+// nothing more), through every storage backend, both host sinks and a sink whose copies run late,
+// with windows from one read to the whole checkpoint; a rank that keeps nothing, or a load that
+// selects nothing, still runs every exchange.
 #include <doctest/doctest.h>
 
 #include <string>
@@ -57,11 +58,58 @@ TEST_CASE("group: N = 1…8 ranks each end with exactly the bytes they keep") {
     CHECK(everything_modes[static_cast<std::size_t>(ExchangeMode::broadcasts)] > 0);
 }
 
+TEST_CASE("group: blocks along every dimension; each rank receives exactly the bytes it keeps and did not read") {
+    // Every tensor is split (none is kept whole by every rank), so every window goes point to
+    // point, and the transport's count of each rank's bytes must be its kept bytes less those it
+    // read itself: nobody is sent a byte it does not keep, strided blocks included (packed).
+    TempDir dir;
+    const auto checkpoint = fmt::Checkpoint::open(write_file(dir / "blocks.safetensors", {{"a", fmt::Dtype::BF16, {3, 5, 7, 333}},
+                                                                                         {"b", fmt::Dtype::F32, {9, 2, 40, 61}},
+                                                                                         {"c", fmt::Dtype::U8, {1, 1, 1, 70001}},
+                                                                                         {"d", fmt::Dtype::F16, {13, 17, 19, 5}},
+                                                                                         {"e", fmt::Dtype::U8, {2, 3, 1000, 11}}}));
+    for (std::uint32_t dim = 0; dim < 4; ++dim) {
+        const auto share = it::split_along(dim, {});
+        for (int ranks = 1; ranks <= 8; ++ranks) {
+            CAPTURE(dim);
+            CAPTURE(ranks);
+            const auto results = run_group(ranks, [&](InProcessTransport transport, int) {
+                return GroupLoader(checkpoint, it::storage::automatic({it::storage::Backend::pread}), std::move(transport),
+                                   it::sink::host(), group_options(share));
+            });
+            std::size_t packs = 0;
+            for (int r = 0; r < ranks; ++r) {
+                const RankResult& out = results[static_cast<std::size_t>(r)];
+                check_rank(checkpoint, share, r, ranks, out);
+                // The bytes r keeps in its own segments, from the plans.
+                std::uint64_t own = 0;
+                const it::Plan& plan = out.reads;
+                for (std::size_t wi = 0; wi < out.plan.windows.size(); ++wi) {
+                    const auto& w = out.plan.windows[wi];
+                    CHECK((w.mode == ExchangeMode::sends || w.mode == ExchangeMode::none));
+                    packs += out.plan.packs_of(wi).size();
+                    for (std::uint32_t x = w.first_extent; x < w.first_extent + w.extent_count; ++x)
+                        for (std::uint32_t p = plan.extents[x].first_piece; p < plan.extents[x].first_piece + plan.extents[x].piece_count; ++p) {
+                            const it::Piece& piece = plan.pieces[p];
+                            const std::uint64_t at = out.plan.extent_window_offset[x] + piece.extent_offset;
+                            out.plan.for_each_reader(wi, at, at + piece.length, [&](int reader, std::uint64_t from, std::uint64_t until) {
+                                if (reader == r)
+                                    own += out.plan.keeps(piece.tensor).within(piece.tensor_offset + (from - at), piece.tensor_offset + (until - at)).length;
+                            });
+                        }
+                }
+                CHECK(out.received == out.stats.tensor_bytes - own);
+            }
+            if (dim > 0 && ranks > 1) CHECK(packs > 0);  // strided blocks went packed
+        }
+    }
+}
+
 TEST_CASE("group: every storage backend and both host sinks, split tensors landing in the caller's memory") {
     TempDir dir;
     const auto index = fmt::write_sharded_checkpoint(dir / "group", group_specs(), 2, fill_tensor);
     const auto checkpoint = fmt::Checkpoint::open(index);
-    const auto share = it::split_rows(is_weight);
+    const auto share = it::tensor_parallel(is_column, [](const fmt::TensorRef& t) { return is_weight(t) && !is_column(t); });
     namespace st = it::storage;
     const st::automatic::Options storages[] = {{st::Backend::pread, it::DirectIo::off},
                                                {st::Backend::pread, it::DirectIo::on},
@@ -80,7 +128,7 @@ TEST_CASE("group: every storage backend and both host sinks, split tensors landi
             });
             for (int r = 0; r < ranks; ++r) check_rank(checkpoint, share, r, ranks, results[static_cast<std::size_t>(r)]);
 
-            // The caller's memory: each rank gives a buffer of exactly its rows.
+            // The caller's memory: each rank gives a buffer of exactly its block.
             using PlacementLoader = it::Loader<st::automatic, InProcessTransport, it::sink::placement>;
             std::vector<std::vector<std::vector<std::byte>>> memory(static_cast<std::size_t>(ranks));
             results = run_group(ranks, [&](InProcessTransport transport, int r) {
@@ -129,7 +177,7 @@ TEST_CASE("group: ranks that read the same file buffered and with O_DIRECT plan 
 TEST_CASE("group: window sizes from one read to the whole checkpoint, and small staging") {
     TempDir dir;
     const auto checkpoint = fmt::Checkpoint::open(write_file(dir / "one.safetensors", group_specs()));
-    const auto share = it::split_rows(is_weight);
+    const auto share = it::tensor_parallel(is_column, [](const fmt::TensorRef& t) { return is_weight(t) && !is_column(t); });
     for (std::uint64_t window : {test_slot, 3 * test_slot + 4096, std::uint64_t{1} << 20, std::uint64_t{64} << 20}) {
         for (unsigned windows : {2u, 5u}) {
             CAPTURE(window);

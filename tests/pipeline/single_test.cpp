@@ -7,7 +7,9 @@
 // yielded, only once the copies out of it ran, which wrong bytes would show.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -221,6 +223,65 @@ TEST_CASE("single, late copies: a loader dropped with copies pending frees stagi
                 // Copies out of staging are still queued; the sink runs them when the loader drops it,
                 // which must happen before the staging memory is freed (ASan would see it).
             });
+        }
+    }
+}
+
+TEST_CASE("single: a share keeps a block of a tensor along any dimension, reading only the bytes it spans") {
+    TempDir dir;
+    std::vector<fmt::TensorSpec> specs = odd_specs();
+    for (auto& s : edge_specs()) specs.push_back(s);
+    specs.push_back({"m.rows", fmt::Dtype::F16, {300, 70}});
+    specs.push_back({"m.cols", fmt::Dtype::BF16, {40, 3001}});  // several slots long
+    specs.push_back({"c.3d", fmt::Dtype::F32, {4, 9, 301}});
+    specs.push_back({"c.4d", fmt::Dtype::U8, {3, 5, 7, 11}});
+    specs.push_back({"skip", fmt::Dtype::F32, {100, 100}});
+    const auto checkpoint = fmt::Checkpoint::open(write_file(dir / "blocks.safetensors", specs));
+    // Each tensor of two dimensions or more: a block along a dimension its name picks, from index
+    // 1, half of it; "skip" is not kept; the others are whole.
+    const auto share = [](const fmt::TensorRef& t, int rank, int ranks) {
+        CHECK(rank == 0);
+        CHECK(ranks == 1);
+        const auto& shape = t.info->shape;
+        if (t.name() == "skip") return it::Share::none();
+        if (shape.size() < 2) return it::Share::whole();
+        const auto dim = static_cast<std::uint32_t>(std::hash<std::string>{}(t.name()) % shape.size());
+        return it::Share::block(dim, std::min<std::uint64_t>(1, shape[dim]), shape[dim] / 2);
+    };
+    it::LoadOptions options = ring_of(1 << 20, 64 << 10);
+    options.share = share;
+    std::uint64_t spanned = 0, total = 0;  // the bytes the blocks span (all a load reads of them), and all
+    for (const auto& t : checkpoint.tensors()) {
+        const auto k = it::kept_bytes(t, share(t, 0, 1));
+        spanned += k.kept ? k.end() - k.begin : 0;
+        total += t.nbytes();
+    }
+    CHECK(spanned < total);
+    for (Via via : all_vias) {
+        if (unavailable(via)) continue;
+        for (it::DirectIo direct : all_direct) {
+            INFO(to_string(via), " direct=", to_string(direct));
+            const Outcome out = load(checkpoint, via, direct, SinkKind::host, options);
+            std::size_t i = 0;
+            for (const auto& t : checkpoint.tensors()) {
+                const it::Share s = share(t, 0, 1);
+                if (!s.kept) continue;
+                CAPTURE(t.name());
+                REQUIRE(i < out.tensors.size());
+                const Loaded& got = out.tensors[i++];
+                CHECK(got.name == t.name());
+                std::vector<std::uint64_t> shape = t.info->shape;
+                std::uint64_t first = 0;
+                if (s.count != it::Share::all) shape[s.dim] = s.count, first = s.first;
+                CHECK(got.shape == shape);
+                CHECK(got.block_first == first);
+                if (s.count != it::Share::all) CHECK(got.block_dim == s.dim);
+                CHECK(got.bytes == block_bytes(*t.info, expected_bytes(t.name(), t.nbytes()), s.dim, first,
+                                               shape.empty() ? 1 : shape[s.dim]));
+            }
+            CHECK(i == out.tensors.size());
+            CHECK(out.stats.read_bytes == out.plan_read_bytes);
+            if (direct == it::DirectIo::off) CHECK(out.plan_read_bytes == spanned);  // "skip" and the rows outside blocks are not read
         }
     }
 }

@@ -60,6 +60,30 @@ inline std::vector<std::byte> expected_bytes(std::string_view name, std::uint64_
 
 inline void fill_tensor(const fmt::TensorSpec& spec, std::span<std::byte> out) { fill_bytes(spec.name, out); }
 
+/// The bytes of the block [first, first + count) of dimension `dim` of a tensor whose bytes are
+/// `all`, gathered element by element in row-major order: what a loaded block is compared with
+/// (whole-byte dtypes; a scalar is its one element).
+inline std::vector<std::byte> block_bytes(const fmt::TensorInfo& info, std::span<const std::byte> all, std::uint32_t dim,
+                                          std::uint64_t first, std::uint64_t count) {
+    const auto& shape = info.shape;
+    if (shape.empty()) return {all.begin(), all.end()};
+    const std::uint64_t element = fmt::bit_size(info.dtype) / 8;
+    std::uint64_t elements = 1;
+    for (const auto d : shape) elements *= d;
+    std::vector<std::byte> out;
+    std::vector<std::uint64_t> index(shape.size(), 0);
+    for (std::uint64_t e = 0; e < elements; ++e) {
+        if (index[dim] >= first && index[dim] < first + count)
+            out.insert(out.end(), all.begin() + static_cast<std::ptrdiff_t>(e * element),
+                       all.begin() + static_cast<std::ptrdiff_t>((e + 1) * element));
+        for (std::size_t k = shape.size(); k-- > 0;) {  // the next index, last dimension fastest
+            if (++index[k] < shape[k]) break;
+            index[k] = 0;
+        }
+    }
+    return out;
+}
+
 /// Bytes of a spec, computed here rather than by the library.
 inline std::uint64_t spec_bytes(const fmt::TensorSpec& spec) {
     const auto n = fmt::byte_size(spec.dtype, spec.shape);

@@ -141,7 +141,7 @@ public:
 
 private:
     static bool same(const instanttensor::Transfer& p, const instanttensor::Transfer& q) {
-        return p.from == q.from && p.to == q.to && p.offset == q.offset && p.length == q.length;
+        return p.from == q.from && p.to == q.to && p.offset == q.offset && p.length == q.length && p.source == q.source;
     }
 
     /// Whether two ranks posted the same collective. Sends differ by rank (each posts its own);
@@ -195,8 +195,8 @@ private:
     std::uint64_t receive(const InProcessGroup::Round& round) const {
         using instanttensor::ExchangeMode;
         std::byte* mine = round.buffers[static_cast<std::size_t>(rank_)];
-        auto copy_from = [&](int peer, std::uint64_t offset, std::uint64_t length) {
-            std::memcpy(mine + offset, round.buffers[static_cast<std::size_t>(peer)] + offset, length);
+        auto copy_from = [&](int peer, std::uint64_t offset, std::uint64_t length, std::uint64_t source) {
+            std::memcpy(mine + offset, round.buffers[static_cast<std::size_t>(peer)] + source, length);
             return length;
         };
         std::uint64_t bytes = 0;
@@ -205,15 +205,15 @@ private:
         case ExchangeMode::none: break;
         case ExchangeMode::all_gather:
             for (int peer = 0; peer < size(); ++peer)
-                if (peer != rank_) bytes += copy_from(peer, x.segment * static_cast<std::uint64_t>(peer), x.segment);
+                if (peer != rank_) bytes += copy_from(peer, x.segment * static_cast<std::uint64_t>(peer), x.segment, x.segment * static_cast<std::uint64_t>(peer));
             break;
         case ExchangeMode::broadcasts:
             for (const auto& t : x.transfers)
-                if (t.from != rank_) bytes += copy_from(t.from, t.offset, t.length);
+                if (t.from != rank_) bytes += copy_from(t.from, t.offset, t.length, t.offset);
             break;
         case ExchangeMode::sends:
             for (const auto& t : round.transfers[static_cast<std::size_t>(rank_)])
-                if (t.to == rank_) bytes += copy_from(t.from, t.offset, t.length);
+                if (t.to == rank_) bytes += copy_from(t.from, t.offset, t.length, t.source);
             break;
         }
         return bytes;

@@ -82,6 +82,8 @@ struct Loaded {
     std::vector<std::uint64_t> shape;
     std::vector<std::byte> bytes;
     const fmt::TensorRef* ref = nullptr;
+    std::uint32_t block_dim = 0;
+    std::uint64_t block_first = 0;
 };
 
 /// What one load produced.
@@ -112,6 +114,8 @@ void drain(L& loader, Outcome& out) {
         l.shape.assign(t.shape.begin(), t.shape.end());
         l.bytes.assign(t.data.begin(), t.data.end());
         l.ref = t.ref;
+        l.block_dim = t.block_dim;
+        l.block_first = t.block_first;
         CHECK(t.memory == it::MemoryKind::host);
         // sink::host starts every tensor at a multiple of its alignment.
         if constexpr (std::is_same_v<std::decay_t<decltype(loader.sink())>, it::sink::host>)

@@ -370,7 +370,7 @@ private:
             case ExchangeMode::broadcasts:
             case ExchangeMode::sends:
                 for (const auto& t : op.transfers)
-                    if (t.from == rank) put(op.window + t.offset, t.length);
+                    if (t.from == rank) put(op.window + t.source, t.length);
                 break;
             }
         }
@@ -400,7 +400,7 @@ private:
             if (theirs.mode != op.posted.mode || theirs.segment != op.posted.segment || theirs.bytes != op.posted.bytes)
                 throw std::runtime_error(who + " posted different collectives");
             auto same = [](const Transfer& a, const Transfer& b) {
-                return a.from == b.from && a.to == b.to && a.offset == b.offset && a.length == b.length;
+                return a.from == b.from && a.to == b.to && a.offset == b.offset && a.length == b.length && a.source == b.source;
             };
             std::uint64_t bytes = 0;
             switch (static_cast<ExchangeMode>(op.posted.mode)) {

@@ -54,6 +54,17 @@ public:
         INSTANTTENSOR_CUDA_CHECK(cudaMemcpyAsync(device_destination, staged, bytes, cudaMemcpyDefault, current()));
     }
 
+    /// Copies `runs` runs of `run` bytes, `stride` apart in staging, packed to `device_destination`:
+    /// one 2-D copy, or a copy per run where a pitch exceeds what the driver takes (2^31 - 1).
+    void store_strided(std::byte* device_destination, const std::byte* staged, std::uint64_t run, std::uint64_t stride, std::uint64_t runs) {
+        constexpr std::uint64_t max_pitch = 0x7fffffff;
+        if (stride <= max_pitch) {
+            INSTANTTENSOR_CUDA_CHECK(cudaMemcpy2DAsync(device_destination, run, staged, stride, run, runs, cudaMemcpyDefault, current()));
+            return;
+        }
+        for (std::uint64_t i = 0; i < runs; ++i) store(device_destination + i * run, staged + i * stride, run);
+    }
+
     /// Marks the end of one extent's copies; returns its ticket. The next extent uses the next stream.
     std::uint64_t extent_stored() {
         events_[next_ % events_.size()].record(current());

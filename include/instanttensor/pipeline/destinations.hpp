@@ -4,7 +4,8 @@
 // and only once the pipeline is about to read into it), the pieces still to land there, and, with
 // a sink that copies asynchronously, the copy ticket of its last piece. A tensor is complete once
 // no piece is left and that ticket's copies ran. A group load lands only the bytes this rank keeps
-// (its KeptBytes); a single load keeps every tensor whole.
+// (its KeptBytes), a single load what its share keeps (every tensor whole by default); a block cut
+// along a dimension other than the first lands packed from strided bytes (store_strided).
 #pragma once
 
 #include <cstdint>
@@ -16,6 +17,22 @@
 #include "instanttensor/pipeline/share.hpp"
 
 namespace instanttensor::pipeline {
+
+/// Copies the bytes `from` lays out in runs, `source` pointing at its byte `from.at`, packed to
+/// `destination`, through `copier` (a sink, or a device copier): a store per run, or one 2-D copy
+/// of the whole runs where the copier has store_strided (cudaMemcpy2DAsync on the GPU).
+template <class Copier>
+void store_strided(Copier& copier, std::byte* destination, const std::byte* source, const Strided& from) {
+    from.for_each_block([&](std::uint64_t at, std::uint64_t to, std::uint64_t run, std::uint64_t runs) {
+        if (runs == 1) {
+            copier.store(destination + to, source + at, run);
+        } else if constexpr (requires { copier.store_strided(destination, source, run, run, runs); }) {
+            copier.store_strided(destination + to, source + at, run, from.stride, runs);
+        } else {
+            for (std::uint64_t i = 0; i < runs; ++i) copier.store(destination + to + i * run, source + at + i * from.stride, run);
+        }
+    });
+}
 
 template <Sink Sk>
 class Destinations {
@@ -35,15 +52,14 @@ public:
 
     /// Whether tensor `t` (an index into Plan::tensors) is yielded here.
     [[nodiscard]] bool yields(std::uint32_t t) const { return kept_.empty() || kept_[t].kept; }
-    /// The bytes of tensor `t` that land here, and the rows they are.
+    /// The bytes of tensor `t` that land here, and the block they are.
     [[nodiscard]] KeptBytes kept(std::uint32_t t) const {
         return kept_.empty() ? kept_bytes(*plan_->tensors[t].ref, Share::whole()) : kept_[t];
     }
     /// Whether any bytes of `piece` land here.
     [[nodiscard]] bool lands_here(const Piece& piece) const {
         if (kept_.empty()) return true;
-        const KeptBytes& k = kept_[piece.tensor];
-        return k.kept && k.begin < k.end && piece.tensor_offset < k.end && piece.tensor_offset + piece.length > k.begin;
+        return kept_[piece.tensor].within(piece.tensor_offset, piece.tensor_offset + piece.length).length > 0;
     }
     /// Where tensor `t`'s kept bytes go (empty until reserved, and for a tensor without bytes here).
     [[nodiscard]] std::span<std::byte> at(std::uint32_t t) const { return spans_[t]; }

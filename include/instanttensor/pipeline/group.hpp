@@ -3,7 +3,8 @@
 //
 // Windows of the plan (pipeline/group_plan.hpp) move through four stages, each window in a buffer
 // of its own: this rank reads its segment (through pinned staging and an upload when the transport
-// exchanges device memory while the storage reads host memory), the transport exchanges the
+// exchanges device memory while the storage reads host memory) and packs what it sends of strided
+// blocks, the transport exchanges the
 // window (the same exchanges in the same order on every rank), the bytes this rank keeps land in
 // its sink, and the buffer takes the next window once the sink's copies out of it ran. pump()
 // polls every stage in turn, so the stages of successive windows overlap. A rank that keeps nothing
@@ -26,6 +27,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <deque>
 #include <optional>
 #include <string>
@@ -65,6 +67,23 @@ struct uploader_of<true> {
 };
 #endif
 
+/// Copies within host memory: how a transport that exchanges host memory packs its sends.
+struct HostCopier {
+    void store(std::byte* to, const std::byte* from, std::uint64_t bytes) const { std::memcpy(to, from, bytes); }
+};
+
+/// What packs sends within the window buffers (pipeline::Group).
+template <MemoryKind memory>
+struct packer_of {
+    using type = HostCopier;
+};
+#if INSTANTTENSOR_HAS_CUDA
+template <>
+struct packer_of<MemoryKind::device> {
+    using type = std::optional<DeviceCopier>;
+};
+#endif
+
 }  // namespace instanttensor::detail
 
 namespace instanttensor::pipeline {
@@ -81,6 +100,7 @@ class Group {
     using WindowMemory = Buffer<Tr::memory>;
     using StagingMemory = Buffer<MemoryKind::host, uploads>;
     using Uploader = typename detail::uploader_of<uploads>::type;
+    using Packer = typename detail::packer_of<Tr::memory>::type;
 
     /// What becomes of a read once complete: the window it belongs to, and with uploads the slot it
     /// was read into and where in the window buffer it goes.
@@ -150,6 +170,8 @@ private:
         std::size_t next_read = 0;       // reads[next_read..] are not submitted yet
         std::size_t reads_left = 0;      // reads not complete yet
         std::uint64_t last_upload = no_ticket;
+        bool pack_started = false;
+        std::uint64_t pack_ticket = no_ticket;
         bool exchange_started = false;
         bool exchange_done = false;
         std::uint64_t exchange_ticket = 0;
@@ -183,9 +205,9 @@ private:
         stats_.received_bytes = group_.received_bytes[static_cast<std::size_t>(rank)];
 
         const std::uint64_t buffers = std::min<std::uint64_t>(options_.windows, std::max<std::size_t>(group_.windows.size(), 1));
-        window_buffers_ = allocate<WindowMemory>(buffers * group_.buffer_bytes, device(),
-                                                 "the group's window buffers (LoadOptions::window_bytes, windows)");
-        for (std::uint64_t b = buffers; b-- > 0;) free_buffers_.push_back(window_buffers_.data() + b * group_.buffer_bytes);
+        const std::uint64_t buffer = group_.buffer_bytes + group_.pack_bytes;
+        window_buffers_ = allocate<WindowMemory>(buffers * buffer, device(), "the group's window buffers (LoadOptions::window_bytes, windows)");
+        for (std::uint64_t b = buffers; b-- > 0;) free_buffers_.push_back(window_buffers_.data() + b * buffer);
         stats_.window_memory = window_buffers_.size();
         std::uint64_t slots = 0;
         if constexpr (uploads) {
@@ -194,6 +216,12 @@ private:
             stats_.staging_bytes = staging_.memory().size();
             uploader_.emplace(device(), std::nullopt, 2);
             uploader_->prepare_copies(slots);
+        }
+        if constexpr (Tr::memory == MemoryKind::device) {
+            if (!group_.packs.empty()) {
+                packer_.emplace(device(), std::nullopt, 1);
+                packer_->prepare_copies(buffers);
+            }
         }
         if constexpr (requires { storage_.register_memory(staging_.memory()); })
             storage_.register_memory(uploads ? staging_.memory() : window_buffers_.span());
@@ -250,7 +278,7 @@ private:
                 // exchanges of windows past their reads), which complete without the kernel telling us.
                 const bool others_pending = staging_.copying() || link_.pending() ||
                                             std::any_of(active_.begin(), active_.end(), [](const ActiveWindow& w) {
-                                                return w.exchange_started;
+                                                return w.exchange_started || w.pack_ticket != no_ticket;
                                             });
                 if (reads_.in_flight() > 0) {
                     const std::size_t n = reads_.reap(!moved && !others_pending, [this](const Read& r) { read_done(r); });
@@ -344,8 +372,32 @@ private:
         else return true;
     }
 
-    /// Starts the status round of the next window once this rank's segment of it is in, and the
-    /// window's exchange once every rank said ok in it: in window order, the same on every rank.
+    /// Packs this rank's strided sends of a window whose segment is in (GroupPlan::packs).
+    void pack(ActiveWindow& w) {
+        w.pack_started = true;
+        const auto packs = group_.packs_of(w.index);
+        if (packs.empty()) return;
+        auto& packer = [this]() -> auto& {
+            if constexpr (Tr::memory == MemoryKind::device) return *packer_;
+            else return packer_;
+        }();
+        for (const Pack& p : packs) store_strided(packer, w.buffer + p.to, w.buffer + p.from.at, p.from);
+        if constexpr (Tr::memory == MemoryKind::device) w.pack_ticket = packer_->extent_stored();
+    }
+
+    /// Whether the window's packs ran (on the host they ran in pack()).
+    bool packed(ActiveWindow& w) {
+        if constexpr (Tr::memory == MemoryKind::device) {
+            if (w.pack_ticket == no_ticket) return true;
+            if (!packer_->copies_done(w.pack_ticket)) return false;
+            w.pack_ticket = no_ticket;
+        }
+        return true;
+    }
+
+    /// Starts the status round of the next window once this rank's segment of it is in (and
+    /// packed), and the window's exchange once every rank said ok in it: in window order, the same
+    /// on every rank.
     bool start_exchanges() {
         bool moved = false;
         for (;;) {
@@ -359,8 +411,13 @@ private:
                 continue;
             }
             if (next_status_ >= group_.windows.size() || active_.empty() || active_.back().index < next_status_) return moved;
-            const ActiveWindow& w = active_window(next_status_);
+            ActiveWindow& w = active_window(next_status_);
             if (w.reads_left > 0 || !uploaded(w)) return moved;
+            if (!w.pack_started) {
+                pack(w);
+                moved = true;
+            }
+            if (!packed(w)) return moved;
             start_status(detail::RankState::ok);
             moved = true;
         }
@@ -419,12 +476,7 @@ private:
                     ++w.next_extent;
                 if (!destinations_.lands_here(piece)) continue;
                 if (!destinations_.reserve_through(piece.tensor)) break;
-                const KeptBytes& k = group_.keeps(piece.tensor);
-                const std::uint64_t begin = std::max(k.begin, piece.tensor_offset);
-                const std::uint64_t end = std::min(k.end, piece.tensor_offset + piece.length);
-                const std::byte* source =
-                    w.buffer + group_.extent_window_offset[w.next_extent] + piece.extent_offset + (begin - piece.tensor_offset);
-                sink_.store(destinations_.at(piece.tensor).data() + (begin - k.begin), source, end - begin);
+                land(w, window, piece, group_.extent_window_offset[w.next_extent] + piece.extent_offset);
                 destinations_.piece_stored(piece.tensor);
                 stored = moved = true;
             }
@@ -439,6 +491,26 @@ private:
             w.landed = moved = true;
         }
         return moved;
+    }
+
+    /// Stores the bytes of `piece` (at window offset `at`) this rank keeps into its destination:
+    /// from their window offsets, or, for the strided bytes of a block that a sends exchange brought
+    /// from another reader, packed at the window offset of their first byte.
+    void land(const ActiveWindow& w, const Window& window, const Piece& piece, std::uint64_t at) {
+        const KeptBytes& k = group_.keeps(piece.tensor);
+        std::byte* destination = destinations_.at(piece.tensor).data();
+        const auto store = [&](std::uint64_t from, std::uint64_t until, bool packed) {
+            const Strided bytes = k.within(piece.tensor_offset + (from - at), piece.tensor_offset + (until - at));
+            if (bytes.length == 0) return;
+            std::byte* to = destination + k.block_offset(bytes.at);
+            const std::byte* source = w.buffer + at + (bytes.at - piece.tensor_offset);
+            if (packed) sink_.store(to, source, bytes.length);
+            else store_strided(sink_, to, source, bytes);
+        };
+        if (window.mode != ExchangeMode::sends || k.contiguous()) return store(at, at + piece.length, false);
+        group_.for_each_reader(w.index, at, at + piece.length, [&](int reader, std::uint64_t from, std::uint64_t until) {
+            store(from, until, reader != link_.rank());
+        });
     }
 
     /// Where the load stands, for a message: " (at window w of n)" once a status round started.
@@ -491,8 +563,8 @@ private:
     const format::Checkpoint& checkpoint_;
     LoadOptions options_;
     LoadStats stats_;
-    // Declared in this order so that they are destroyed transport (link_) first, then the uploader (copies
-    // from staging into the window buffers), the storage (its destructor waits for the reads still
+    // Declared in this order so that they are destroyed transport (link_) first, then the packer
+    // and the uploader (copies within and into the window buffers), the storage (its destructor waits for the reads still
     // in flight, which write into staging or the window buffers), then the sink, whose destructor
     // waits for its copies out of the window buffers. The transport stops touching the window
     // buffers in ~Group(), before any of them: leave() returns once its operations completed, or
@@ -502,6 +574,7 @@ private:
     Sk sink_;
     Storage storage_;
     Uploader uploader_;
+    Packer packer_;  // packs within the window buffers
     GroupLink<Tr> link_;
     Plan plan_;
     GroupPlan group_;

@@ -12,6 +12,12 @@
 //   broadcasts   each segment from its reader to every rank ((n-1)·L bytes, L = the window's length)
 //   sends        point-to-point, exactly the bytes each rank keeps and did not read itself
 //
+// A block cut along a dimension other than the first is strided in the window: before a sends
+// exchange, its reader packs each receiver's runs into a pack area after the window in its buffer
+// (a Pack), sends them as one transfer, and the receiver gets them packed at the window offset of
+// their first byte (the bytes they span there are the reader's segment, which it does not read), so
+// that it lands them with one copy; nobody receives a byte it does not keep.
+//
 // (ties go to the collective, which NCCL pipelines better). With every rank keeping everything, a
 // window of tensor bytes alone goes by all_gather (or broadcasts, when the segments do not divide
 // it evenly); one whose reads also carry bytes nobody keeps (alignment padding, a file's header)
@@ -34,14 +40,25 @@ namespace instanttensor {
 
 enum class ExchangeMode : std::uint8_t { none, all_gather, broadcasts, sends };
 
-/// Bytes [offset, offset + length) of the window buffer go from rank `from` to rank `to` (every
-/// other rank when `to` is everyone: a broadcast).
+/// `length` bytes go from rank `from`'s window buffer at `source` to rank `to`'s at `offset` (every
+/// other rank's when `to` is everyone: a broadcast). `source` is `offset`, or, for bytes the sender
+/// packed, in its pack area after the window.
 struct Transfer {
     static constexpr int everyone = -1;
     int from = 0;
     int to = everyone;
     std::uint64_t offset = 0;
     std::uint64_t length = 0;
+    std::uint64_t source = 0;
+
+    [[nodiscard]] bool packed() const noexcept { return source != offset; }
+};
+
+/// Before a window's exchange, this rank copies the bytes `from` lays out in its window buffer
+/// (offsets into it) packed to offset `to`, in its pack area: the source of a packed Transfer.
+struct Pack {
+    Strided from;
+    std::uint64_t to = 0;
 };
 
 /// The most point-to-point transfers one NCCL group of a window's sends holds, counted over every
@@ -68,6 +85,8 @@ struct Window {
     ExchangeMode mode = ExchangeMode::none;
     std::uint32_t first_transfer = 0;
     std::uint32_t transfer_count = 0;
+    std::uint32_t first_pack = 0;  ///< this rank's packs of the window, in GroupPlan::packs
+    std::uint32_t pack_count = 0;
 };
 
 /// One read of a rank's segment: `length` bytes of extent `extent` from `extent_offset` on, into the
@@ -95,11 +114,13 @@ struct GroupPlan {
     /// part in (as sender or receiver; each pair of ranks lists its sends in the same order).
     std::vector<Transfer> transfers;
     std::vector<std::uint32_t> transfer_groups;  ///< per transfer of a sends window: its group (WindowExchange::groups)
+    std::vector<Pack> packs;                     ///< per window, what this rank packs before its exchange
     std::vector<KeptBytes> kept;                       ///< per planned tensor: what this rank keeps
     std::vector<std::uint64_t> read_bytes;             ///< per rank: bytes it reads from storage
     std::vector<std::uint64_t> kept_bytes;             ///< per rank: bytes it keeps
     std::vector<std::uint64_t> received_bytes;         ///< per rank: bytes it receives from the others
-    std::uint64_t buffer_bytes = 0;                    ///< one window buffer: the largest n·S
+    std::uint64_t buffer_bytes = 0;                    ///< one window: the largest n·S; packed sends start here
+    std::uint64_t pack_bytes = 0;                      ///< this rank's pack area, after the window in each buffer (whole pages)
     /// A digest of everything the ranks must agree on (reads, windows, every rank's transfers and
     /// kept bytes): equal on every rank that planned the same load from the same checkpoint and
     /// options, whatever its rank.
@@ -111,6 +132,21 @@ struct GroupPlan {
         const auto groups = w.mode == ExchangeMode::sends ? std::span(transfer_groups).subspan(w.first_transfer, w.transfer_count)
                                                           : std::span<const std::uint32_t>();
         return {w.mode, w.segment, w.bytes, std::span(transfers).subspan(w.first_transfer, w.transfer_count), groups};
+    }
+    [[nodiscard]] std::span<const Pack> packs_of(std::size_t window) const {
+        return std::span(packs).subspan(windows[window].first_pack, windows[window].pack_count);
+    }
+
+    /// Calls part(reader, from, until) for the bytes [at, end) of window `window`'s buffer, cut where
+    /// the readers' segments meet, in order.
+    template <class F>
+    void for_each_reader(std::size_t window, std::uint64_t at, std::uint64_t end, F&& part) const {
+        const std::uint64_t segment = windows[window].segment;
+        while (at < end) {
+            const std::uint64_t until = std::min(end, (at / segment + 1) * segment);
+            part(static_cast<int>(at / segment), at, until);
+            at = until;
+        }
     }
 
     /// Calls read(SegmentRead) for each read of `reader`'s segment of window `window`, in order.
@@ -145,7 +181,7 @@ public:
         h_ ^= h_ >> 29;
     }
     void mix(const Transfer& t) noexcept {
-        mix(static_cast<std::uint64_t>(t.from)), mix(static_cast<std::uint64_t>(t.to)), mix(t.offset), mix(t.length);
+        mix(static_cast<std::uint64_t>(t.from)), mix(static_cast<std::uint64_t>(t.to)), mix(t.offset), mix(t.length), mix(t.source);
     }
     [[nodiscard]] std::uint64_t value() const noexcept { return h_; }
 
@@ -153,20 +189,24 @@ private:
     std::uint64_t h_ = 0xcbf29ce484222325ull;
 };
 
-/// The bytes [begin, end) of a tensor one rank keeps, or none: a KeptBytes without its rows, so
-/// that a window of a million tensors on 8 ranks holds 128 MB of them, not 320.
+/// The bytes of a tensor one rank keeps, or none: a KeptBytes without its block, so that a window
+/// of a million tensors on 8 ranks holds 256 MB of them, not 512.
 struct KeptRange {
     static constexpr std::uint64_t none = UINT64_MAX;
     std::uint64_t begin = none;
-    std::uint64_t end = none;
+    std::uint64_t run = 0;
+    std::uint64_t stride = 0;
+    std::uint64_t runs = 0;
 
-    [[nodiscard]] bool kept() const noexcept { return begin != none; }
-    [[nodiscard]] std::uint64_t size() const noexcept { return kept() ? end - begin : 0; }
+    KeptRange() = default;
+    explicit KeptRange(const KeptBytes& k) noexcept
+        : begin(k.kept ? k.begin : none), run(k.run), stride(k.stride), runs(k.runs) {}
+    [[nodiscard]] KeptBytes bytes() const noexcept { return {begin != none, begin, run, stride, runs, 0, 0, 0}; }
     friend bool operator==(const KeptRange&, const KeptRange&) = default;
 };
 
 /// Every rank's KeptRange of the tensors of the window being planned, each tensor evaluated once:
-/// a tensor that spans windows keeps its row from one window to the next. Without a share
+/// a tensor that spans windows keeps its entry from one window to the next. Without a share
 /// function every rank keeps every tensor whole, and one KeptRange per tensor stands for all.
 class KeptByRank {
 public:
@@ -189,8 +229,8 @@ public:
         while (next_ < plan_.tensors.size()) evaluate();
         if (width_ == 1) g_.kept_bytes.assign(n_, everyone_keeps_);
     }
-    [[nodiscard]] KeptRange operator()(std::uint32_t tensor, int rank) const {
-        return rows_[(tensor - first_) * width_ + (width_ == 1 ? 0 : static_cast<std::size_t>(rank))];
+    [[nodiscard]] KeptBytes operator()(std::uint32_t tensor, int rank) const {
+        return rows_[(tensor - first_) * width_ + (width_ == 1 ? 0 : static_cast<std::size_t>(rank))].bytes();
     }
 
 private:
@@ -203,7 +243,7 @@ private:
             if (width_ == 1) everyone_keeps_ += k.size();
             else g_.kept_bytes[r] += k.size();
             if (width_ == 1 || r == rank_) g_.kept[next_] = k;
-            rows_.push_back(k.kept ? KeptRange{k.begin, k.end} : KeptRange{});
+            rows_.push_back(KeptRange(k));
         }
         // The digest sees runs of ranks keeping the same bytes, so that no share function and one
         // that keeps everything (the same load) digest alike.
@@ -211,7 +251,7 @@ private:
         for (std::size_t r = 0; r < width_;) {
             std::size_t run = 1;
             while (r + run < width_ && row[r + run] == row[r]) ++run;
-            digest_.mix(row[r].begin), digest_.mix(row[r].end);
+            digest_.mix(row[r].begin), digest_.mix(row[r].run), digest_.mix(row[r].stride), digest_.mix(row[r].runs);
             digest_.mix(width_ == 1 ? n_ : run);
             r += run;
         }
@@ -267,11 +307,16 @@ inline GroupPlan make_group_plan(const Plan& plan, int ranks, int rank, const Sh
         ++w->extent_count;
     }
 
-    detail::KeptByRank keeps(plan, ranks, rank, share, g, digest);
-    for (std::size_t wi = 0; wi < g.windows.size(); ++wi) {
-        Window& w = g.windows[wi];
+    // Segments first: packed sends start after the largest window, in every buffer.
+    for (Window& w : g.windows) {
         w.segment = align_up((w.bytes + n - 1) / n, page);
         g.buffer_bytes = std::max(g.buffer_bytes, n * w.segment);
+    }
+
+    detail::KeptByRank keeps(plan, ranks, rank, share, g, digest);
+    std::vector<std::uint64_t> packed(n);  // per sender: its pack area used so far in this window
+    for (std::size_t wi = 0; wi < g.windows.size(); ++wi) {
+        Window& w = g.windows[wi];
         for (int r = 0; r < ranks; ++r)
             g.for_each_read(plan, wi, r, [&](const SegmentRead& s) { g.read_bytes[static_cast<std::size_t>(r)] += s.length; });
         const Extent& first = plan.extents[w.first_extent];
@@ -279,55 +324,62 @@ inline GroupPlan make_group_plan(const Plan& plan, int ranks, int rank, const Sh
         keeps.cover(plan.pieces[first.first_piece].tensor, plan.pieces[last.first_piece + last.piece_count - 1].tensor);
 
         // The point-to-point alternative: each rank's kept bytes of each piece, from whoever read
-        // them. sends_to(r, emit) calls emit(Transfer) for receiver r's, in window order, adjacent
-        // ones from the same reader merged (r = everyone: no receiver, every run of kept bytes).
+        // them. sends_to(r, emit) calls emit(Transfer, pack) for receiver r's, in window order:
+        // contiguous bytes at their window offsets, adjacent ones from the same reader merged; a
+        // strided block's bytes packed (pack: their layout in the window), each reader's in one
+        // transfer per piece (r = everyone: no receiver, every run of kept bytes).
         auto sends_to = [&](int r, auto&& emit) {
             Transfer pending{};
+            const auto flush = [&] {
+                if (pending.length > 0) emit(pending, static_cast<const Strided*>(nullptr));
+                pending = {};
+            };
             for (std::uint32_t x = w.first_extent; x < w.first_extent + w.extent_count; ++x) {
                 const Extent& e = plan.extents[x];
                 for (std::uint32_t p = e.first_piece; p < e.first_piece + e.piece_count; ++p) {
                     const Piece& piece = plan.pieces[p];
-                    const detail::KeptRange k = keeps(piece.tensor, r);
-                    const std::uint64_t from = std::max(k.begin, piece.tensor_offset);
-                    const std::uint64_t to = std::min(k.end, piece.tensor_offset + piece.length);
-                    if (!k.kept() || from >= to) continue;
-                    std::uint64_t at = g.extent_window_offset[x] + piece.extent_offset + (from - piece.tensor_offset);
-                    const std::uint64_t stop = at + (to - from);
-                    while (at < stop) {  // split where the readers' segments meet
-                        const auto reader = static_cast<int>(at / w.segment);
-                        const std::uint64_t until = std::min(stop, (at / w.segment + 1) * w.segment);
-                        if (reader != r) {
-                            if (pending.length > 0 && pending.from == reader && pending.offset + pending.length == at) {
-                                pending.length += until - at;
-                            } else {
-                                if (pending.length > 0) emit(pending);
-                                pending = {reader, r, at, until - at};
-                            }
+                    const KeptBytes k = keeps(piece.tensor, r);
+                    if (!k.kept) continue;
+                    const std::uint64_t at = g.extent_window_offset[x] + piece.extent_offset;  // the piece in the window
+                    g.for_each_reader(wi, at, at + piece.length, [&](int reader, std::uint64_t from, std::uint64_t until) {
+                        Strided bytes = k.within(piece.tensor_offset + (from - at), piece.tensor_offset + (until - at));
+                        if (reader == r || bytes.length == 0) return;
+                        bytes.at = at + (bytes.at - piece.tensor_offset);
+                        if (!bytes.contiguous()) {
+                            flush();
+                            const auto sender = static_cast<std::size_t>(reader);
+                            emit(Transfer{reader, r, bytes.at, bytes.length, g.buffer_bytes + packed[sender]}, &bytes);
+                            packed[sender] += bytes.length;
+                        } else if (pending.length > 0 && pending.from == reader && pending.offset + pending.length == bytes.at) {
+                            pending.length += bytes.length;
+                        } else {
+                            flush();
+                            pending = {reader, r, bytes.at, bytes.length, bytes.at};
                         }
-                        at = until;
-                    }
+                    });
                 }
             }
-            if (pending.length > 0) emit(pending);
+            flush();
         };
         // Every send of the window, receivers in rank order. They are generated, not stored: a
         // group of n ranks has up to n·(n-1) of them, of which this rank keeps only its own. When
         // every rank keeps every byte, one list of runs serves every receiver (less its own reads):
         // n times the runs, not n times the pieces.
         auto for_each_send = [&](auto&& emit) {
+            std::fill(packed.begin(), packed.end(), 0);
             if (share) {
                 for (int r = 0; r < ranks; ++r) sends_to(r, emit);
                 return;
             }
             std::vector<Transfer> runs;
-            sends_to(Transfer::everyone, [&](const Transfer& t) { runs.push_back(t); });
+            sends_to(Transfer::everyone, [&](const Transfer& t, const Strided*) { runs.push_back(t); });
             for (int r = 0; r < ranks; ++r)
                 for (const Transfer& t : runs)
-                    if (t.from != r) emit(Transfer{t.from, r, t.offset, t.length});
+                    if (t.from != r) emit(Transfer{t.from, r, t.offset, t.length, t.source}, static_cast<const Strided*>(nullptr));
         };
         std::uint64_t send_bytes = 0;
         if (share) {
-            for_each_send([&](const Transfer& t) { send_bytes += t.length; });
+            for_each_send([&](const Transfer& t, const Strided*) { send_bytes += t.length; });
         } else {  // every byte a rank reads goes to the n - 1 others: no need to list the sends yet
             for (std::uint32_t p = first.first_piece; p < last.first_piece + last.piece_count; ++p)
                 send_bytes += plan.pieces[p].length;
@@ -352,27 +404,32 @@ inline GroupPlan make_group_plan(const Plan& plan, int ranks, int rank, const Sh
                 const std::uint64_t length = std::min(w.segment, w.bytes - begin);
                 g.received_bytes[static_cast<std::size_t>(r)] += w.bytes - length;
                 if (length == 0) continue;
-                g.transfers.push_back({r, Transfer::everyone, begin, length});
+                g.transfers.push_back({r, Transfer::everyone, begin, length, begin});
                 g.transfer_groups.push_back(0);
                 digest.mix(g.transfers.back());
             }
         } else {
             w.mode = ExchangeMode::sends;
             std::uint64_t index = 0;  // in the list of every rank's sends, the same on every rank
-            for_each_send([&](const Transfer& t) {
+            w.first_pack = static_cast<std::uint32_t>(g.packs.size());
+            for_each_send([&](const Transfer& t, const Strided* pack) {
                 g.received_bytes[static_cast<std::size_t>(t.to)] += t.length;
                 digest.mix(t);
                 if (t.from == rank || t.to == rank) {
                     g.transfers.push_back(t);
                     g.transfer_groups.push_back(static_cast<std::uint32_t>(index / max_group_transfers));
                 }
+                if (t.from == rank && pack) g.packs.push_back({*pack, t.source});
                 ++index;
             });
+            w.pack_count = static_cast<std::uint32_t>(g.packs.size() - w.first_pack);
+            g.pack_bytes = std::max(g.pack_bytes, packed[static_cast<std::size_t>(rank)]);
         }
         digest.mix(static_cast<std::uint64_t>(w.mode));
         w.transfer_count = static_cast<std::uint32_t>(g.transfers.size() - w.first_transfer);
     }
     keeps.finish();
+    g.pack_bytes = align_up(g.pack_bytes, page);  // every window buffer stays page-aligned for O_DIRECT
     g.digest = digest.value();
     return g;
 }

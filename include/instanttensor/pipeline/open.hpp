@@ -32,10 +32,10 @@ enum class PlanAlignment : std::uint8_t {
 };
 
 /// Opens the checkpoint's files with `storage` and plans the selected tensors, in reads of at most
-/// one slot aligned as `alignment` says.
+/// one slot aligned as `alignment` says, of each tensor the bytes `range` says (make_plan).
 template <StorageBackend Storage>
 Plan open_and_plan(const format::Checkpoint& checkpoint, Storage& storage, const LoadOptions& options,
-                   PlanAlignment alignment = PlanAlignment::storage) {
+                   PlanAlignment alignment = PlanAlignment::storage, const TensorRange& range = {}) {
     if (options.slot_bytes < min_slot_bytes || options.slot_bytes % detail::page_alignment != 0)
         throw usage_error("loader", "slot_bytes must be a multiple of 4096 and at least 12288");
     storage.open(checkpoint);
@@ -50,7 +50,7 @@ Plan open_and_plan(const format::Checkpoint& checkpoint, Storage& storage, const
             aligned[f] = detail::page_alignment;
         }
     }
-    return make_plan(checkpoint, options.filter, aligned, options.slot_bytes);
+    return make_plan(checkpoint, options.filter, aligned, options.slot_bytes, range);
 }
 
 /// Staging slots for a plan: what the staging size holds, at least two (a read and a copy

@@ -4,7 +4,8 @@
 // into extents: reads of at most `max_extent_bytes` each, at offsets and lengths aligned for the
 // file (O_DIRECT needs that; buffered files have alignment 1). Adjacent selected tensors share an
 // extent, so many tiny tensors cost few reads; a tensor larger than an extent spans several, and
-// each piece says where in the tensor its bytes go, so the tensor still lands contiguous.
+// each piece says where in the tensor its bytes go, so the tensor still lands contiguous. A block
+// of a tensor (pipeline/share.hpp) is planned as the bytes it spans.
 // In a buffered file, a tensor of at least one extent has extents of its own (none carries another
 // tensor's bytes), so that a sink that reads in place (sink::placement) reads all of it in place
 // and copies none of it from staging.
@@ -15,6 +16,7 @@
 #include <cstdint>
 #include <functional>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "instanttensor/error.hpp"
@@ -24,6 +26,10 @@ namespace instanttensor {
 
 /// Chooses the tensors to load; an empty function selects all.
 using TensorFilter = std::function<bool(const format::TensorRef&)>;
+
+/// Of a selected tensor, the bytes [first, second) to read (a block's span); an empty function
+/// reads every byte.
+using TensorRange = std::function<std::pair<std::uint64_t, std::uint64_t>(const format::TensorRef&)>;
 
 /// Bytes of one extent that belong to one tensor.
 struct Piece {
@@ -54,7 +60,7 @@ struct Plan {
     std::vector<PlannedTensor> tensors;  ///< selected tensors, in file then offset order
     std::vector<Extent> extents;         ///< in the same order
     std::vector<Piece> pieces;
-    std::uint64_t tensor_bytes = 0;      ///< bytes of the selected tensors
+    std::uint64_t tensor_bytes = 0;      ///< bytes of the selected tensors (of their ranges)
     std::uint64_t read_bytes = 0;        ///< bytes the extents read (alignment and sharing included)
     std::uint64_t largest_tensor = 0;
 
@@ -84,12 +90,13 @@ struct Plan {
 
 /// Plans the selected tensors of `checkpoint`. `alignment` gives each file's required alignment (a
 /// power of two; 1 for none), `max_extent_bytes` the largest read (a multiple of every alignment,
-/// at least three times the largest).
+/// at least three times the largest). `range` (called once per selected tensor, in plan order) reads
+/// only part of a tensor; a tensor with nothing to read is planned without pieces.
 Plan make_plan(const format::Checkpoint& checkpoint, const TensorFilter& filter,
-               std::span<const std::uint64_t> alignment, std::uint64_t max_extent_bytes);
+               std::span<const std::uint64_t> alignment, std::uint64_t max_extent_bytes, const TensorRange& range = {});
 
 inline Plan make_plan(const format::Checkpoint& checkpoint, const TensorFilter& filter,
-                      std::span<const std::uint64_t> alignment, std::uint64_t max_extent_bytes) {
+                      std::span<const std::uint64_t> alignment, std::uint64_t max_extent_bytes, const TensorRange& range) {
     if (alignment.size() != checkpoint.files().size())
         throw usage_error("make_plan", "one alignment per file is needed");
     for (auto a : alignment)
@@ -112,13 +119,16 @@ inline Plan make_plan(const format::Checkpoint& checkpoint, const TensorFilter& 
         if (plan.tensors.size() == UINT32_MAX) throw format_error("plan", "too many tensors selected (at most 2^32 - 1)");
         const auto index = static_cast<std::uint32_t>(plan.tensors.size());
         plan.tensors.push_back({&ref, 0});
-        plan.tensor_bytes += ref.nbytes();
+        const auto [first, last] = range ? range(ref) : std::pair<std::uint64_t, std::uint64_t>{0, ref.nbytes()};
+        if (first > last || last > ref.nbytes())
+            throw usage_error("make_plan", "the range of tensor " + detail::quote_name(ref.name()) + " runs past it");
+        plan.tensor_bytes += last - first;
         plan.largest_tensor = std::max(plan.largest_tensor, ref.nbytes());
 
         const std::uint64_t a = alignment[ref.file];
-        const bool own_extents = a == 1 && ref.nbytes() >= max_extent_bytes;
-        std::uint64_t cursor = ref.file_offset;
-        const std::uint64_t end = ref.file_offset + ref.nbytes();
+        const bool own_extents = a == 1 && last - first >= max_extent_bytes;
+        std::uint64_t cursor = ref.file_offset + first;
+        const std::uint64_t end = ref.file_offset + last;
         while (cursor < end) {
             auto* e = open ? &plan.extents.back() : nullptr;
             const bool joins = !own_extents && e && e->file == ref.file && e->offset + e->needed == cursor &&

@@ -1,18 +1,29 @@
 // instanttensor/pipeline/share.hpp: what each rank of a group keeps of each tensor (its share).
 //
-// A group load (a transport of several ranks, such as transport::nccl) yields to each rank only
-// the tensors it keeps, and of a tensor split along its first dimension only its rows; only those
-// bytes are sent to it. Every rank evaluates the share function for every rank, so it must give
-// the same answer on every rank: make it a function of the tensor, the rank and the group size.
+// A share is the whole tensor, nothing, or a block: a range of indices along one dimension, all of
+// the others whole. A group load yields to each rank only the tensors it keeps, and of a split
+// tensor only its block; only those bytes are sent to it. Every rank evaluates the share function
+// for every rank, so it must give the same answer on every rank: make it a function of the tensor,
+// the rank and the group size. A single load (one rank) takes a share too: it reads the bytes the
+// block spans and lands only the block.
+//
+// A block along dimension 0 is one range of the tensor's bytes; along dimension d ≥ 1 it is a run
+// of bytes in each index of the dimensions before d, `stride` bytes apart: for the [out, in] weight
+// of a row-parallel layer split along `in`, one run per row. KeptBytes says which bytes those are;
+// Strided walks them.
 //
 //   options.share = instanttensor::split_rows([](const auto& t) { return t.name().ends_with("q_proj.weight"); });
+//   options.share = instanttensor::tensor_parallel(is_column_parallel, is_row_parallel);
 //   options.share = instanttensor::keep_if([&](const auto& t, int rank) { return stage_of(t) == rank; });
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "instanttensor/error.hpp"
 #include "instanttensor/format/checkpoint.hpp"
@@ -20,61 +31,145 @@
 
 namespace instanttensor {
 
-/// What one rank keeps of one tensor: nothing, or `rows` rows of its first dimension starting at
-/// `first_row` (the whole tensor by default; `all_rows` = to the last row). A scalar has no rows:
-/// it is kept whole or not at all.
+/// What one rank keeps of one tensor: nothing, the whole tensor, or the block of indices
+/// [first, first + count) of dimension `dim` (`all` = to the end of the dimension). A scalar has
+/// no dimension: it is kept whole or not at all.
 struct Share {
-    static constexpr std::uint64_t all_rows = UINT64_MAX;
+    static constexpr std::uint64_t all = UINT64_MAX;
 
     bool kept = true;
-    std::uint64_t first_row = 0;
-    std::uint64_t rows = all_rows;
+    std::uint32_t dim = 0;
+    std::uint64_t first = 0;
+    std::uint64_t count = all;
 
     static constexpr Share whole() noexcept { return {}; }
-    static constexpr Share none() noexcept { return {false, 0, 0}; }
-    static constexpr Share row_range(std::uint64_t first, std::uint64_t count) noexcept { return {true, first, count}; }
+    static constexpr Share none() noexcept { return {false, 0, 0, 0}; }
+    static constexpr Share block(std::uint32_t dim, std::uint64_t first, std::uint64_t count) noexcept { return {true, dim, first, count}; }
+    static constexpr Share row_range(std::uint64_t first, std::uint64_t count) noexcept { return block(0, first, count); }
 };
 
 /// Called as share(tensor, rank, ranks) for every planned tensor and every rank of the group, once
 /// when a loader is made: keep it cheap (a name match per call on 100k tensors × 64 ranks adds up).
 using ShareFunction = std::function<Share(const format::TensorRef&, int rank, int ranks)>;
 
-/// A kept share in bytes: [begin, end) of the tensor's bytes, and the rows they are.
+/// `length` bytes from offset `at` on, taken in runs of `run` bytes every `stride` bytes, `at` lying
+/// `skip` bytes into its run: the layout of a block's bytes within a tensor (or a window buffer).
+struct Strided {
+    std::uint64_t at = 0;
+    std::uint64_t skip = 0;
+    std::uint64_t run = 0;
+    std::uint64_t stride = 0;
+    std::uint64_t length = 0;
+
+    /// Whether the bytes are one range [at, at + length).
+    [[nodiscard]] bool contiguous() const noexcept { return run == stride || skip + length <= run; }
+
+    /// Calls copy(from, to, run, runs) for the bytes in order, packed: `runs` runs of `run` bytes,
+    /// the first `from` bytes after `at` and each next one `stride` bytes further, go to offset `to`
+    /// of a contiguous destination. At most three calls: a run entered part way, the whole runs,
+    /// a run left part way.
+    template <class Copy>
+    void for_each_block(Copy&& copy) const {
+        if (length == 0) return;
+        if (contiguous()) {
+            copy(std::uint64_t{0}, std::uint64_t{0}, length, std::uint64_t{1});
+            return;
+        }
+        std::uint64_t from = 0, done = 0;
+        if (skip > 0) {
+            done = run - skip;
+            copy(from, std::uint64_t{0}, done, std::uint64_t{1});
+            from = stride - skip;
+        }
+        if (const std::uint64_t runs = (length - done) / run; runs > 0) {
+            copy(from, done, run, runs);
+            done += runs * run;
+            from += runs * stride;
+        }
+        if (done < length) copy(from, done, length - done, std::uint64_t{1});
+    }
+};
+
+/// The bytes `share` keeps of a tensor: `runs` runs of `run` bytes, `stride` apart, from `begin` on
+/// (one run when they are contiguous), and the block they are (the yielded shape has `count` at
+/// `dim`).
 struct KeptBytes {
     bool kept = false;
     std::uint64_t begin = 0;
-    std::uint64_t end = 0;
-    std::uint64_t first_row = 0;
-    std::uint64_t rows = 0;  ///< rows kept (the first dimension of the yielded shape)
+    std::uint64_t run = 0;
+    std::uint64_t stride = 0;
+    std::uint64_t runs = 0;
+    std::uint32_t dim = 0;
+    std::uint64_t first = 0;
+    std::uint64_t count = 0;
 
-    [[nodiscard]] std::uint64_t size() const noexcept { return end - begin; }
+    [[nodiscard]] std::uint64_t size() const noexcept { return run * runs; }
+    /// One past the last kept byte (begin when none is).
+    [[nodiscard]] std::uint64_t end() const noexcept { return runs == 0 || run == 0 ? begin : begin + (runs - 1) * stride + run; }
+    [[nodiscard]] bool contiguous() const noexcept { return runs <= 1; }
+
+    /// The kept bytes among the tensor's bytes [from, to) (none: length 0).
+    [[nodiscard]] Strided within(std::uint64_t from, std::uint64_t to) const noexcept {
+        from = std::max(from, begin), to = std::min(to, end());
+        if (from >= to) return {};
+        const std::uint64_t step = runs <= 1 ? run : stride;
+        std::uint64_t i = (from - begin) / step, skip = (from - begin) % step;
+        if (skip >= run) ++i, skip = 0;  // from lies between two runs
+        const std::uint64_t j = (to - begin) / step, left = std::min((to - begin) % step, run);
+        const std::uint64_t a = i * run + skip, b = j * run + left;  // offsets in the block
+        if (a >= b) return {};
+        return {begin + i * step + skip, skip, run, step, b - a};
+    }
+    /// Where kept byte `tensor_offset` of the tensor lies in the block (its destination).
+    [[nodiscard]] std::uint64_t block_offset(std::uint64_t tensor_offset) const noexcept {
+        if (runs <= 1) return tensor_offset - begin;
+        return (tensor_offset - begin) / stride * run + (tensor_offset - begin) % stride;
+    }
 };
 
-/// The bytes `share` keeps of `tensor`. Throws usage_error when the rows run past the
-/// tensor, or when a part of it is asked of a scalar or of a tensor whose rows are not whole bytes
-/// (4- and 6-bit dtypes with an odd row length): keep those whole. The error's source is `file`,
-/// the tensor's file, where given.
+/// The bytes `share` keeps of `tensor`. Throws usage_error when the block runs past the tensor or
+/// its dimension does not exist, or when its bytes are not whole (4- and 6-bit dtypes: a block must
+/// start and end on whole bytes in every run): keep those whole. The error's source is `file`, the
+/// tensor's file, where given.
 inline KeptBytes kept_bytes(const format::TensorRef& tensor, Share share, std::string_view file = "share") {
     if (!share.kept) return {};
     const auto& shape = tensor.info->shape;
-    const std::uint64_t total_rows = shape.empty() ? 1 : shape[0];
-    if (share.rows == Share::all_rows && share.first_row == 0) return {true, 0, tensor.nbytes(), 0, total_rows};
+    const std::uint64_t bytes = tensor.nbytes();
+    const auto whole = [&](std::uint32_t dim) {
+        return KeptBytes{true, 0, bytes, bytes, 1, dim, 0, shape.empty() ? 1 : shape[dim]};
+    };
+    if (share.first == 0 && share.count == Share::all && (shape.empty() || share.dim < shape.size())) return whole(share.dim);
     const auto refuse = [&](const std::string& why) {
         throw usage_error(std::string(file), "a share of tensor " + detail::quote_name(tensor.name()) + ": " + why);
     };
-    if (shape.empty()) refuse("a scalar has no rows to split; keep it whole");
-    if (share.first_row > total_rows)
-        refuse("row " + std::to_string(share.first_row) + " is past its " + std::to_string(total_rows) + " rows");
-    if (share.rows == Share::all_rows) share.rows = total_rows - share.first_row;
-    if (share.rows > total_rows - share.first_row)
-        refuse("rows [" + std::to_string(share.first_row) + ", +" + std::to_string(share.rows) + ") run past its " +
-               std::to_string(total_rows) + " rows");
-    // Whole-byte tensors (the format's rule) have whole-byte rows exactly when the rows divide the bytes.
-    if (total_rows != 0 && tensor.nbytes() % total_rows != 0)
-        refuse("its " + std::to_string(total_rows) + " rows are not whole bytes (" + std::to_string(tensor.nbytes()) +
-               " bytes in all); keep it whole");
-    const std::uint64_t row_bytes = total_rows == 0 ? 0 : tensor.nbytes() / total_rows;
-    return {true, share.first_row * row_bytes, (share.first_row + share.rows) * row_bytes, share.first_row, share.rows};
+    if (shape.empty()) refuse("a scalar has no dimension to split; keep it whole");
+    const std::uint32_t d = share.dim;
+    if (d >= shape.size())
+        refuse("dimension " + std::to_string(d) + " does not exist (it has " + std::to_string(shape.size()) + ")");
+    const std::string along = " along dimension " + std::to_string(d);
+    if (share.first > shape[d])
+        refuse("index " + std::to_string(share.first) + " is past its " + std::to_string(shape[d]) + along);
+    if (share.count == Share::all) share.count = shape[d] - share.first;
+    if (share.count > shape[d] - share.first)
+        refuse("[" + std::to_string(share.first) + ", +" + std::to_string(share.count) + ") runs past its " + std::to_string(shape[d]) + along);
+    if (share.first == 0 && share.count == shape[d]) return whole(d);
+    if (bytes == 0) return {true, 0, 0, 0, 1, d, share.first, share.count};
+
+    // In bits: a packed dtype's block is whole bytes only where every run starts and ends on a byte.
+    __extension__ typedef unsigned __int128 Bits;  // a tensor's bits need not fit 64
+    Bits unit = format::bit_size(tensor.info->dtype);  // one index of dimension d
+    for (std::size_t k = d + 1; k < shape.size(); ++k) unit *= shape[k];
+    std::uint64_t outer = 1;  // runs: the indices of the dimensions before d
+    for (std::size_t k = 0; k < d; ++k) outer *= shape[k];  // ≤ the element count, which fits
+    const Bits begin = unit * share.first, run = unit * share.count, stride = unit * shape[d];
+    if (begin % 8 != 0 || run % 8 != 0 || (outer > 1 && stride % 8 != 0))
+        refuse("its block [" + std::to_string(share.first) + ", +" + std::to_string(share.count) + ")" + along +
+               " is not whole bytes (" + std::string(format::to_string(tensor.info->dtype)) + "); keep it whole");
+    KeptBytes k{true, static_cast<std::uint64_t>(begin / 8), static_cast<std::uint64_t>(run / 8), static_cast<std::uint64_t>(stride / 8),
+                outer, d, share.first, share.count};
+    if (k.run == 0) k.stride = 0, k.runs = 1;  // an empty block
+    else if (k.runs == 1 || k.run == k.stride) k.run *= k.runs, k.stride = k.run, k.runs = 1;
+    return k;
 }
 
 /// Every rank keeps every tensor whole (the default).
@@ -89,20 +184,54 @@ inline ShareFunction keep_if(std::function<bool(const format::TensorRef&, int ra
     };
 }
 
-/// The tensors `which` selects are split along their first dimension: rank r of n keeps rows
-/// [r·R/n, (r+1)·R/n) of R (uneven R gives some ranks one row more; R < n leaves some none).
-/// Scalars and the other tensors are kept whole by every rank; a selected tensor whose rows are
-/// not whole bytes makes the load fail (kept_bytes).
-inline ShareFunction split_rows(TensorFilter which) {
-    return [which = std::move(which)](const format::TensorRef& t, int rank, int ranks) {
-        if (t.info->shape.empty() || (which && !which(t))) return Share::whole();
-        const std::uint64_t rows = t.info->shape[0];
-        const auto n = static_cast<std::uint64_t>(ranks), r = static_cast<std::uint64_t>(rank);
-        // ⌊rows·r/n⌋ without forming rows·r, which may not fit 64 bits: (rows % n)·r < n² does.
-        const std::uint64_t whole = rows / n, rest = rows % n;
-        const std::uint64_t first = whole * r + rest * r / n, last = whole * (r + 1) + rest * (r + 1) / n;
-        return Share::row_range(first, last - first);
+/// Rank r of n's block of a dimension of `size` indices: [⌊size·r/n⌋, ⌊size·(r+1)/n⌋) (uneven sizes
+/// give some ranks one index more; size < n leaves some none).
+inline Share block_of(std::uint32_t dim, std::uint64_t size, int rank, int ranks) noexcept {
+    const auto n = static_cast<std::uint64_t>(ranks), r = static_cast<std::uint64_t>(rank);
+    // ⌊size·r/n⌋ without forming size·r, which may not fit 64 bits: (size % n)·r < n² does.
+    const std::uint64_t whole = size / n, rest = size % n;
+    const std::uint64_t first = whole * r + rest * r / n, last = whole * (r + 1) + rest * (r + 1) / n;
+    return Share::block(dim, first, last - first);
+}
+
+/// Tensors split along one dimension: those `which` selects (empty: every tensor) along `dim`.
+struct Split {
+    TensorFilter which;
+    std::uint32_t dim = 0;
+};
+
+/// Each tensor is split along the dimension of the first Split that selects it: rank r of n keeps
+/// its block_of that dimension. The tensors none selects, and those with no dimension `dim`
+/// (scalars; a 1-D bias of a layer split along dimension 1), are kept whole by every rank; a
+/// selected tensor whose blocks are not whole bytes makes the load fail (kept_bytes).
+inline ShareFunction split(std::vector<Split> splits) {
+    return [splits = std::move(splits)](const format::TensorRef& t, int rank, int ranks) {
+        for (const Split& s : splits) {
+            if (s.which && !s.which(t)) continue;
+            if (s.dim >= t.info->shape.size()) return Share::whole();
+            return block_of(s.dim, t.info->shape[s.dim], rank, ranks);
+        }
+        return Share::whole();
     };
+}
+
+/// The tensors `which` selects are split along dimension `dim` (see split above).
+inline ShareFunction split_along(std::uint32_t dim, TensorFilter which) {
+    return split({{std::move(which), dim}});
+}
+
+/// The tensors `which` selects are split along their first dimension: rank r of n keeps rows
+/// [r·R/n, (r+1)·R/n) of R.
+inline ShareFunction split_rows(TensorFilter which) {
+    return split_along(0, std::move(which));
+}
+
+/// Megatron-style tensor parallelism over [out, in] weights: the column-parallel layers (q, k, v,
+/// gate, up projections: `columns`) split along dimension 0, their outputs; the row-parallel ones
+/// (o and down projections: `rows`) along dimension 1, their inputs, where each is 2-D or more (a
+/// row-parallel bias stays whole, as it is added after the reduction). Everything else stays whole.
+inline ShareFunction tensor_parallel(TensorFilter columns, TensorFilter rows) {
+    return split({{std::move(columns), 0}, {std::move(rows), 1}});
 }
 
 }  // namespace instanttensor

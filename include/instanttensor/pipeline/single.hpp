@@ -11,6 +11,8 @@
 #include <cstdint>
 #include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "instanttensor/concepts.hpp"
 #include "instanttensor/error.hpp"
@@ -20,6 +22,7 @@
 #include "instanttensor/pipeline/options.hpp"
 #include "instanttensor/pipeline/plan.hpp"
 #include "instanttensor/pipeline/read_queue.hpp"
+#include "instanttensor/pipeline/share.hpp"
 #include "instanttensor/pipeline/staging.hpp"
 
 namespace instanttensor::pipeline {
@@ -42,16 +45,22 @@ class Single {
 public:
     /// Opens the files, plans the selected tensors and allocates staging and the sink's memory.
     /// `transport` must be a group of one: a transport of several ranks needs a GroupTransport.
+    /// LoadOptions::share is asked for rank 0 of 1: of a tensor it keeps a block of, the bytes the
+    /// block spans are read and the block lands.
     template <Transport Tr>
     Single(const format::Checkpoint& checkpoint, Storage storage, const Tr& transport, Sk sink, LoadOptions options)
         : checkpoint_(checkpoint), options_(std::move(options)), sink_(std::move(sink)), storage_(std::move(storage)) {
         if (transport.size() != 1)
             throw usage_error("loader", "a transport of " + std::to_string(transport.size()) +
                                             " ranks must exchange bytes (model GroupTransport, as transport::nccl does)");
-        if (options_.share)
-            throw usage_error("loader", "LoadOptions::share splits tensors across a group: it needs a GroupTransport "
-                                        "(for one rank, select tensors with LoadOptions::filter)");
-        plan_ = open_and_plan(checkpoint_, storage_, options_);
+        TensorRange range;
+        if (options_.share) {  // a block of a tensor: read the bytes it spans, land the block
+            range = [this](const format::TensorRef& t) {
+                const KeptBytes& k = kept_.emplace_back(kept_bytes(t, options_.share(t, 0, 1), checkpoint_.files()[t.file].path.native()));
+                return std::pair{k.begin, k.end()};
+            };
+        }
+        plan_ = open_and_plan(checkpoint_, storage_, options_, PlanAlignment::storage, range);
         const std::uint64_t slots = staging_slots(plan_, options_);
         int device = 0;
         if constexpr (Storage::destination == MemoryKind::device) device = storage_.device();
@@ -61,7 +70,7 @@ public:
         stats_.staging_bytes = staging_.memory().size();
         sink_.prepare(plan_);
         if constexpr (asynchronous) sink_.prepare_copies(slots);
-        destinations_ = Destinations<Sk>(sink_, plan_);
+        destinations_ = Destinations<Sk>(sink_, plan_, kept_);
         reads_ = ReadQueue<Storage, Job>(storage_, checkpoint_, stats_, slots);
     }
 
@@ -118,12 +127,13 @@ private:
 
     /// Where extent `e` is read. Straight into its tensor's destination when the storage writes the
     /// sink's kind of memory, the file is read buffered (O_DIRECT would need the destination
-    /// aligned) and the extent is exactly one piece (no alignment head or tail, no other tensor):
-    /// a tensor larger than a slot then costs no second copy. Else into the slot.
+    /// aligned) and the extent is exactly one piece (no alignment head or tail, no other tensor)
+    /// of a tensor kept whole: a tensor larger than a slot then costs no second copy. Else into
+    /// the slot.
     std::byte* read_buffer(const Extent& e, std::uint32_t slot) {
         const Piece& first = plan_.pieces[e.first_piece];
         if (Storage::destination == Sk::memory && storage_.alignment(e.file) == 1 && e.piece_count == 1 &&
-            first.extent_offset == 0 && e.length == first.length)
+            first.extent_offset == 0 && e.length == first.length && kept_whole(first.tensor))
             return destinations_.at(first.tensor).data() + first.tensor_offset;
         return staging_.slot(slot);
     }
@@ -136,8 +146,13 @@ private:
         const bool in_place = read.buffer != staged;
         for (std::uint32_t p = e.first_piece; p < e.first_piece + e.piece_count; ++p) {
             const Piece& piece = plan_.pieces[p];
-            if (!in_place)
-                sink_.store(destinations_.at(piece.tensor).data() + piece.tensor_offset, staged + piece.extent_offset, piece.length);
+            if (!destinations_.lands_here(piece)) continue;  // between the runs of a block
+            if (!in_place) {
+                const Strided kept = destinations_.kept(piece.tensor).within(piece.tensor_offset, piece.tensor_offset + piece.length);
+                const std::uint64_t block_offset = destinations_.kept(piece.tensor).block_offset(kept.at);
+                store_strided(sink_, destinations_.at(piece.tensor).data() + block_offset,
+                              staged + piece.extent_offset + (kept.at - piece.tensor_offset), kept);
+            }
             destinations_.piece_stored(piece.tensor);
         }
         if constexpr (asynchronous) {
@@ -149,6 +164,8 @@ private:
             staging_.free(read.job.slot);
         }
     }
+
+    bool kept_whole(std::uint32_t t) const { return kept_.empty() || kept_[t].size() == plan_.tensors[t].ref->nbytes(); }
 
     /// Frees the slots whose copies ran (in order: copies complete in the order they were issued).
     void reclaim_slots() {
@@ -172,6 +189,7 @@ private:
     Sk sink_;
     Storage storage_;
     Plan plan_;
+    std::vector<KeptBytes> kept_;  // per planned tensor, with LoadOptions::share: what it keeps
     Destinations<Sk> destinations_;
     ReadQueue<Storage, Job> reads_;
     std::uint32_t next_extent_ = 0;

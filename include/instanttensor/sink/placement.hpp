@@ -41,7 +41,7 @@ public:
         const auto span = destination_(tensor);
         if (span.size() != bytes || span.data() == nullptr)
             throw usage_error("sink::placement", "destination for tensor '" + tensor.name() + "' has " + std::to_string(span.size()) +
-                                                     " bytes; " + (bytes == tensor.nbytes() ? "the tensor needs " : "this rank's rows of it need ") +
+                                                     " bytes; " + (bytes == tensor.nbytes() ? "the tensor needs " : "the block of it loaded needs ") +
                                                      std::to_string(bytes));
         return span;
     }

@@ -110,7 +110,7 @@ public:
                     return grouped([&] {
                         for (const Transfer& t : transfers) {
                             ncclResult_t r = ncclSuccess;
-                            if (t.from == rank_) r = ncclSend(window + t.offset, t.length, ncclUint8, t.to, comm_, stream_);
+                            if (t.from == rank_) r = ncclSend(window + t.source, t.length, ncclUint8, t.to, comm_, stream_);
                             if (r == ncclSuccess && t.to == rank_) r = ncclRecv(window + t.offset, t.length, ncclUint8, t.from, comm_, stream_);
                             if (r != ncclSuccess) return r;
                         }
