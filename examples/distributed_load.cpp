@@ -1,6 +1,8 @@
 // Load a checkpoint across the GPUs of a tensor-parallel group: each rank reads about 1/N of the
-// files, NCCL exchanges the rest, and each rank keeps its rows of the split projection weights
-// (and every other tensor whole). One process per GPU; the NCCL unique id goes through a file.
+// files, NCCL exchanges the rest, and each rank keeps its block of each projection weight (rows of
+// the column-parallel q, k, v, gate and up projections, columns of the row-parallel o and down
+// projections) and every other tensor whole. One process per GPU; the NCCL unique id goes through
+// a file.
 //
 //   distributed_load PATH RANK WORLD ID_FILE
 //
@@ -18,7 +20,12 @@
 
 namespace {
 
-bool is_projection(const instanttensor::format::TensorRef& t) { return t.name().ends_with("proj.weight"); }
+bool is_row_parallel(const instanttensor::format::TensorRef& t) {
+    return t.name().ends_with("o_proj.weight") || t.name().ends_with("down_proj.weight");
+}
+bool is_column_parallel(const instanttensor::format::TensorRef& t) {
+    return t.name().ends_with("proj.weight") && !is_row_parallel(t);
+}
 
 }  // namespace
 
@@ -38,11 +45,13 @@ int main(int argc, char** argv) try {
 
     auto checkpoint = it::format::Checkpoint::open(argv[1]);
     it::LoadOptions options;
-    options.share = it::split_rows(is_projection);  // rank r keeps rows [r·R/N, (r+1)·R/N) of each
+    // Rank r of N keeps indices [r·D/N, (r+1)·D/N) of dimension 0 (column parallel) or 1 (row parallel).
+    options.share = it::tensor_parallel(is_column_parallel, is_row_parallel);
     std::uint64_t kept = 0;
     {
         auto loader = it::load_distributed(checkpoint, it::transport::nccl(comm, stream), options);
-        for (const it::TensorView& t : loader) {  // t.data: device memory, valid until the next iteration
+        for (const it::TensorView& t : loader) {  // t.data: device memory, valid until the next iteration;
+                                                  // t.shape: the block's (t.block_first on along t.block_dim)
             // A runtime copies t.data into its weight buffer here (cudaMemcpyAsync on its stream).
             kept += t.data.size();
         }

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, NamedTuple, Union
 
 from . import _core
-from ._group import NOTHING, ROWS, Group, Keep, SplitRows
+from ._group import NOTHING, SPLIT, Group, Keep, Split, SplitRows, splits_of
 from .errors import CudaError, Error, FormatError, IoError, NcclError, UnavailableError, UsageError
 
 __all__ = [
@@ -153,9 +153,10 @@ class _Shares(NamedTuple):
 
 def _landing(checkpoint, names: list[str], options: _Options, framework: str, device_index: int,
              destinations: Mapping[str, Any] | None, sizes: Mapping[str, int],
-             shares: _Shares | None = None) -> Iterator[tuple[str, Any]]:
+             shares: _Shares | None = None, block: tuple[int, int, int] | None = None) -> Iterator[tuple[str, Any]]:
     """Loads `names` of `checkpoint` (alone, or as one rank of `shares.group`); yields (name, flat
-    uint8 or None) in load order, for the tensors this rank keeps.
+    uint8 or None) in load order, for the tensors this rank keeps (alone: of each, `block` where
+    given, (dim, first, count)).
 
     `destinations` maps each yielded name to the torch tensor its bytes land in (required on the
     device); `sizes` each yielded name to its bytes, for the progress bar.
@@ -170,6 +171,7 @@ def _landing(checkpoint, names: list[str], options: _Options, framework: str, de
     request = options.request(names, device_index, stream)
     if shares is not None:
         request.group, request.shares = shares.group, shares.table
+    request.block = block
     load = _core.Load(checkpoint, request, framework, pointers)
     progress = None
     if options.progress:
@@ -190,8 +192,9 @@ def _landing(checkpoint, names: list[str], options: _Options, framework: str, de
 class TensorSlice:
     """One tensor of an open checkpoint, indexed as safetensors' ``get_slice`` returns it.
 
-    ``get_shape()`` and ``get_dtype()`` read the header only; indexing loads the tensor and returns
-    a tensor of its own holding the selected part.
+    ``get_shape()`` and ``get_dtype()`` read the header only; indexing returns a tensor of its own
+    holding the selected part, read as the block of the first dimension the index narrows (for
+    ``[a:b]``, only those rows; for ``[:, a:b]``, the rows it spans, of which only the block lands).
     """
 
     def __init__(self, owner: "safe_open", name: str):
@@ -210,12 +213,41 @@ class TensorSlice:
         return self._shape[0]
 
     def __getitem__(self, index):
-        whole = self._owner.get_tensor(self._name)
-        part = whole[index]
+        block, rest = self._block(index)
+        if block is None:  # nothing to narrow, or an index only the framework understands
+            whole = self._owner.get_tensor(self._name)
+        else:
+            self._owner._open([self._name])
+            whole = next(iter(self._owner._load([self._name], None, block)))[1]
+        part = whole[rest]
         if self._owner._framework == "pt":
             return part.clone() if part.data_ptr() != whole.data_ptr() or part.numel() != whole.numel() else part
         return part.copy() if part.base is not None else part
 
+    def _block(self, index) -> tuple[tuple[int, int, int] | None, Any]:
+        """The block of the first dimension that `index` narrows, (dim, first, count), and the index
+        into that block; (None, index) where no dimension is narrowed or the index holds other
+        than integers and slices of positive step (Ellipsis, None, lists, tensors)."""
+        parts = index if isinstance(index, tuple) else (index,)
+        if len(parts) > len(self._shape):
+            return None, index
+        for dim, part in enumerate(parts):
+            size = self._shape[dim]
+            if isinstance(part, bool) or not isinstance(part, (int, slice)):
+                return None, index
+            if isinstance(part, int):
+                at = part + size if part < 0 else part
+                if not 0 <= at < size:
+                    return None, index  # the framework raises its IndexError
+                return (dim, at, 1), parts[:dim] + (0,) + parts[dim + 1:]
+            start, stop, step = part.indices(size)
+            if step <= 0 or len(range(start, stop, step)) == 0:
+                return None, index
+            if start == 0 and step == 1 and stop == size:
+                continue  # the whole dimension
+            count = (len(range(start, stop, step)) - 1) * step + 1
+            return (dim, start, count), parts[:dim] + (slice(0, count, step),) + parts[dim + 1:]
+        return None, index
 
 class safe_open:
     """A checkpoint opened for reading: a file, a directory, an index, or a list of files, local or
@@ -234,26 +266,29 @@ class safe_open:
     rank of the group: each rank reads about 1/N of the bytes and the group's collectives bring it
     the rest of what it keeps. Every rank must make the same call with the same selection and
     shares, and iterate to the end. What a rank keeps: every tensor whole (the default), those
-    ``keep(name, rank)`` accepts, and of the tensors ``split_rows`` selects (a predicate on names
-    or a collection of names) its block of rows, ⌊R·r/N⌋ to ⌊R·(r+1)/N⌋ of R. ``get_tensor`` and
-    ``get_slice`` read on this rank alone.
+    ``keep(name, rank)`` accepts, and of the tensors ``split`` selects its block of a dimension,
+    indices ⌊D·r/N⌋ to ⌊D·(r+1)/N⌋ of D: ``split`` maps dimensions to the tensors split along them
+    (a predicate on names or a collection of names; the first that selects a tensor decides; one
+    without that dimension is kept whole). Tensor parallelism is ``split={0: column_parallel,
+    1: row_parallel}``; ``split_rows=x`` is ``split={0: x}``. ``get_tensor`` and ``get_slice`` read on
+    this rank alone.
     """
 
     def __init__(self, paths: Paths, framework: str = "pt", device: Any = "cpu", *, backend: str = "auto",
                  direct: str = "auto", staging_bytes: int | None = None, slot_bytes: int | None = None,
                  progress: bool = False, process_group=None, keep: Keep | None = None,
-                 split_rows: SplitRows | None = None):
+                 split: Split | None = None, split_rows: SplitRows | None = None):
         if framework not in ("pt", "np"):
             raise UsageError(f"instanttensor: framework is 'pt' or 'np', not {framework!r}")
-        if process_group is None and (keep is not None or split_rows is not None):
-            raise UsageError("instanttensor: keep and split_rows say what each rank of a process_group keeps; "
+        if process_group is None and (keep is not None or split is not None or split_rows is not None):
+            raise UsageError("instanttensor: keep, split and split_rows say what each rank of a process_group keeps; "
                              "no process_group was given")
         self._framework = framework
         self._device_index = _cuda_index(device, framework)
         self._device = "cpu" if self._device_index < 0 else f"cuda:{self._device_index}"
         self._options = _Options(backend, direct, staging_bytes, slot_bytes, progress)
         self._group = None if process_group is None else Group(process_group, self._device_index)
-        self._keep, self._split_rows = keep, split_rows
+        self._keep, self._splits = keep, splits_of(split, split_rows)
         self._checkpoint = _core.Checkpoint(_path_list(paths))
 
     def __enter__(self) -> "safe_open":
@@ -303,7 +338,7 @@ class safe_open:
                 filter: Callable[[str], bool] | None = None) -> Iterator[tuple[str, Any]]:
         """Loads the tensors (all, those in ``names``, or those ``filter(name)`` accepts) and yields
         ``(name, tensor)`` in file order as each lands. Only the selected tensors' bytes are read.
-        In a group load, it yields the tensors this rank keeps, a split one as its block of rows."""
+        In a group load, it yields the tensors this rank keeps, a split one as its block."""
         checkpoint = self._open()
         selected = list(names) if names is not None else checkpoint.names_in_load_order()
         if filter is not None:
@@ -315,26 +350,34 @@ class safe_open:
         """What each rank of the group keeps of `names`; None when loading alone."""
         if self._group is None:
             return None
-        return _Shares(self._group, self._group.share_table(names, self._keep, self._split_rows))
+        return _Shares(self._group, self._group.share_table(names, self._keep, self._splits))
 
-    def _plan(self, names: list[str], shares: _Shares | None) -> dict[str, tuple[tuple[Any, tuple[int, ...]], int]]:
+    def _plan(self, names: list[str], shares: _Shares | None,
+              block: tuple[int, int, int] | None = None) -> dict[str, tuple[tuple[Any, tuple[int, ...]], int]]:
         """{name: ((dtype, shape), bytes)} of the tensors of `names` this rank keeps, in their order:
-        each whole, or its block of rows."""
+        each whole, or its block of a dimension (a group's split, or `block`: (dim, first, count))."""
         checkpoint, planned = self._checkpoint, {}
         for index, name in enumerate(names):
             dtype, shape, nbytes, _ = checkpoint.describe(name)
+            shape = tuple(shape)
             kept = shares.group.mine(shares.table, index) if shares is not None else None
             if kept == NOTHING:
                 continue
-            if kept == ROWS and shape:
-                _, rows = _core.row_block(checkpoint, name, shares.group.rank, shares.group.size)
-                nbytes = nbytes // shape[0] * rows if shape[0] else 0
-                shape = (rows,) + tuple(shape[1:])
+            mine = block
+            if kept is not None and kept >= SPLIT and kept - SPLIT < len(shape):  # this rank's block, as split_along
+                dim, rank, ranks = kept - SPLIT, shares.group.rank, shares.group.size
+                first = shape[dim] * rank // ranks
+                mine = (dim, first, shape[dim] * (rank + 1) // ranks - first)
+            if mine is not None:
+                dim, first, count = mine
+                nbytes = _core.block_bytes(checkpoint, name, dim, first, count)
+                shape = shape[:dim] + (count,) + shape[dim + 1:]
             planned[name] = (_layout(dtype, shape, nbytes, self._framework), nbytes)
         return planned
 
-    def _load(self, names: list[str], shares: _Shares | None) -> Iterator[tuple[str, Any]]:
-        planned = self._plan(names, shares)
+    def _load(self, names: list[str], shares: _Shares | None,
+              block: tuple[int, int, int] | None = None) -> Iterator[tuple[str, Any]]:
+        planned = self._plan(names, shares, block)
         destinations = None
         if self._device_index >= 0:  # land in tensors torch allocated on the device
             import torch
@@ -342,7 +385,7 @@ class safe_open:
                             for n, ((dtype, shape), _) in planned.items()}
         sizes = {n: nbytes for n, (_, nbytes) in planned.items()}
         for name, flat in _landing(self._checkpoint, names, self._options, self._framework, self._device_index,
-                                   destinations, sizes, shares):
+                                   destinations, sizes, shares, block):
             if destinations is not None:
                 yield name, destinations.pop(name)
             else:
@@ -369,7 +412,7 @@ def load_into(target, paths: Paths, strict: bool = True, **options) -> Incompati
     flat uint8 of its size); every mismatch is reported before any byte is read. With ``strict``,
     a key of one side missing on the other is an error too; else they are returned.
     Options: see ``safe_open``. With a ``process_group``, the target holds what this rank keeps
-    (a split tensor: its block of rows), on one device: the group's (gloo: the host); the ranks
+    (a split tensor: its block), on one device: the group's (gloo: the host); the ranks
     check their targets together, so that all fail or none does.
     """
     import torch

@@ -11,15 +11,17 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, Union
 
 from .errors import UsageError
 
 Keep = Callable[[str, int], bool]                        # keep(name, rank): rank keeps the tensor whole
 SplitRows = Union[Callable[[str], bool], Collection[str]]  # the tensors split by rows across the ranks
+Split = Mapping[int, SplitRows]  # {dimension: the tensors split along it}; the first that selects a tensor decides
 
-NOTHING, WHOLE, ROWS = 0, 1, 2  # what a rank keeps of a tensor (core.cpp's Kept)
+NOTHING, WHOLE, SPLIT = 0, 1, 2  # what a rank keeps of a tensor (core.cpp's Kept); SPLIT + d: its block of dimension d
+MAX_SPLIT_DIM = 63
 
 
 class _Waiter:
@@ -190,14 +192,15 @@ class Group:
 
     # ---- what each rank keeps -------------------------------------------------------------------
 
-    def share_table(self, names: list[str], keep: Keep | None, split_rows: SplitRows | None) -> bytes:
-        """What each rank keeps of each name (NOTHING, WHOLE or ROWS), names by ranks, as core.cpp
-        reads it. A tensor ``split_rows`` selects is split whatever ``keep`` says of it."""
-        split = _name_predicate(split_rows)
+    def share_table(self, names: list[str], keep: Keep | None, splits: list[tuple[int, Callable[[str], bool]]]) -> bytes:
+        """What each rank keeps of each name (NOTHING, WHOLE or SPLIT + d), names by ranks, as
+        core.cpp reads it. A tensor one of ``splits`` selects is split (along the dimension of the
+        first) whatever ``keep`` says of it."""
         everyone, table = bytes([WHOLE]) * self.size, bytearray()
         for name in names:
-            if split is not None and split(name):
-                table += bytes([ROWS]) * self.size
+            dim = next((d for d, selects in splits if selects(name)), None)
+            if dim is not None:
+                table += bytes([SPLIT + dim]) * self.size
             elif keep is None:
                 table += everyone
             else:
@@ -209,12 +212,23 @@ class Group:
         return table[index * self.size + self.rank]
 
 
-def _name_predicate(names: SplitRows | None) -> Callable[[str], bool] | None:
-    """A predicate on names from a predicate or a collection of names (None stays None)."""
-    if names is None or callable(names):
+def splits_of(split: Split | None, split_rows: SplitRows | None) -> list[tuple[int, Callable[[str], bool]]]:
+    """(dimension, predicate on names) of ``split`` in its order, then of ``split_rows`` (dimension 0)."""
+    pairs = list((split or {}).items()) + ([(0, split_rows)] if split_rows is not None else [])
+    splits = []
+    for dim, names in pairs:
+        if not isinstance(dim, int) or isinstance(dim, bool) or not 0 <= dim <= MAX_SPLIT_DIM:
+            raise UsageError(f"instanttensor: split maps dimensions (0 to {MAX_SPLIT_DIM}) to tensors, not {dim!r}")
+        splits.append((dim, _name_predicate(names)))
+    return splits
+
+
+def _name_predicate(names: SplitRows) -> Callable[[str], bool]:
+    """A predicate on names from a predicate or a collection of names."""
+    if callable(names):
         return names
     if isinstance(names, str):
-        raise UsageError("instanttensor: split_rows takes a predicate or a collection of names, not one str")
+        raise UsageError("instanttensor: split and split_rows take a predicate or a collection of names, not one str")
     chosen = frozenset(names)
     return chosen.__contains__
 

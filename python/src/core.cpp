@@ -114,13 +114,16 @@ struct LoadRequest {
     std::uintptr_t stream = 0;        // device loads: the consumer's CUDA stream
     nb::object group;                 // None: a load alone; else an instanttensor._group.Group
     nb::bytes shares;                 // group loads: what each rank keeps of each name (share_function)
+    /// A load alone: of each selected tensor, only the block (dimension, first index, count).
+    std::optional<std::tuple<std::uint32_t, std::uint64_t, std::uint64_t>> block;
 };
 
 // ---- group loads ----------------------------------------------------------------------------
 
-/// What rank r keeps of names[i] is shares[i * ranks + r]: nothing, the whole tensor, or its block
-/// of rows (the library's split_rows, so that every rank computes the same blocks).
-enum class Kept : std::uint8_t { nothing = 0, whole = 1, rows = 2 };
+/// What rank r keeps of names[i] is shares[i * ranks + r]: nothing, the whole tensor, or, as
+/// split + d, its block of dimension d (the library's split_along, so that every rank computes the
+/// same blocks).
+enum class Kept : std::uint8_t { nothing = 0, whole = 1, split = 2 };
 
 it::ShareFunction share_function(const it::format::Checkpoint& checkpoint, const std::vector<std::string>& names,
                                  std::string shares, int ranks) {
@@ -129,21 +132,20 @@ it::ShareFunction share_function(const it::format::Checkpoint& checkpoint, const
                                                    std::to_string(names.size()) + " names × " + std::to_string(ranks) + " ranks");
     std::unordered_map<const it::format::TensorRef*, std::size_t> row;
     for (std::size_t i = 0; i < names.size(); ++i) row.emplace(&find_tensor(checkpoint, names[i]), i * static_cast<std::size_t>(ranks));
-    return [row = std::move(row), shares = std::move(shares), split = it::split_rows({})](const it::format::TensorRef& t, int rank, int n) {
-        switch (static_cast<Kept>(shares[row.at(&t) + static_cast<std::size_t>(rank)])) {
-        case Kept::nothing: return it::Share::none();
-        case Kept::whole: return it::Share::whole();
-        case Kept::rows: return split(t, rank, n);
-        }
-        throw it::usage_error("instanttensor", "a group load's share table holds an unknown entry");
+    return [row = std::move(row), shares = std::move(shares)](const it::format::TensorRef& t, int rank, int n) {
+        const auto kept = static_cast<std::uint8_t>(shares[row.at(&t) + static_cast<std::size_t>(rank)]);
+        if (kept == static_cast<std::uint8_t>(Kept::nothing)) return it::Share::none();
+        if (kept == static_cast<std::uint8_t>(Kept::whole)) return it::Share::whole();
+        return it::split_along(kept - static_cast<std::uint8_t>(Kept::split), {})(t, rank, n);
     };
 }
 
-/// (first row, rows) of `name` that rank `rank` of `ranks` keeps when its rows are split.
-std::pair<std::uint64_t, std::uint64_t> row_block(const it::format::Checkpoint& checkpoint, const std::string& name, int rank, int ranks) {
+/// The bytes of the block [first, first + count) of dimension `dim` of `name` (usage_error where
+/// it runs past the tensor or is not whole bytes).
+std::uint64_t block_bytes(const it::format::Checkpoint& checkpoint, const std::string& name, std::uint32_t dim, std::uint64_t first,
+                          std::uint64_t count) {
     const it::format::TensorRef& t = find_tensor(checkpoint, name);
-    const it::KeptBytes kept = it::kept_bytes(t, it::split_rows({})(t, rank, ranks), checkpoint.files()[t.file].path.string());
-    return {kept.first, kept.count};
+    return it::kept_bytes(t, it::Share::block(dim, first, count), checkpoint.files()[t.file].path.string()).size();
 }
 
 /// A GroupTransport over a torch.distributed process group. Every call goes to the Group object
@@ -326,6 +328,12 @@ public:
                 return it::kept_bytes(t, share(t, rank, ranks)).size();
             };
         }
+        if (request.block) {  // a load alone reads the bytes the block spans and lands the block
+            if (grouped) throw it::usage_error("instanttensor", "a group load says what each rank keeps through its shares, not a block");
+            const auto [dim, first, count] = *request.block;
+            options.share = [block = it::Share::block(dim, first, count)](const it::format::TensorRef&, int, int) { return block; };
+            kept_size = [share = options.share](const it::format::TensorRef& t) { return it::kept_bytes(t, share(t, 0, 1)).size(); };
+        }
         auto allocate = [this, kept_size](const it::format::TensorRef& t) -> std::span<std::byte> {
             const std::uint64_t size = kept_size(t);
             auto [at, fresh] = allocated_.emplace(&t, allocate_host(size));
@@ -455,10 +463,12 @@ NB_MODULE(_core, m) {
         .def_rw("slot_bytes", &LoadRequest::slot_bytes)
         .def_rw("stream", &LoadRequest::stream)
         .def_rw("group", &LoadRequest::group, nb::arg("group").none())
-        .def_rw("shares", &LoadRequest::shares);
+        .def_rw("shares", &LoadRequest::shares)
+        .def_rw("block", &LoadRequest::block, nb::arg("block").none());
 
-    m.def("row_block", &row_block, nb::arg("checkpoint"), nb::arg("name"), nb::arg("rank"), nb::arg("ranks"),
-          "(first row, rows) of a tensor that rank `rank` of `ranks` keeps when its rows are split across them.");
+    m.def("block_bytes", &block_bytes, nb::arg("checkpoint"), nb::arg("name"), nb::arg("dim"), nb::arg("first"), nb::arg("count"),
+          "The bytes of the block [first, first + count) of dimension `dim` of a tensor (UsageError where it runs past the "
+          "tensor or is not whole bytes).");
 
     nb::class_<Load>(m, "Load", "One load of a checkpoint's selected tensors, iterated once.")
         .def(nb::init<const it::format::Checkpoint&, LoadRequest, std::string,

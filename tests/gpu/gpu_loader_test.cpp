@@ -419,3 +419,41 @@ TEST_CASE("transport::nccl: an NCCL call that fails inside a group leaves no gro
     CHECK(group.gathered(ticket) == std::vector<std::uint64_t>{42});
 }
 #endif
+
+TEST_CASE("blocks along any dimension land on the device as on the host: a single load, and transport::nccl with world size 1") {
+    // The device sinks land a block cut along dimension 1 with 2-D copies (cudaMemcpy2DAsync); the
+    // host loader, checked against slices on the CPU, gives the bytes they must hold.
+    const AwkwardCheckpoint awkward;
+    const auto& checkpoint = awkward.checkpoint;
+    it::LoadOptions options;
+    options.slot_bytes = 64 << 10;  // the "mid" matrices span several reads
+    options.share = [](const it::format::TensorRef& t, int, int) {
+        const auto& shape = t.info->shape;
+        if (shape.size() == 2 && shape[1] >= 2) return it::Share::block(1, 1, shape[1] / 2);
+        if (shape.size() == 1 && shape[0] >= 2) return it::Share::row_range(1, shape[0] / 2);
+        return it::Share::whole();
+    };
+    std::map<std::string, std::vector<std::byte>> expected;
+    for (const auto& t : it::load_to_host(checkpoint, options)) expected[std::string(t.name)].assign(t.data.begin(), t.data.end());
+    REQUIRE(expected.size() == checkpoint.tensors().size());
+    const auto check = [&](auto& loader) {
+        std::size_t n = 0;
+        for (const auto& t : loader) {
+            std::vector<std::byte> back(t.data.size());
+            if (!back.empty()) INSTANTTENSOR_CUDA_CHECK(cudaMemcpy(back.data(), t.data.data(), back.size(), cudaMemcpyDeviceToHost));
+            CHECK_MESSAGE(back == expected.at(std::string(t.name)), t.name);
+            if (t.name.starts_with("mid.")) CHECK((t.block_dim == 1 && t.block_first == 1));
+            ++n;
+        }
+        CHECK(n == expected.size());
+    };
+    for (const auto backend : backends) {
+        CAPTURE(it::storage::to_string(backend));
+        auto single = it::load_to_device(checkpoint, {}, options, {backend, it::DirectIo::on});
+        check(single);
+        SoloCommunicator comm;
+        it::detail::Stream stream;
+        auto group = it::load_distributed(checkpoint, it::transport::nccl(comm.get(), stream.get()), options, {}, {backend});
+        check(group);
+    }
+}

@@ -23,12 +23,14 @@ def write_checkpoint(directory):
         {
             "layers.0.q_proj.weight": torch.randn(96, 40, generator=g).to(torch.bfloat16),
             "layers.0.o_proj.weight": torch.randn(40, 96, generator=g),
+            "experts": torch.randn(4, 6, 53, generator=g).to(torch.float16),
             "layers.0.norm": torch.randn(40, generator=g),
             "few_rows": torch.randint(0, 255, (2, 5000), generator=g, dtype=torch.uint8),  # fewer rows than ranks
             "scalar": torch.tensor(3.5, dtype=torch.float64),
         },
         {
             "layers.1.q_proj.weight": torch.randn(97, 33, generator=g).to(torch.float16),  # rows not divisible
+            "layers.1.o_proj.weight": torch.randn(33, 97, generator=g).to(torch.bfloat16),  # columns not divisible
             "big": torch.randn(700_000, generator=g),  # 2.8 MB: several windows of 1 MiB
             "empty": torch.empty(0, 4),
         },
@@ -44,10 +46,10 @@ def write_checkpoint(directory):
     return {k: v for shard in shards for k, v in shard.items()}
 
 
-def block(tensor, rank, ranks):
-    """Rank `rank`'s rows of `tensor`, computed here as the documented rule says."""
-    rows = tensor.shape[0]
-    return tensor[rows * rank // ranks: rows * (rank + 1) // ranks]
+def block(tensor, rank, ranks, dim=0):
+    """Rank `rank`'s block of dimension `dim` of `tensor`, computed here as the documented rule says."""
+    size = tensor.shape[dim]
+    return tensor.narrow(dim, size * rank // ranks, size * (rank + 1) // ranks - size * rank // ranks).contiguous()
 
 
 SPLIT = ("layers.0.q_proj.weight", "layers.1.q_proj.weight", "few_rows", "big", "empty", "scalar")
@@ -88,6 +90,22 @@ def rank_main(rank, ranks, store, directory):
         assert result == it.IncompatibleKeys([], [])
         for name, tensor in target.items():
             assert torch.equal(tensor, block(reference[name], rank, ranks) if "q_proj" in name else reference[name]), name
+
+        # Tensor parallelism: column-parallel weights by rows, row-parallel ones by columns (strided
+        # in the file), a 3-D tensor along its last dimension; the first split that selects decides.
+        dims = {"q_proj": 0, "o_proj": 1, "experts": 2}
+        dim_of = {n: next((d for part, d in dims.items() if part in n), None) for n in reference}
+        got = it.load_file(directory, process_group=group, **OPTIONS,
+                           split={0: lambda n: "q_proj" in n, 1: lambda n: "o_proj" in n or n == "layers.0.norm", 2: ["experts"]})
+        assert got.keys() == reference.keys()
+        for name, tensor in reference.items():
+            want = tensor if dim_of[name] is None else block(tensor, rank, ranks, dim_of[name])
+            assert got[name].shape == want.shape and torch.equal(got[name], want), name  # the 1-D norm stays whole
+        target = {n: torch.empty_like(block(t, rank, ranks, 1)) for n, t in reference.items() if "o_proj" in n}
+        assert it.load_into(target, directory, strict=False, process_group=group, split={1: lambda n: "o_proj" in n},
+                            **OPTIONS).unexpected_keys
+        for name, tensor in target.items():
+            assert torch.equal(tensor, block(reference[name], rank, ranks, 1)), name
 
         # A target that does not fit on one rank fails on every rank, before any waits for another.
         target = {n: torch.empty_like(t) for n, t in reference.items()}
@@ -144,6 +162,10 @@ def test_group_arguments_are_checked(tmp_path):
             it.safe_open(path, device="cuda:0", process_group=dist.group.WORLD)
         with pytest.raises(it.UsageError, match="not one str"):
             it.load_file(path, process_group=dist.group.WORLD, split_rows="x")
+        with pytest.raises(it.UsageError, match="maps dimensions"):
+            it.load_file(path, process_group=dist.group.WORLD, split={"x": 0})
+        with pytest.raises(it.UsageError, match="maps dimensions"):
+            it.load_file(path, process_group=dist.group.WORLD, split={64: ["x"]})
         # A group of one: the group path, every byte read here.
         assert torch.equal(it.load_file(path, process_group=dist.group.WORLD, split_rows=["x"])["x"], torch.zeros(4))
     finally:

@@ -118,6 +118,33 @@ def test_slices_and_selection(fixtures):
             f.get_tensor("nope")
 
 
+def test_slices_read_only_the_block_they_narrow(tmp_path):
+    # get_slice reads the block of the first dimension an index narrows (the C++ single-load tests
+    # count the bytes such a block reads): every kind of index gives what the reference gives.
+    g = torch.Generator().manual_seed(3)
+    tensors = {"m": torch.randn(64, 48, generator=g).to(torch.bfloat16), "c": torch.randn(5, 7, 9, generator=g),
+               "v": torch.arange(100, dtype=torch.int32)}
+    path = str(tmp_path / "slices.safetensors")
+    safetensors.torch.save_file(tensors, path)
+    indices = {"m": [(slice(8, 16),), (slice(None), slice(10, 20)), (slice(None), slice(3, 40, 5)), (5, slice(2, 9)),
+                     (-1,), (slice(None), -3), (slice(60, 70), slice(None, None, 2)), (Ellipsis, 4), (slice(None),), ()],
+               "c": [(1, 2), (slice(None), slice(None), slice(4, 5)), (slice(None), 6), (slice(2, 4), slice(1, 3), 8)],
+               "v": [slice(10, 20), slice(None, None, 7), -1, slice(99, 200)]}
+    with it.safe_open(path) as f, safetensors.safe_open(path, framework="pt") as ref:
+        for name, cases in indices.items():
+            for index in cases:
+                got, want = f.get_slice(name)[index], ref.get_slice(name)[index]
+                assert got.shape == want.shape and torch.equal(got, want), (name, index)
+        # The block each index narrows, and the index into it.
+        assert f.get_slice("m")._block((slice(8, 16),)) == ((0, 8, 8), (slice(0, 8, 1),))
+        assert f.get_slice("m")._block((slice(None), slice(3, 40, 5))) == ((1, 3, 36), (slice(None), slice(0, 36, 5)))
+        assert f.get_slice("c")._block((slice(None), 6)) == ((1, 6, 1), (slice(None), 0))
+        assert f.get_slice("m")._block((Ellipsis, 4)) == (None, (Ellipsis, 4))  # the framework's own indexing
+        assert f.get_slice("m")._block((slice(None),)) == (None, (slice(None),))  # nothing narrowed: the whole tensor
+    with it.safe_open(path, framework="np") as f:
+        assert (f.get_slice("c")[:, 6] == tensors["c"][:, 6].numpy()).all()
+
+
 def test_sharded_transformers_checkpoint(tmp_path):
     transformers = pytest.importorskip("transformers")
     model = tiny_llama(transformers)

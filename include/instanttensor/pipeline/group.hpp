@@ -4,11 +4,10 @@
 // Windows of the plan (pipeline/group_plan.hpp) move through four stages, each window in a buffer
 // of its own: this rank reads its segment (through pinned staging and an upload when the transport
 // exchanges device memory while the storage reads host memory) and packs what it sends of strided
-// blocks, the transport exchanges the
-// window (the same exchanges in the same order on every rank), the bytes this rank keeps land in
-// its sink, and the buffer takes the next window once the sink's copies out of it ran. pump()
-// polls every stage in turn, so the stages of successive windows overlap. A rank that keeps nothing
-// more still takes part in every exchange: finish() does that.
+// blocks, the transport exchanges the window (the same exchanges in the same order on every rank),
+// the bytes this rank keeps land in its sink, and the buffer takes the next window once the sink's
+// copies out of it ran. pump() polls every stage in turn, so the stages of successive windows
+// overlap. A rank that keeps nothing more still takes part in every exchange: finish() does that.
 //
 // The protocol that keeps the ranks in step, also when one fails (docs/distributed.md#failures):
 //
@@ -564,9 +563,9 @@ private:
     LoadOptions options_;
     LoadStats stats_;
     // Declared in this order so that they are destroyed transport (link_) first, then the packer
-    // and the uploader (copies within and into the window buffers), the storage (its destructor waits for the reads still
-    // in flight, which write into staging or the window buffers), then the sink, whose destructor
-    // waits for its copies out of the window buffers. The transport stops touching the window
+    // and the uploader (copies within and into the window buffers), the storage (its destructor
+    // waits for the reads still in flight, which write into staging or the window buffers), then
+    // the sink, whose destructor waits for its copies out of the window buffers. The transport stops touching the window
     // buffers in ~Group(), before any of them: leave() returns once its operations completed, or
     // once it aborted them.
     Staging<StagingMemory> staging_;

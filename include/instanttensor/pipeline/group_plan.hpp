@@ -12,18 +12,18 @@
 //   broadcasts   each segment from its reader to every rank ((n-1)·L bytes, L = the window's length)
 //   sends        point-to-point, exactly the bytes each rank keeps and did not read itself
 //
-// A block cut along a dimension other than the first is strided in the window: before a sends
-// exchange, its reader packs each receiver's runs into a pack area after the window in its buffer
-// (a Pack), sends them as one transfer, and the receiver gets them packed at the window offset of
-// their first byte (the bytes they span there are the reader's segment, which it does not read), so
-// that it lands them with one copy; nobody receives a byte it does not keep.
-//
 // (ties go to the collective, which NCCL pipelines better). With every rank keeping everything, a
 // window of tensor bytes alone goes by all_gather (or broadcasts, when the segments do not divide
 // it evenly); one whose reads also carry bytes nobody keeps (alignment padding, a file's header)
 // goes point-to-point when that moves fewer bytes; with a selection or split tensors, most windows
 // go point-to-point. Every rank computes its GroupPlan from the same plan, group size and share
 // function: the same windows and exchanges, with only its own sends and kept bytes stored.
+//
+// A block cut along a dimension other than the first is strided in the window: before a sends
+// exchange, its reader packs each receiver's runs into a pack area after the window in its buffer
+// (a Pack), sends them as one transfer, and the receiver gets them packed at the window offset of
+// their first byte (the bytes they span there are the reader's segment, which it does not read), so
+// that it lands them with one copy; nobody receives a byte it does not keep.
 #pragma once
 
 #include <algorithm>

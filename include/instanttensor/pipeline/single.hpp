@@ -148,10 +148,10 @@ private:
             const Piece& piece = plan_.pieces[p];
             if (!destinations_.lands_here(piece)) continue;  // between the runs of a block
             if (!in_place) {
-                const Strided kept = destinations_.kept(piece.tensor).within(piece.tensor_offset, piece.tensor_offset + piece.length);
-                const std::uint64_t block_offset = destinations_.kept(piece.tensor).block_offset(kept.at);
-                store_strided(sink_, destinations_.at(piece.tensor).data() + block_offset,
-                              staged + piece.extent_offset + (kept.at - piece.tensor_offset), kept);
+                const KeptBytes kept = destinations_.kept(piece.tensor);
+                const Strided bytes = kept.within(piece.tensor_offset, piece.tensor_offset + piece.length);
+                store_strided(sink_, destinations_.at(piece.tensor).data() + kept.block_offset(bytes.at),
+                              staged + piece.extent_offset + (bytes.at - piece.tensor_offset), bytes);
             }
             destinations_.piece_stored(piece.tensor);
         }
