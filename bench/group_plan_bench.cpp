@@ -6,9 +6,11 @@
 //
 //   group_plan/<ranks>/0   every rank keeps everything (all-gathers)
 //   group_plan/<ranks>/1   every 2-D tensor split by rows across the ranks (point-to-point sends)
+//   group_plan/<ranks>/2   every 2-D tensor split along dimension 1 (strided blocks: packed sends)
 //
 // Counters: share_calls/s (each tensor × rank once), plan_MB (what this rank's GroupPlan holds:
-// windows, extent offsets, its transfers and kept bytes), transfers (this rank's).
+// windows, extent offsets, its transfers, their groups, its packs and kept bytes), transfers (this
+// rank's), packs (this rank's).
 #include <instanttensor/format/checkpoint.hpp>
 #include <instanttensor/format/writer.hpp>
 #include <instanttensor/loader.hpp>
@@ -91,25 +93,29 @@ void group_plan(benchmark::State& state) {
     const it::LoadOptions defaults;
     const auto plan = it::make_plan(c, {}, alignment, defaults.slot_bytes);
     const int ranks = static_cast<int>(state.range(0));
-    const it::ShareFunction share =
-        state.range(1) ? it::split_rows([](const it::format::TensorRef& t) { return t.info->shape.size() == 2; }) : it::ShareFunction{};
-    std::uint64_t plan_bytes = 0, transfers = 0;
+    const auto matrices = [](const it::format::TensorRef& t) { return t.info->shape.size() == 2; };
+    const it::ShareFunction share = state.range(1) == 0 ? it::ShareFunction{}
+                                    : it::split_along(static_cast<std::uint32_t>(state.range(1) - 1), matrices);
+    std::uint64_t plan_bytes = 0, transfers = 0, packs = 0;
     for (auto _ : state) {
         const auto g = it::make_group_plan(plan, ranks, ranks / 2, share, defaults.window_bytes);
         plan_bytes = g.windows.size() * sizeof(it::Window) + g.extent_window_offset.size() * sizeof(std::uint64_t) +
-                     g.transfers.size() * sizeof(it::Transfer) + g.kept.size() * sizeof(it::KeptBytes);
+                     g.transfers.size() * sizeof(it::Transfer) + g.transfer_groups.size() * sizeof(std::uint32_t) +
+                     g.packs.size() * sizeof(it::Pack) + g.kept.size() * sizeof(it::KeptBytes);
         transfers = g.transfers.size();
+        packs = g.packs.size();
         benchmark::DoNotOptimize(g.digest);
     }
     state.counters["share_calls/s"] = benchmark::Counter(static_cast<double>(state.iterations() * plan.tensors.size() * ranks),
                                                          benchmark::Counter::kIsRate);
     state.counters["plan_MB"] = static_cast<double>(plan_bytes) / 1e6;
     state.counters["transfers"] = static_cast<double>(transfers);
+    state.counters["packs"] = static_cast<double>(packs);
     state.counters["tensors"] = static_cast<double>(plan.tensors.size());
 }
 
 }  // namespace
 
-BENCHMARK(group_plan)->ArgsProduct({{8, 64}, {0, 1}})->Unit(benchmark::kMillisecond);
+BENCHMARK(group_plan)->ArgsProduct({{8, 64}, {0, 1, 2}})->Unit(benchmark::kMillisecond);
 
 BENCHMARK_MAIN();

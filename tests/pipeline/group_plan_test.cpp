@@ -128,8 +128,8 @@ TEST_CASE("group plan: aligned reads cover every needed byte once, segments are 
                         for (std::uint32_t p = e.first_piece; p < e.first_piece + e.piece_count; ++p) {
                             const auto& piece = plan.pieces[p];
                             const std::uint64_t at = g.extent_window_offset[x] + piece.extent_offset;
-                            const std::uint64_t a = std::max(from, at), b = std::min(to, at + piece.length);
-                            if (a < b) kept += mine.keeps(piece.tensor).within(piece.tensor_offset + (a - at), piece.tensor_offset + (b - at)).length;
+                            const std::uint64_t lo = std::max(from, at), hi = std::min(to, at + piece.length);
+                            if (lo < hi) kept += mine.keeps(piece.tensor).within(piece.tensor_offset + (lo - at), piece.tensor_offset + (hi - at)).length;
                         }
                     }
                     return kept;

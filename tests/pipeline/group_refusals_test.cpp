@@ -144,7 +144,7 @@ TEST_CASE("group: options that cannot work are refused") {
     message.clear();
     try {
         GroupLoader(checkpoint, it::storage::automatic(), InProcessTransport(group, 0), it::sink::host(),
-                    group_options([](const fmt::TensorRef& t, int, int) { return Share::block(9, 0, 1); }));
+                    group_options([](const fmt::TensorRef&, int, int) { return Share::block(9, 0, 1); }));
     } catch (const std::invalid_argument& e) {
         message = e.what();
     }

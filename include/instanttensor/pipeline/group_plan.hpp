@@ -202,6 +202,10 @@ struct KeptRange {
     explicit KeptRange(const KeptBytes& k) noexcept
         : begin(k.kept ? k.begin : none), run(k.run), stride(k.stride), runs(k.runs) {}
     [[nodiscard]] KeptBytes bytes() const noexcept { return {begin != none, begin, run, stride, runs, 0, 0, 0}; }
+    /// Whether any kept byte lies in the tensor's bytes [from, to).
+    [[nodiscard]] bool meets(std::uint64_t from, std::uint64_t to) const noexcept {
+        return begin != none && run != 0 && begin < to && begin + (runs - 1) * stride + run > from;
+    }
     friend bool operator==(const KeptRange&, const KeptRange&) = default;
 };
 
@@ -229,8 +233,8 @@ public:
         while (next_ < plan_.tensors.size()) evaluate();
         if (width_ == 1) g_.kept_bytes.assign(n_, everyone_keeps_);
     }
-    [[nodiscard]] KeptBytes operator()(std::uint32_t tensor, int rank) const {
-        return rows_[(tensor - first_) * width_ + (width_ == 1 ? 0 : static_cast<std::size_t>(rank))].bytes();
+    [[nodiscard]] const KeptRange& operator()(std::uint32_t tensor, int rank) const {
+        return rows_[(tensor - first_) * width_ + (width_ == 1 ? 0 : static_cast<std::size_t>(rank))];
     }
 
 private:
@@ -338,13 +342,21 @@ inline GroupPlan make_group_plan(const Plan& plan, int ranks, int rank, const Sh
                 const Extent& e = plan.extents[x];
                 for (std::uint32_t p = e.first_piece; p < e.first_piece + e.piece_count; ++p) {
                     const Piece& piece = plan.pieces[p];
-                    const KeptBytes k = keeps(piece.tensor, r);
-                    if (!k.kept) continue;
-                    const std::uint64_t at = g.extent_window_offset[x] + piece.extent_offset;  // the piece in the window
-                    g.for_each_reader(wi, at, at + piece.length, [&](int reader, std::uint64_t from, std::uint64_t until) {
-                        Strided bytes = k.within(piece.tensor_offset + (from - at), piece.tensor_offset + (until - at));
-                        if (reader == r || bytes.length == 0) return;
-                        bytes.at = at + (bytes.at - piece.tensor_offset);
+                    const detail::KeptRange& kept = keeps(piece.tensor, r);
+                    if (!kept.meets(piece.tensor_offset, piece.tensor_offset + piece.length)) continue;
+                    const KeptBytes k = kept.bytes();
+                    // Tensor byte t of the piece lies at window offset origin + t (unsigned arithmetic:
+                    // origin may wrap below 0, each sum lands in the window). Only the piece's bytes from
+                    // its first kept one to its last are looked at.
+                    const std::uint64_t origin = g.extent_window_offset[x] + piece.extent_offset - piece.tensor_offset;
+                    const std::uint64_t lo = std::max(k.begin, piece.tensor_offset), hi = std::min(k.end(), piece.tensor_offset + piece.length);
+                    g.for_each_reader(wi, origin + lo, origin + hi, [&](int reader, std::uint64_t from, std::uint64_t until) {
+                        if (reader == r) return;
+                        // Rows (one run): every byte of [from, until) is kept.
+                        Strided bytes = k.contiguous() ? Strided{from - origin, 0, until - from, until - from, until - from}
+                                                       : k.within(from - origin, until - origin);
+                        if (bytes.length == 0) return;
+                        bytes.at += origin;
                         if (!bytes.contiguous()) {
                             flush();
                             const auto sender = static_cast<std::size_t>(reader);

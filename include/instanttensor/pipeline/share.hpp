@@ -146,27 +146,33 @@ inline KeptBytes kept_bytes(const format::TensorRef& tensor, Share share, std::s
     const std::uint32_t d = share.dim;
     if (d >= shape.size())
         refuse("dimension " + std::to_string(d) + " does not exist (it has " + std::to_string(shape.size()) + ")");
-    const std::string along = " along dimension " + std::to_string(d);
+    const auto along = [d] { return " along dimension " + std::to_string(d); };
     if (share.first > shape[d])
-        refuse("index " + std::to_string(share.first) + " is past its " + std::to_string(shape[d]) + along);
+        refuse("index " + std::to_string(share.first) + " is past its " + std::to_string(shape[d]) + along());
     if (share.count == Share::all) share.count = shape[d] - share.first;
     if (share.count > shape[d] - share.first)
-        refuse("[" + std::to_string(share.first) + ", +" + std::to_string(share.count) + ") runs past its " + std::to_string(shape[d]) + along);
+        refuse("[" + std::to_string(share.first) + ", +" + std::to_string(share.count) + ") runs past its " + std::to_string(shape[d]) + along());
     if (share.first == 0 && share.count == shape[d]) return whole(d);
     if (bytes == 0) return {true, 0, 0, 0, 1, d, share.first, share.count};
 
-    // In bits: a packed dtype's block is whole bytes only where every run starts and ends on a byte.
-    __extension__ typedef unsigned __int128 Bits;  // a tensor's bits need not fit 64
-    Bits unit = format::bit_size(tensor.info->dtype);  // one index of dimension d
-    for (std::size_t k = d + 1; k < shape.size(); ++k) unit *= shape[k];
-    std::uint64_t outer = 1;  // runs: the indices of the dimensions before d
-    for (std::size_t k = 0; k < d; ++k) outer *= shape[k];  // ≤ the element count, which fits
-    const Bits begin = unit * share.first, run = unit * share.count, stride = unit * shape[d];
-    if (begin % 8 != 0 || run % 8 != 0 || (outer > 1 && stride % 8 != 0))
-        refuse("its block [" + std::to_string(share.first) + ", +" + std::to_string(share.count) + ")" + along +
-               " is not whole bytes (" + std::string(format::to_string(tensor.info->dtype)) + "); keep it whole");
-    KeptBytes k{true, static_cast<std::uint64_t>(begin / 8), static_cast<std::uint64_t>(run / 8), static_cast<std::uint64_t>(stride / 8),
-                outer, d, share.first, share.count};
+    // With bytes, no dimension is 0: each product below is at most the element count.
+    std::uint64_t outer = 1, inner = 1;  // the indices of the dimensions before d (runs), and after it
+    for (std::size_t i = 0; i < shape.size(); ++i)
+        if (i < d) outer *= shape[i];
+        else if (i > d) inner *= shape[i];
+    KeptBytes k{true, 0, 0, 0, outer, d, share.first, share.count};
+    if (const unsigned bits = format::bit_size(tensor.info->dtype); bits % 8 == 0) {
+        const std::uint64_t unit = inner * (bits / 8);  // the bytes of one index of dimension d
+        k.begin = unit * share.first, k.run = unit * share.count, k.stride = unit * shape[d];
+    } else {  // in bits (which need not fit 64): a packed dtype's block must start and end on a byte in every run
+        __extension__ typedef unsigned __int128 Bits;
+        const Bits unit = Bits{inner} * bits, begin = unit * share.first, run = unit * share.count, stride = unit * shape[d];
+        if (begin % 8 != 0 || run % 8 != 0 || (outer > 1 && stride % 8 != 0))
+            refuse("its block [" + std::to_string(share.first) + ", +" + std::to_string(share.count) + ")" + along() +
+                   " is not whole bytes (" + std::string(format::to_string(tensor.info->dtype)) + "); keep it whole");
+        k.begin = static_cast<std::uint64_t>(begin / 8), k.run = static_cast<std::uint64_t>(run / 8);
+        k.stride = static_cast<std::uint64_t>(stride / 8);
+    }
     if (k.run == 0) k.stride = 0, k.runs = 1;  // an empty block
     else if (k.runs == 1 || k.run == k.stride) k.run *= k.runs, k.stride = k.run, k.runs = 1;
     return k;
