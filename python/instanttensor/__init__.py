@@ -249,6 +249,7 @@ class TensorSlice:
             return (dim, start, count), parts[:dim] + (slice(0, count, step),) + parts[dim + 1:]
         return None, index
 
+
 class safe_open:
     """A checkpoint opened for reading: a file, a directory, an index, or a list of files, local or
     remote (``http://``, ``https://``, ``s3://bucket/key``, ``hf://org/name[@revision][/file]``: README, "Load from a
