@@ -51,7 +51,7 @@ int main(int argc, char** argv) try {
     {
         auto loader = it::load_distributed(checkpoint, it::transport::nccl(comm, stream), options);
         for (const it::TensorView& t : loader) {  // t.data: device memory, valid until the next iteration;
-                                                  // t.shape: the block's (t.block_first on along t.block_dim)
+                                                  // t.shape: the block's, from index t.block_first of t.block_dim
             // A runtime copies t.data into its weight buffer here (cudaMemcpyAsync on its stream).
             kept += t.data.size();
         }
