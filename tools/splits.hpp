@@ -77,8 +77,7 @@ inline ShareFunction splits_matching(const format::Checkpoint& checkpoint, const
     }
     return [tensors, dims](const format::TensorRef& t, int rank, int ranks) {
         const std::uint32_t dim = (*dims)[static_cast<std::size_t>(&t - tensors.data())];
-        if (dim == unsplit || dim >= t.info->shape.size()) return Share::whole();
-        return block_of(dim, t.info->shape[dim], rank, ranks);
+        return dim == unsplit ? Share::whole() : block_along(t, dim, rank, ranks);
     };
 }
 

@@ -365,10 +365,9 @@ class safe_open:
             if kept == NOTHING:
                 continue
             mine = block
-            if kept is not None and kept >= SPLIT and kept - SPLIT < len(shape):  # this rank's block, as split_along
-                dim, rank, ranks = kept - SPLIT, shares.group.rank, shares.group.size
-                first = shape[dim] * rank // ranks
-                mine = (dim, first, shape[dim] * (rank + 1) // ranks - first)
+            if kept is not None and kept >= SPLIT and kept - SPLIT < len(shape):  # this rank's block, as block_along
+                dim = kept - SPLIT
+                mine = (dim, *_core.block_of(shape[dim], shares.group.rank, shares.group.size))
             if mine is not None:
                 dim, first, count = mine
                 nbytes = _core.block_bytes(checkpoint, name, dim, first, count)

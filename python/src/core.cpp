@@ -121,7 +121,7 @@ struct LoadRequest {
 // ---- group loads ----------------------------------------------------------------------------
 
 /// What rank r keeps of names[i] is shares[i * ranks + r]: nothing, the whole tensor, or, as
-/// split + d, its block of dimension d (the library's split_along, so that every rank computes the
+/// split + d, its block of dimension d (the library's block_along, so that every rank computes the
 /// same blocks).
 enum class Kept : std::uint8_t { nothing = 0, whole = 1, split = 2 };
 
@@ -136,8 +136,14 @@ it::ShareFunction share_function(const it::format::Checkpoint& checkpoint, const
         const auto kept = static_cast<std::uint8_t>(shares[row.at(&t) + static_cast<std::size_t>(rank)]);
         if (kept == static_cast<std::uint8_t>(Kept::nothing)) return it::Share::none();
         if (kept == static_cast<std::uint8_t>(Kept::whole)) return it::Share::whole();
-        return it::split_along(kept - static_cast<std::uint8_t>(Kept::split), {})(t, rank, n);
+        return it::block_along(t, kept - static_cast<std::uint8_t>(Kept::split), rank, n);
     };
+}
+
+/// (first index, count) of rank `rank` of `ranks`'s block of a dimension of `size` indices.
+std::pair<std::uint64_t, std::uint64_t> block_of(std::uint64_t size, int rank, int ranks) {
+    const it::Share block = it::block_of(0, size, rank, ranks);
+    return {block.first, block.count};
 }
 
 /// The bytes of the block [first, first + count) of dimension `dim` of `name` (usage_error where
@@ -466,6 +472,9 @@ NB_MODULE(_core, m) {
         .def_rw("shares", &LoadRequest::shares)
         .def_rw("block", &LoadRequest::block, nb::arg("block").none());
 
+    m.def("block_of", &block_of, nb::arg("size"), nb::arg("rank"), nb::arg("ranks"),
+          "(first index, count) of rank `rank` of `ranks`'s block of a dimension of `size` indices: "
+          "[size·rank/ranks, size·(rank+1)/ranks), rounded down.");
     m.def("block_bytes", &block_bytes, nb::arg("checkpoint"), nb::arg("name"), nb::arg("dim"), nb::arg("first"), nb::arg("count"),
           "The bytes of the block [first, first + count) of dimension `dim` of a tensor (UsageError where it runs past the "
           "tensor or is not whole bytes).");

@@ -64,6 +64,21 @@ public:
     /// Where tensor `t`'s kept bytes go (empty until reserved, and for a tensor without bytes here).
     [[nodiscard]] std::span<std::byte> at(std::uint32_t t) const { return spans_[t]; }
 
+    /// Stores the bytes tensor `t` keeps among its bytes [from, to) into its destination, `source`
+    /// holding byte `from` and those after it as in the tensor (a block's runs land packed).
+    void store(std::uint32_t t, std::uint64_t from, std::uint64_t to, const std::byte* source) {
+        if (kept_.empty()) return sink_->store(spans_[t].data() + from, source, to - from);  // every tensor whole
+        const KeptBytes& k = kept_[t];
+        const Strided bytes = k.within(from, to);
+        if (bytes.length == 0) return;
+        store_strided(*sink_, spans_[t].data() + k.block_offset(bytes.at), source + (bytes.at - from), bytes);
+    }
+    /// Stores the `length` bytes tensor `t` keeps from its byte `from` on, packed at `source` (a
+    /// block's runs that a group exchange brought packed).
+    void store_packed(std::uint32_t t, std::uint64_t from, std::uint64_t length, const std::byte* source) {
+        sink_->store(spans_[t].data() + kept(t).block_offset(from), source, length);
+    }
+
     /// Reserves destinations for every tensor up to `last`, in order; false while the sink is full
     /// (the consumer must move on first).
     bool reserve_through(std::uint32_t last) {

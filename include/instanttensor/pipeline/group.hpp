@@ -496,19 +496,15 @@ private:
     /// from their window offsets, or, for the strided bytes of a block that a sends exchange brought
     /// from another reader, packed at the window offset of their first byte.
     void land(const ActiveWindow& w, const Window& window, const Piece& piece, std::uint64_t at) {
-        const KeptBytes& k = group_.keeps(piece.tensor);
-        std::byte* destination = destinations_.at(piece.tensor).data();
-        const auto store = [&](std::uint64_t from, std::uint64_t until, bool packed) {
-            const Strided bytes = k.within(piece.tensor_offset + (from - at), piece.tensor_offset + (until - at));
-            if (bytes.length == 0) return;
-            std::byte* to = destination + k.block_offset(bytes.at);
-            const std::byte* source = w.buffer + at + (bytes.at - piece.tensor_offset);
-            if (packed) sink_.store(to, source, bytes.length);
-            else store_strided(sink_, to, source, bytes);
-        };
-        if (window.mode != ExchangeMode::sends || k.contiguous()) return store(at, at + piece.length, false);
+        const std::uint32_t t = piece.tensor;
+        const std::uint64_t origin = at - piece.tensor_offset;  // tensor byte b lies at window offset origin + b (modulo 2^64)
+        const KeptBytes& k = group_.keeps(t);
+        if (window.mode != ExchangeMode::sends || k.contiguous())
+            return destinations_.store(t, piece.tensor_offset, piece.tensor_offset + piece.length, w.buffer + at);
         group_.for_each_reader(w.index, at, at + piece.length, [&](int reader, std::uint64_t from, std::uint64_t until) {
-            store(from, until, reader != link_.rank());
+            if (reader == link_.rank()) return destinations_.store(t, from - origin, until - origin, w.buffer + from);
+            const Strided bytes = k.within(from - origin, until - origin);
+            if (bytes.length > 0) destinations_.store_packed(t, bytes.at, bytes.length, w.buffer + origin + bytes.at);
         });
     }
 

@@ -204,7 +204,7 @@ struct KeptRange {
     [[nodiscard]] KeptBytes bytes() const noexcept { return {begin != none, begin, run, stride, runs, 0, 0, 0}; }
     /// Whether any kept byte lies in the tensor's bytes [from, to).
     [[nodiscard]] bool meets(std::uint64_t from, std::uint64_t to) const noexcept {
-        return begin != none && run != 0 && begin < to && begin + (runs - 1) * stride + run > from;
+        return begin != none && run != 0 && begin < to && bytes().end() > from;
     }
     friend bool operator==(const KeptRange&, const KeptRange&) = default;
 };

@@ -200,23 +200,26 @@ inline Share block_of(std::uint32_t dim, std::uint64_t size, int rank, int ranks
     return Share::block(dim, first, last - first);
 }
 
+/// Rank r of n's share of `tensor` split along dimension `dim`: its block_of that dimension, or the
+/// whole tensor where it has no dimension `dim` (a scalar; a 1-D bias of a layer split along 1).
+inline Share block_along(const format::TensorRef& tensor, std::uint32_t dim, int rank, int ranks) noexcept {
+    if (dim >= tensor.info->shape.size()) return Share::whole();
+    return block_of(dim, tensor.info->shape[dim], rank, ranks);
+}
+
 /// Tensors split along one dimension: those `which` selects (empty: every tensor) along `dim`.
 struct Split {
     TensorFilter which;
     std::uint32_t dim = 0;
 };
 
-/// Each tensor is split along the dimension of the first Split that selects it: rank r of n keeps
-/// its block_of that dimension. The tensors none selects, and those with no dimension `dim`
-/// (scalars; a 1-D bias of a layer split along dimension 1), are kept whole by every rank; a
-/// selected tensor whose blocks are not whole bytes makes the load fail (kept_bytes).
+/// Each tensor is split along the dimension of the first Split that selects it (block_along); the
+/// tensors none selects are kept whole by every rank; a selected tensor whose blocks are not whole
+/// bytes makes the load fail (kept_bytes).
 inline ShareFunction split(std::vector<Split> splits) {
     return [splits = std::move(splits)](const format::TensorRef& t, int rank, int ranks) {
-        for (const Split& s : splits) {
-            if (s.which && !s.which(t)) continue;
-            if (s.dim >= t.info->shape.size()) return Share::whole();
-            return block_of(s.dim, t.info->shape[s.dim], rank, ranks);
-        }
+        for (const Split& s : splits)
+            if (!s.which || s.which(t)) return block_along(t, s.dim, rank, ranks);
         return Share::whole();
     };
 }

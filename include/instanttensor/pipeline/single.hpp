@@ -147,12 +147,8 @@ private:
         for (std::uint32_t p = e.first_piece; p < e.first_piece + e.piece_count; ++p) {
             const Piece& piece = plan_.pieces[p];
             if (!destinations_.lands_here(piece)) continue;  // between the runs of a block
-            if (!in_place) {
-                const KeptBytes kept = destinations_.kept(piece.tensor);
-                const Strided bytes = kept.within(piece.tensor_offset, piece.tensor_offset + piece.length);
-                store_strided(sink_, destinations_.at(piece.tensor).data() + kept.block_offset(bytes.at),
-                              staged + piece.extent_offset + (bytes.at - piece.tensor_offset), bytes);
-            }
+            if (!in_place)
+                destinations_.store(piece.tensor, piece.tensor_offset, piece.tensor_offset + piece.length, staged + piece.extent_offset);
             destinations_.piece_stored(piece.tensor);
         }
         if constexpr (asynchronous) {
