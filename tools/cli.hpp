@@ -47,6 +47,7 @@ void add_hash(CLI::App& app, Action& action);
 void add_sample(CLI::App& app, Action& action);
 void add_load(CLI::App& app, Action& action);
 void add_plan(CLI::App& app, Action& action);
+void add_seal(CLI::App& app, Action& action);
 
 /// `text` with control characters (newline, tab, ESC, NUL, DEL...) written as \n, \t, \xNN, and a
 /// backslash as \\, so that a tensor name or path cannot break a table row or an error message in

@@ -3,7 +3,8 @@
 // Loads to the GPU (--device N, or auto when one is present) or to host memory (--device cpu),
 // then prints bytes, seconds, GB/s, the storage backend chosen and the memory the load held:
 // staging, the host or device ring, the peak of device memory in use, the peak resident
-// set. --json prints the same as one object, for scripts such as scripts/gpu-check.sh.
+// set. --json prints the same as one object, for scripts such as scripts/gpu-check.sh. --verify
+// and --verify-with check every tensor against its expected digest before it counts as loaded.
 #include <memory>
 #include <string>
 #include <vector>
@@ -48,6 +49,7 @@ int run_load(const LoadCommand& command) {
         o["peak_rss_bytes"] = report.peak_rss_bytes;
         o["ranks"] = report.ranks;
         o["received_bytes"] = report.stats.received_bytes;
+        o["verified"] = report.stats.verified;
         print("{}\n", boost::json::serialize(o));
         return exit_ok;
     }
@@ -60,6 +62,9 @@ int run_load(const LoadCommand& command) {
     print("memory: staging {}{}, {} {}, peak device use {}, peak resident {}\n", human_bytes(report.stats.staging_bytes),
                report.device == "cpu" ? "" : " pinned", report.device == "cpu" ? "host ring" : "device ring",
                human_bytes(report.ring_bytes), human_bytes(report.peak_device_bytes), human_bytes(report.peak_rss_bytes));
+    if (report.stats.verified > 0 || command.settings.verify || !command.settings.verify_with.empty())
+        print("verified {} against {}\n", count_of(report.stats.verified, "tensor"),
+              command.settings.verify_with.empty() ? std::string("the checkpoint's seals") : escape_control(command.settings.verify_with));
     if (report.ranks > 0)
         print("group of {}: read {}, received {}, window buffers {}\n", report.ranks, human_bytes(report.stats.read_bytes),
                    human_bytes(report.stats.received_bytes), human_bytes(report.stats.window_memory));
@@ -76,6 +81,12 @@ void add_load(CLI::App& app, Action& action) {
     add_checkpoint_paths(*sub, command->paths);
     add_load_options(*sub, command->settings, "auto");
     sub->add_flag("--json", command->json, "Print one JSON object instead of text");
+    auto* verify = sub->add_flag("--verify", command->settings.verify,
+                                 "Check every tensor against the XXH3-64 digests `instanttensor seal` stored in the checkpoint");
+    sub->add_option("--verify-with", command->settings.verify_with,
+                    "Check every tensor against this manifest (what `instanttensor hash` printed) instead")
+        ->type_name("MANIFEST")
+        ->excludes(verify);
     sub->callback([command, &action] { action = [command] { return run_load(*command); }; });
 }
 

@@ -13,6 +13,7 @@
 #include <fmt/core.h>
 
 #include "cli.hpp"
+#include "instanttensor/detail/xxh3.hpp"
 #include "splits.hpp"
 
 namespace instanttensor::cli {
@@ -266,6 +267,8 @@ LoadReport load_checkpoint(const format::Checkpoint& checkpoint, const LoadSetti
     // The default slot shrinks to half a small staging (add_load_options refuses such a slot asked for).
     options.slot_bytes = std::min(settings.slot_mib << 20, options.staging_bytes / 2 / detail::page_alignment * detail::page_alignment);
     const std::uint64_t ring_bytes = settings.ring_mib << 20;
+    if (!settings.verify_with.empty()) options.verify = format::TensorDigests::read(settings.verify_with);
+    else if (settings.verify) options.verify = format::TensorDigests::sealed(checkpoint);
 
     LoadReport report;
     std::string device = settings.device;
@@ -320,6 +323,14 @@ LoadReport load_checkpoint(const format::Checkpoint& checkpoint, const LoadSetti
 #else
     throw unavailable_error("--device " + device, "this build has no CUDA; use --device cpu");
 #endif
+}
+
+format::TensorDigests digest_checkpoint(const format::Checkpoint& checkpoint, const LoadSettings& settings) {
+    format::TensorDigests digests("the loaded bytes");
+    load_checkpoint(checkpoint, settings, true, [&](const TensorView& t, std::span<const std::byte> bytes) {
+        digests.add(std::string(t.name), detail::xxh3(bytes));
+    });
+    return digests;
 }
 
 }  // namespace instanttensor::cli

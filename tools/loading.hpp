@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "instanttensor/format/checkpoint.hpp"
+#include "instanttensor/format/digests.hpp"
 #include "instanttensor/loader.hpp"
 
 namespace CLI {
@@ -30,6 +31,8 @@ struct LoadSettings {
     std::uint64_t ring_mib = 0;    ///< where the tensors land: the host or device ring; 0 = as the load needs
     unsigned copy_streams = 2;     ///< GPU loads: streams taking turns at host-to-device copies
     bool progress = true;          ///< a progress bar on stderr, if stderr is a terminal
+    bool verify = false;           ///< verify every tensor against the checkpoint's seals
+    std::string verify_with;       ///< or against this manifest (the `hash` command's output)
     unsigned connections = RemoteOptions{}.connections;          ///< remote checkpoints: GETs in flight
     unsigned stall_timeout_s = RemoteOptions{}.stall_timeout_s;  ///< remote checkpoints: a stalled response fails after this
 
@@ -70,5 +73,8 @@ using TensorConsumer = std::function<void(const TensorView& tensor, std::span<co
 /// Loads every tensor of `checkpoint` as `settings` say, calling `consume` for each.
 LoadReport load_checkpoint(const format::Checkpoint& checkpoint, const LoadSettings& settings,
                            bool want_host_bytes, const TensorConsumer& consume);
+
+/// The XXH3-64 digest of every tensor as the loader delivers it (`hash`, `seal`).
+format::TensorDigests digest_checkpoint(const format::Checkpoint& checkpoint, const LoadSettings& settings);
 
 }  // namespace instanttensor::cli

@@ -3,8 +3,10 @@
 //   instanttensor inspect [--json] PATH...   the tensor table of a checkpoint
 //   instanttensor hash PATH...               XXH3-64 of every tensor's bytes, sorted by name
 //   instanttensor load PATH...               loads every tensor to a GPU or host memory, reports GB/s
+//                                            (--verify: each checked against its sealed digest)
 //   instanttensor plan PATH... --ranks N     what each rank of a group load reads, keeps, receives
 //   instanttensor sample DIR [options]       writes a Llama-shaped checkpoint of random bytes
+//   instanttensor seal PATH...               stores every tensor's digest in its file's header
 //
 // Exit status: 0 success, 1 the work failed (one line `instanttensor: <path>: <what>` on stderr),
 // 2 the command line is wrong (CLI11's message and a hint at --help).
@@ -71,6 +73,7 @@ int run(int argc, char** argv) {
     add_hash(app, action);
     add_load(app, action);
     add_plan(app, action);
+    add_seal(app, action);
     add_sample(app, action);
 
     // CLI11 would only say "A subcommand is required" for a misspelt one.

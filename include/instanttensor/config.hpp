@@ -41,6 +41,10 @@
 #  error "instanttensor: NCCL support needs CUDA (INSTANTTENSOR_HAS_CUDA=1)"
 #endif
 
+#if !__has_include(<xxhash.h>)
+#  error "instanttensor needs xxhash.h (Debian: libxxhash-dev): loads verify tensors' XXH3 digests with it"
+#endif
+
 #if __cplusplus < 202002L && !defined(_MSVC_LANG)
 #  error "instanttensor needs C++20"
 #endif

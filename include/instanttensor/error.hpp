@@ -4,6 +4,7 @@
 //   │                     the input at fault (a file path, "<stdout>") or the part of the library
 //   │                     that refused ("sink::host", "cuda", "group"), and may be empty
 //   ├─ format_error       a checkpoint that breaks the safetensors format or our stricter rules
+//   ├─ integrity_error    a tensor's bytes are not those its expected digest names
 //   ├─ io_error           an operating-system call failed (carries errno)
 //   ├─ cuda_error         a CUDA runtime call failed
 //   ├─ nccl_error         an NCCL call failed, or a peer of a group load failed
@@ -91,6 +92,14 @@ protected:
 class format_error : public detail::error_of<format_error, std::runtime_error> {
 public:
     format_error(std::string source, std::string_view message) : error_of(std::move(source), message) {}
+};
+
+/// A tensor's bytes are not those its expected digest names (LoadOptions::verify): the file was
+/// corrupted or changed after its digests were taken. The message names the tensor, the file and
+/// both digests.
+class integrity_error : public detail::error_of<integrity_error, std::runtime_error> {
+public:
+    integrity_error(std::string source, std::string_view message) : error_of(std::move(source), message) {}
 };
 
 /// An operating-system call failed; `code()` is the errno value.

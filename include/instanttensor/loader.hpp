@@ -353,12 +353,14 @@ using DeviceLoader = FallbackLoader<storage::gds, storage::automatic, Sk>;
 
 namespace detail {
 /// The storages a load to GPU `device` tries, as `options.backend` asks: under Backend::automatic
-/// GDS first where its library and the nvidia-fs driver are present (storage::gds::available()),
+/// GDS first where its library and the nvidia-fs driver are present (storage::gds::available())
+/// and the load does not verify (GDS reads into device memory, where digests are not computed),
 /// then io_uring, then pread; Backend::gds GDS alone; any other backend that one alone.
 inline std::pair<std::optional<storage::gds>, std::optional<storage::automatic>> device_storages(
-    int device, storage::automatic::Options options) {
+    int device, storage::automatic::Options options, const LoadOptions& load) {
     std::pair<std::optional<storage::gds>, std::optional<storage::automatic>> tries;
-    if (options.backend == storage::Backend::gds || (options.backend == storage::Backend::automatic && storage::gds::available()))
+    if (options.backend == storage::Backend::gds ||
+        (options.backend == storage::Backend::automatic && !load.verify && storage::gds::available()))
         tries.first.emplace(storage::gds::Options{.device = device});
     if (options.backend != storage::Backend::gds) tries.second.emplace(options);
     return tries;
@@ -369,7 +371,7 @@ inline std::pair<std::optional<storage::gds>, std::optional<storage::automatic>>
 /// memory on `ring.device`.
 inline DeviceLoader<sink::device_ring> load_to_device(BorrowedCheckpoint checkpoint, sink::device_ring::Options ring = {},
                                                       LoadOptions options = {}, storage::automatic::Options storage = {}) {
-    auto [gds, host] = detail::device_storages(ring.device, storage);
+    auto [gds, host] = detail::device_storages(ring.device, storage, options);
     return {checkpoint, std::move(gds), std::move(host), [ring] { return sink::device_ring(ring); }, std::move(options)};
 }
 
@@ -377,7 +379,7 @@ inline DeviceLoader<sink::device_ring> load_to_device(BorrowedCheckpoint checkpo
 inline DeviceLoader<sink::device_placement> load_into_device(
     BorrowedCheckpoint checkpoint, sink::placement::Destination destination,
     sink::device_placement::Options placement = {}, LoadOptions options = {}, storage::automatic::Options storage = {}) {
-    auto [gds, host] = detail::device_storages(placement.device, storage);
+    auto [gds, host] = detail::device_storages(placement.device, storage, options);
     return {checkpoint, std::move(gds), std::move(host),
             [destination = std::move(destination), placement] { return sink::device_placement(destination, placement); },
             std::move(options)};

@@ -33,11 +33,11 @@ from typing import Any, NamedTuple, Union
 
 from . import _core
 from ._group import NOTHING, SPLIT, Group, Keep, Split, SplitRows, splits_of
-from .errors import CudaError, Error, FormatError, IoError, NcclError, UnavailableError, UsageError
+from .errors import CudaError, Error, FormatError, IntegrityError, IoError, NcclError, UnavailableError, UsageError
 
 __all__ = [
     "safe_open", "load_file", "load_into", "IncompatibleKeys", "TensorSlice",
-    "Error", "FormatError", "IoError", "UsageError", "UnavailableError", "CudaError", "NcclError",
+    "Error", "FormatError", "IntegrityError", "IoError", "UsageError", "UnavailableError", "CudaError", "NcclError",
 ]
 __version__ = _core.version
 
@@ -137,11 +137,13 @@ class _Options(NamedTuple):
     staging_bytes: int | None = None
     slot_bytes: int | None = None
     progress: bool = False
+    digests: Any = None  # a _core.Digests to verify against
 
     def request(self, names: list[str] | None, device: int, stream: int = 0):
         r = _core.LoadRequest()
         r.names, r.device, r.backend, r.direct, r.stream = names, device, self.backend, self.direct, stream
         r.staging_bytes, r.slot_bytes = self.staging_bytes or 0, self.slot_bytes or 0
+        r.verify = self.digests
         return r
 
 
@@ -214,6 +216,8 @@ class TensorSlice:
 
     def __getitem__(self, index):
         block, rest = self._block(index)
+        if self._owner._options.digests is not None:  # a digest covers the whole tensor: read it all, verified
+            block, rest = None, index
         if block is None:  # nothing to narrow, or an index only the framework understands
             whole = self._owner.get_tensor(self._name)
         else:
@@ -259,8 +263,12 @@ class safe_open:
     is ``"cpu"``, ``"cuda"``, ``"cuda:N"``, an index or a ``torch.device``. Headers are read and
     validated here, no tensor byte. Options: ``backend`` (``"auto"``, ``"uring"``, ``"pread"``,
     ``"memory"``, ``"gds"``, ``"http"``), ``direct`` (``"auto"``, ``"on"``, ``"off"``: O_DIRECT reads),
-    ``staging_bytes`` and ``slot_bytes`` (the loader's staging memory and largest read), and
-    ``progress`` (a bar on stderr).
+    ``staging_bytes`` and ``slot_bytes`` (the loader's staging memory and largest read),
+    ``progress`` (a bar on stderr), and ``verify``: ``True`` checks every tensor against the
+    XXH3-64 digests ``instanttensor seal`` stored in the checkpoint, a path against a manifest
+    (what ``instanttensor hash`` printed); a tensor whose bytes differ raises ``IntegrityError``
+    and is never returned (``get_slice`` then reads the whole tensor, to verify it). Group loads
+    cannot verify.
 
     With ``process_group`` (a torch.distributed group over NCCL, loading to its CUDA device, or
     over gloo, loading to the host), ``tensors()``, ``load_file`` and ``load_into`` load as one
@@ -277,8 +285,8 @@ class safe_open:
 
     def __init__(self, paths: Paths, framework: str = "pt", device: Any = "cpu", *, backend: str = "auto",
                  direct: str = "auto", staging_bytes: int | None = None, slot_bytes: int | None = None,
-                 progress: bool = False, process_group=None, keep: Keep | None = None,
-                 split: Split | None = None, split_rows: SplitRows | None = None):
+                 progress: bool = False, verify: bool | str | os.PathLike = False, process_group=None,
+                 keep: Keep | None = None, split: Split | None = None, split_rows: SplitRows | None = None):
         if framework not in ("pt", "np"):
             raise UsageError(f"instanttensor: framework is 'pt' or 'np', not {framework!r}")
         if process_group is None and (keep is not None or split is not None or split_rows is not None):
@@ -287,10 +295,15 @@ class safe_open:
         self._framework = framework
         self._device_index = _cuda_index(device, framework)
         self._device = "cpu" if self._device_index < 0 else f"cuda:{self._device_index}"
-        self._options = _Options(backend, direct, staging_bytes, slot_bytes, progress)
         self._group = None if process_group is None else Group(process_group, self._device_index)
         self._keep, self._splits = keep, splits_of(split, split_rows)
         self._checkpoint = _core.Checkpoint(_path_list(paths))
+        digests = None
+        if verify is True:
+            digests = _core.Digests.sealed(self._checkpoint)
+        elif verify is not False and verify is not None:
+            digests = _core.Digests.read(os.fspath(verify))
+        self._options = _Options(backend, direct, staging_bytes, slot_bytes, progress, digests)
 
     def __enter__(self) -> "safe_open":
         return self

@@ -14,6 +14,12 @@ class FormatError(Error, ValueError):
     """A checkpoint breaks the safetensors format or instanttensor's stricter rules."""
 
 
+class IntegrityError(Error, ValueError):
+    """A tensor's bytes are not those its expected digest names (``verify``): the file was
+    corrupted or changed after it was sealed or hashed. The message names the tensor, the file and
+    both digests."""
+
+
 class IoError(Error, OSError):
     """An operating-system call failed; ``errno`` says which way. ``str()`` is the whole message."""
 

@@ -19,6 +19,7 @@
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/pair.h>
+#include <nanobind/stl/shared_ptr.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
 #include <nanobind/stl/unordered_map.h>
@@ -59,6 +60,8 @@ void translate(const std::exception_ptr& thrown, void*) {
         raise("IoError", nb::make_tuple(e.code(), e.what()));
     } catch (const it::format_error& e) {
         raise("FormatError", nb::make_tuple(e.what()));
+    } catch (const it::integrity_error& e) {
+        raise("IntegrityError", nb::make_tuple(e.what()));
     } catch (const it::usage_error& e) {
         raise("UsageError", nb::make_tuple(e.what()));
     } catch (const it::unavailable_error& e) {
@@ -116,6 +119,7 @@ struct LoadRequest {
     nb::bytes shares;                 // group loads: what each rank keeps of each name (share_function)
     /// A load alone: of each selected tensor, only the block (dimension, first index, count).
     std::optional<std::tuple<std::uint32_t, std::uint64_t, std::uint64_t>> block;
+    std::shared_ptr<const it::format::TensorDigests> verify;  // None: no verification
 };
 
 // ---- group loads ----------------------------------------------------------------------------
@@ -292,6 +296,16 @@ private:
     std::optional<decltype(loader_.begin())> current_;
 };
 
+/// The digests of `names` (all where none are given): a load of a few tensors copies only theirs.
+/// A name without a digest is left out, for the loader to refuse.
+it::format::TensorDigests digests_of(const it::format::TensorDigests& all, const std::optional<std::vector<std::string>>& names) {
+    if (!names) return all;
+    it::format::TensorDigests some(all.source());
+    for (const std::string& name : *names)
+        if (const auto digest = all.find(name)) some.add(name, *digest);
+    return some;
+}
+
 class Load {
 public:
     /// `destinations` maps each selected name to (address, bytes) of caller-owned memory: on the
@@ -304,6 +318,7 @@ public:
         if (request.names) options.filter = it::select_names(checkpoint, *request.names);
         if (request.staging_bytes != 0) options.staging_bytes = request.staging_bytes;
         if (request.slot_bytes != 0) options.slot_bytes = request.slot_bytes;
+        if (request.verify) options.verify = digests_of(*request.verify, request.names);
         it::storage::automatic::Options storage;
         const auto backend = it::storage::parse_backend(request.backend);
         if (!backend) throw it::usage_error("instanttensor", "backend '" + request.backend + "': expected auto, uring, pread, memory, gds or http");
@@ -470,7 +485,17 @@ NB_MODULE(_core, m) {
         .def_rw("stream", &LoadRequest::stream)
         .def_rw("group", &LoadRequest::group, nb::arg("group").none())
         .def_rw("shares", &LoadRequest::shares)
-        .def_rw("block", &LoadRequest::block, nb::arg("block").none());
+        .def_rw("block", &LoadRequest::block, nb::arg("block").none())
+        .def_rw("verify", &LoadRequest::verify, nb::arg("verify").none());
+
+    nb::class_<it::format::TensorDigests>(m, "Digests", "Expected XXH3-64 digests of tensors, by name (format/digests.hpp).")
+        .def_static("read", [](const std::string& path) { return it::format::TensorDigests::read(path); }, nb::arg("path"),
+                    "Reads a manifest in the layout `instanttensor hash` prints.")
+        .def_static("sealed", &it::format::TensorDigests::sealed, nb::arg("checkpoint"),
+                    "The seals `instanttensor seal` stored in every file of the checkpoint.")
+        .def_prop_ro("source", &it::format::TensorDigests::source, "Where they come from, as messages name it.")
+        .def("__len__", &it::format::TensorDigests::size)
+        .def("text", &it::format::TensorDigests::text, "All of them, in the layout `instanttensor hash` prints.");
 
     m.def("block_of", &block_of, nb::arg("size"), nb::arg("rank"), nb::arg("ranks"),
           "(first index, count) of rank `rank` of `ranks`'s block of a dimension of `size` indices: "

@@ -221,6 +221,80 @@ PY
     grep -q 'staging 1.00 MiB' "$work/stdout" || fail "--staging-mib 1 is not what the load used: $(cat "$work/stdout")"
 }
 
+# seal and load --verify: a manifest from hash verifies a load; seal stores each file's digests in
+# its header (tensors, offsets, bytes, other metadata and the file's mode unchanged), and --verify
+# checks them; a changed byte, an unsealed file and a malformed manifest each fail naming the file.
+case_seal_verify() {
+    make_sample
+    expect_success hash "$work/sample"
+    cp "$work/stdout" "$work/sample.xxh3"
+    expect_success load --device cpu --verify-with "$work/sample.xxh3" "$work/sample"
+    grep -qx "verified $sample_tensors tensors against $work/sample.xxh3" "$work/stdout" || fail "load --verify-with: $(cat "$work/stdout")"
+    expect_failure "has no seal" load --device cpu --verify "$work/sample"
+    local shard=$work/sample/model-00002-of-00003.safetensors
+    python3 - "$shard" >"$work/header.before" <<'PY' || fail "cannot read the header of $shard"
+import json, struct, sys
+with open(sys.argv[1], "rb") as f:
+    n = struct.unpack("<Q", f.read(8))[0]
+    header = json.loads(f.read(n))
+print(json.dumps({k: v for k, v in header.items() if k != "__metadata__"}, sort_keys=True))
+print(sorted(header.get("__metadata__", {})))
+PY
+    chmod 640 "$shard"
+    expect_success seal --backend pread "$work/sample"
+    [[ $(grep -c '^sealed ' "$work/stdout") == 3 ]] || fail "seal did not report 3 files: $(cat "$work/stdout")"
+    grep -q "^sealed $shard (" "$work/stdout" || fail "seal does not name $shard"
+    [[ $(stat -c %a "$shard") == 640 ]] || fail "seal changed the mode of $shard to $(stat -c %a "$shard")"
+    python3 - "$shard" "$work/header.before" "$work/sample.xxh3" <<'PY' || fail "the sealed header of $shard"
+import json, struct, sys
+with open(sys.argv[1], "rb") as f:
+    n = struct.unpack("<Q", f.read(8))[0]
+    header = json.loads(f.read(n))
+before = open(sys.argv[2]).read().splitlines()
+meta = header["__metadata__"]
+assert json.dumps({k: v for k, v in header.items() if k != "__metadata__"}, sort_keys=True) == before[0]
+assert sorted(set(eval(before[1])) | {"instanttensor.xxh3"}) == sorted(meta), meta.keys()
+manifest = dict(reversed(line.split("  ", 1)) for line in open(sys.argv[3]).read().splitlines())
+seal = meta["instanttensor.xxh3"].splitlines()
+assert len(seal) == len(header) - 1, len(seal)
+for line in seal:
+    digest, name = line.split("  ", 1)
+    assert name in header and manifest[name] == digest, line
+PY
+    expect_success hash "$work/sample"
+    cmp -s "$work/stdout" "$work/sample.xxh3" || fail "sealing changed a tensor's bytes"
+    expect_success load --device cpu --verify --json "$work/sample"
+    grep -q "\"verified\":$sample_tensors" "$work/stdout" || fail "load --verify --json: $(cat "$work/stdout")"
+    expect_success seal "$work/sample"  # sealing again replaces the seal
+    expect_success load --device cpu --verify "$work/sample"
+    grep -qx "verified $sample_tensors tensors against the checkpoint's seals" "$work/stdout" || fail "load --verify: $(cat "$work/stdout")"
+    # A changed byte in a tensor's data: both sources of digests refuse it, naming the file.
+    python3 - "$shard" <<'PY'
+import struct, sys
+with open(sys.argv[1], "r+b") as f:
+    n = struct.unpack("<Q", f.read(8))[0]
+    f.seek(8 + n + 1000)
+    b = f.read(1)
+    f.seek(8 + n + 1000)
+    f.write(bytes([b[0] ^ 1]))
+PY
+    expect_failure "$shard: tensor '" load --device cpu --verify "$work/sample"
+    grep -q 'its bytes digest to [0-9a-f]\{16\}, its seal expects [0-9a-f]\{16\}' "$work/stderr" || fail "the mismatch message: $(cat "$work/stderr")"
+    expect_failure "$work/sample.xxh3 expects" load --device cpu --verify-with "$work/sample.xxh3" "$work/sample"
+    # Awkward names (escaped in the seal) and other metadata survive a seal.
+    "$reference" "$work/names.safetensors" >/dev/null || { fail "hash_reference could not write its file"; return; }
+    expect_success seal "$work/names.safetensors"
+    expect_success load --device cpu --verify "$work/names.safetensors"
+    grep -qx "verified 15 tensors against the checkpoint's seals" "$work/stdout" || fail "awkward names: $(cat "$work/stdout")"
+    expect_success inspect --json "$work/names.safetensors"
+    grep -q '"purpose":"hash reference"' "$work/stdout" || fail "seal lost the file's other metadata"
+    # A malformed manifest names itself and the line; --verify and --verify-with exclude each other.
+    printf '0123456789abcdef  a\nnot a digest\n' >"$work/bad.xxh3"
+    expect_failure "$work/bad.xxh3: line 2" load --device cpu --verify-with "$work/bad.xxh3" "$work/sample"
+    expect_failure "$work/absent.xxh3" load --device cpu --verify-with "$work/absent.xxh3" "$work/sample"
+    expect_usage_error load --verify --verify-with "$work/sample.xxh3" "$work/sample"
+}
+
 # plan: one row per rank; with every tensor kept, each of 4 ranks reads about a quarter and
 # receives the rest; splitting the projections along their rows, or along the dimensions of tensor
 # parallelism, makes every rank receive less, and never more than it keeps.

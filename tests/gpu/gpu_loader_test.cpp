@@ -3,7 +3,8 @@
 // ring, a load that fails midway leaks neither device nor pinned memory, and transport::nccl with
 // a world of one runs the group path end to end: on a non-blocking communicator too, through a
 // read error mid-load (after which the communicator still works), and past an NCCL call that
-// fails inside a group (which leaves no group open).
+// fails inside a group (which leaves no group open). A verified load checks the bytes in pinned
+// staging and never yields a tensor whose digest differs.
 #include <instanttensor/loader.hpp>
 #include <instanttensor/format/writer.hpp>
 
@@ -456,4 +457,39 @@ TEST_CASE("blocks along any dimension land on the device as on the host: a singl
         auto group = it::load_distributed(checkpoint, it::transport::nccl(comm.get(), stream.get()), options, {}, {backend});
         check(group);
     }
+}
+
+TEST_CASE("a verified load to the device yields exact bytes, passes over GDS, and never yields a tensor that differs") {
+    const AwkwardCheckpoint awkward;
+    const auto& checkpoint = awkward.checkpoint;
+    it::format::TensorDigests digests("the files");
+    for (const auto& [name, hash] : awkward.expected) digests.add(name, hash);
+    it::LoadOptions options;
+    options.staging_bytes = 1 << 20;
+    options.slot_bytes = 256 << 10;
+    options.verify = digests;
+    for (const auto backend : backends) {
+        CAPTURE(it::storage::to_string(backend));
+        auto ring = it::load_to_device(checkpoint, {}, options, {backend});
+        CHECK(check_all(ring, awkward.expected) == checkpoint.tensors().size());
+        CHECK(ring.stats().verified == checkpoint.tensors().size());
+    }
+    auto automatic = it::load_to_device(checkpoint, {}, options);
+    CHECK(automatic.backend() != "gds");  // GDS reads into device memory, where nothing is digested
+    CHECK(check_all(automatic, awkward.expected) == checkpoint.tensors().size());
+    // One digest off: every tensor before that one lands, that one is an integrity_error.
+    const it::format::TensorRef& victim = checkpoint.tensors()[checkpoint.tensors().size() / 2];
+    it::format::TensorDigests wrong("wrong digests");
+    for (const auto& [name, hash] : awkward.expected) wrong.add(name, hash + (name == victim.name()));
+    options.verify = wrong;
+    auto loader = it::load_to_device(checkpoint, {}, options);
+    std::size_t yielded = 0;
+    auto drain = [&] {
+        for (const auto& t : loader) {
+            CHECK(t.name != victim.name());
+            ++yielded;
+        }
+    };
+    CHECK_THROWS_AS(drain(), it::integrity_error);
+    CHECK(yielded == checkpoint.tensors().size() / 2);
 }

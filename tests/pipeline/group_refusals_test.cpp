@@ -1,7 +1,7 @@
 // pipeline::Group when something goes wrong: a failing rank, one whose loader cannot be made and one
 // that stops iterating early make every peer fail instead of hang, each naming the rank (the
 // protocol's status rounds); ranks that planned different loads all fail at once, naming the odd
-// rank; options that cannot work are refused. tests/pipeline/process_group_test.cpp runs ranks as
+// rank; options that cannot work (verify among them) are refused. tests/pipeline/process_group_test.cpp runs ranks as
 // processes over a transport that behaves like NCCL.
 #include <doctest/doctest.h>
 
@@ -130,6 +130,11 @@ TEST_CASE("group: options that cannot work are refused") {
     CHECK_THROWS_AS(GroupLoader(checkpoint, it::storage::automatic(), InProcessTransport(group, 2), it::sink::host(),
                                 group_options({})),
                     std::invalid_argument);
+    // Verifying digests: no rank reads every byte of a tensor, so every rank refuses, before the protocol.
+    auto verified = group_options({});
+    verified.verify = fmt::TensorDigests("digests");
+    CHECK_THROWS_WITH_AS(GroupLoader(checkpoint, it::storage::automatic(), InProcessTransport(group, 0), it::sink::host(), verified),
+                         doctest::Contains("verify"), it::usage_error);
     // A share of rows a tensor does not have: the message names the tensor's file and the tensor.
     const auto too_many = [](const fmt::TensorRef& t, int, int) { return Share::row_range(0, t.info->shape.empty() ? 1 : t.info->shape[0] + 1); };
     std::string message;

@@ -124,6 +124,9 @@ public:
         const int rank = link_.rank(), ranks = link_.transport().size();
         if (ranks < 1 || rank < 0 || rank >= ranks)  // before the protocol: it needs a valid rank
             throw usage_error("transport", "rank " + std::to_string(rank) + " of " + std::to_string(ranks));
+        if (options_.verify)  // every rank passes the same options, so every rank refuses
+            throw usage_error("group", "verify digests whole tensors as one process reads them; a group load spreads each "
+                                       "tensor's reads over the ranks: verify with a single load");
         try {
             prepare();
         } catch (...) {
@@ -354,7 +357,7 @@ private:
     /// Frees the staging slots whose uploads ran, and the window buffers whose bytes all landed.
     bool reclaim() {
         bool moved = false;
-        if constexpr (uploads) moved = staging_.reclaim([this](std::uint64_t ticket) { return uploader_->copies_done(ticket); });
+        if constexpr (uploads) moved = staging_.reclaim([this](std::uint64_t ticket, std::uint32_t) { return uploader_->copies_done(ticket); });
         while (!active_.empty() && active_.front().landed) {
             ActiveWindow& w = active_.front();
             if constexpr (asynchronous)

@@ -4,7 +4,9 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 
+#include "instanttensor/format/digests.hpp"
 #include "instanttensor/pipeline/plan.hpp"
 #include "instanttensor/pipeline/share.hpp"
 
@@ -17,6 +19,11 @@ struct LoadOptions {
     TensorFilter filter;                        ///< tensors to load; empty = all
     std::uint64_t staging_bytes = 128ull << 20; ///< total staging memory: whole slots, two at least
     std::uint64_t slot_bytes = 4ull << 20;      ///< one slot = the largest single read
+    /// Expected digests (format/digests.hpp: a manifest, or TensorDigests::sealed): each tensor is
+    /// yielded only once its bytes match; integrity_error names the first that does not. Single
+    /// loads of whole tensors, from a storage that reads host memory (not GDS).
+    std::optional<format::TensorDigests> verify;
+    unsigned verify_threads = 0;                ///< threads digesting for verify; 0 = default_verify_threads()
 
     // Group loads only (a GroupTransport); every rank must pass the same values.
     ShareFunction share;                        ///< what each rank keeps (pipeline/share.hpp); empty = everything
@@ -36,6 +43,7 @@ struct LoadStats {
     std::uint64_t reads = 0;          ///< read requests submitted (continuations included)
     std::uint64_t retries = 0;        ///< EINTR/EAGAIN retries and short-read continuations
     std::uint64_t staging_bytes = 0;  ///< staging memory allocated
+    std::uint64_t verified = 0;       ///< tensors whose digest matched (LoadOptions::verify)
     std::uint64_t received_bytes = 0; ///< group loads: bytes this rank receives from the others (whole load)
     std::uint64_t window_memory = 0;  ///< group loads: bytes of the window buffers (transport's memory)
     double seconds = 0;               ///< from begin() to the last tensor

@@ -4,11 +4,13 @@
 // into its tensor's destination); then its pieces are stored to their tensors' destinations and
 // the slot is freed: at once for a synchronous sink, once the sink says its copies out of the slot
 // ran for one that copies asynchronously (a device sink). Reads run ahead of the consumer as far
-// as staging and the sink's ring allow. Everything runs in the caller's thread, in load().
+// as staging and the sink's ring allow. Everything runs in the caller's thread, in load(), but the
+// digests of a verified load (LoadOptions::verify), which a Verifier's threads compute.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <thread>
 #include <utility>
@@ -24,6 +26,7 @@
 #include "instanttensor/pipeline/read_queue.hpp"
 #include "instanttensor/pipeline/share.hpp"
 #include "instanttensor/pipeline/staging.hpp"
+#include "instanttensor/pipeline/verifier.hpp"
 
 namespace instanttensor::pipeline {
 
@@ -53,6 +56,10 @@ public:
         if (transport.size() != 1)
             throw usage_error("loader", "a transport of " + std::to_string(transport.size()) +
                                             " ranks must exchange bytes (model GroupTransport, as transport::nccl does)");
+        if (options_.verify && options_.share)
+            throw usage_error("loader", "verify digests whole tensors: a load that keeps blocks of them (LoadOptions::share) cannot verify");
+        if (options_.verify && Storage::destination != MemoryKind::host)
+            throw usage_error(std::string(storage.name()), "reads into device memory, where verify cannot digest the bytes: load through a host backend");
         TensorRange range;
         if (options_.share) {  // a block of a tensor: read the bytes it spans, land the block
             range = [this](const format::TensorRef& t) {
@@ -72,6 +79,9 @@ public:
         if constexpr (asynchronous) sink_.prepare_copies(slots);
         destinations_ = Destinations<Sk>(sink_, plan_, kept_);
         reads_ = ReadQueue<Storage, Job>(storage_, checkpoint_, stats_, slots);
+        if (options_.verify)
+            verifier_ = std::make_unique<Verifier>(plan_, *options_.verify, static_cast<std::uint32_t>(slots),
+                                                   options_.verify_threads ? options_.verify_threads : default_verify_threads());
     }
 
     Single(const Single&) = delete;
@@ -88,14 +98,21 @@ public:
     /// run, the loop polls (reaping reads without blocking, so that slots keep cycling and reads
     /// stay in flight) instead of sleeping in the kernel or on an event, which would let the read
     /// queue or the copy engine run dry; with nothing but copies left it blocks on the oldest.
+    /// A verified load also waits for the digests: blocking on the Verifier when nothing else is left.
     void load(std::uint32_t t) {
         for (;;) {
+            // Taken before anything is checked: a digest finishing after the checks below must not
+            // read as a load with nothing left to wait for.
+            const bool digesting = verifier_ && verifier_->busy();
+            const std::uint64_t digested = verifier_ ? verifier_->progress() : 0;
             reclaim_slots();
             submit_reads();
-            if (destinations_.complete(t)) return;
+            if (destinations_.complete(t) && verified(t)) return;
             const bool watching_copies = asynchronous && staging_.copying();
             if (reads_.in_flight() > 0) {
                 if (reads_.reap(!watching_copies, [this](const Read& r) { land(r); }) == 0) std::this_thread::yield();
+            } else if (digesting) {
+                verifier_->wait_past(digested);
             } else if (watching_copies) {
                 wait_oldest_copies();
             } else {
@@ -151,21 +168,38 @@ private:
                 destinations_.store(piece.tensor, piece.tensor_offset, piece.tensor_offset + piece.length, staged + piece.extent_offset);
             destinations_.piece_stored(piece.tensor);
         }
+        if (verifier_) verifier_->digest(e, read.buffer, read.job.slot);
         if constexpr (asynchronous) {
             const std::uint64_t ticket = sink_.extent_stored();
             for (std::uint32_t p = e.first_piece; p < e.first_piece + e.piece_count; ++p)
                 destinations_.copies_issued(plan_.pieces[p].tensor, ticket);
             staging_.free_after(read.job.slot, ticket);
+        } else if (verifier_) {
+            staging_.free_after(read.job.slot, 0);  // once digested
         } else {
             staging_.free(read.job.slot);
         }
     }
 
+    /// Whether tensor `t` may be yielded as far as its digest goes (integrity_error if it differs).
+    bool verified(std::uint32_t t) {
+        if (!verifier_) return true;
+        if (!verifier_->verified(t)) return false;
+        ++stats_.verified;
+        return true;
+    }
+
     bool kept_whole(std::uint32_t t) const { return kept_.empty() || kept_[t].size() == plan_.tensors[t].ref->nbytes(); }
 
-    /// Frees the slots whose copies ran (in order: copies complete in the order they were issued).
+    /// Frees the slots whose copies ran (in order: copies complete in the order they were issued)
+    /// and whose pieces were digested.
     void reclaim_slots() {
-        if constexpr (asynchronous) staging_.reclaim([this](std::uint64_t ticket) { return sink_.copies_done(ticket); });
+        if (!asynchronous && !verifier_) return;
+        staging_.reclaim([this](std::uint64_t ticket, std::uint32_t slot) {
+            if (verifier_ && !verifier_->idle(slot)) return false;
+            if constexpr (asynchronous) return sink_.copies_done(ticket);
+            else return true;
+        });
     }
 
     void wait_oldest_copies() {
@@ -189,6 +223,7 @@ private:
     Destinations<Sk> destinations_;
     ReadQueue<Storage, Job> reads_;
     std::uint32_t next_extent_ = 0;
+    std::unique_ptr<Verifier> verifier_;  // with LoadOptions::verify; destroyed first: its threads read staging and the sink
 };
 
 }  // namespace instanttensor::pipeline

@@ -95,11 +95,12 @@ public:
     /// Slot `s` is free once the copies of `ticket` ran.
     void free_after(std::uint32_t s, std::uint64_t ticket) { copying_.push_back({s, ticket}); }
 
-    /// Frees the slots whose copies ran (`done(ticket)` says), oldest first; whether any was freed.
-    template <class CopiesDone>
-    bool reclaim(CopiesDone&& done) {
+    /// Frees the slots that nothing reads any more (`done(ticket, slot)` says: their copies ran),
+    /// oldest first; whether any was freed.
+    template <class Done>
+    bool reclaim(Done&& done) {
         bool freed = false;
-        while (!copying_.empty() && done(copying_.front().ticket)) {
+        while (!copying_.empty() && done(copying_.front().ticket, copying_.front().slot)) {
             free_.push_back(copying_.front().slot);
             copying_.pop_front();
             freed = true;

@@ -3,13 +3,16 @@
 #pragma once
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdio>
 #include <cstring>
 #include <numeric>
 #include <set>
+#include <vector>
 
 #include "instanttensor/detail/fd.hpp"
 #include "instanttensor/detail/utf8.hpp"
@@ -71,6 +74,77 @@ inline detail::FileDescriptor create_file(const std::filesystem::path& path) {
     return detail::FileDescriptor(fd);
 }
 
+/// Appends `"__metadata__":{...},` for a metadata that is not empty (keys in order).
+inline void append_metadata(std::string& json, const format::Metadata& metadata) {
+    for (const auto& [k, v] : metadata)
+        if (!is_utf8(k) || !is_utf8(v)) throw format_error("", "metadata " + quote_name(k) + " is not valid UTF-8");
+    if (metadata.empty()) return;
+    json.append("\"__metadata__\":{");
+    bool first = true;
+    for (const auto& [k, v] : metadata) {
+        if (!first) json.push_back(',');
+        first = false;
+        append_json_string(json, k);
+        json.push_back(':');
+        append_json_string(json, v);
+    }
+    json.append("},");
+}
+
+/// Appends one tensor's entry, `"name":{"dtype":...,"shape":[...],"data_offsets":[begin,end]},`.
+inline void append_tensor_entry(std::string& json, std::string_view name, format::Dtype dtype,
+                                std::span<const std::uint64_t> shape, std::uint64_t begin, std::uint64_t end) {
+    append_json_string(json, name);
+    json.append(":{\"dtype\":\"").append(format::to_string(dtype)).append("\",\"shape\":[");
+    for (std::size_t d = 0; d < shape.size(); ++d) json.append(d ? "," : "").append(std::to_string(shape[d]));
+    json.append("],\"data_offsets\":[").append(std::to_string(begin)).append(",").append(std::to_string(end)).append("]},");
+}
+
+/// Closes a header begun with "{" and entries that each end with a comma, and pads it with
+/// spaces to a multiple of 8 bytes.
+inline std::string& close_header(std::string& json) {
+    if (json.back() == ',') json.pop_back();
+    json.push_back('}');
+    json.append((8 - json.size() % 8) % 8, ' ');
+    if (json.size() > format::max_header_size)
+        throw format_error("", "header would exceed " + std::to_string(format::max_header_size) + " bytes");
+    return json;
+}
+
+/// The 8-byte little-endian length prefix of a header of `json_size` bytes.
+inline std::array<std::byte, format::header_length_size> length_prefix(std::uint64_t json_size) {
+    std::array<std::byte, format::header_length_size> prefix;
+    for (unsigned i = 0; i < prefix.size(); ++i) prefix[i] = static_cast<std::byte>((json_size >> (8 * i)) & 0xff);
+    return prefix;
+}
+
+/// Copies `length` bytes of `from` at `offset` to the end of `to`, in the kernel (copy_file_range),
+/// or through a buffer where the kernel cannot (another filesystem, an old kernel).
+inline void copy_file_bytes(int from, std::uint64_t offset, int to, std::uint64_t length, const std::string& source) {
+    auto in = static_cast<loff_t>(offset);
+    while (length > 0) {
+        const ssize_t n = ::copy_file_range(from, &in, to, nullptr, length, 0);
+        if (n > 0) {
+            length -= static_cast<std::uint64_t>(n);
+            continue;
+        }
+        if (n == 0) throw io_error(source, "ended " + std::to_string(length) + " bytes early while copying", 0);
+        if (errno == EINTR) continue;
+        if (errno != EXDEV && errno != ENOSYS && errno != EINVAL && errno != EOPNOTSUPP)
+            throw io_error(source, "copy_file_range failed", errno);
+        std::vector<std::byte> buffer(std::min<std::uint64_t>(length, 8u << 20));
+        while (length > 0) {
+            const ssize_t r = ::pread(from, buffer.data(), std::min<std::uint64_t>(length, buffer.size()), in);
+            if (r < 0 && errno == EINTR) continue;
+            if (r < 0) throw io_error(source, "read failed while copying", errno);
+            if (r == 0) throw io_error(source, "ended " + std::to_string(length) + " bytes early while copying", 0);
+            write_all(to, std::span(buffer).first(static_cast<std::size_t>(r)), source);
+            in += r;
+            length -= static_cast<std::uint64_t>(r);
+        }
+    }
+}
+
 inline std::uint64_t checked_size(const TensorSpec& t) {
     auto bytes = byte_size(t.dtype, t.shape);
     if (!bytes) throw format_error("", "tensor " + quote_name(t.name) + ": shape × dtype is not a whole number of bytes or overflows");
@@ -91,41 +165,20 @@ inline std::string make_header_json(std::vector<TensorSpec>& tensors, const Meta
         if (!detail::is_utf8(t.name))
             throw format_error("", "tensor name " + detail::quote_name(t.name) + " is not valid UTF-8");
     }
-    for (const auto& [k, v] : metadata)
-        if (!detail::is_utf8(k) || !detail::is_utf8(v))
-            throw format_error("", "metadata " + detail::quote_name(k) + " is not valid UTF-8");
     {
         std::set<std::string_view> names;
         for (const auto& t : tensors)
             if (!names.insert(t.name).second) throw format_error("", "duplicate tensor name " + detail::quote_name(t.name));
     }
     std::string json = "{";
-    if (!metadata.empty()) {
-        json.append("\"__metadata__\":{");
-        bool first = true;
-        for (const auto& [k, v] : metadata) {
-            if (!first) json.push_back(',');
-            first = false;
-            detail::append_json_string(json, k);
-            json.push_back(':');
-            detail::append_json_string(json, v);
-        }
-        json.push_back('}');
-    }
+    detail::append_metadata(json, metadata);
     std::uint64_t offset = 0;
     for (const auto& t : tensors) {
         const std::uint64_t size = detail::checked_size(t);
-        if (json.size() > 1) json.push_back(',');
-        detail::append_json_string(json, t.name);
-        json.append(":{\"dtype\":\"").append(to_string(t.dtype)).append("\",\"shape\":[");
-        for (std::size_t d = 0; d < t.shape.size(); ++d) json.append(d ? "," : "").append(std::to_string(t.shape[d]));
-        json.append("],\"data_offsets\":[").append(std::to_string(offset)).append(",");
+        detail::append_tensor_entry(json, t.name, t.dtype, t.shape, offset, offset + size);
         offset += size;
-        json.append(std::to_string(offset)).append("]}");
     }
-    json.push_back('}');
-    json.append((8 - json.size() % 8) % 8, ' ');
-    if (json.size() > max_header_size) throw format_error("", "header would exceed " + std::to_string(max_header_size) + " bytes");
+    detail::close_header(json);
     return json;
 }
 
@@ -140,12 +193,13 @@ inline std::vector<std::byte> serialize_safetensors(std::span<const TensorData> 
         bytes[t.spec.name] = t.bytes;
     }
     const std::string json = make_header_json(specs, metadata);
-    std::vector<std::byte> out(header_length_size);
-    const std::uint64_t n = json.size();
-    for (unsigned i = 0; i < 8; ++i) out[i] = static_cast<std::byte>((n >> (8 * i)) & 0xff);
-    const auto* j = reinterpret_cast<const std::byte*>(json.data());
-    out.insert(out.end(), j, j + json.size());
-    for (const auto& s : specs) out.insert(out.end(), bytes[s.name].begin(), bytes[s.name].end());
+    std::uint64_t size = header_length_size + json.size();
+    for (const auto& t : tensors) size += t.bytes.size();
+    std::vector<std::byte> out(size);
+    const auto prefix = detail::length_prefix(json.size());
+    auto at = std::copy(prefix.begin(), prefix.end(), out.begin());
+    at = std::copy_n(reinterpret_cast<const std::byte*>(json.data()), json.size(), at);
+    for (const auto& s : specs) at = std::copy(bytes[s.name].begin(), bytes[s.name].end(), at);
     return out;
 }
 
@@ -154,10 +208,7 @@ inline void write_safetensors(const std::filesystem::path& path, std::vector<Ten
     const std::string source = path.string();
     const std::string json = make_header_json(tensors, metadata);
     auto fd = detail::create_file(path);
-    std::byte prefix[header_length_size];
-    const std::uint64_t n = json.size();
-    for (unsigned i = 0; i < 8; ++i) prefix[i] = static_cast<std::byte>((n >> (8 * i)) & 0xff);
-    detail::write_all(fd.get(), prefix, source);
+    detail::write_all(fd.get(), detail::length_prefix(json.size()), source);
     detail::write_all(fd.get(), std::as_bytes(std::span(json)), source);
     if (!fill) {  // a hole of the data section's size: it reads as zeros
         std::uint64_t end = header_length_size + json.size();
@@ -182,6 +233,54 @@ inline void write_safetensors(const std::filesystem::path& path, std::span<const
     const auto bytes = serialize_safetensors(tensors, metadata);
     auto fd = detail::create_file(path);
     detail::write_all(fd.get(), bytes, path.string());
+}
+
+inline void rewrite_metadata(const std::filesystem::path& path, const Metadata& metadata) {
+    const std::string source = path.string();
+    const auto in = detail::open_read_only(path);
+    struct stat st {};
+    if (::fstat(in.get(), &st) != 0) throw io_error(source, "cannot stat", errno);
+    std::byte prefix[header_length_size];
+    if (::pread(in.get(), prefix, sizeof prefix, 0) != static_cast<ssize_t>(sizeof prefix)) throw io_error(source, "cannot read the header", errno);
+    const auto file_size = static_cast<std::uint64_t>(st.st_size);
+    const std::uint64_t n = decode_header_length(prefix, file_size, source);
+    std::string old_json(n, '\0');
+    if (::pread(in.get(), old_json.data(), n, header_length_size) != static_cast<ssize_t>(n)) throw io_error(source, "cannot read the header", errno);
+    const Header header = parse_header(old_json, file_size, source);
+
+    std::string json = "{";
+    try {
+        detail::append_metadata(json, metadata);
+    } catch (const format_error& e) {
+        throw format_error(source, e.message());
+    }
+    for (const TensorInfo& t : header.tensors) detail::append_tensor_entry(json, t.name, t.dtype, t.shape, t.begin, t.end);
+    detail::close_header(json);
+
+    // A name of its own beside the file (O_EXCL: never one that exists, nor a link planted there).
+    std::filesystem::path temporary;
+    int fd = -1;
+    for (unsigned attempt = 0; fd < 0; ++attempt) {
+        temporary = path.parent_path() / ("." + path.filename().string() + ".rewrite-" + std::to_string(attempt));
+        fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (fd < 0 && errno != EEXIST && errno != EINTR) throw io_error(temporary.string(), "cannot create", errno);
+        if (attempt > 1000) throw io_error(temporary.string(), "cannot create a temporary beside it", EEXIST);
+    }
+    const detail::FileDescriptor out(fd);
+    try {
+        detail::write_all(out.get(), detail::length_prefix(json.size()), temporary.string());
+        detail::write_all(out.get(), std::as_bytes(std::span(json)), temporary.string());
+        detail::copy_file_bytes(in.get(), header.data_offset(), out.get(), header.data_size, source);
+        if (::fchmod(out.get(), st.st_mode & 07777) != 0) throw io_error(temporary.string(), "cannot set its mode", errno);
+        if (::fsync(out.get()) != 0) throw io_error(temporary.string(), "cannot flush", errno);
+        std::error_code ec;
+        std::filesystem::rename(temporary, path, ec);
+        if (ec) throw io_error(source, "cannot replace it with " + temporary.string(), ec.value());
+    } catch (...) {
+        std::error_code ignored;
+        std::filesystem::remove(temporary, ignored);
+        throw;
+    }
 }
 
 inline std::filesystem::path write_sharded_checkpoint(const std::filesystem::path& directory,
