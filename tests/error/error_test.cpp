@@ -34,6 +34,8 @@ TEST_CASE("error: every error is a std::exception and an instanttensor::error, w
     check_catchable(it::format_error("model.safetensors", "bad header"), "model.safetensors: bad header");
     check_catchable(it::io_error("model.safetensors", "read failed at byte 8", EIO),
                     "model.safetensors: read failed at byte 8: Input/output error");
+    check_catchable(it::integrity_error("model.safetensors", "tensor 'w': its bytes digest to 1, m.xxh3 expects 2"),
+                    "model.safetensors: tensor 'w': its bytes digest to 1, m.xxh3 expects 2");
     check_catchable(it::cuda_error("cuda", "cudaMalloc failed"), "cuda: cudaMalloc failed");
     check_catchable(it::nccl_error("nccl", "ncclSend failed"), "nccl: ncclSend failed");
     check_catchable(it::unavailable_error("io_uring", "refused"), "io_uring: refused");

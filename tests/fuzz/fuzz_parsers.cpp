@@ -1,5 +1,5 @@
-// libFuzzer target for the safetensors header parser, the index parser, the index check and the
-// command's --split-rows matcher.
+// libFuzzer target for the safetensors header parser, the index parser, the index check, the
+// command's --split-rows matcher, and the parsers of digest manifests and seals.
 //
 // The first byte picks what is driven; the rest is the input:
 //   0  a safetensors file: a header accepted must survive a round trip through the writer (written
@@ -10,9 +10,13 @@
 //      tensor is where it is listed;
 //   3  a --split-rows expression, a NUL, then a safetensors file: the matcher runs in linear time
 //      (RE2) whatever the expression, and on three ranks each tensor's kept rows are the whole
-//      tensor, either on every rank or split between them.
+//      tensor, either on every rank or split between them;
+//   4  a manifest of digests (the `hash` layout): one accepted prints as text that parses back to
+//      the same digests and prints the same again;
+//   5  a safetensors file whose __metadata__ may hold a seal: one accepted gives every tensor a digest.
 // Inputs may be refused only with format_error, and an expression or a share only with usage_error.
 #include <instanttensor/format/checkpoint.hpp>
+#include <instanttensor/format/digests.hpp>
 #include <instanttensor/format/writer.hpp>
 
 #include "splits.hpp"
@@ -94,13 +98,28 @@ void split(std::span<const std::byte> input) {
     }
 }
 
+void digests(std::span<const std::byte> input) {
+    const auto parsed = it::TensorDigests::parse({reinterpret_cast<const char*>(input.data()), input.size()}, "fuzz");
+    const std::string text = parsed.text();
+    const auto again = it::TensorDigests::parse(text, "fuzz again");
+    check(again.size() == parsed.size() && again.text() == text);
+}
+
+void seal(std::span<const std::byte> file) {
+    const std::pair<std::string, std::span<const std::byte>> named[] = {{"fuzz", file}};
+    const auto checkpoint = it::Checkpoint::from_memory(named);
+    const auto sealed = it::TensorDigests::sealed(checkpoint);
+    check(sealed.size() == checkpoint.tensors().size());
+    for (const auto& t : checkpoint.tensors()) check(sealed.find(t.name()).has_value());
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     if (size == 0) return 0;
     const auto input = std::as_bytes(std::span(data + 1, size - 1));
     try {
-        switch (data[0] % 4) {
+        switch (data[0] % 6) {
         case 0: round_trip(input, it::parse_file_bytes(input, "fuzz")); break;
         case 1: {
             const auto index = it::parse_index({reinterpret_cast<const char*>(input.data()), input.size()}, "fuzz");
@@ -109,6 +128,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         }
         case 2: index_check(input); break;
         case 3: split(input); break;
+        case 4: digests(input); break;
+        case 5: seal(input); break;
         }
     } catch (const instanttensor::format_error&) {
         // refusing a malformed input is the expected outcome

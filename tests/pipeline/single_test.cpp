@@ -55,9 +55,6 @@ std::vector<fmt::TensorSpec> late_specs() {
     return specs;
 }
 
-template <class S>
-using LateLoaderOf = it::Loader<S, it::transport::single, LateCopySink>;
-
 }  // namespace
 
 TEST_CASE("single: hundreds of tiny tensors") {

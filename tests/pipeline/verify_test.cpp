@@ -52,9 +52,6 @@ fs::path write_corrupted(const fs::path& path, const std::vector<fmt::TensorSpec
     return path;
 }
 
-template <class S>
-using LateLoaderOf = it::Loader<S, it::transport::single, LateCopySink>;
-
 }  // namespace
 
 TEST_CASE("verify: every backend, page-cache policy and host sink yields the written bytes, each verified") {

@@ -17,6 +17,7 @@
 #include <span>
 
 #include "instanttensor/concepts.hpp"
+#include "instanttensor/loader.hpp"
 #include "instanttensor/sink/host.hpp"
 
 namespace instanttensor_test {
@@ -100,5 +101,9 @@ private:
 };
 
 static_assert(instanttensor::Sink<LateCopySink> && instanttensor::CopiesAsynchronously<LateCopySink>);
+
+/// A single load of storage `S` into a LateCopySink.
+template <class S>
+using LateLoaderOf = instanttensor::Loader<S, instanttensor::transport::single, LateCopySink>;
 
 }  // namespace instanttensor_test

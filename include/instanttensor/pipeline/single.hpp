@@ -59,7 +59,7 @@ public:
         if (options_.verify && options_.share)
             throw usage_error("loader", "verify digests whole tensors: a load that keeps blocks of them (LoadOptions::share) cannot verify");
         if (options_.verify && Storage::destination != MemoryKind::host)
-            throw usage_error(std::string(storage.name()), "reads into device memory, where verify cannot digest the bytes: load through a host backend");
+            throw usage_error(std::string(storage_.name()), "reads into device memory, where verify cannot digest the bytes: load through a host backend");
         TensorRange range;
         if (options_.share) {  // a block of a tensor: read the bytes it spans, land the block
             range = [this](const format::TensorRef& t) {

@@ -31,8 +31,8 @@
 
 namespace instanttensor::pipeline {
 
-/// Digesting threads when LoadOptions::verify_threads is 0: a quarter of the cores, 1 to 4. One
-/// thread digests XXH3 at about 10 GB/s from memory the kernel just wrote.
+/// Digesting threads when LoadOptions::verify_threads is 0: a quarter of the cores, 1 to 4, so that
+/// on a small machine digests leave cores to the reads (docs/benchmarks.md#verify).
 inline unsigned default_verify_threads() {
     return std::clamp(std::thread::hardware_concurrency() / 4, 1u, 4u);
 }
