@@ -23,6 +23,7 @@
 #include <re2/re2.h>
 
 #include "instanttensor/error.hpp"
+#include "instanttensor/format/header.hpp"
 
 namespace CLI {
 class App;
@@ -49,29 +50,12 @@ void add_load(CLI::App& app, Action& action);
 void add_plan(CLI::App& app, Action& action);
 void add_seal(CLI::App& app, Action& action);
 
-/// `text` with control characters (newline, tab, ESC, NUL, DEL...) written as \n, \t, \xNN, and a
-/// backslash as \\, so that a tensor name or path cannot break a table row or an error message in
-/// two, and a name holding a newline never prints like one holding a backslash and an n. Other
-/// bytes (UTF-8 included) pass unchanged.
+/// `text` as names and paths print: control characters and backslashes escaped
+/// (detail::append_escaped), so that a name cannot break a table row or a message in two.
 inline std::string escape_control(std::string_view text) {
     std::string out;
     out.reserve(text.size());
-    for (char ch : text) {
-        const auto c = static_cast<unsigned char>(ch);
-        if (c == '\\') {
-            out.append("\\\\");
-        } else if (c >= 0x20 && c != 0x7f) {
-            out.push_back(ch);
-        } else if (c == '\n') {
-            out.append("\\n");
-        } else if (c == '\r') {
-            out.append("\\r");
-        } else if (c == '\t') {
-            out.append("\\t");
-        } else {
-            out.append(fmt::format("\\x{:02x}", c));
-        }
-    }
+    detail::append_escaped(out, text);
     return out;
 }
 

@@ -29,16 +29,6 @@ struct SealOptions {
     LoadSettings settings;
 };
 
-/// Whether two headers describe the same tensors at the same offsets.
-bool same_tensors(const format::Header& a, const format::Header& b) {
-    if (a.data_size != b.data_size || a.tensors.size() != b.tensors.size()) return false;
-    for (std::size_t i = 0; i < a.tensors.size(); ++i) {
-        const format::TensorInfo &x = a.tensors[i], &y = b.tensors[i];
-        if (x.name != y.name || x.dtype != y.dtype || x.shape != y.shape || x.begin != y.begin || x.end != y.end) return false;
-    }
-    return true;
-}
-
 int run_seal(const SealOptions& options) {
     const auto checkpoint = format::Checkpoint::open(to_paths(options.paths));
     if (checkpoint.remote()) throw usage_error("seal", "rewrites the files it seals: seal a local copy, then upload it");
@@ -47,11 +37,9 @@ int run_seal(const SealOptions& options) {
         const std::string shown = escape_control(file.path.string());
         format::TensorDigests own;
         for (const format::TensorInfo& t : file.header.tensors) own.add(t.name, *digests.find(t.name));
-        if (!same_tensors(format::read_header(file.path), file.header))
-            throw format_error(file.path.string(), "its header changed while its tensors were digested: not sealed");
         format::Metadata metadata = file.header.metadata;
         metadata.insert_or_assign(std::string(format::seal_key), own.text());
-        format::rewrite_metadata(file.path, metadata);
+        format::rewrite_metadata(file.path, file.header, metadata);
         print("sealed {} ({})\n", shown, count_of(own.size(), "tensor"));
     }
     return exit_ok;

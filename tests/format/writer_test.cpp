@@ -410,3 +410,39 @@ TEST_CASE("writer: io errors name the path") {
     CHECK(t.kind == "io_error");
     CHECK(contains(t.what, (tmp / "file" / "ckpt").string()));
 }
+
+TEST_CASE("writer: rewrite_metadata replaces the metadata, tensors and their bytes unchanged, and refuses a changed file") {
+    TempDir tmp;
+    const fs::path path = tmp / "model.safetensors";
+    std::vector<std::byte> a(7), b(12);
+    for (std::size_t i = 0; i < a.size(); ++i) a[i] = static_cast<std::byte>(i + 1);
+    for (std::size_t i = 0; i < b.size(); ++i) b[i] = static_cast<std::byte>(0x80 + i);
+    const std::vector<TensorData> tensors{{{"a", Dtype::U8, {7}}, a}, {{"b", Dtype::F32, {3}}, b}};
+    fmt::write_safetensors(path, tensors, {{"format", "pt"}});
+    const fmt::Header before = fmt::read_header(path);
+    fs::permissions(path, fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read);
+
+    fmt::rewrite_metadata(path, before, {{"format", "pt"}, {"note", std::string(300, 'x')}});
+    const fmt::Header after = fmt::read_header(path);
+    CHECK(after.metadata == fmt::Metadata{{"format", "pt"}, {"note", std::string(300, 'x')}});
+    CHECK(after.json_size > before.json_size);
+    REQUIRE(after.tensors.size() == before.tensors.size());
+    for (std::size_t i = 0; i < after.tensors.size(); ++i) {
+        const auto& t = after.tensors[i];
+        CHECK(t.begin == before.tensors[i].begin);
+        const auto want = t.name == "a" ? a : b;
+        CHECK(pread_bytes(path, after.data_offset() + t.begin, t.nbytes()) == want);
+    }
+    CHECK(fs::status(path).permissions() == (fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read));
+    for (const auto& entry : fs::directory_iterator(tmp.path())) CHECK(entry.path() == path);  // no temporary left
+
+    // A header that no longer describes the file: refused, and the file left as it is.
+    fmt::Header stale = after;
+    stale.tensors[0].end += 1;
+    const auto kept = read_bytes(path);
+    const Thrown t = thrown_by([&] { fmt::rewrite_metadata(path, stale, {}); });
+    CHECK(t.kind == "format_error");
+    CHECK(t.source == path.string());
+    CHECK(contains(t.what, "its tensors changed since its header was read"));
+    CHECK(read_bytes(path) == kept);
+}

@@ -54,13 +54,15 @@ void write_safetensors(const std::filesystem::path& path, std::vector<TensorSpec
 void write_safetensors(const std::filesystem::path& path, std::span<const TensorData> tensors,
                        const Metadata& metadata = {});
 
-/// Replaces the "__metadata__" of the safetensors file at `path` by `metadata`, every tensor's
-/// bytes and offsets as they are: the header is validated, then the file is written anew beside
+/// Replaces the "__metadata__" of the safetensors file at `path`, whose header was read as
+/// `expected`, by `metadata`, every tensor's bytes and offsets as they are: the header is read
+/// again and validated (a file whose tensors or data section no longer match `expected` is a
+/// format_error, and is left as it is), then the file is written anew beside
 /// itself (a hidden temporary in the same directory: the header, then the data section copied by
 /// the kernel with copy_file_range, which shares the blocks where the filesystem can reflink them),
 /// flushed and renamed over it, so that a crash leaves either the old file or the new one. The
 /// file keeps its permission bits. Throws format_error, io_error.
-void rewrite_metadata(const std::filesystem::path& path, const Metadata& metadata);
+void rewrite_metadata(const std::filesystem::path& path, const Header& expected, const Metadata& metadata);
 
 /// Writes a checkpoint of `shard_count` files (model-0000i-of-0000N.safetensors) and its
 /// model.safetensors.index.json into `directory` (created if missing), keeping the given tensor

@@ -39,8 +39,6 @@ inline unsigned default_verify_threads() {
 
 class Verifier {
 public:
-    Verifier() = default;  // verifies nothing
-
     /// Verifies every tensor of `plan` against `digests` (each must have one: integrity_error
     /// names the first without), with `threads` threads, for a load of `slots` staging slots.
     Verifier(const Plan& plan, const format::TensorDigests& digests, std::uint32_t slots, unsigned threads)
@@ -73,8 +71,6 @@ public:
         for (auto& w : workers_) w.join();
     }
 
-    [[nodiscard]] bool active() const noexcept { return !workers_.empty(); }
-
     /// Extent `e` of the plan landed in `slot`: its pieces lie at `bytes` + their extent offsets, and
     /// stay there until idle(slot).
     void digest(const Extent& e, const std::byte* bytes, std::uint32_t slot) {
@@ -90,7 +86,7 @@ public:
 
     /// Whether no piece in `slot` waits to be digested.
     [[nodiscard]] bool idle(std::uint32_t slot) const {
-        return !active() || pending_[slot].load(std::memory_order_acquire) == 0;
+        return pending_[slot].load(std::memory_order_acquire) == 0;
     }
     /// Whether some piece waits to be digested.
     [[nodiscard]] bool busy() const { return outstanding_.load(std::memory_order_acquire) > 0; }
@@ -104,7 +100,6 @@ public:
 
     /// Whether tensor `t`'s bytes were digested and match; integrity_error when they do not.
     [[nodiscard]] bool verified(std::uint32_t t) const {
-        if (!active()) return true;
         switch (status_[t].load(std::memory_order_acquire)) {
         case Status::pending: return false;
         case Status::matches: return true;

@@ -11,30 +11,7 @@
 
 namespace instanttensor::detail {
 
-/// `name` as a digest line writes it, and whether it was escaped (see format/digests.hpp).
-inline bool escape_digest_name(std::string_view name, std::string& out) {
-    bool escaped = false;
-    for (char ch : name) {
-        const auto c = static_cast<unsigned char>(ch);
-        if (c >= 0x20 && c != 0x7f && c != '\\') {
-            out.push_back(ch);
-            continue;
-        }
-        escaped = true;
-        if (c == '\\') out.append("\\\\");
-        else if (c == '\n') out.append("\\n");
-        else if (c == '\r') out.append("\\r");
-        else if (c == '\t') out.append("\\t");
-        else {
-            char hex[5];
-            std::snprintf(hex, sizeof hex, "\\x%02x", c);
-            out.append(hex);
-        }
-    }
-    return escaped;
-}
-
-/// The name an escaped line writes as `text`, or nullopt for a bad escape.
+/// The name an escaped line writes as `text` (append_escaped undone), or nullopt for a bad escape.
 inline std::optional<std::string> unescape_digest_name(std::string_view text) {
     auto hex = [](char c) -> int {
         if (c >= '0' && c <= '9') return c - '0';
@@ -93,7 +70,7 @@ inline std::string TensorDigests::text() const {
     std::string out;
     for (const auto& [name, digest] : digests_) {
         std::string shown;
-        const bool escaped = detail::escape_digest_name(name, shown);
+        const bool escaped = detail::append_escaped(shown, name);
         out.append(escaped ? "\\" : "").append(digest_text(digest)).append("  ").append(shown).push_back('\n');
     }
     return out;

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cstdio>
 #include <cstring>
 #include <string>
 #include <utility>
@@ -29,6 +30,33 @@ inline std::string quote_name(std::string_view name) {
     s.reserve(name.size() + 2);
     s.append("'").append(name).append("'");
     return s;
+}
+
+/// Appends `text` to `out` with control characters (newline, tab, ESC, NUL, DEL...) written as \n,
+/// \r, \t, \xNN and a backslash as \\, so that a name or path cannot break a line in two and a
+/// name holding a newline never reads like one holding a backslash and an n. Other bytes (UTF-8
+/// included) pass unchanged. Returns whether anything was escaped. The command prints names and
+/// paths this way; digest lines (format/digests.hpp) write escaped names this way.
+inline bool append_escaped(std::string& out, std::string_view text) {
+    bool escaped = false;
+    for (char ch : text) {
+        const auto c = static_cast<unsigned char>(ch);
+        if (c >= 0x20 && c != 0x7f && c != '\\') {
+            out.push_back(ch);
+            continue;
+        }
+        escaped = true;
+        if (c == '\\') out.append("\\\\");
+        else if (c == '\n') out.append("\\n");
+        else if (c == '\r') out.append("\\r");
+        else if (c == '\t') out.append("\\t");
+        else {
+            char hex[5];
+            std::snprintf(hex, sizeof hex, "\\x%02x", c);
+            out.append(hex);
+        }
+    }
+    return escaped;
 }
 
 /// Builds the tensor table and metadata of a header from parser events. Where it is in the

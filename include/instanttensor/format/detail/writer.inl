@@ -118,6 +118,14 @@ inline std::array<std::byte, format::header_length_size> length_prefix(std::uint
     return prefix;
 }
 
+/// Whether two headers describe the same tensors (names, dtypes, shapes, offsets) and data section.
+inline bool same_tensors(const format::Header& a, const format::Header& b) {
+    auto same = [](const format::TensorInfo& x, const format::TensorInfo& y) {
+        return x.name == y.name && x.dtype == y.dtype && x.shape == y.shape && x.begin == y.begin && x.end == y.end;
+    };
+    return a.data_size == b.data_size && std::equal(a.tensors.begin(), a.tensors.end(), b.tensors.begin(), b.tensors.end(), same);
+}
+
 /// Copies `length` bytes of `from` at `offset` to the end of `to`, in the kernel (copy_file_range),
 /// or through a buffer where the kernel cannot (another filesystem, an old kernel).
 inline void copy_file_bytes(int from, std::uint64_t offset, int to, std::uint64_t length, const std::string& source) {
@@ -134,13 +142,11 @@ inline void copy_file_bytes(int from, std::uint64_t offset, int to, std::uint64_
             throw io_error(source, "copy_file_range failed", errno);
         std::vector<std::byte> buffer(std::min<std::uint64_t>(length, 8u << 20));
         while (length > 0) {
-            const ssize_t r = ::pread(from, buffer.data(), std::min<std::uint64_t>(length, buffer.size()), in);
-            if (r < 0 && errno == EINTR) continue;
-            if (r < 0) throw io_error(source, "read failed while copying", errno);
-            if (r == 0) throw io_error(source, "ended " + std::to_string(length) + " bytes early while copying", 0);
-            write_all(to, std::span(buffer).first(static_cast<std::size_t>(r)), source);
-            in += r;
-            length -= static_cast<std::uint64_t>(r);
+            const auto chunk = std::span(buffer).first(static_cast<std::size_t>(std::min<std::uint64_t>(length, buffer.size())));
+            read_exact(from, chunk, static_cast<std::uint64_t>(in), source);
+            write_all(to, chunk, source);
+            in += static_cast<loff_t>(chunk.size());
+            length -= chunk.size();
         }
     }
 }
@@ -235,18 +241,15 @@ inline void write_safetensors(const std::filesystem::path& path, std::span<const
     detail::write_all(fd.get(), bytes, path.string());
 }
 
-inline void rewrite_metadata(const std::filesystem::path& path, const Metadata& metadata) {
+inline void rewrite_metadata(const std::filesystem::path& path, const Header& expected, const Metadata& metadata) {
     const std::string source = path.string();
     const auto in = detail::open_read_only(path);
     struct stat st {};
     if (::fstat(in.get(), &st) != 0) throw io_error(source, "cannot stat", errno);
-    std::byte prefix[header_length_size];
-    if (::pread(in.get(), prefix, sizeof prefix, 0) != static_cast<ssize_t>(sizeof prefix)) throw io_error(source, "cannot read the header", errno);
-    const auto file_size = static_cast<std::uint64_t>(st.st_size);
-    const std::uint64_t n = decode_header_length(prefix, file_size, source);
-    std::string old_json(n, '\0');
-    if (::pread(in.get(), old_json.data(), n, header_length_size) != static_cast<ssize_t>(n)) throw io_error(source, "cannot read the header", errno);
-    const Header header = parse_header(old_json, file_size, source);
+    // Read from the descriptor the data section is copied from, so that both are of one file.
+    const Header header = detail::read_header(in.get(), detail::regular_file_size(in.get(), source), source);
+    if (!detail::same_tensors(header, expected))
+        throw format_error(source, "its tensors changed since its header was read: not rewritten");
 
     std::string json = "{";
     try {
