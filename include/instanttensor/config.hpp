@@ -1,6 +1,6 @@
 // instanttensor/config.hpp: the one place that decides which optional parts are compiled in.
 //
-// CMake defines INSTANTTENSOR_HAS_CUDA / _NCCL / _URING / _CURL to 0 or 1 on the instanttensor target,
+// CMake defines INSTANTTENSOR_HAS_CUDA / _NCCL / _URING / _CURL / _CRYPTO to 0 or 1 on the instanttensor target,
 // according to what it found and linked. A consumer that includes the headers without CMake gets
 // the answer from __has_include, and must then link what it asked for itself.
 #pragma once
@@ -34,6 +34,15 @@
 #    define INSTANTTENSOR_HAS_CURL 1
 #  else
 #    define INSTANTTENSOR_HAS_CURL 0
+#  endif
+#endif
+
+// Encrypted checkpoints (format/encryption.hpp): libsodium and OpenSSL's libcrypto.
+#if !defined(INSTANTTENSOR_HAS_CRYPTO)
+#  if __has_include(<sodium.h>) && __has_include(<openssl/evp.h>)
+#    define INSTANTTENSOR_HAS_CRYPTO 1
+#  else
+#    define INSTANTTENSOR_HAS_CRYPTO 0
 #  endif
 #endif
 

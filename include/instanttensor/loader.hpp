@@ -354,13 +354,13 @@ using DeviceLoader = FallbackLoader<storage::gds, storage::automatic, Sk>;
 namespace detail {
 /// The storages a load to GPU `device` tries, as `options.backend` asks: under Backend::automatic
 /// GDS first where its library and the nvidia-fs driver are present (storage::gds::available())
-/// and the load does not verify (GDS reads into device memory, where digests are not computed),
+/// and the load neither verifies nor decrypts (GDS reads into device memory, out of the CPU's reach),
 /// then io_uring, then pread; Backend::gds GDS alone; any other backend that one alone.
 inline std::pair<std::optional<storage::gds>, std::optional<storage::automatic>> device_storages(
     int device, storage::automatic::Options options, const LoadOptions& load) {
     std::pair<std::optional<storage::gds>, std::optional<storage::automatic>> tries;
     if (options.backend == storage::Backend::gds ||
-        (options.backend == storage::Backend::automatic && !load.verify && storage::gds::available()))
+        (options.backend == storage::Backend::automatic && !load.verify && !load.key && storage::gds::available()))
         tries.first.emplace(storage::gds::Options{.device = device});
     if (options.backend != storage::Backend::gds) tries.second.emplace(options);
     return tries;

@@ -4,7 +4,7 @@
 
 # Debian 12 packages the build needs (CUDA is optional and not from Debian: /usr/local/cuda).
 INSTANTTENSOR_BUILD_PACKAGES=(cmake ninja-build g++ pkg-config libboost-json1.81-dev libcli11-dev
-  libfmt-dev libxxhash-dev liburing-dev libre2-dev libcurl4-openssl-dev)
+  libfmt-dev libxxhash-dev liburing-dev libre2-dev libcurl4-openssl-dev libsodium-dev libssl-dev)
 # Added for the test suite: doctest, Google Benchmark, clang with libFuzzer and the sanitizers,
 # Python with venv and headers for the Python package, nginx and openssl for the remote tests' server.
 INSTANTTENSOR_TEST_PACKAGES=(doctest-dev libbenchmark-dev clang libclang-rt-14-dev python3 python3-venv python3-dev

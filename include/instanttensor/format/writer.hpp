@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "instanttensor/detail/fd.hpp"
 #include "instanttensor/format/dtype.hpp"
 #include "instanttensor/format/header.hpp"
 
@@ -53,6 +54,17 @@ void write_safetensors(const std::filesystem::path& path, std::vector<TensorSpec
 /// Writes a file from tensors held in memory.
 void write_safetensors(const std::filesystem::path& path, std::span<const TensorData> tensors,
                        const Metadata& metadata = {});
+
+/// The header JSON (padded) of a file with `header`'s tensors, at their offsets, and `metadata` in
+/// place of its "__metadata__". format_error for metadata that is not valid UTF-8.
+std::string header_json(const Header& header, const Metadata& metadata);
+
+/// Creates `path` for writing, failing if anything is there (io_error naming it): a file written
+/// anew never replaces one by accident, nor writes through a link planted there.
+detail::FileDescriptor create_new_file(const std::filesystem::path& path);
+
+/// Writes `bytes` at `offset` of `fd`, all of them (io_error naming `source`).
+void write_at(int fd, std::span<const std::byte> bytes, std::uint64_t offset, const std::string& source);
 
 /// Replaces the "__metadata__" of the safetensors file at `path`, whose header was read as
 /// `expected`, by `metadata`, every tensor's bytes and offsets as they are: the header is read

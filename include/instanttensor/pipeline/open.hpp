@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -11,6 +12,7 @@
 #include "instanttensor/detail/aligned.hpp"
 #include "instanttensor/error.hpp"
 #include "instanttensor/format/checkpoint.hpp"
+#include "instanttensor/format/encryption.hpp"
 #include "instanttensor/pipeline/options.hpp"
 #include "instanttensor/pipeline/plan.hpp"
 
@@ -32,12 +34,24 @@ enum class PlanAlignment : std::uint8_t {
 };
 
 /// Opens the checkpoint's files with `storage` and plans the selected tensors, in reads of at most
-/// one slot aligned as `alignment` says, of each tensor the bytes `range` says (make_plan).
+/// one slot aligned as `alignment` says, of each tensor the bytes `range` says, cut at each file's
+/// `chunk` (make_plan). A load that decrypts passes the chunk sizes (pipeline::Decryptor); one that
+/// passes none refuses a key, and every load without a key refuses an encrypted file.
 template <StorageBackend Storage>
 Plan open_and_plan(const format::Checkpoint& checkpoint, Storage& storage, const LoadOptions& options,
-                   PlanAlignment alignment = PlanAlignment::storage, const TensorRange& range = {}) {
+                   PlanAlignment alignment = PlanAlignment::storage, const TensorRange& range = {},
+                   std::span<const std::uint64_t> chunk = {}) {
     if (options.slot_bytes < min_slot_bytes || options.slot_bytes % detail::page_alignment != 0)
         throw usage_error("loader", "slot_bytes must be a multiple of 4096 and at least 12288");
+    if (options.key && chunk.empty())
+        throw usage_error("loader", "this load cannot decrypt (a key was given): group loads, loads of blocks (LoadOptions::share) "
+                                    "and loads through GDS read encrypted checkpoints only in a later version");
+    if (!options.key)
+        for (const format::CheckpointFile& file : checkpoint.files())
+            if (format::is_encrypted(file.header))
+                throw usage_error(file.path.string(), INSTANTTENSOR_HAS_CRYPTO
+                                                          ? "is encrypted: load it with its key (LoadOptions::key; --key-file or --key-env)"
+                                                          : "is encrypted, and this build cannot decrypt (it has no libsodium and OpenSSL)");
     storage.open(checkpoint);
     std::vector<std::uint64_t> aligned(checkpoint.files().size());
     for (std::uint32_t f = 0; f < aligned.size(); ++f) {
@@ -50,7 +64,7 @@ Plan open_and_plan(const format::Checkpoint& checkpoint, Storage& storage, const
             aligned[f] = detail::page_alignment;
         }
     }
-    return make_plan(checkpoint, options.filter, aligned, options.slot_bytes, range);
+    return make_plan(checkpoint, options.filter, aligned, options.slot_bytes, range, chunk);
 }
 
 /// Staging slots for a plan: what the staging size holds, at least two (a read and a copy

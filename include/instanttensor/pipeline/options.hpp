@@ -4,11 +4,16 @@
 
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <optional>
 
 #include "instanttensor/format/digests.hpp"
 #include "instanttensor/pipeline/plan.hpp"
 #include "instanttensor/pipeline/share.hpp"
+
+namespace instanttensor::format {
+class Key;  // format/encryption.hpp, in a build with libsodium and OpenSSL
+}
 
 namespace instanttensor {
 
@@ -24,6 +29,12 @@ struct LoadOptions {
     /// loads of whole tensors, from a storage that reads host memory (not GDS).
     std::optional<format::TensorDigests> verify;
     unsigned verify_threads = 0;                ///< threads digesting for verify; 0 = default_verify_threads()
+    /// The key of an encrypted checkpoint (format/encryption.hpp): every chunk is authenticated and
+    /// decrypted before its bytes are stored; a chunk that fails is an integrity_error. Needed for an
+    /// encrypted checkpoint, refused for a plain one. Single loads of whole tensors, from a storage
+    /// that reads host memory (not GDS).
+    std::shared_ptr<const format::Key> key;
+    unsigned decrypt_threads = 0;               ///< threads decrypting; 0 = default_decrypt_threads()
 
     // Group loads only (a GroupTransport); every rank must pass the same values.
     ShareFunction share;                        ///< what each rank keeps (pipeline/share.hpp); empty = everything

@@ -91,14 +91,19 @@ struct Plan {
 /// Plans the selected tensors of `checkpoint`. `alignment` gives each file's required alignment (a
 /// power of two; 1 for none), `max_extent_bytes` the largest read (a multiple of every alignment,
 /// at least three times the largest). `range` (called once per selected tensor, in plan order) reads
-/// only part of a tensor; a tensor with nothing to read is planned without pieces.
+/// only part of a tensor; a tensor with nothing to read is planned without pieces. `chunk`, when
+/// given, holds each file's chunk size (an encrypted file's, format/encryption.hpp; 1 for none): a
+/// piece then starts at a multiple of it within its tensor and ends at one or at the tensor's end,
+/// so that every chunk lands whole in one read.
 Plan make_plan(const format::Checkpoint& checkpoint, const TensorFilter& filter,
-               std::span<const std::uint64_t> alignment, std::uint64_t max_extent_bytes, const TensorRange& range = {});
+               std::span<const std::uint64_t> alignment, std::uint64_t max_extent_bytes, const TensorRange& range = {},
+               std::span<const std::uint64_t> chunk = {});
 
 inline Plan make_plan(const format::Checkpoint& checkpoint, const TensorFilter& filter,
-                      std::span<const std::uint64_t> alignment, std::uint64_t max_extent_bytes, const TensorRange& range) {
-    if (alignment.size() != checkpoint.files().size())
-        throw usage_error("make_plan", "one alignment per file is needed");
+                      std::span<const std::uint64_t> alignment, std::uint64_t max_extent_bytes, const TensorRange& range,
+                      std::span<const std::uint64_t> chunk) {
+    if (alignment.size() != checkpoint.files().size() || (!chunk.empty() && chunk.size() != alignment.size()))
+        throw usage_error("make_plan", "one alignment (and chunk size, if any) per file is needed");
     for (auto a : alignment)
         if (a == 0 || (a & (a - 1)) != 0 || max_extent_bytes % a != 0 || max_extent_bytes < 3 * a)
             throw usage_error("make_plan", "alignments must be powers of two dividing max_extent_bytes");
@@ -126,6 +131,9 @@ inline Plan make_plan(const format::Checkpoint& checkpoint, const TensorFilter& 
         plan.largest_tensor = std::max(plan.largest_tensor, ref.nbytes());
 
         const std::uint64_t a = alignment[ref.file];
+        const std::uint64_t g = chunk.empty() ? 1 : chunk[ref.file];
+        if (first % g != 0 || (last % g != 0 && last != ref.nbytes()))
+            throw usage_error("make_plan", "the range of tensor " + detail::quote_name(ref.name()) + " cuts one of its chunks");
         const bool own_extents = a == 1 && last - first >= max_extent_bytes;
         std::uint64_t cursor = ref.file_offset + first;
         const std::uint64_t end = ref.file_offset + last;
@@ -141,7 +149,17 @@ inline Plan make_plan(const format::Checkpoint& checkpoint, const TensorFilter& 
                 open = true;
             }
             // needed ≤ max_extent_bytes keeps the aligned length within it too (max is a multiple of a).
-            const std::uint64_t n = std::min(end - cursor, max_extent_bytes - e->needed);
+            std::uint64_t n = std::min(end - cursor, max_extent_bytes - e->needed);
+            if (n < end - cursor) n -= (cursor - ref.file_offset + n) % g;  // end on a chunk's end
+            if (n == 0) {  // not one chunk fits in what is left of the extent
+                if (e->piece_count == 0)
+                    throw usage_error("make_plan", "a read of " + std::to_string(max_extent_bytes) + " bytes cannot hold a chunk of " +
+                                                       std::to_string(g) + " bytes of tensor " + detail::quote_name(ref.name()) +
+                                                       ": read more at once (slot_bytes, --slot-mib)");
+                close_extent();
+                open = false;
+                continue;
+            }
             plan.pieces.push_back({index, cursor - ref.file_offset, e->needed, n});
             e->needed += n;
             ++e->piece_count;

@@ -5,10 +5,13 @@
 // the slot is freed: at once for a synchronous sink, once the sink says its copies out of the slot
 // ran for one that copies asynchronously (a device sink). Reads run ahead of the consumer as far
 // as staging and the sink's ring allow. Everything runs in the caller's thread, in load(), but the
-// digests of a verified load (LoadOptions::verify), which a Verifier's threads compute.
+// decryption of an encrypted checkpoint (LoadOptions::key), which a Decryptor's threads run on each
+// read before its bytes are stored, and the digests of a verified load (LoadOptions::verify), which
+// a Verifier's threads compute.
 #pragma once
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -19,6 +22,7 @@
 #include "instanttensor/concepts.hpp"
 #include "instanttensor/error.hpp"
 #include "instanttensor/format/checkpoint.hpp"
+#include "instanttensor/pipeline/decryptor.hpp"
 #include "instanttensor/pipeline/destinations.hpp"
 #include "instanttensor/pipeline/open.hpp"
 #include "instanttensor/pipeline/options.hpp"
@@ -60,6 +64,14 @@ public:
             throw usage_error("loader", "verify digests whole tensors: a load that keeps blocks of them (LoadOptions::share) cannot verify");
         if (options_.verify && Storage::destination != MemoryKind::host)
             throw usage_error(std::string(storage_.name()), "reads into device memory, where verify cannot digest the bytes: load through a host backend");
+        std::vector<std::uint64_t> chunk;  // each file's chunk size, when decrypting
+#if INSTANTTENSOR_HAS_CRYPTO
+        if (options_.key && !options_.share && Storage::destination == MemoryKind::host) {
+            decryptor_ = std::make_unique<Decryptor>(checkpoint_, *options_.key,
+                                                     options_.decrypt_threads ? options_.decrypt_threads : default_decrypt_threads());
+            chunk = decryptor_->chunk_sizes();
+        }
+#endif
         TensorRange range;
         if (options_.share) {  // a block of a tensor: read the bytes it spans, land the block
             range = [this](const format::TensorRef& t) {
@@ -67,7 +79,7 @@ public:
                 return std::pair{k.begin, k.end()};
             };
         }
-        plan_ = open_and_plan(checkpoint_, storage_, options_, PlanAlignment::storage, range);
+        plan_ = open_and_plan(checkpoint_, storage_, options_, PlanAlignment::storage, range, chunk);
         const std::uint64_t slots = staging_slots(plan_, options_);
         int device = 0;
         if constexpr (Storage::destination == MemoryKind::device) device = storage_.device();
@@ -79,6 +91,9 @@ public:
         if constexpr (asynchronous) sink_.prepare_copies(slots);
         destinations_ = Destinations<Sk>(sink_, plan_, kept_);
         reads_ = ReadQueue<Storage, Job>(storage_, checkpoint_, stats_, slots);
+#if INSTANTTENSOR_HAS_CRYPTO
+        if (decryptor_) decrypting_.resize(slots);
+#endif
         if (options_.verify)
             verifier_ = std::make_unique<Verifier>(plan_, *options_.verify, static_cast<std::uint32_t>(slots),
                                                    options_.verify_threads ? options_.verify_threads : default_verify_threads());
@@ -101,8 +116,11 @@ public:
     /// A verified load also waits for the digests: blocking on the Verifier when nothing else is left.
     void load(std::uint32_t t) {
         for (;;) {
-            // Taken before anything is checked: a digest finishing after the checks below must not
-            // read as a load with nothing left to wait for.
+            // Taken before anything is checked: a decryption or a digest finishing after the checks
+            // below must not read as a load with nothing left to wait for. The reads decrypted land
+            // first: landing hands their pieces to the Verifier.
+            const std::uint64_t decrypted = decrypted_chunks();
+            land_decrypted();
             const bool digesting = verifier_ && verifier_->busy();
             const std::uint64_t digested = verifier_ ? verifier_->progress() : 0;
             reclaim_slots();
@@ -110,7 +128,12 @@ public:
             if (destinations_.complete(t) && verified(t)) return;
             const bool watching_copies = asynchronous && staging_.copying();
             if (reads_.in_flight() > 0) {
-                if (reads_.reap(!watching_copies, [this](const Read& r) { land(r); }) == 0) std::this_thread::yield();
+                if (reads_.reap(!watching_copies && !decrypting(), [this](const Read& r) { arrived(r); }) == 0) {
+                    if (decrypting()) wait_decrypted(decrypted, std::chrono::microseconds(100));  // then look at the reads again
+                    else std::this_thread::yield();
+                }
+            } else if (decrypting()) {
+                wait_decrypted(decrypted, std::chrono::milliseconds(100));
             } else if (digesting) {
                 verifier_->wait_past(digested);
             } else if (watching_copies) {
@@ -153,6 +176,48 @@ private:
             first.extent_offset == 0 && e.length == first.length && kept_whole(first.tensor))
             return destinations_.at(first.tensor).data() + first.tensor_offset;
         return staging_.slot(slot);
+    }
+
+    /// A read is complete: it lands, once decrypted if the checkpoint is encrypted.
+    void arrived(const Read& read) {
+#if INSTANTTENSOR_HAS_CRYPTO
+        if (decryptor_) {
+            decrypting_[read.job.slot] = read;
+            decryptor_->decrypt(plan_, plan_.extents[read.job.extent], read.buffer, read.job.slot);
+            return;
+        }
+#endif
+        land(read);
+    }
+
+    /// Whether reads are being decrypted.
+    bool decrypting() const {
+#if INSTANTTENSOR_HAS_CRYPTO
+        return decryptor_ && decryptor_->busy();
+#else
+        return false;
+#endif
+    }
+
+    /// Chunks decrypted so far (Decryptor::progress).
+    std::uint64_t decrypted_chunks() const {
+#if INSTANTTENSOR_HAS_CRYPTO
+        if (decryptor_) return decryptor_->progress();
+#endif
+        return 0;
+    }
+
+    /// Lands the reads that were decrypted (integrity_error for one that failed authentication).
+    void land_decrypted() {
+#if INSTANTTENSOR_HAS_CRYPTO
+        if (decryptor_) decryptor_->finish([this](std::uint32_t slot) { land(decrypting_[slot]); });
+#endif
+    }
+
+    void wait_decrypted([[maybe_unused]] std::uint64_t seen, [[maybe_unused]] std::chrono::microseconds timeout) {
+#if INSTANTTENSOR_HAS_CRYPTO
+        decryptor_->wait_past(seen, timeout);
+#endif
     }
 
     /// Stores the pieces of a complete read to their tensors (unless it was read in place) and
@@ -224,6 +289,10 @@ private:
     ReadQueue<Storage, Job> reads_;
     std::uint32_t next_extent_ = 0;
     std::unique_ptr<Verifier> verifier_;  // with LoadOptions::verify; destroyed first: its threads read staging and the sink
+#if INSTANTTENSOR_HAS_CRYPTO
+    std::vector<Read> decrypting_;         // by slot: the reads the Decryptor holds
+    std::unique_ptr<Decryptor> decryptor_; // with LoadOptions::key; destroyed first: its threads write staging and the sink
+#endif
 };
 
 }  // namespace instanttensor::pipeline

@@ -241,6 +241,33 @@ inline void write_safetensors(const std::filesystem::path& path, std::span<const
     detail::write_all(fd.get(), bytes, path.string());
 }
 
+inline std::string header_json(const Header& header, const Metadata& metadata) {
+    std::string json = "{";
+    detail::append_metadata(json, metadata);
+    for (const TensorInfo& t : header.tensors) detail::append_tensor_entry(json, t.name, t.dtype, t.shape, t.begin, t.end);
+    return detail::close_header(json);
+}
+
+inline detail::FileDescriptor create_new_file(const std::filesystem::path& path) {
+    int fd;
+    do {
+        fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644);
+    } while (fd < 0 && errno == EINTR);
+    if (fd < 0 && errno == EEXIST) throw io_error(path.string(), "exists: not overwritten", EEXIST);
+    if (fd < 0) throw io_error(path.string(), "cannot create", errno);
+    return detail::FileDescriptor(fd);
+}
+
+inline void write_at(int fd, std::span<const std::byte> bytes, std::uint64_t offset, const std::string& source) {
+    while (!bytes.empty()) {
+        const ssize_t n = ::pwrite(fd, bytes.data(), bytes.size(), static_cast<off_t>(offset));
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) throw io_error(source, "write failed at byte " + std::to_string(offset), errno);
+        bytes = bytes.subspan(static_cast<std::size_t>(n));
+        offset += static_cast<std::uint64_t>(n);
+    }
+}
+
 inline void rewrite_metadata(const std::filesystem::path& path, const Header& expected, const Metadata& metadata) {
     const std::string source = path.string();
     const auto in = detail::open_read_only(path);
@@ -251,14 +278,12 @@ inline void rewrite_metadata(const std::filesystem::path& path, const Header& ex
     if (!detail::same_tensors(header, expected))
         throw format_error(source, "its tensors changed since its header was read: not rewritten");
 
-    std::string json = "{";
+    std::string json;
     try {
-        detail::append_metadata(json, metadata);
+        json = header_json(header, metadata);
     } catch (const format_error& e) {
         throw format_error(source, e.message());
     }
-    for (const TensorInfo& t : header.tensors) detail::append_tensor_entry(json, t.name, t.dtype, t.shape, t.begin, t.end);
-    detail::close_header(json);
 
     // A name of its own beside the file (O_EXCL: never one that exists, nor a link planted there).
     std::filesystem::path temporary;

@@ -1,0 +1,207 @@
+// instanttensor/pipeline/decryptor.hpp: decrypts the reads of an encrypted checkpoint
+// (format/encryption.hpp, LoadOptions::key) before the pipeline stores their bytes.
+//
+// The pipeline hands over each read once its bytes are there (in the staging slot, or, read in
+// place, in the destination); a pool of threads authenticates and decrypts its chunks in place,
+// each chunk on its own (the plan cuts pieces at chunk boundaries: make_plan's `chunk`), and hands
+// the read back once all of them are done. Only then does the pipeline store the bytes to their
+// tensors, so the sinks, and the copy engine reading a slot, see plaintext only. A chunk that fails
+// authentication is wiped where it lies and the read comes back as an integrity_error naming the
+// tensor, the file and the chunk: no byte of it is ever yielded.
+#pragma once
+
+#include "instanttensor/config.hpp"
+
+#if INSTANTTENSOR_HAS_CRYPTO
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "instanttensor/detail/aead.hpp"
+#include "instanttensor/error.hpp"
+#include "instanttensor/format/checkpoint.hpp"
+#include "instanttensor/format/encryption.hpp"
+#include "instanttensor/pipeline/plan.hpp"
+
+namespace instanttensor::pipeline {
+
+/// Decrypting threads when LoadOptions::decrypt_threads is 0: every core but one (left to the
+/// reads and the loader's thread), at least one, at most 16.
+inline unsigned default_decrypt_threads() {
+    return std::clamp(std::thread::hardware_concurrency(), 2u, 17u) - 1;
+}
+
+class Decryptor {
+public:
+    /// Decrypts the files of `checkpoint` with `key` on `threads` threads. Each file must be
+    /// encrypted (usage_error naming one that is not) and with this key (integrity_error): both are
+    /// checked here, before any read.
+    Decryptor(const format::Checkpoint& checkpoint, const format::Key& key, unsigned threads) : checkpoint_(&checkpoint) {
+        encryptions_.reserve(checkpoint.files().size());
+        ciphers_.reserve(checkpoint.files().size());
+        for (const format::CheckpointFile& file : checkpoint.files()) {
+            auto encryption = format::Encryption::of(file.header, file.path.native());
+            if (!encryption)
+                throw usage_error(file.path.string(), "is not encrypted, but a key was given to decrypt it (LoadOptions::key)");
+            encryptions_.push_back(std::move(*encryption));
+        }
+        for (std::size_t f = 0; f < encryptions_.size(); ++f)
+            ciphers_.emplace_back(checkpoint.files()[f].header, encryptions_[f], key, checkpoint.files()[f].path.native());
+        for (unsigned i = 0; i < std::max(threads, 1u); ++i) workers_.emplace_back([this] { work(); });
+    }
+
+    Decryptor(const Decryptor&) = delete;
+    Decryptor& operator=(const Decryptor&) = delete;
+    /// Waits for the chunks being decrypted (they lie in staging and the sink's memory); drops the rest.
+    ~Decryptor() {
+        {
+            std::lock_guard lock(mutex_);
+            stopping_ = true;
+        }
+        work_ready_.notify_all();
+        for (auto& w : workers_) w.join();
+    }
+
+    /// Each file's chunk size, for make_plan.
+    [[nodiscard]] std::vector<std::uint64_t> chunk_sizes() const {
+        std::vector<std::uint64_t> sizes;
+        for (const auto& e : encryptions_) sizes.push_back(e.chunk_bytes);
+        return sizes;
+    }
+
+    /// Read `id` of extent `e` of `plan` is there: its pieces lie at `bytes` + their extent offsets.
+    void decrypt(const Plan& plan, const Extent& e, std::byte* bytes, std::uint32_t id) {
+        std::vector<Work> chunks;
+        for (std::uint32_t p = e.first_piece; p < e.first_piece + e.piece_count; ++p) {
+            const Piece& piece = plan.pieces[p];
+            const format::TensorRef& ref = *plan.tensors[piece.tensor].ref;
+            const std::size_t tensor = static_cast<std::size_t>(ref.info - checkpoint_->files()[ref.file].header.tensors.data());
+            const std::uint64_t size = encryptions_[ref.file].chunk_bytes;
+            for (std::uint64_t at = piece.tensor_offset; at < piece.tensor_offset + piece.length; at += size) {
+                const std::uint64_t length = std::min(size, ref.nbytes() - at);
+                chunks.push_back({id, ref.file, tensor, at / size, {bytes + piece.extent_offset + (at - piece.tensor_offset), length}});
+            }
+        }
+        {
+            std::lock_guard lock(mutex_);
+            reads_[id].chunks = chunks.size();
+            work_.insert(work_.end(), chunks.begin(), chunks.end());
+            if (chunks.empty()) finished_.push_back(id);
+        }
+        ++handed_over_;
+        work_ready_.notify_all();
+    }
+
+    /// Calls `done(id)` for each read whose chunks are all decrypted; integrity_error for one whose
+    /// chunk failed authentication.
+    template <class Done>
+    void finish(Done&& done) {
+        std::vector<std::uint32_t> ids;
+        Pending failed;
+        {
+            std::lock_guard lock(mutex_);
+            ids.swap(finished_);
+            for (std::uint32_t id : ids) {
+                if (failed.failure.empty()) failed = std::move(reads_[id]);
+                reads_.erase(id);
+            }
+        }
+        handed_over_ -= ids.size();
+        if (!failed.failure.empty()) throw integrity_error(failed.file, failed.failure);
+        for (std::uint32_t id : ids) done(id);
+    }
+
+    /// Whether some read handed over has not come back through finish().
+    [[nodiscard]] bool busy() const noexcept { return handed_over_ > 0; }
+    /// Chunks decrypted so far: what wait_past waits to grow.
+    [[nodiscard]] std::uint64_t progress() const { return decrypted_.load(std::memory_order_acquire); }
+    /// Blocks until more than `seen` chunks were decrypted, or for at most `timeout`.
+    void wait_past(std::uint64_t seen, std::chrono::microseconds timeout) {
+        std::unique_lock lock(mutex_);
+        progressed_.wait_for(lock, timeout, [&] { return progress() > seen || !finished_.empty(); });
+    }
+
+private:
+    /// A chunk to decrypt: the read it belongs to, its file, its tensor's index in that file's
+    /// header, its index within the tensor, and its bytes.
+    struct Work {
+        std::uint32_t id;
+        std::uint32_t file;
+        std::size_t tensor;
+        std::uint64_t chunk;
+        std::span<std::byte> bytes;
+    };
+    struct Pending {
+        std::size_t chunks = 0;  // not yet decrypted
+        std::string file;        // of the first chunk that failed authentication, where it is
+        std::string failure;     // and what failed
+    };
+
+    void work() {
+        std::optional<detail::Aead> gcm, chacha;  // this thread's, made on first use
+        std::unique_lock lock(mutex_);
+        for (;;) {
+            work_ready_.wait(lock, [&] { return stopping_ || !work_.empty(); });
+            if (stopping_) return;
+            const Work w = work_.front();
+            work_.pop_front();
+            ++outstanding_;
+            lock.unlock();
+            const format::Encryption& encryption = encryptions_[w.file];
+            auto& aead = encryption.cipher == format::Cipher::aes_256_gcm ? gcm : chacha;
+            if (!aead) aead.emplace(encryption.cipher);
+            const bool authentic = ciphers_[w.file].open(*aead, w.tensor, w.chunk, w.bytes);
+            lock.lock();
+            --outstanding_;
+            Pending& read = reads_[w.id];
+            if (!authentic && read.failure.empty()) {
+                read.file = checkpoint_->files()[w.file].path.string();
+                read.failure = failure(w);
+            }
+            if (--read.chunks == 0) finished_.push_back(w.id);
+            decrypted_.fetch_add(1, std::memory_order_release);
+            progressed_.notify_all();
+        }
+    }
+
+    std::string failure(const Work& w) const {
+        const format::TensorInfo& t = checkpoint_->files()[w.file].header.tensors[w.tensor];
+        const std::uint64_t size = encryptions_[w.file].chunk_bytes;
+        return "tensor " + detail::quote_name(t.name) + ": chunk " + std::to_string(w.chunk) + " of " +
+               std::to_string(encryptions_[w.file].chunks_of(t.nbytes())) + " (bytes " + std::to_string(w.chunk * size) + " to " +
+               std::to_string(w.chunk * size + w.bytes.size()) + ") fails authentication (" +
+               std::string(format::cipher_name(encryptions_[w.file].cipher)) +
+               "): its bytes, its tag or the header were changed, or chunks were moved";
+    }
+
+    const format::Checkpoint* checkpoint_;
+    std::vector<format::Encryption> encryptions_;  // per file
+    std::vector<format::FileCipher> ciphers_;      // per file, pointing into encryptions_
+    std::size_t handed_over_ = 0;                  // the pipeline's thread only
+    std::atomic<std::uint64_t> decrypted_ = 0;
+
+    std::mutex mutex_;
+    std::condition_variable work_ready_;
+    std::condition_variable progressed_;
+    std::deque<Work> work_;
+    std::size_t outstanding_ = 0;  // chunks a thread is decrypting
+    std::unordered_map<std::uint32_t, Pending> reads_;
+    std::vector<std::uint32_t> finished_;
+    bool stopping_ = false;
+    std::vector<std::thread> workers_;  // last: started once everything above is
+};
+
+}  // namespace instanttensor::pipeline
+
+#endif  // INSTANTTENSOR_HAS_CRYPTO
