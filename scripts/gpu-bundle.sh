@@ -12,11 +12,11 @@ ensure_packages "${INSTANTTENSOR_BUILD_PACKAGES[@]}" "${INSTANTTENSOR_TEST_PACKA
 # Without libcurl: the GPU machine measures local loads, and its libcurl is not known.
 BUILD_TYPE=Release configure build-gpu -DINSTANTTENSOR_WITH_CUDA=ON -DINSTANTTENSOR_WITH_URING=ON -DINSTANTTENSOR_WITH_CURL=OFF
 cmake --build build-gpu -j "$(nproc)" --target instanttensor_cli instanttensor_gpu_test instanttensor_bench_ceilings \
-  instanttensor_bench_verify
+  instanttensor_bench_integrity
 
 rm -rf .device && mkdir -p .device/bin .device/lib
 cp build-gpu/bin/instanttensor build-gpu/bin/instanttensor_gpu_test build-gpu/bin/instanttensor_bench_ceilings \
-  build-gpu/bin/instanttensor_bench_verify .device/bin/
+  build-gpu/bin/instanttensor_bench_integrity .device/bin/
 strip .device/bin/*
 # Every library the binaries link that is neither glibc's, the C++ runtime's nor CUDA's.
 ldd .device/bin/* | awk '/=> \// {print $3}' | sort -u |

@@ -49,6 +49,7 @@ void add_sample(CLI::App& app, Action& action);
 void add_load(CLI::App& app, Action& action);
 void add_plan(CLI::App& app, Action& action);
 void add_seal(CLI::App& app, Action& action);
+void add_crypt(CLI::App& app, Action& action);  // keygen, encrypt, decrypt
 
 /// `text` as names and paths print: control characters and backslashes escaped
 /// (detail::append_escaped), so that a name cannot break a table row or a message in two.

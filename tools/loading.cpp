@@ -21,39 +21,6 @@ namespace {
 
 using clock_type = std::chrono::steady_clock;
 
-/// A one-line progress bar on stderr, redrawn at most ten times a second; silent when stderr is
-/// not a terminal, so logs and pipes get no control characters.
-class ProgressBar {
-public:
-    ProgressBar(std::uint64_t total, bool enabled) : total_(total), enabled_(enabled && ::isatty(2) == 1) {}
-    ~ProgressBar() {
-        if (drawn_) std::fputs("\r\033[K", stderr);
-    }
-
-    void update(std::uint64_t done) {
-        if (!enabled_) return;
-        const auto now = clock_type::now();
-        if (drawn_ && now - last_ < std::chrono::milliseconds(100) && done < total_) return;
-        last_ = now;
-        drawn_ = true;
-        constexpr int width = 30;
-        const double fraction = total_ == 0 ? 1.0 : static_cast<double>(done) / static_cast<double>(total_);
-        const int filled = static_cast<int>(fraction * width);
-        const double seconds = std::chrono::duration<double>(now - start_).count();
-        fmt::print(stderr, "\r[{}{}] {:3.0f}% {} of {}, {:.1f} GB/s\033[K", std::string(static_cast<std::size_t>(filled), '#'),
-                   std::string(static_cast<std::size_t>(width - filled), ' '), fraction * 100, human_bytes(done),
-                   human_bytes(total_), seconds > 0 ? static_cast<double>(done) / seconds / 1e9 : 0.0);
-        std::fflush(stderr);
-    }
-
-private:
-    std::uint64_t total_;
-    bool enabled_;
-    bool drawn_ = false;
-    clock_type::time_point start_ = clock_type::now();
-    clock_type::time_point last_{};
-};
-
 std::uint64_t peak_rss() {
     rusage usage{};
     ::getrusage(RUSAGE_SELF, &usage);
@@ -213,6 +180,8 @@ void add_load_options(CLI::App& sub, LoadSettings& settings, const std::string& 
         ->capture_default_str()
         ->check(whole_number(1, 8));
 
+    add_key_options(sub, settings.key, false);
+
     auto* group = sub.add_option_group("group", "Loading as one rank of an NCCL group (docs/distributed.md)");
     group->add_option("--ranks", settings.ranks, "Load as one of N processes, each reading 1/N; 1 runs the group path on one GPU")
         ->type_name("N")
@@ -256,6 +225,41 @@ void add_load_options(CLI::App& sub, LoadSettings& settings, const std::string& 
     });
 }
 
+ProgressBar::ProgressBar(std::uint64_t total, bool enabled) : total_(total), enabled_(enabled && ::isatty(2) == 1) {}
+
+ProgressBar::~ProgressBar() {
+    if (drawn_) std::fputs("\r\033[K", stderr);
+}
+
+void ProgressBar::update(std::uint64_t done) {
+    if (!enabled_) return;
+    const auto now = clock_type::now();
+    if (drawn_ && now - last_ < std::chrono::milliseconds(100) && done < total_) return;
+    last_ = now;
+    drawn_ = true;
+    constexpr int width = 30;
+    const double fraction = total_ == 0 ? 1.0 : static_cast<double>(done) / static_cast<double>(total_);
+    const int filled = static_cast<int>(fraction * width);
+    const double seconds = std::chrono::duration<double>(now - start_).count();
+    fmt::print(stderr, "\r[{}{}] {:3.0f}% {} of {}, {:.1f} GB/s\033[K", std::string(static_cast<std::size_t>(filled), '#'),
+               std::string(static_cast<std::size_t>(width - filled), ' '), fraction * 100, human_bytes(done), human_bytes(total_),
+               seconds > 0 ? static_cast<double>(done) / seconds / 1e9 : 0.0);
+    std::fflush(stderr);
+}
+
+void add_key_options(CLI::App& sub, KeySource& key, bool required) {
+    auto* group = sub.add_option_group("key", "The key of an encrypted checkpoint (docs/integrity.md); never on the command line");
+    group->add_option("--key-file", key.file, "File holding the key (`instanttensor keygen` writes one)")->type_name("FILE");
+    group->add_option("--key-env", key.environment, "Environment variable holding the key (64 hex digits)")->type_name("NAME");
+    group->require_option(required ? 1 : 0, 1);
+}
+
+#if INSTANTTENSOR_HAS_CRYPTO
+format::Key read_key(const KeySource& source) {
+    return source.file.empty() ? format::Key::from_environment(source.environment) : format::Key::read(source.file);
+}
+#endif
+
 LoadReport load_checkpoint(const format::Checkpoint& checkpoint, const LoadSettings& settings, [[maybe_unused]] bool want_host_bytes,
                            const TensorConsumer& consume) {
     storage::automatic::Options storage{storage::parse_backend(settings.backend).value_or(storage::Backend::automatic),
@@ -269,6 +273,13 @@ LoadReport load_checkpoint(const format::Checkpoint& checkpoint, const LoadSetti
     const std::uint64_t ring_bytes = settings.ring_mib << 20;
     if (!settings.verify_with.empty()) options.verify = format::TensorDigests::read(settings.verify_with);
     else if (settings.verify) options.verify = format::TensorDigests::sealed(checkpoint);
+    if (settings.key.given()) {
+#if INSTANTTENSOR_HAS_CRYPTO
+        options.key = std::make_shared<const format::Key>(read_key(settings.key));
+#else
+        throw unavailable_error("--key-file, --key-env", "this build cannot decrypt: it has no libsodium and OpenSSL");
+#endif
+    }
 
     LoadReport report;
     std::string device = settings.device;

@@ -10,6 +10,7 @@
 
 #include "instanttensor/format/checkpoint.hpp"
 #include "instanttensor/format/digests.hpp"
+#include "instanttensor/format/encryption.hpp"
 #include "instanttensor/loader.hpp"
 
 namespace CLI {
@@ -20,6 +21,41 @@ namespace instanttensor::cli {
 
 /// The largest --slot-mib: one read (storage::uring asks the kernel for at most 1 GiB at once).
 inline constexpr std::uint64_t max_slot_mib = 1024;
+
+/// Where the key of an encrypted checkpoint comes from: a file or an environment variable, never the
+/// command line (other users see it in ps, shells keep it in history).
+struct KeySource {
+    std::string file;         ///< --key-file
+    std::string environment;  ///< --key-env: the variable's name
+
+    [[nodiscard]] bool given() const noexcept { return !file.empty() || !environment.empty(); }
+};
+
+/// Adds --key-file and --key-env (one or the other; `required`: one of them) to `sub`.
+void add_key_options(CLI::App& sub, KeySource& key, bool required);
+
+#if INSTANTTENSOR_HAS_CRYPTO
+/// The key `source` names (io_error, format_error, usage_error).
+format::Key read_key(const KeySource& source);
+#endif
+
+/// A one-line progress bar on stderr, redrawn at most ten times a second; silent when stderr is
+/// not a terminal, so logs and pipes get no control characters.
+class ProgressBar {
+public:
+    ProgressBar(std::uint64_t total, bool enabled);
+    ~ProgressBar();
+    ProgressBar(const ProgressBar&) = delete;
+    ProgressBar& operator=(const ProgressBar&) = delete;
+    void update(std::uint64_t done);
+
+private:
+    std::uint64_t total_;
+    bool enabled_;
+    bool drawn_ = false;
+    std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
+    std::chrono::steady_clock::time_point last_{};
+};
 
 /// Options of a load, as the command line gives them.
 struct LoadSettings {
@@ -33,6 +69,7 @@ struct LoadSettings {
     bool progress = true;          ///< a progress bar on stderr, if stderr is a terminal
     bool verify = false;           ///< verify every tensor against the checkpoint's seals
     std::string verify_with;       ///< or against this manifest (the `hash` command's output)
+    KeySource key;                 ///< the key of an encrypted checkpoint, if one is named
     unsigned connections = RemoteOptions{}.connections;          ///< remote checkpoints: GETs in flight
     unsigned stall_timeout_s = RemoteOptions{}.stall_timeout_s;  ///< remote checkpoints: a stalled response fails after this
 

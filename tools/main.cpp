@@ -7,6 +7,10 @@
 //   instanttensor plan PATH... --ranks N     what each rank of a group load reads, keeps, receives
 //   instanttensor sample DIR [options]       writes a Llama-shaped checkpoint of random bytes
 //   instanttensor seal PATH...               stores every tensor's digest in its file's header
+//   instanttensor keygen KEYFILE             writes a new random key
+//   instanttensor encrypt IN OUT             encrypts every tensor (--key-file or --key-env)
+//   instanttensor decrypt IN OUT             writes an encrypted checkpoint back in clear
+//                                            (load, hash, seal: --key-file/--key-env to read one)
 //
 // Exit status: 0 success, 1 the work failed (one line `instanttensor: <path>: <what>` on stderr),
 // 2 the command line is wrong (CLI11's message and a hint at --help).
@@ -74,11 +78,12 @@ int run(int argc, char** argv) {
     add_load(app, action);
     add_plan(app, action);
     add_seal(app, action);
+    add_crypt(app, action);
     add_sample(app, action);
 
     // CLI11 would only say "A subcommand is required" for a misspelt one.
     if (argc > 1 && argv[1][0] != '-' && !is_subcommand(app, argv[1])) {
-        fmt::print(stderr, "unknown subcommand '{}' (inspect, hash, load, plan or sample)\n"
+        fmt::print(stderr, "unknown subcommand '{}' (inspect, hash, load, plan, seal, keygen, encrypt, decrypt or sample)\n"
                            "Run with --help or --help-all for more information.\n", escape_control(argv[1]));
         return exit_usage;
     }

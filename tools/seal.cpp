@@ -18,6 +18,7 @@
 #include "cli.hpp"
 #include "instanttensor/format/checkpoint.hpp"
 #include "instanttensor/format/digests.hpp"
+#include "instanttensor/format/encryption.hpp"
 #include "instanttensor/format/writer.hpp"
 #include "loading.hpp"
 
@@ -32,6 +33,9 @@ struct SealOptions {
 int run_seal(const SealOptions& options) {
     const auto checkpoint = format::Checkpoint::open(to_paths(options.paths));
     if (checkpoint.remote()) throw usage_error("seal", "rewrites the files it seals: seal a local copy, then upload it");
+    for (const format::CheckpointFile& file : checkpoint.files())
+        if (format::is_encrypted(file.header))
+            throw usage_error(file.path.string(), "is encrypted, and its tags authenticate its header as it is: seal before encrypting");
     const format::TensorDigests digests = digest_checkpoint(checkpoint, options.settings);
     for (const format::CheckpointFile& file : checkpoint.files()) {
         const std::string shown = escape_control(file.path.string());

@@ -138,12 +138,15 @@ class _Options(NamedTuple):
     slot_bytes: int | None = None
     progress: bool = False
     digests: Any = None  # a _core.Digests to verify against
+    key: Any = None  # a _core.Key to decrypt with
 
     def request(self, names: list[str] | None, device: int, stream: int = 0):
         r = _core.LoadRequest()
         r.names, r.device, r.backend, r.direct, r.stream = names, device, self.backend, self.direct, stream
         r.staging_bytes, r.slot_bytes = self.staging_bytes or 0, self.slot_bytes or 0
         r.verify = self.digests
+        if self.key is not None:
+            r.key = self.key
         return r
 
 
@@ -216,7 +219,8 @@ class TensorSlice:
 
     def __getitem__(self, index):
         block, rest = self._block(index)
-        if self._owner._options.digests is not None:  # a digest covers the whole tensor: read it all, verified
+        if self._owner._options.digests is not None or self._owner._options.key is not None:
+            # a digest covers the whole tensor, and a chunk its own bytes: read it all, verified or decrypted
             block, rest = None, index
         if block is None:  # nothing to narrow, or an index only the framework understands
             whole = self._owner.get_tensor(self._name)
@@ -268,7 +272,10 @@ class safe_open:
     XXH3-64 digests ``instanttensor seal`` stored in the checkpoint, a path against a manifest
     (what ``instanttensor hash`` printed); a tensor whose bytes differ raises ``IntegrityError``
     and is never returned (``get_slice`` then reads the whole tensor, to verify it). Group loads
-    cannot verify.
+    cannot verify. An encrypted checkpoint (``instanttensor encrypt``) needs its key, from
+    ``key_file`` (as ``instanttensor keygen`` writes it) or the environment variable named by
+    ``key_env``: every chunk is authenticated as it is decrypted, and one that fails raises
+    ``IntegrityError``; group loads cannot decrypt yet.
 
     With ``process_group`` (a torch.distributed group over NCCL, loading to its CUDA device, or
     over gloo, loading to the host), ``tensors()``, ``load_file`` and ``load_into`` load as one
@@ -285,7 +292,8 @@ class safe_open:
 
     def __init__(self, paths: Paths, framework: str = "pt", device: Any = "cpu", *, backend: str = "auto",
                  direct: str = "auto", staging_bytes: int | None = None, slot_bytes: int | None = None,
-                 progress: bool = False, verify: bool | str | os.PathLike = False, process_group=None,
+                 progress: bool = False, verify: bool | str | os.PathLike = False,
+                 key_file: str | os.PathLike | None = None, key_env: str | None = None, process_group=None,
                  keep: Keep | None = None, split: Split | None = None, split_rows: SplitRows | None = None):
         if framework not in ("pt", "np"):
             raise UsageError(f"instanttensor: framework is 'pt' or 'np', not {framework!r}")
@@ -303,7 +311,14 @@ class safe_open:
             digests = _core.Digests.sealed(self._checkpoint)
         elif verify is not False and verify is not None:
             digests = _core.Digests.read(os.fspath(verify))
-        self._options = _Options(backend, direct, staging_bytes, slot_bytes, progress, digests)
+        if key_file is not None and key_env is not None:
+            raise UsageError("instanttensor: key_file and key_env name one key two ways: give one")
+        key = None
+        if key_file is not None or key_env is not None:
+            if not hasattr(_core, "Key"):
+                raise UnavailableError("instanttensor: this build cannot decrypt (it has no libsodium and OpenSSL)")
+            key = _core.Key.read(os.fspath(key_file)) if key_file is not None else _core.Key.from_environment(key_env)
+        self._options = _Options(backend, direct, staging_bytes, slot_bytes, progress, digests, key)
 
     def __enter__(self) -> "safe_open":
         return self

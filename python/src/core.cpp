@@ -120,6 +120,9 @@ struct LoadRequest {
     /// A load alone: of each selected tensor, only the block (dimension, first index, count).
     std::optional<std::tuple<std::uint32_t, std::uint64_t, std::uint64_t>> block;
     std::shared_ptr<const it::format::TensorDigests> verify;  // None: no verification
+#if INSTANTTENSOR_HAS_CRYPTO
+    std::shared_ptr<const it::format::Key> key;               // None: a checkpoint in clear
+#endif
 };
 
 // ---- group loads ----------------------------------------------------------------------------
@@ -319,6 +322,9 @@ public:
         if (request.staging_bytes != 0) options.staging_bytes = request.staging_bytes;
         if (request.slot_bytes != 0) options.slot_bytes = request.slot_bytes;
         if (request.verify) options.verify = digests_of(*request.verify, request.names);
+#if INSTANTTENSOR_HAS_CRYPTO
+        options.key = request.key;
+#endif
         it::storage::automatic::Options storage;
         const auto backend = it::storage::parse_backend(request.backend);
         if (!backend) throw it::usage_error("instanttensor", "backend '" + request.backend + "': expected auto, uring, pread, memory, gds or http");
@@ -486,7 +492,19 @@ NB_MODULE(_core, m) {
         .def_rw("group", &LoadRequest::group, nb::arg("group").none())
         .def_rw("shares", &LoadRequest::shares)
         .def_rw("block", &LoadRequest::block, nb::arg("block").none())
-        .def_rw("verify", &LoadRequest::verify, nb::arg("verify").none());
+        .def_rw("verify", &LoadRequest::verify, nb::arg("verify").none())
+#if INSTANTTENSOR_HAS_CRYPTO
+        .def_rw("key", &LoadRequest::key, nb::arg("key").none())
+#endif
+        ;
+#if INSTANTTENSOR_HAS_CRYPTO
+    nb::class_<it::format::Key>(m, "Key", "The key of an encrypted checkpoint (format/encryption.hpp); wiped when freed, never printed.")
+        .def_static("read", [](const std::string& path) { return std::make_shared<const it::format::Key>(it::format::Key::read(path)); },
+                    nb::arg("path"), "The key in a file, as `instanttensor keygen` writes it.")
+        .def_static("from_environment",
+                    [](const std::string& name) { return std::make_shared<const it::format::Key>(it::format::Key::from_environment(name)); },
+                    nb::arg("name"), "The key in an environment variable (64 hex digits).");
+#endif
 
     nb::class_<it::format::TensorDigests>(m, "Digests", "Expected XXH3-64 digests of tensors, by name (format/digests.hpp).")
         .def_static("read", [](const std::string& path) { return it::format::TensorDigests::read(path); }, nb::arg("path"),

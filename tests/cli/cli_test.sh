@@ -21,6 +21,7 @@ fail() {
 run() {
     timeout 60 "$bin" "$@" >"$work/stdout" 2>"$work/stderr"
     rc=$?
+    cat "$work/stdout" "$work/stderr" >>"$work/transcript"  # everything printed, for checks such as no secret shown
 }
 
 # expect_failure NEEDLE ARGS...: exit 1, nothing on stdout, exactly one line on stderr, which
@@ -64,6 +65,19 @@ expect_success() {
 check_hash_lines() {
     grep -Evq '^\\?[0-9a-f]{16}  .+$' "$1" && fail "malformed hash line: $(grep -Ev '^\\?[0-9a-f]{16}  .+$' "$1" | head -1)"
     grep -v '^\\' "$1" | cut -c19- | LC_ALL=C sort -c -u || fail "hash lines are not sorted by name (or repeat a name)"
+}
+
+# flip_data_byte FILE OFFSET: flips the lowest bit of the byte at OFFSET of FILE's data section.
+flip_data_byte() {
+    python3 - "$1" "$2" <<'PY' || fail "cannot change a byte of $1"
+import struct, sys
+with open(sys.argv[1], "r+b") as f:
+    at = 8 + struct.unpack("<Q", f.read(8))[0] + int(sys.argv[2])
+    f.seek(at)
+    b = f.read(1)
+    f.seek(at)
+    f.write(bytes([b[0] ^ 1]))
+PY
 }
 
 # Writes a 2 MiB sample in $work/sample (3 shards); its tensor count is fixed by the size ladder.
@@ -269,15 +283,7 @@ PY
     expect_success load --device cpu --verify "$work/sample"
     grep -qx "verified $sample_tensors tensors against the checkpoint's seals" "$work/stdout" || fail "load --verify: $(cat "$work/stdout")"
     # A changed byte in a tensor's data: both sources of digests refuse it, naming the file.
-    python3 - "$shard" <<'PY'
-import struct, sys
-with open(sys.argv[1], "r+b") as f:
-    n = struct.unpack("<Q", f.read(8))[0]
-    f.seek(8 + n + 1000)
-    b = f.read(1)
-    f.seek(8 + n + 1000)
-    f.write(bytes([b[0] ^ 1]))
-PY
+    flip_data_byte "$shard" 1000
     expect_failure "$shard: tensor '" load --device cpu --verify "$work/sample"
     grep -q 'its bytes digest to [0-9a-f]\{16\}, its seal expects [0-9a-f]\{16\}' "$work/stderr" || fail "the mismatch message: $(cat "$work/stderr")"
     expect_failure "$work/sample.xxh3 expects" load --device cpu --verify-with "$work/sample.xxh3" "$work/sample"
@@ -293,6 +299,71 @@ PY
     expect_failure "$work/bad.xxh3: line 2" load --device cpu --verify-with "$work/bad.xxh3" "$work/sample"
     expect_failure "$work/absent.xxh3" load --device cpu --verify-with "$work/absent.xxh3" "$work/sample"
     expect_usage_error load --verify --verify-with "$work/sample.xxh3" "$work/sample"
+}
+
+# encrypt_decrypt: keygen writes a 0600 key and never overwrites; encrypt keeps every header readable
+# (same tensors, the keys in __metadata__) and decrypt gives back the same bytes; loads need the
+# key, refuse another and a changed byte, naming the file; the key never shows in any output.
+case_encrypt_decrypt() {
+    make_sample
+    expect_success hash "$work/sample"
+    cp "$work/stdout" "$work/sample.xxh3"
+    expect_success keygen "$work/key"
+    [[ $(stat -c %a "$work/key") == 600 ]] || fail "keygen wrote mode $(stat -c %a "$work/key")"
+    expect_failure "$work/key: exists" keygen "$work/key"
+    local key
+    key=$(cat "$work/key")
+    [[ $key =~ ^[0-9a-f]{64}$ ]] || fail "the key file does not hold 64 hex digits"
+    expect_success encrypt --key-file "$work/key" "$work/sample" "$work/enc"
+    [[ $(grep -c '^encrypted ' "$work/stdout") == 3 ]] || fail "encrypt did not report 3 files: $(cat "$work/stdout")"
+    cmp -s "$work/sample/model.safetensors.index.json" "$work/enc/model.safetensors.index.json" || fail "the index was not copied"
+    python3 - "$work/sample" "$work/enc" <<'PY' || fail "the encrypted headers"
+import json, pathlib, struct, sys
+def header(p):
+    with open(p, "rb") as f:
+        return json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+for plain in sorted(pathlib.Path(sys.argv[1]).glob("*.safetensors")):
+    a, b = header(plain), header(pathlib.Path(sys.argv[2]) / plain.name)
+    meta = b.pop("__metadata__")
+    a.pop("__metadata__", None)
+    assert a == b, plain
+    assert {"instanttensor.cipher", "instanttensor.chunk_bytes", "instanttensor.salt", "instanttensor.key_id",
+            "instanttensor.tags"} <= set(meta), meta.keys()
+PY
+    expect_failure "is encrypted" load --device cpu "$work/enc"
+    expect_failure "is encrypted" hash "$work/enc"
+    expect_success load --device cpu --key-file "$work/key" --json "$work/enc"
+    expect_success hash --key-file "$work/key" "$work/enc"
+    cmp -s "$work/stdout" "$work/sample.xxh3" || fail "the decrypted tensors' digests differ from the plain ones"
+    expect_success load --device cpu --key-file "$work/key" --verify-with "$work/sample.xxh3" "$work/enc"
+    INSTANTTENSOR_KEY=$key expect_success decrypt --key-env INSTANTTENSOR_KEY "$work/enc" "$work/dec"
+    expect_success hash "$work/dec"
+    cmp -s "$work/stdout" "$work/sample.xxh3" || fail "decrypt did not give back the plain tensors"
+    for f in "$work"/sample/*.safetensors; do
+        cmp -s "$f" "$work/dec/$(basename "$f")" || fail "decrypt did not give back $f byte for byte"
+    done
+    expect_failure "$work/dec: exists" decrypt --key-file "$work/key" "$work/enc" "$work/dec"
+    expect_success keygen "$work/other"
+    expect_failure "another key" load --device cpu --key-file "$work/other" "$work/enc"
+    expect_failure "is not encrypted" load --device cpu --key-file "$work/key" "$work/sample"
+    expect_failure "seal before encrypting" seal --key-file "$work/key" "$work/enc"
+    local shard=$work/enc/model-00002-of-00003.safetensors
+    flip_data_byte "$shard" 1000
+    expect_failure "$shard: tensor '" load --device cpu --key-file "$work/key" "$work/enc"
+    grep -q "fails authentication" "$work/stderr" || fail "the tampering message: $(cat "$work/stderr")"
+    expect_failure "$shard" decrypt --key-file "$work/key" "$work/enc" "$work/dec2"
+    [[ -e $work/dec2/$(basename "$shard") ]] && fail "decrypt left a partly written $shard"
+    printf 'not a key\n' >"$work/bad-key"
+    expect_failure "$work/bad-key: does not hold a key" load --device cpu --key-file "$work/bad-key" "$work/enc"
+    expect_failure "INSTANTTENSOR_UNSET_KEY" load --device cpu --key-env INSTANTTENSOR_UNSET_KEY "$work/enc"
+    expect_usage_error encrypt "$work/sample" "$work/enc3"
+    expect_usage_error load --key-file "$work/key" --key-env X "$work/enc"
+    expect_usage_error encrypt --key-file "$work/key" --chunk-kib 3 "$work/sample" "$work/enc3"
+    # The key never appears in anything the command printed.
+    grep -qF "$key" "$work/transcript" && fail "the key was printed"
+    expect_success encrypt --key-file "$work/key" --cipher xchacha20-poly1305 --chunk-kib 64 "$work/sample" "$work/enc-chacha"
+    expect_success hash --key-file "$work/key" "$work/enc-chacha"
+    cmp -s "$work/stdout" "$work/sample.xxh3" || fail "xchacha20-poly1305 with 64 KiB chunks did not round-trip"
 }
 
 # plan: one row per rank; with every tensor kept, each of 4 ranks reads about a quarter and

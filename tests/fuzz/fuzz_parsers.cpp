@@ -13,10 +13,13 @@
 //      tensor, either on every rank or split between them;
 //   4  a manifest of digests (the `hash` layout): one accepted prints as text that parses back to
 //      the same digests and prints the same again;
-//   5  a safetensors file whose __metadata__ may hold a seal: one accepted gives every tensor a digest.
+//   5  a safetensors file whose __metadata__ may hold a seal: one accepted gives every tensor a digest;
+//   6  a safetensors file whose __metadata__ may describe its encryption: one accepted has a tag per
+//      chunk of every tensor, and written back to metadata gives the same parameters again.
 // Inputs may be refused only with format_error, and an expression or a share only with usage_error.
 #include <instanttensor/format/checkpoint.hpp>
 #include <instanttensor/format/digests.hpp>
+#include <instanttensor/format/encryption.hpp>
 #include <instanttensor/format/writer.hpp>
 
 #include "splits.hpp"
@@ -113,13 +116,32 @@ void seal(std::span<const std::byte> file) {
     for (const auto& t : checkpoint.tensors()) check(sealed.find(t.name()).has_value());
 }
 
+void encryption(std::span<const std::byte> file) {
+    const it::Header header = it::parse_file_bytes(file, "fuzz");
+    const auto parsed = it::Encryption::of(header, "fuzz");
+    check(parsed.has_value() == it::is_encrypted(header));
+    if (!parsed) return;
+    std::uint64_t chunks = 0;
+    for (std::size_t t = 0; t < header.tensors.size(); ++t) {
+        check(parsed->first_chunk[t] == chunks);
+        chunks += parsed->chunks_of(header.tensors[t].nbytes());
+    }
+    check(parsed->tags.size() == chunks * instanttensor::detail::tag_bytes);
+    it::Header again = header;
+    again.metadata = parsed->metadata(it::plain_metadata(header.metadata));
+    check(again.metadata == header.metadata);
+    const auto reparsed = it::Encryption::of(again, "fuzz again");
+    check(reparsed && reparsed->tags == parsed->tags && reparsed->salt == parsed->salt && reparsed->key_id == parsed->key_id &&
+          reparsed->chunk_bytes == parsed->chunk_bytes && reparsed->cipher == parsed->cipher);
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     if (size == 0) return 0;
     const auto input = std::as_bytes(std::span(data + 1, size - 1));
     try {
-        switch (data[0] % 6) {
+        switch (data[0] % 7) {
         case 0: round_trip(input, it::parse_file_bytes(input, "fuzz")); break;
         case 1: {
             const auto index = it::parse_index({reinterpret_cast<const char*>(input.data()), input.size()}, "fuzz");
@@ -130,6 +152,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         case 3: split(input); break;
         case 4: digests(input); break;
         case 5: seal(input); break;
+        case 6: encryption(input); break;
         }
     } catch (const instanttensor::format_error&) {
         // refusing a malformed input is the expected outcome

@@ -6,11 +6,13 @@
 #include <doctest/doctest.h>
 
 #include <chrono>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "faulty.hpp"
+#include "instanttensor/format/encryption.hpp"
 #include "groups.hpp"
 #include "late_copy_sink.hpp"
 
@@ -135,6 +137,18 @@ TEST_CASE("group: options that cannot work are refused") {
     verified.verify = fmt::TensorDigests("digests");
     CHECK_THROWS_WITH_AS(GroupLoader(checkpoint, it::storage::automatic(), InProcessTransport(group, 0), it::sink::host(), verified),
                          doctest::Contains("verify"), it::usage_error);
+#if INSTANTTENSOR_HAS_CRYPTO
+    // Decrypting: a group load cannot yet, and refuses a key, and an encrypted file without one.
+    const auto key = std::make_shared<const fmt::Key>(fmt::Key::generate());
+    auto keyed = group_options({});
+    keyed.key = key;
+    CHECK_THROWS_WITH_AS(GroupLoader(checkpoint, it::storage::automatic(), InProcessTransport(group, 0), it::sink::host(), keyed),
+                         doctest::Contains("cannot decrypt"), it::usage_error);
+    fmt::encrypt_file(dir / "one.safetensors", dir / "encrypted.safetensors", *key);
+    const auto encrypted = fmt::Checkpoint::open(dir / "encrypted.safetensors");
+    CHECK_THROWS_WITH_AS(GroupLoader(encrypted, it::storage::automatic(), InProcessTransport(group, 0), it::sink::host(), group_options({})),
+                         doctest::Contains("is encrypted"), it::usage_error);
+#endif
     // A share of rows a tensor does not have: the message names the tensor's file and the tensor.
     const auto too_many = [](const fmt::TensorRef& t, int, int) { return Share::row_range(0, t.info->shape.empty() ? 1 : t.info->shape[0] + 1); };
     std::string message;

@@ -22,9 +22,10 @@ using it::Plan;
 
 std::uint64_t align_down(std::uint64_t v, std::uint64_t a) { return v / a * a; }
 
-/// Every property a plan must have, checked from the checkpoint and the plan alone.
+/// Every property a plan must have, checked from the checkpoint and the plan alone (planned with
+/// every file's chunk size `chunk`: 1 for none).
 void check_plan(const fmt::Checkpoint& checkpoint, const Plan& plan, const it::TensorFilter& filter,
-                const std::vector<std::uint64_t>& alignment, std::uint64_t max_extent) {
+                const std::vector<std::uint64_t>& alignment, std::uint64_t max_extent, std::uint64_t chunk = 1) {
     // The selected tensors, in file then offset order.
     const auto refs = expected_order(checkpoint, filter);
     REQUIRE(plan.tensors.size() == refs.size());
@@ -59,13 +60,14 @@ void check_plan(const fmt::Checkpoint& checkpoint, const Plan& plan, const it::T
         if (x > 0) {
             const auto& prev = plan.extents[x - 1];
             CHECK((prev.file < e.file || (prev.file == e.file && prev.offset <= e.offset)));
-            // A new extent starts only when the previous one is full, the bytes are not adjacent, or
-            // a tensor with extents of its own ends or starts there.
+            // A new extent starts only when the previous one is full (no room for the next chunk), the
+            // bytes are not adjacent, or a tensor with extents of its own ends or starts there.
             const auto& first = plan.pieces[e.first_piece];
             const auto& before = plan.pieces[prev.first_piece + prev.piece_count - 1];
             const std::uint64_t starts_at = refs[first.tensor]->file_offset + first.tensor_offset;
             const bool own = owns_extents(*refs[first.tensor]) || owns_extents(*refs[before.tensor]);
-            if (prev.file == e.file && prev.offset + prev.needed == starts_at && !own) CHECK(prev.needed == max_extent);
+            const std::uint64_t next_chunk = std::min(chunk, refs[first.tensor]->nbytes() - first.tensor_offset);
+            if (prev.file == e.file && prev.offset + prev.needed == starts_at && !own) CHECK(prev.needed + next_chunk > max_extent);
         }
         // In a buffered file, a tensor of at least one extent shares none of its extents.
         for (std::uint32_t p = e.first_piece; p < e.first_piece + e.piece_count; ++p)
@@ -275,4 +277,34 @@ TEST_CASE("plan: invalid arguments are refused") {
     CHECK_THROWS_AS(it::make_plan(checkpoint, {}, std::vector<std::uint64_t>{4096}, 4096 * 3 + 1),
                     std::invalid_argument);
     CHECK_NOTHROW(it::make_plan(checkpoint, {}, std::vector<std::uint64_t>{4096}, 4096 * 3));
+}
+
+TEST_CASE("plan: with chunks, every piece starts on a chunk of its tensor and ends on one or at its end") {
+    const auto checkpoint = checkpoint_of({odd_specs(), tiny_specs(50, 7), {{"big", fmt::Dtype::U8, {(1u << 20) + 77}}}});
+    for (std::uint64_t a : {1ull, 4096ull}) {
+        for (std::uint64_t chunk : {4096ull, 16384ull}) {
+            for (std::uint64_t max : {3 * 4096ull, 65536ull, 1ull << 20}) {
+                if (max - (a > 1 ? a : 0) < chunk) continue;  // a read must hold a chunk past its aligned head
+                CAPTURE(a);
+                CAPTURE(chunk);
+                CAPTURE(max);
+                const auto align = alignments(checkpoint, a);
+                const std::vector<std::uint64_t> chunks(checkpoint.files().size(), chunk);
+                const auto plan = it::make_plan(checkpoint, {}, align, max, {}, chunks);
+                check_plan(checkpoint, plan, {}, align, max, chunk);
+                for (const it::Piece& p : plan.pieces) {
+                    const std::uint64_t end = p.tensor_offset + p.length;
+                    CHECK(p.tensor_offset % chunk == 0);
+                    CHECK((end % chunk == 0 || end == plan.tensors[p.tensor].ref->nbytes()));
+                }
+            }
+        }
+    }
+    const std::vector<std::uint64_t> chunks(checkpoint.files().size(), 1 << 20);
+    CHECK_THROWS_WITH_AS(it::make_plan(checkpoint, {}, alignments(checkpoint, 1), 65536, {}, chunks),
+                         doctest::Contains("cannot hold a chunk"), it::usage_error);
+    CHECK_THROWS_WITH_AS(it::make_plan(checkpoint, {}, alignments(checkpoint, 1), 65536,
+                                       [](const fmt::TensorRef& t) { return std::pair<std::uint64_t, std::uint64_t>{0, std::min<std::uint64_t>(t.nbytes(), 1)}; },
+                                       std::vector<std::uint64_t>(checkpoint.files().size(), 4096)),
+                         doctest::Contains("cuts one of its chunks"), it::usage_error);
 }

@@ -3,8 +3,6 @@ reference reads, with the same tensors; a changed byte raises IntegrityError nam
 and the tensor is never returned."""
 import json
 import struct
-import subprocess
-from pathlib import Path
 
 import pytest
 import safetensors
@@ -12,15 +10,7 @@ import safetensors.torch
 import torch
 
 import instanttensor as it
-
-COMMAND = Path(__file__).resolve().parents[2] / "build" / "bin" / "instanttensor"
-
-
-def run(*args):
-    result = subprocess.run([str(COMMAND), *map(str, args)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
+from command import flip_byte, run
 
 @pytest.fixture
 def model(tmp_path):
@@ -35,15 +25,6 @@ def model(tmp_path):
     path = tmp_path / "model.safetensors"
     safetensors.torch.save_file(tensors, str(path), metadata={"format": "pt"})
     return path, tensors
-
-
-def flip_byte(path, offset_in_data):
-    with open(path, "r+b") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        f.seek(8 + n + offset_in_data)
-        b = f.read(1)
-        f.seek(8 + n + offset_in_data)
-        f.write(bytes([b[0] ^ 0x40]))
 
 
 def test_seal_keeps_a_file_the_reference_reads_the_same(model):

@@ -5,7 +5,8 @@
 
 CASE is one of:
   http      nginx over plain HTTP: every fixture, a sharded checkpoint by its index and by its
-            directory, and a larger one in many ranges hash as they do locally; 404 and a URL with
+            directory, and a larger one in many ranges hash as they do locally, and so does the same
+            checkpoint encrypted, loaded with its key; 404 and a URL with
             credentials fail naming the URL without them
   tls       nginx over TLS, HTTP/1.1 and HTTP/2 listeners, the certificate made here and trusted
             through CURL_CA_BUNDLE (and refused without it)
@@ -109,6 +110,10 @@ def serve_root():
     shutil.copytree(FIXTURES / "sharded", root / "sharded")
     make_sample(root / "sample", 24, 3)
     write_many_tensors(root / "many", 12000)
+    (WORK / "key").unlink(missing_ok=True)
+    if cli("keygen", str(WORK / "key"))[0] == 0:  # a build that encrypts: the sample, encrypted
+        code, _, err = cli("encrypt", "--key-file", str(WORK / "key"), "--chunk-kib", "256", str(root / "sample"), str(root / "encrypted"))
+        assert code == 0, err
     (root / "broken").mkdir()  # an index whose shard is missing
     (root / "broken" / "model.safetensors.index.json").write_text(
         json.dumps({"weight_map": {"a": "model-00001-of-00001.safetensors"}}))
@@ -128,6 +133,10 @@ def case_http():
         same_hash(f"{base}/many/model.safetensors.index.json", root / "many", "a header and an index over 512 KiB")
         same_hash(f"{base}/sample/model.safetensors.index.json", root / "sample", "many ranges of 1 MiB, 3 connections",
                   "--slot-mib", "1", "--staging-mib", "8", "--connections", "3")
+        if (root / "encrypted").exists():
+            same_hash(f"{base}/encrypted/", root / "sample", "an encrypted checkpoint, decrypted with its key",
+                      "--key-file", str(WORK / "key"), "--slot-mib", "1", "--staging-mib", "8")
+            fails_with(["hash", f"{base}/encrypted/"], "is encrypted", "an encrypted checkpoint without its key")
         code, out, err = cli("load", "--json", f"{base}/sample/model.safetensors.index.json")
         check(code == 0 and '"backend":"http"' in out.replace(" ", ""), "load --json reports the http backend")
         fails_with(["hash", "--backend", "uring", f"{base}/sample/"], "remote file: storage::http reads it",

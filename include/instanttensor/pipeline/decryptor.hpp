@@ -20,6 +20,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <exception>
 #include <mutex>
 #include <optional>
 #include <span>
@@ -160,14 +161,21 @@ private:
             lock.unlock();
             const format::Encryption& encryption = encryptions_[w.file];
             auto& aead = encryption.cipher == format::Cipher::aes_256_gcm ? gcm : chacha;
-            if (!aead) aead.emplace(encryption.cipher);
-            const bool authentic = ciphers_[w.file].open(*aead, w.tensor, w.chunk, w.bytes);
+            std::string fault;  // what failed, if the library did (never the bytes: they are wiped)
+            bool authentic = false;
+            try {
+                if (!aead) aead.emplace(encryption.cipher);
+                authentic = ciphers_[w.file].open(*aead, w.tensor, w.chunk, w.bytes);
+            } catch (const std::exception& e) {
+                std::fill(w.bytes.begin(), w.bytes.end(), std::byte{0});
+                fault = e.what();
+            }
             lock.lock();
             --outstanding_;
             Pending& read = reads_[w.id];
             if (!authentic && read.failure.empty()) {
                 read.file = checkpoint_->files()[w.file].path.string();
-                read.failure = failure(w);
+                read.failure = fault.empty() ? failure(w) : "cannot decrypt: " + fault;
             }
             if (--read.chunks == 0) finished_.push_back(w.id);
             decrypted_.fetch_add(1, std::memory_order_release);

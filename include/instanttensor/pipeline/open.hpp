@@ -44,8 +44,8 @@ Plan open_and_plan(const format::Checkpoint& checkpoint, Storage& storage, const
     if (options.slot_bytes < min_slot_bytes || options.slot_bytes % detail::page_alignment != 0)
         throw usage_error("loader", "slot_bytes must be a multiple of 4096 and at least 12288");
     if (options.key && chunk.empty())
-        throw usage_error("loader", "this load cannot decrypt (a key was given): group loads, loads of blocks (LoadOptions::share) "
-                                    "and loads through GDS read encrypted checkpoints only in a later version");
+        throw usage_error("loader", "a key was given, and this load cannot decrypt: group loads, loads of blocks (LoadOptions::share) "
+                                    "and loads through GDS do not decrypt yet");
     if (!options.key)
         for (const format::CheckpointFile& file : checkpoint.files())
             if (format::is_encrypted(file.header))

@@ -113,7 +113,8 @@ public:
     /// run, the loop polls (reaping reads without blocking, so that slots keep cycling and reads
     /// stay in flight) instead of sleeping in the kernel or on an event, which would let the read
     /// queue or the copy engine run dry; with nothing but copies left it blocks on the oldest.
-    /// A verified load also waits for the digests: blocking on the Verifier when nothing else is left.
+    /// A load that decrypts waits for the Decryptor between looks at the reads; a verified load
+    /// waits for the digests: blocking on the Verifier when nothing else is left.
     void load(std::uint32_t t) {
         for (;;) {
             // Taken before anything is checked: a decryption or a digest finishing after the checks
