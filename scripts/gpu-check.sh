@@ -5,7 +5,7 @@
 #   - instanttensor load --device 0, and warm also as a group of one over NCCL (--ranks 1: pinned
 #     staging, uploads into window buffers, device-to-device landing),
 #   - the ceilings: pinned host→device copy (warm) and an O_DIRECT read of the same files (cold),
-#   - what verifying digests costs (instanttensor_bench_integrity --device 0).
+#   - what verifying digests and decrypting cost (instanttensor_bench_integrity --device 0).
 # Prints one table: GB/s, ratio to safetensors, ratio to the ceiling, peak device memory, pinned
 # staging, page-cache growth during the cold load. Needs root (drop_caches), python3 with torch
 # and safetensors.
@@ -133,7 +133,7 @@ for r in $(seq "$runs"); do
 done
 
 echo "== verifying: a plain load and verified ones side by side (docs/benchmarks.md#verify)"
-"$bin/instanttensor_bench_integrity" --device 0 --runs "$runs" --threads 2 --threads 4 $([ "$cold" = 1 ] || echo --warm-only) "$ckpt"
+"$bin/instanttensor_bench_integrity" --device 0 --runs "$runs" --threads 2 --threads 4 --decrypt-threads 8 --decrypt-threads 15 $([ "$cold" = 1 ] || echo --warm-only) "$ckpt"
 
 hfc=$(best "${hf_cold[@]}") itc=$(best "${it_cold[@]}") hfw=$(best "${hf_warm[@]}") itw=$(best "${it_warm[@]}")
 itg=$(best "${it_group[@]}")
