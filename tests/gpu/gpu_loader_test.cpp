@@ -6,6 +6,7 @@
 // fails inside a group (which leaves no group open). A verified load checks the bytes in pinned
 // staging and never yields a tensor whose digest differs.
 #include <instanttensor/loader.hpp>
+#include <instanttensor/format/encryption.hpp>
 #include <instanttensor/format/writer.hpp>
 
 #include <doctest/doctest.h>
@@ -16,6 +17,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -493,3 +495,49 @@ TEST_CASE("a verified load to the device yields exact bytes, passes over GDS, an
     CHECK_THROWS_AS(drain(), it::integrity_error);
     CHECK(yielded == checkpoint.tensors().size() / 2);
 }
+
+#if INSTANTTENSOR_HAS_CRYPTO
+TEST_CASE("a load of an encrypted checkpoint to the device yields the plain bytes, passes over GDS, and refuses a changed byte") {
+    const AwkwardCheckpoint awkward;
+    const auto key = std::make_shared<const it::format::Key>(it::format::Key::generate());
+    std::vector<fs::path> encrypted;
+    for (const auto& file : awkward.checkpoint.files()) {
+        encrypted.push_back(awkward.dir.path() / ("encrypted-" + file.path.filename().string()));
+        it::format::encrypt_file(file.path, encrypted.back(), *key, {.cipher = it::format::preferred_cipher(), .chunk_bytes = 64 << 10, .progress = {}});
+    }
+    const auto checkpoint = it::format::Checkpoint::open(encrypted);
+    it::LoadOptions options;
+    options.staging_bytes = 1 << 20;
+    options.slot_bytes = 256 << 10;
+    options.key = key;
+    for (const auto backend : backends) {
+        CAPTURE(it::storage::to_string(backend));
+        auto ring = it::load_to_device(checkpoint, {}, options, {backend});
+        CHECK(check_all(ring, awkward.expected) == checkpoint.tensors().size());
+        std::vector<it::detail::DeviceBuffer> owned;
+        auto placed = it::load_into_device(checkpoint, into_new_buffers(owned), {}, options, {backend});
+        CHECK(check_all(placed, awkward.expected) == checkpoint.tensors().size());
+    }
+    auto automatic = it::load_to_device(checkpoint, {}, options);
+    CHECK(automatic.backend() != "gds");  // GDS reads into device memory, out of the CPU's reach
+    CHECK(check_all(automatic, awkward.expected) == checkpoint.tensors().size());
+
+    // A changed byte in the largest tensor: that tensor is never yielded.
+    const auto largest = std::max_element(checkpoint.tensors().begin(), checkpoint.tensors().end(),
+                                          [](const auto& a, const auto& b) { return a.nbytes() < b.nbytes(); });
+    {
+        std::fstream f(checkpoint.files()[largest->file].path, std::ios::binary | std::ios::in | std::ios::out);
+        f.seekg(static_cast<std::streamoff>(largest->file_offset + largest->nbytes() / 2));
+        char c = 0;
+        f.get(c);
+        f.seekp(static_cast<std::streamoff>(largest->file_offset + largest->nbytes() / 2));
+        f.put(static_cast<char>(c ^ 1));
+    }
+    const auto changed = it::format::Checkpoint::open(encrypted);
+    auto loader = it::load_to_device(changed, {}, options);
+    auto drain = [&] {
+        for (const auto& t : loader) CHECK(t.name != largest->name());
+    };
+    CHECK_THROWS_WITH_AS(drain(), doctest::Contains("fails authentication"), it::integrity_error);
+}
+#endif
