@@ -89,7 +89,11 @@ public:
             const format::TensorRef& ref = *plan.tensors[piece.tensor].ref;
             const std::size_t tensor = static_cast<std::size_t>(ref.info - checkpoint_->files()[ref.file].header.tensors.data());
             const std::uint64_t size = encryptions_[ref.file].chunk_bytes;
-            for (std::uint64_t at = piece.tensor_offset; at < piece.tensor_offset + piece.length; at += size) {
+            const std::uint64_t end = piece.tensor_offset + piece.length;
+            if (piece.tensor_offset % size != 0 || (end % size != 0 && end != ref.nbytes()))
+                throw usage_error("Decryptor", "a piece of tensor " + detail::quote_name(ref.name()) +
+                                                   " cuts one of its chunks: plan with chunk_sizes()");
+            for (std::uint64_t at = piece.tensor_offset; at < end; at += size) {
                 const std::uint64_t length = std::min(size, ref.nbytes() - at);
                 chunks.push_back({id, ref.file, tensor, at / size, {bytes + piece.extent_offset + (at - piece.tensor_offset), length}});
             }
