@@ -39,7 +39,21 @@ struct CryptOptions {
 /// The pairs (input file, output file) IN and OUT name, with the other files of a directory to copy.
 struct Work {
     std::vector<std::pair<fs::path, fs::path>> files, copies;
+    fs::path created;  // the directory OUT, made here: removed if the work fails
 };
+
+/// Runs `each` on every file of `work`, then copies the others; on failure removes what it made.
+template <class Each>
+void run_work(const Work& work, Each&& each) {
+    try {
+        for (const auto& [from, to] : work.files) each(from, to);
+        for (const auto& [from, to] : work.copies) fs::copy_file(from, to);
+    } catch (...) {
+        std::error_code ignored;
+        if (!work.created.empty()) fs::remove_all(work.created, ignored);
+        throw;
+    }
+}
 
 Work plan_work(const std::string& in, const std::string& out) {
     if (fs::exists(fs::symlink_status(out))) throw io_error(out, "exists: not overwritten", EEXIST);
@@ -51,6 +65,7 @@ Work plan_work(const std::string& in, const std::string& out) {
     std::error_code ec;
     fs::create_directory(out, ec);
     if (ec) throw io_error(out, "cannot create directory", ec.value());
+    work.created = out;
     for (const auto& entry : fs::directory_iterator(in)) {
         if (!entry.is_regular_file()) continue;
         auto& list = entry.path().extension() == ".safetensors" ? work.files : work.copies;
@@ -58,10 +73,6 @@ Work plan_work(const std::string& in, const std::string& out) {
     }
     if (work.files.empty()) throw usage_error(in, "holds no .safetensors file");
     return work;
-}
-
-void copy_others(const Work& work) {
-    for (const auto& [from, to] : work.copies) fs::copy_file(from, to);
 }
 
 #if INSTANTTENSOR_HAS_CRYPTO
@@ -89,16 +100,14 @@ int run_encrypt(const CryptOptions& options) {
     format::EncryptOptions encrypt;
     if (options.cipher != "auto") encrypt.cipher = format::parse_cipher(options.cipher, "--cipher");
     encrypt.chunk_bytes = options.chunk_kib << 10;
-    const Work work = plan_work(options.in, options.out);
-    for (const auto& [from, to] : work.files) {
+    run_work(plan_work(options.in, options.out), [&](const fs::path& from, const fs::path& to) {
         const format::Header header = format::read_header(from);
         ProgressBar bar(header.data_size, options.settings.progress);
         encrypt.progress = [&bar](std::uint64_t done) { bar.update(done); };
         format::encrypt_file(from, to, key, encrypt);
         print("encrypted {} ({}, {}, {} chunks)\n", escape_control(to.string()), count_of(header.tensors.size(), "tensor"),
               format::cipher_name(encrypt.cipher), human_bytes(encrypt.chunk_bytes));
-    }
-    copy_others(work);
+    });
     return exit_ok;
 }
 
@@ -130,12 +139,10 @@ void decrypt_file(const fs::path& from, const fs::path& to, const LoadSettings& 
 int run_decrypt(const CryptOptions& options) {
     LoadSettings settings = options.settings;
     settings.key = options.key;
-    const Work work = plan_work(options.in, options.out);
-    for (const auto& [from, to] : work.files) {
+    run_work(plan_work(options.in, options.out), [&](const fs::path& from, const fs::path& to) {
         decrypt_file(from, to, settings);
         print("decrypted {}\n", escape_control(to.string()));
-    }
-    copy_others(work);
+    });
     return exit_ok;
 }
 
