@@ -6,8 +6,6 @@
 // files encrypted, its other files copied) to OUT, which must not exist; decrypt does the reverse
 // through the loader, so every chunk is authenticated as a load would. The key comes from
 // --key-file or --key-env, never from the command line, and is never printed.
-#include <fcntl.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -78,9 +76,7 @@ Work plan_work(const std::string& in, const std::string& out) {
 #if INSTANTTENSOR_HAS_CRYPTO
 
 int run_keygen(const std::string& path) {
-    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
-    if (fd < 0) throw io_error(path, errno == EEXIST ? "exists: not overwritten" : "cannot create", errno);
-    const detail::FileDescriptor file(fd);
+    const auto file = format::create_new_file(path, 0600);
     std::string text = format::Key::generate().text();
     try {
         format::write_at(file.get(), std::as_bytes(std::span(text)), 0, path);
@@ -116,24 +112,13 @@ void decrypt_file(const fs::path& from, const fs::path& to, const LoadSettings& 
     const auto checkpoint = format::Checkpoint::open({from});
     const format::Header& header = checkpoint.files().front().header;
     if (!format::is_encrypted(header)) throw usage_error(from.string(), "is not encrypted");
-    const std::string json = format::header_json(header, format::plain_metadata(header.metadata));
-    const std::uint64_t data_offset = format::header_length_size + json.size();
     const std::string target = to.string();
-    const auto out = format::create_new_file(to);
-    try {
-        format::write_at(out.get(), detail::length_prefix(json.size()), 0, target);
-        format::write_at(out.get(), std::as_bytes(std::span(json)), format::header_length_size, target);
-        if (::ftruncate(out.get(), static_cast<off_t>(data_offset + header.data_size)) != 0)
-            throw io_error(target, "cannot size it", errno);
-        load_checkpoint(checkpoint, settings, true, [&](const TensorView& t, std::span<const std::byte> bytes) {
-            format::write_at(out.get(), bytes, data_offset + t.ref->info->begin, target);
-        });
-        if (::fsync(out.get()) != 0) throw io_error(target, "cannot flush", errno);
-    } catch (...) {
-        std::error_code ignored;
-        fs::remove(to, ignored);
-        throw;
-    }
+    format::write_new_file(to, format::header_json(header, format::plain_metadata(header.metadata)), header.data_size,
+                           [&](int fd, std::uint64_t data_offset) {
+                               load_checkpoint(checkpoint, settings, true, [&](const TensorView& t, std::span<const std::byte> bytes) {
+                                   format::write_at(fd, bytes, data_offset + t.ref->info->begin, target);
+                               });
+                           });
 }
 
 int run_decrypt(const CryptOptions& options) {

@@ -14,6 +14,7 @@
 #include <cstdint>
 
 #include "instanttensor/config.hpp"
+#include "instanttensor/error.hpp"
 
 namespace instanttensor::detail {
 
@@ -30,7 +31,6 @@ enum class Cipher : std::uint8_t { aes_256_gcm, xchacha20_poly1305 };
 #include <cstring>
 #include <memory>
 #include <span>
-#include <stdexcept>
 #include <string>
 
 #include <openssl/evp.h>
@@ -41,7 +41,7 @@ namespace instanttensor::detail {
 /// Calls sodium_init() once (thread-safe; libsodium's randomness needs it).
 inline void ensure_sodium() {
     static const bool ready = sodium_init() >= 0;
-    if (!ready) throw std::runtime_error("libsodium could not be initialised");
+    if (!ready) throw unavailable_error("libsodium", "cannot be initialised (sodium_init failed)");
 }
 
 /// 32 secret bytes: locked out of swap where the system allows it, wiped when destroyed.
@@ -78,7 +78,7 @@ inline std::array<std::uint8_t, 32> sha256(std::span<const std::uint8_t> message
     std::array<std::uint8_t, 32> out{};
     unsigned size = 0;
     if (EVP_Digest(message.data(), message.size(), out.data(), &size, EVP_sha256(), nullptr) != 1)
-        throw std::runtime_error("OpenSSL's SHA-256 failed");
+        throw unavailable_error("OpenSSL", "its SHA-256 failed");
     return out;
 }
 
@@ -86,11 +86,11 @@ inline std::array<std::uint8_t, 32> sha256(std::span<const std::uint8_t> message
 class Aead {
 public:
     explicit Aead(Cipher cipher) : cipher_(cipher), context_(EVP_CIPHER_CTX_new()) {
-        if (!context_) throw std::bad_alloc();
+        if (!context_) throw unavailable_error("OpenSSL", "cannot make a cipher context (EVP_CIPHER_CTX_new failed)");
         // Fetched once: EVP_aes_256_gcm() and friends would look the cipher up on every init.
         static const auto fetch = [](const char* name) {
             EVP_CIPHER* c = EVP_CIPHER_fetch(nullptr, name, nullptr);
-            if (!c) throw std::runtime_error(std::string("OpenSSL provides no ") + name);
+            if (!c) throw unavailable_error("OpenSSL", std::string("provides no ") + name);
             return c;
         };
         static EVP_CIPHER* const gcm = fetch("AES-256-GCM");
@@ -140,7 +140,7 @@ private:
             nonce.fill(0);  // the nonce's last 8 bytes, zero, after four zero bytes
         }
         auto check = [](int ok) {
-            if (ok != 1) throw std::runtime_error("OpenSSL's AEAD failed");
+            if (ok != 1) throw unavailable_error("OpenSSL", "its AEAD failed");
         };
         check(EVP_CipherInit_ex2(context_, algorithm_, run_key, nonce.data(), encrypt ? 1 : 0, nullptr));
         int written = 0;

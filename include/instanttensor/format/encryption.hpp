@@ -45,10 +45,17 @@ inline constexpr std::string_view chunk_bytes_key = "instanttensor.chunk_bytes";
 inline constexpr std::string_view salt_key = "instanttensor.salt";
 inline constexpr std::string_view key_id_key = "instanttensor.key_id";
 inline constexpr std::string_view tags_key = "instanttensor.tags";
+/// All five, as an encrypted file's "__metadata__" holds them.
+inline constexpr std::string_view encryption_keys[] = {cipher_key, chunk_bytes_key, salt_key, key_id_key, tags_key};
 
 inline constexpr std::uint64_t default_chunk_bytes = 1ull << 20;
 inline constexpr std::uint64_t min_chunk_bytes = 4096;
 inline constexpr std::uint64_t max_chunk_bytes = 64ull << 20;
+
+/// Whether `bytes` may be a chunk size: a power of two from min_chunk_bytes to max_chunk_bytes.
+constexpr bool valid_chunk_bytes(std::uint64_t bytes) {
+    return bytes >= min_chunk_bytes && bytes <= max_chunk_bytes && (bytes & (bytes - 1)) == 0;
+}
 
 using detail::Cipher;
 
@@ -74,6 +81,8 @@ struct Encryption {
     /// file's chunks.
     static std::optional<Encryption> of(const Header& header, std::string_view source);
 
+    /// Numbers the chunks of `header`'s tensors in file order (first_chunk); returns how many there are.
+    std::uint64_t number_chunks(const Header& header);
     /// Chunks of a tensor of `nbytes`.
     [[nodiscard]] std::uint64_t chunks_of(std::uint64_t nbytes) const noexcept { return (nbytes + chunk_bytes - 1) / chunk_bytes; }
     /// The tag of chunk `index` (in file order).
@@ -135,6 +144,9 @@ public:
 
 private:
     FileCipher(const Header& header, const Encryption& encryption) : header_(&header), encryption_(&encryption) {}
+    /// Derives the file key from `key` and the salt, and the header digest from `digested` (the
+    /// encrypted file's header: `header_` but for the tags, which the digest leaves out).
+    void derive(const Key& key, const Header& digested);
     /// The chunk's associated data: header digest, chunk index within its tensor, tensor name.
     std::vector<std::uint8_t> associated(std::size_t tensor, std::uint64_t chunk) const;
 

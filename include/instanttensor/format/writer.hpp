@@ -7,12 +7,15 @@
 // turn, so a multi-GB checkpoint is written with one tensor in memory at a time.
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <map>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "instanttensor/detail/fd.hpp"
@@ -59,12 +62,19 @@ void write_safetensors(const std::filesystem::path& path, std::span<const Tensor
 /// place of its "__metadata__". format_error for metadata that is not valid UTF-8.
 std::string header_json(const Header& header, const Metadata& metadata);
 
-/// Creates `path` for writing, failing if anything is there (io_error naming it): a file written
-/// anew never replaces one by accident, nor writes through a link planted there.
-detail::FileDescriptor create_new_file(const std::filesystem::path& path);
+/// Creates `path` for writing with permission bits `mode`, failing if anything is there (io_error
+/// naming it): a file written anew never replaces one by accident, nor writes through a link
+/// planted there.
+detail::FileDescriptor create_new_file(const std::filesystem::path& path, mode_t mode = 0644);
 
 /// Writes `bytes` at `offset` of `fd`, all of them (io_error naming `source`).
 void write_at(int fd, std::span<const std::byte> bytes, std::uint64_t offset, const std::string& source);
+
+/// Writes a new safetensors file at `path` (which must not exist): the header `json` (padded, as
+/// header_json makes it), then a data section of `data_size` bytes, zeros until `write_data(fd,
+/// data_offset)` writes them (write_at); then flushes it. `path` is removed if anything fails.
+void write_new_file(const std::filesystem::path& path, std::string_view json, std::uint64_t data_size,
+                    const std::function<void(int fd, std::uint64_t data_offset)>& write_data);
 
 /// Replaces the "__metadata__" of the safetensors file at `path`, whose header was read as
 /// `expected`, by `metadata`, every tensor's bytes and offsets as they are: the header is read

@@ -2,8 +2,6 @@
 // this file; not to be included alone.
 #pragma once
 
-#include <fcntl.h>
-#include <sys/stat.h>
 #include <unistd.h>
 #if defined(__aarch64__)
 #include <asm/hwcap.h>
@@ -94,9 +92,20 @@ inline Cipher parse_cipher(std::string_view name, std::string_view source) {
 }
 
 inline bool is_encrypted(const Header& header) {
-    for (std::string_view key : {cipher_key, chunk_bytes_key, salt_key, key_id_key, tags_key})
+    for (std::string_view key : encryption_keys)
         if (header.metadata.contains(key)) return true;
     return false;
+}
+
+inline std::uint64_t Encryption::number_chunks(const Header& header) {
+    first_chunk.clear();
+    first_chunk.reserve(header.tensors.size());
+    std::uint64_t chunks = 0;
+    for (const TensorInfo& t : header.tensors) {
+        first_chunk.push_back(chunks);
+        chunks += chunks_of(t.nbytes());  // no overflow: the data section is at most a file's size
+    }
+    return chunks;
 }
 
 inline std::optional<Encryption> Encryption::of(const Header& header, std::string_view source) {
@@ -116,18 +125,12 @@ inline std::optional<Encryption> Encryption::of(const Header& header, std::strin
     e.cipher = parse_cipher(entry(cipher_key), file);
     const std::string& chunk = entry(chunk_bytes_key);
     const auto [end, ec] = std::from_chars(chunk.data(), chunk.data() + chunk.size(), e.chunk_bytes);
-    if (ec != std::errc{} || end != chunk.data() + chunk.size() || chunk.empty() || chunk[0] == '0' ||
-        e.chunk_bytes < min_chunk_bytes || e.chunk_bytes > max_chunk_bytes || (e.chunk_bytes & (e.chunk_bytes - 1)) != 0)
+    if (ec != std::errc{} || end != chunk.data() + chunk.size() || chunk.empty() || chunk[0] == '0' || !valid_chunk_bytes(e.chunk_bytes))
         throw malformed(chunk_bytes_key, "a power of two from 4096 to 67108864 (decimal)");
     if (!detail::parse_hex(entry(salt_key), e.salt)) throw malformed(salt_key, "64 lowercase hex digits");
     if (!detail::parse_hex(entry(key_id_key), e.key_id)) throw malformed(key_id_key, "16 lowercase hex digits");
 
-    std::uint64_t chunks = 0;
-    e.first_chunk.reserve(header.tensors.size());
-    for (const TensorInfo& t : header.tensors) {
-        e.first_chunk.push_back(chunks);
-        chunks += e.chunks_of(t.nbytes());  // no overflow: the data section is at most a file's size
-    }
+    const std::uint64_t chunks = e.number_chunks(header);
     const std::string& tags = entry(tags_key);
     if (tags.size() != 2 * detail::tag_bytes * chunks)
         throw format_error(file, "__metadata__ \"" + std::string(tags_key) + "\" holds " + std::to_string(tags.size()) +
@@ -150,7 +153,7 @@ inline Metadata Encryption::metadata(const Metadata& plain) const {
 
 inline Metadata plain_metadata(const Metadata& metadata) {
     Metadata plain = metadata;
-    for (std::string_view key : {cipher_key, chunk_bytes_key, salt_key, key_id_key, tags_key}) {
+    for (std::string_view key : encryption_keys) {
         const auto it = plain.find(key);
         if (it != plain.end()) plain.erase(it);
     }
@@ -197,6 +200,7 @@ inline Key Key::parse(std::string_view text, std::string_view source) {
 inline Key Key::read(const std::filesystem::path& path) {
     const std::string source = path.string();
     const auto fd = detail::open_read_only(path);
+    // Read to its end rather than by its size, so that a pipe serves too (--key-file <(vault read ...)).
     std::array<char, 2 * detail::key_bytes + 2> text{};  // one byte more than a key file holds
     std::size_t size = 0;
     while (size < text.size()) {
@@ -225,26 +229,23 @@ inline FileCipher::FileCipher(const Header& header, const Encryption& encryption
     : FileCipher(header, encryption) {
     if (detail::key_id(key.secret(), encryption.salt) != encryption.key_id)
         throw integrity_error(std::string(source), "was encrypted with another key than the one given (or its salt or key id were changed)");
-    detail::derive(key.secret(), "instanttensor.v1 file key", encryption.salt, file_key_.bytes());
-    header_digest_ = detail::sha256(header_digest_input(header));
+    derive(key, header);
+}
+
+inline void FileCipher::derive(const Key& key, const Header& digested) {
+    detail::derive(key.secret(), "instanttensor.v1 file key", encryption_->salt, file_key_.bytes());
+    header_digest_ = detail::sha256(header_digest_input(digested));
 }
 
 inline FileCipher FileCipher::create(const Header& plain, Encryption& encryption, const Key& key) {
     detail::random_bytes(encryption.salt);
     encryption.key_id = detail::key_id(key.secret(), encryption.salt);
-    encryption.first_chunk.clear();
-    std::uint64_t chunks = 0;
-    for (const TensorInfo& t : plain.tensors) {
-        encryption.first_chunk.push_back(chunks);
-        chunks += encryption.chunks_of(t.nbytes());
-    }
-    encryption.tags.assign(detail::tag_bytes * chunks, 0);
+    encryption.tags.assign(detail::tag_bytes * encryption.number_chunks(plain), 0);
     // The digest covers the encrypted file's header: the plain one with the keys (but the tags).
     Header encrypted = plain;
     encrypted.metadata = encryption.metadata(plain.metadata);
     FileCipher cipher(plain, encryption);
-    detail::derive(key.secret(), "instanttensor.v1 file key", encryption.salt, cipher.file_key_.bytes());
-    cipher.header_digest_ = detail::sha256(header_digest_input(encrypted));
+    cipher.derive(key, encrypted);
     return cipher;
 }
 
@@ -279,8 +280,7 @@ inline void encrypt_file(const std::filesystem::path& in, const std::filesystem:
     const auto input = detail::open_read_only(in);
     const Header header = detail::read_header(input.get(), detail::regular_file_size(input.get(), source), source);
     if (is_encrypted(header)) throw usage_error(source, "is encrypted already");
-    if (options.chunk_bytes < min_chunk_bytes || options.chunk_bytes > max_chunk_bytes ||
-        (options.chunk_bytes & (options.chunk_bytes - 1)) != 0)
+    if (!valid_chunk_bytes(options.chunk_bytes))
         throw usage_error("encrypt", "the chunk size must be a power of two from 4096 to 67108864 bytes");
 
     Encryption encryption;
@@ -289,16 +289,13 @@ inline void encrypt_file(const std::filesystem::path& in, const std::filesystem:
     const FileCipher cipher = FileCipher::create(header, encryption, key);
     // The tags are known once every chunk is encrypted; their hex takes as many bytes either way,
     // so the header is written first with zero tags, and again at the end.
-    std::string json = header_json(header, encryption.metadata(header.metadata));
-    const std::uint64_t data_offset = header_length_size + json.size();
-
-    const auto output = create_new_file(out);
-    try {
-        write_at(output.get(), detail::length_prefix(json.size()), 0, target);
-        if (::ftruncate(output.get(), static_cast<off_t>(data_offset + header.data_size)) != 0)
-            throw io_error(target, "cannot size it", errno);
+    write_new_file(out, header_json(header, encryption.metadata(header.metadata)), header.data_size, [&](int fd, std::uint64_t data_offset) {
         detail::Aead aead(options.cipher);
         std::vector<std::byte> chunk(options.chunk_bytes);
+        struct Wipe {
+            std::vector<std::byte>& plaintext;
+            ~Wipe() { sodium_memzero(plaintext.data(), plaintext.size()); }
+        } wipe{chunk};
         std::uint64_t done = 0;
         for (std::size_t t = 0; t < header.tensors.size(); ++t) {
             const TensorInfo& info = header.tensors[t];
@@ -308,20 +305,14 @@ inline void encrypt_file(const std::filesystem::path& in, const std::filesystem:
                 const std::uint64_t index = encryption.first_chunk[t] + k;
                 cipher.seal(aead, t, k, bytes, std::span<std::uint8_t, detail::tag_bytes>(
                                                     encryption.tags.data() + index * detail::tag_bytes, detail::tag_bytes));
-                write_at(output.get(), bytes, data_offset + info.begin + at, target);
+                write_at(fd, bytes, data_offset + info.begin + at, target);
                 done += bytes.size();
                 if (options.progress) options.progress(done);
             }
         }
-        json = header_json(header, encryption.metadata(header.metadata));
-        write_at(output.get(), std::as_bytes(std::span(json)), header_length_size, target);
-        sodium_memzero(chunk.data(), chunk.size());
-        if (::fsync(output.get()) != 0) throw io_error(target, "cannot flush", errno);
-    } catch (...) {
-        std::error_code ignored;
-        std::filesystem::remove(out, ignored);
-        throw;
-    }
+        const std::string json = header_json(header, encryption.metadata(header.metadata));
+        write_at(fd, std::as_bytes(std::span(json)), header_length_size, target);
+    });
 }
 
 #endif  // INSTANTTENSOR_HAS_CRYPTO

@@ -248,10 +248,10 @@ inline std::string header_json(const Header& header, const Metadata& metadata) {
     return detail::close_header(json);
 }
 
-inline detail::FileDescriptor create_new_file(const std::filesystem::path& path) {
+inline detail::FileDescriptor create_new_file(const std::filesystem::path& path, mode_t mode) {
     int fd;
     do {
-        fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644);
+        fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
     } while (fd < 0 && errno == EINTR);
     if (fd < 0 && errno == EEXIST) throw io_error(path.string(), "exists: not overwritten", EEXIST);
     if (fd < 0) throw io_error(path.string(), "cannot create", errno);
@@ -265,6 +265,24 @@ inline void write_at(int fd, std::span<const std::byte> bytes, std::uint64_t off
         if (n < 0) throw io_error(source, "write failed at byte " + std::to_string(offset), errno);
         bytes = bytes.subspan(static_cast<std::size_t>(n));
         offset += static_cast<std::uint64_t>(n);
+    }
+}
+
+inline void write_new_file(const std::filesystem::path& path, std::string_view json, std::uint64_t data_size,
+                           const std::function<void(int fd, std::uint64_t data_offset)>& write_data) {
+    const std::string target = path.string();
+    const std::uint64_t data_offset = header_length_size + json.size();
+    const auto out = create_new_file(path);
+    try {
+        write_at(out.get(), detail::length_prefix(json.size()), 0, target);
+        write_at(out.get(), std::as_bytes(std::span(json)), header_length_size, target);
+        if (::ftruncate(out.get(), static_cast<off_t>(data_offset + data_size)) != 0) throw io_error(target, "cannot size it", errno);
+        write_data(out.get(), data_offset);
+        if (::fsync(out.get()) != 0) throw io_error(target, "cannot flush", errno);
+    } catch (...) {
+        std::error_code ignored;
+        std::filesystem::remove(path, ignored);
+        throw;
     }
 }
 
