@@ -219,8 +219,7 @@ class TensorSlice:
 
     def __getitem__(self, index):
         block, rest = self._block(index)
-        if self._owner._options.digests is not None or self._owner._options.key is not None:
-            # a digest covers the whole tensor, and a chunk its own bytes: read it all, verified or decrypted
+        if self._owner._options.digests is not None:  # a digest covers the whole tensor: read it all, verified
             block, rest = None, index
         if block is None:  # nothing to narrow, or an index only the framework understands
             whole = self._owner.get_tensor(self._name)
@@ -275,7 +274,7 @@ class safe_open:
     cannot verify. An encrypted checkpoint (``instanttensor encrypt``) needs its key, from
     ``key_file`` (as ``instanttensor keygen`` writes it) or the environment variable named by
     ``key_env``: every chunk is authenticated as it is decrypted, and one that fails raises
-    ``IntegrityError``; group loads cannot decrypt yet.
+    ``IntegrityError``; in a group load each rank decrypts the chunks it reads.
 
     With ``process_group`` (a torch.distributed group over NCCL, loading to its CUDA device, or
     over gloo, loading to the host), ``tensors()``, ``load_file`` and ``load_into`` load as one

@@ -1,6 +1,7 @@
 // LoadOptions::key (pipeline/decryptor.hpp): an encrypted checkpoint loads to exactly the bytes that
 // were encrypted, through every backend, page-cache policy and host sink, with either cipher, with
-// chunks smaller and larger than a read; every way of tampering with it (a byte, the header, the
+// chunks smaller and larger than a read, in blocks (LoadOptions::share), and in group loads of 1 to 5
+// ranks for every share, with chunks that two ranks' segments share; every way of tampering with it (a byte, the header, the
 // tags, chunks or tensors swapped, a chunk from another file) fails as an integrity_error naming the
 // file and the tensor, and the tensor is never yielded; a wrong key, a missing key and a key for a
 // plain file are refused before any read.
@@ -13,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "groups.hpp"
 #include "instanttensor/format/encryption.hpp"
 #include "instanttensor/loader.hpp"
 #include "loads.hpp"
@@ -260,6 +262,120 @@ TEST_CASE("decrypt: keys that cannot decrypt are refused before any read") {
         fmt::encrypt_file(plain, big_chunks, *key, {.cipher = fmt::Cipher::aes_256_gcm, .chunk_bytes = 1 << 20, .progress = {}});
         const auto c = fmt::Checkpoint::open(big_chunks);
         CHECK(load_failing<it::usage_error>(c, with_key(key, small_slots)).message.find("cannot hold a chunk") != std::string::npos);
+    }
+}
+
+TEST_CASE("decrypt: blocks of tensors (LoadOptions::share) land as the plain file's blocks, reading whole chunks") {
+    TempDir dir;
+    const fs::path plain = write_file(dir / "plain.safetensors", group_specs());
+    const fs::path encrypted = dir / "enc.safetensors";
+    const auto key = new_key();
+    fmt::encrypt_file(plain, encrypted, *key, {.cipher = fmt::preferred_cipher(), .chunk_bytes = 4096, .progress = {}});
+    const auto checkpoint = fmt::Checkpoint::open(encrypted);
+    for (const auto& selection : selections()) {
+        if (!selection.share) continue;
+        for (int rank : {0, 1, 2}) {  // the block rank `rank` of 3 keeps, loaded alone
+            CAPTURE(selection.name);
+            CAPTURE(rank);
+            it::LoadOptions options = with_key(key, small_slots);
+            options.share = [share = selection.share, rank](const fmt::TensorRef& t, int, int) { return share(t, rank, 3); };
+            RankResult out;
+            HostLoaderOf<it::storage::pread> loader(checkpoint, it::storage::pread(), {}, it::sink::host(test_ring), options);
+            for (const it::TensorView& t : loader) {
+                out.names.emplace_back(t.name);
+                out.shapes.emplace_back(t.shape.begin(), t.shape.end());
+                out.blocks.emplace_back(t.block_dim, t.block_first);
+                const auto block = block_bytes(*t.ref->info, expected_bytes(t.name, t.ref->nbytes()), t.block_dim, t.block_first,
+                                               t.shape.empty() ? 1 : t.shape[t.block_dim]);
+                out.bytes_match.push_back(std::equal(t.data.begin(), t.data.end(), block.begin(), block.end()));
+            }
+            out.stats = loader.stats();
+            check_rank(checkpoint, selection.share, rank, 3, out);
+        }
+    }
+}
+
+TEST_CASE("decrypt in a group: every share, 1 to 5 ranks, chunks two segments share; each rank ends with the bytes it keeps") {
+    TempDir dir;
+    const auto plain = fmt::write_sharded_checkpoint(dir / "plain", group_specs(), 3, fill_tensor);
+    const auto key = new_key();
+    // Chunks of a page in windows of 64 KiB, and of two pages (as large as a read allows) in windows
+    // of 32 KiB: there a segment of 4 or 5 ranks is a page, smaller than a chunk, so that several
+    // ranks read and decrypt the same chunk.
+    for (const std::uint64_t chunk : {std::uint64_t{4096}, std::uint64_t{8192}}) {
+        const auto index = encrypt_checkpoint(plain, dir / ("enc-" + std::to_string(chunk)), *key,
+                                              {.cipher = fmt::preferred_cipher(), .chunk_bytes = chunk, .progress = {}});
+        const auto checkpoint = fmt::Checkpoint::open(index);
+        for (const auto& selection : selections()) {
+            for (int ranks = 1; ranks <= 5; ++ranks) {
+                CAPTURE(chunk);
+                CAPTURE(selection.name);
+                CAPTURE(ranks);
+                auto options = with_key(key, group_options(selection.share), 1);
+                options.window_bytes = chunk == 4096 ? test_window_bytes : test_window_bytes / 2;
+                const auto results = run_group(ranks, [&](InProcessTransport transport, int) {
+                    return GroupLoader(checkpoint, it::storage::automatic({it::storage::Backend::memory}), std::move(transport),
+                                       it::sink::host(), options);
+                });
+                for (int r = 0; r < ranks; ++r) check_rank(checkpoint, selection.share, r, ranks, results[static_cast<std::size_t>(r)]);
+            }
+        }
+    }
+    // Every file backend and page-cache policy, reads widened to whole chunks staying aligned for O_DIRECT.
+    const auto checkpoint = fmt::Checkpoint::open(dir / "enc-8192" / plain.filename());
+    const auto share = it::split_along(1, is_weight);
+    namespace st = it::storage;
+    for (const st::automatic::Options storage : {st::automatic::Options{st::Backend::pread, it::DirectIo::on},
+                                                 st::automatic::Options{st::Backend::uring, it::DirectIo::on},
+                                                 st::automatic::Options{st::Backend::uring, it::DirectIo::off}}) {
+        if (storage.backend == st::Backend::uring && unavailable(Via::uring)) continue;
+        CAPTURE(st::to_string(storage.backend));
+        CAPTURE(to_string(storage.direct));
+        const auto results = run_group(3, [&](InProcessTransport transport, int) {
+            return GroupLoader(checkpoint, st::automatic(storage), std::move(transport), it::sink::host(), with_key(key, group_options(share)));
+        });
+        for (int r = 0; r < 3; ++r) check_rank(checkpoint, share, r, 3, results[static_cast<std::size_t>(r)]);
+    }
+}
+
+TEST_CASE("decrypt in a group: a changed chunk fails the ranks that read it and stops the others; a wrong key stops every rank") {
+    TempDir dir;
+    const fs::path plain = write_file(dir / "plain.safetensors", group_specs());
+    const fs::path path = dir / "enc.safetensors";
+    const auto key = new_key();
+    fmt::encrypt_file(plain, path, *key, {.cipher = fmt::preferred_cipher(), .chunk_bytes = 4096, .progress = {}});
+    const fmt::Header header = fmt::read_header(path);
+    const fmt::TensorInfo& big = *std::find_if(header.tensors.begin(), header.tensors.end(), [](const fmt::TensorInfo& t) { return t.name == "w.big"; });
+    auto byte = read_bytes(path, header.data_offset() + big.begin + 200000, 1);
+    byte[0] ^= std::byte{1};
+    write_bytes(path, header.data_offset() + big.begin + 200000, byte);
+    const auto checkpoint = fmt::Checkpoint::open(path);
+
+    const auto results = run_group(3, [&](InProcessTransport transport, int) {
+        return GroupLoader(checkpoint, it::storage::automatic({it::storage::Backend::memory}), std::move(transport), it::sink::host(),
+                           with_key(key, group_options({})));
+    });
+    int refused = 0;
+    for (const RankResult& out : results) {
+        CAPTURE(out.error);
+        CHECK(std::find(out.names.begin(), out.names.end(), "w.big") == out.names.end());
+        if (out.error.find("fails authentication") != std::string::npos) {
+            ++refused;
+            CHECK(out.error.find(path.string()) != std::string::npos);
+            CHECK(out.error.find("'w.big': chunk 48 of") != std::string::npos);
+        } else {
+            CHECK(out.error.find("failed at window") != std::string::npos);
+        }
+    }
+    CHECK(refused >= 1);
+
+    const auto wrong = run_group(3, [&](InProcessTransport transport, int) {
+        return GroupLoader(checkpoint, it::storage::automatic({it::storage::Backend::memory}), std::move(transport), it::sink::host(),
+                           with_key(new_key(), group_options({})));
+    });
+    for (const RankResult& out : wrong) {
+        CHECK(out.error.find("another key") != std::string::npos);
+        CHECK(out.names.empty());
     }
 }
 

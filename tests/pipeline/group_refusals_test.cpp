@@ -138,12 +138,12 @@ TEST_CASE("group: options that cannot work are refused") {
     CHECK_THROWS_WITH_AS(GroupLoader(checkpoint, it::storage::automatic(), InProcessTransport(group, 0), it::sink::host(), verified),
                          doctest::Contains("verify"), it::usage_error);
 #if INSTANTTENSOR_HAS_CRYPTO
-    // Decrypting: a group load cannot yet, and refuses a key, and an encrypted file without one.
+    // Decrypting: a key for a plain file, and an encrypted file without a key.
     const auto key = std::make_shared<const fmt::Key>(fmt::Key::generate());
     auto keyed = group_options({});
     keyed.key = key;
     CHECK_THROWS_WITH_AS(GroupLoader(checkpoint, it::storage::automatic(), InProcessTransport(group, 0), it::sink::host(), keyed),
-                         doctest::Contains("cannot decrypt"), it::usage_error);
+                         doctest::Contains("is not encrypted"), it::usage_error);
     fmt::encrypt_file(dir / "one.safetensors", dir / "encrypted.safetensors", *key);
     const auto encrypted = fmt::Checkpoint::open(dir / "encrypted.safetensors");
     CHECK_THROWS_WITH_AS(GroupLoader(encrypted, it::storage::automatic(), InProcessTransport(group, 0), it::sink::host(), group_options({})),

@@ -16,6 +16,7 @@
 
 #include "faulty.hpp"
 #include "groups.hpp"
+#include "instanttensor/format/encryption.hpp"
 #include "process_group.hpp"
 
 namespace {
@@ -78,6 +79,32 @@ TEST_CASE("processes: 2 and 3 ranks end with exactly the bytes they keep, for ev
         }
     }
 }
+
+#if INSTANTTENSOR_HAS_CRYPTO
+TEST_CASE("processes: an encrypted checkpoint, each rank decrypting what it reads before the exchange, for every share") {
+    const GroupFile file;
+    const fs::path encrypted = file.dir / "encrypted.safetensors";
+    const auto key = std::make_shared<const fmt::Key>(fmt::Key::generate());
+    fmt::encrypt_file(file.path, encrypted, *key, {.cipher = fmt::preferred_cipher(), .chunk_bytes = 4096, .progress = {}});
+    for (const auto& selection : selections()) {
+        for (int ranks : {2, 3}) {
+            CAPTURE(selection.name);
+            CAPTURE(ranks);
+            ProcessGroup group(ranks);
+            const auto outcomes = group.run(
+                [&](int r) {
+                    const auto checkpoint = fmt::Checkpoint::open(encrypted);
+                    auto options = group_options(selection.share);
+                    options.key = key;
+                    ProcessLoader loader(checkpoint, it::storage::automatic(), ProcessTransport(group, r), it::sink::host(), options);
+                    return verify(loader, checkpoint, selection.share, r, ranks);
+                },
+                std::chrono::seconds(60));
+            for (const auto& o : outcomes) CHECK(o.report == "");
+        }
+    }
+}
+#endif
 
 TEST_CASE("processes: a window of thousands of sends goes in several NCCL groups, alike on both sides") {
     TempDir dir;

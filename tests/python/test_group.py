@@ -14,6 +14,7 @@ dist = pytest.importorskip("torch.distributed")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
 import instanttensor as it  # noqa: E402
+from command import run  # noqa: E402
 
 
 def write_checkpoint(directory):
@@ -56,7 +57,7 @@ SPLIT = ("layers.0.q_proj.weight", "layers.1.q_proj.weight", "few_rows", "big", 
 OPTIONS = {"slot_bytes": 256 << 10, "staging_bytes": 1 << 20}  # many reads and exchanges per tensor
 
 
-def rank_main(rank, ranks, store, directory):
+def rank_main(rank, ranks, store, directory, encrypted):
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=ranks)
     try:
@@ -131,6 +132,16 @@ def rank_main(rank, ranks, store, directory):
                 loaded = dict(f.tensors())
                 assert all(torch.equal(loaded[n], t) for n, t in reference.items())
 
+        # An encrypted copy (instanttensor encrypt, chunks of 64 KiB): each rank authenticates and
+        # decrypts the chunks it reads, before the exchange.
+        if encrypted is not None:
+            encrypted_directory, key = encrypted
+            got = it.load_file(encrypted_directory, process_group=group, key_file=key, split_rows=SPLIT, **OPTIONS)
+            assert got.keys() == reference.keys()
+            for name, tensor in reference.items():
+                want = block(tensor, rank, ranks) if name in SPLIT and name != "scalar" else tensor
+                assert torch.equal(got[name], want), name
+
         # A subgroup of the first two ranks loads on its own; the others go on.
         pair = dist.new_group([0, 1])
         if rank < 2:
@@ -146,7 +157,13 @@ def test_group_load_over_gloo(tmp_path, ranks):
     checkpoint = tmp_path / "model"
     checkpoint.mkdir()
     write_checkpoint(checkpoint)
-    torch.multiprocessing.spawn(rank_main, args=(ranks, str(tmp_path / "store"), str(checkpoint)), nprocs=ranks)
+    encrypted = None
+    if hasattr(it._core, "Key"):  # a build with libsodium and OpenSSL
+        key = tmp_path / "key"
+        run("keygen", key)
+        run("encrypt", "--key-file", key, "--chunk-kib", 64, checkpoint, tmp_path / "encrypted")
+        encrypted = (str(tmp_path / "encrypted"), str(key))
+    torch.multiprocessing.spawn(rank_main, args=(ranks, str(tmp_path / "store"), str(checkpoint), encrypted), nprocs=ranks)
 
 
 def test_group_arguments_are_checked(tmp_path):

@@ -45,9 +45,9 @@ inline unsigned default_decrypt_threads() {
 
 class Decryptor {
 public:
-    /// Decrypts the files of `checkpoint` with `key` on `threads` threads. Each file must be
-    /// encrypted (usage_error naming one that is not) and with this key (integrity_error): both are
-    /// checked here, before any read.
+    /// Decrypts the files of `checkpoint` with `key` on `threads` threads (0: default_decrypt_threads()).
+    /// Each file must be encrypted (usage_error naming one that is not) and with this key
+    /// (integrity_error): both are checked here, before any read.
     Decryptor(const format::Checkpoint& checkpoint, const format::Key& key, unsigned threads) : checkpoint_(&checkpoint) {
         encryptions_.reserve(checkpoint.files().size());
         ciphers_.reserve(checkpoint.files().size());
@@ -59,7 +59,7 @@ public:
         }
         for (std::size_t f = 0; f < encryptions_.size(); ++f)
             ciphers_.emplace_back(checkpoint.files()[f].header, encryptions_[f], key, checkpoint.files()[f].path.native());
-        for (unsigned i = 0; i < std::max(threads, 1u); ++i) workers_.emplace_back([this] { work(); });
+        for (unsigned i = 0; i < (threads ? threads : default_decrypt_threads()); ++i) workers_.emplace_back([this] { work(); });
     }
 
     Decryptor(const Decryptor&) = delete;
@@ -81,21 +81,26 @@ public:
         return sizes;
     }
 
-    /// Read `id` of extent `e` of `plan` is there: its pieces lie at `bytes` + their extent offsets.
-    void decrypt(const Plan& plan, const Extent& e, std::byte* bytes, std::uint32_t id) {
+    /// Read `id` of extent `e` of `plan` is there: the extent's bytes [begin, end) (all of them by
+    /// default), byte `begin` at `bytes`. Its pieces' chunks in that range are decrypted; the range
+    /// must not cut one (a group's segment reads are widened to whole chunks: whole_chunks()).
+    void decrypt(const Plan& plan, const Extent& e, std::byte* bytes, std::uint32_t id, std::uint64_t begin = 0,
+                 std::uint64_t end = UINT64_MAX) {
         std::vector<Work> chunks;
         for (std::uint32_t p = e.first_piece; p < e.first_piece + e.piece_count; ++p) {
             const Piece& piece = plan.pieces[p];
+            const std::uint64_t from = std::max(begin, piece.extent_offset), to = std::min(end, piece.extent_offset + piece.length);
+            if (from >= to) continue;
             const format::TensorRef& ref = *plan.tensors[piece.tensor].ref;
             const std::size_t tensor = static_cast<std::size_t>(ref.info - checkpoint_->files()[ref.file].header.tensors.data());
             const std::uint64_t size = encryptions_[ref.file].chunk_bytes;
-            const std::uint64_t end = piece.tensor_offset + piece.length;
-            if (piece.tensor_offset % size != 0 || (end % size != 0 && end != ref.nbytes()))
-                throw usage_error("Decryptor", "a piece of tensor " + detail::quote_name(ref.name()) +
+            const std::uint64_t first = piece.tensor_offset + (from - piece.extent_offset), last = first + (to - from);
+            if (first % size != 0 || (last % size != 0 && last != ref.nbytes()))
+                throw usage_error("Decryptor", "a read of tensor " + detail::quote_name(ref.name()) +
                                                    " cuts one of its chunks: plan with chunk_sizes()");
-            for (std::uint64_t at = piece.tensor_offset; at < end; at += size) {
+            for (std::uint64_t at = first; at < last; at += size) {
                 const std::uint64_t length = std::min(size, ref.nbytes() - at);
-                chunks.push_back({id, ref.file, tensor, at / size, {bytes + piece.extent_offset + (at - piece.tensor_offset), length}});
+                chunks.push_back({id, ref.file, tensor, at / size, {bytes + (from - begin) + (at - first), length}});
             }
         }
         {

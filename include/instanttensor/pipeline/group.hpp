@@ -3,9 +3,10 @@
 //
 // Windows of the plan (pipeline/group_plan.hpp) move through four stages, each window in a buffer
 // of its own: this rank reads its segment (through pinned staging and an upload when the transport
-// exchanges device memory while the storage reads host memory) and packs what it sends of strided
-// blocks, the transport exchanges the window (the same exchanges in the same order on every rank),
-// the bytes this rank keeps land in its sink, and the buffer takes the next window once the sink's
+// exchanges device memory while the storage reads host memory; of an encrypted checkpoint, widened
+// to whole chunks and decrypted on the Decryptor's threads before the upload) and packs what it
+// sends of strided blocks, the transport exchanges the window (the same exchanges in the same
+// order on every rank), the bytes this rank keeps land in its sink, and the buffer takes the next window once the sink's
 // copies out of it ran. pump() polls every stage in turn, so the stages of successive windows
 // overlap. A rank that keeps nothing more still takes part in every exchange: finish() does that.
 //
@@ -25,13 +26,16 @@
 #pragma once
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <deque>
+#include <memory>
 #include <optional>
 #include <string>
 #include <thread>
 #include <type_traits>
+#include <unordered_map>
 #include <variant>
 #include <vector>
 
@@ -39,6 +43,7 @@
 #include "instanttensor/config.hpp"
 #include "instanttensor/error.hpp"
 #include "instanttensor/format/checkpoint.hpp"
+#include "instanttensor/pipeline/decryptor.hpp"
 #include "instanttensor/pipeline/destinations.hpp"
 #include "instanttensor/pipeline/group_link.hpp"
 #include "instanttensor/pipeline/group_plan.hpp"
@@ -101,10 +106,14 @@ class Group {
     using Uploader = typename detail::uploader_of<uploads>::type;
     using Packer = typename detail::packer_of<Tr::memory>::type;
 
-    /// What becomes of a read once complete: the window it belongs to, and with uploads the slot it
-    /// was read into and where in the window buffer it goes.
+    /// What becomes of a read once complete: the window it belongs to, with a key the bytes of the
+    /// plan's extent whose chunks it decrypts (`segment`: its segment read widened to whole chunks)
+    /// and where the read starts in that extent, and with uploads the slot it was read into and
+    /// where in the window buffer it goes.
     struct Job {
         std::uint32_t window = 0;
+        SegmentRead segment;
+        std::uint64_t extent_offset = 0;
         std::uint32_t slot = 0;
         std::byte* upload_to = nullptr;
     };
@@ -201,7 +210,13 @@ private:
         const int rank = link_.rank(), ranks = link_.transport().size();
         if (options_.windows < 2 || options_.windows > 16) throw usage_error("loader", "LoadOptions::windows must be 2 to 16");
         if (options_.group_timeout.count() <= 0) throw usage_error("loader", "LoadOptions::group_timeout must be positive");
-        plan_ = open_and_plan(checkpoint_, storage_, options_, PlanAlignment::page);
+#if INSTANTTENSOR_HAS_CRYPTO
+        if (options_.key && Storage::destination == MemoryKind::host) {  // every rank checks the key before any read
+            decryptor_ = std::make_unique<Decryptor>(checkpoint_, *options_.key, options_.decrypt_threads);
+            chunk_ = decryptor_->chunk_sizes();
+        }
+#endif
+        plan_ = open_and_plan(checkpoint_, storage_, options_, PlanAlignment::page, {}, chunk_);
         group_ = make_group_plan(plan_, ranks, rank, options_.share, std::max(options_.window_bytes, options_.slot_bytes));
         agree();
         stats_.received_bytes = group_.received_bytes[static_cast<std::size_t>(rank)];
@@ -270,7 +285,11 @@ private:
         link_.restart_clock();  // the deadline counts time spent waiting here, not the consumer's
         try {
             for (;;) {
-                bool moved = reclaim();
+                // Taken before anything is checked: a decryption finishing after the checks below
+                // must not read as a load with nothing left to wait for.
+                const std::uint64_t decrypted = decrypted_chunks();
+                bool moved = land_decrypted();
+                moved |= reclaim();
                 moved |= start_windows();
                 moved |= submit_reads();
                 moved |= start_exchanges();
@@ -278,7 +297,7 @@ private:
                 if (done()) return;
                 // Besides reads: uploads, or operations of the transport (a status round, the
                 // exchanges of windows past their reads), which complete without the kernel telling us.
-                const bool others_pending = staging_.copying() || link_.pending() ||
+                const bool others_pending = staging_.copying() || link_.pending() || decrypting() ||
                                             std::any_of(active_.begin(), active_.end(), [](const ActiveWindow& w) {
                                                 return w.exchange_started || w.pack_ticket != no_ticket;
                                             });
@@ -291,7 +310,8 @@ private:
                         throw usage_error("loader", "a group load stalled: the sink has no room although the consumer holds "
                                                     "no tensor (its reserve() refuses a ring of plan().ring_needed() bytes)");
                     if (link_.pending()) link_.check_deadline("the exchanges", [this] { return where(); });
-                    std::this_thread::yield();
+                    if (decrypting()) wait_decrypted(decrypted);
+                    else std::this_thread::yield();
                 }
             }
         } catch (...) {
@@ -310,7 +330,9 @@ private:
             w.index = next_window_++;
             w.buffer = free_buffers_.back();
             free_buffers_.pop_back();
-            group_.for_each_read(plan_, w.index, link_.rank(), [&](const SegmentRead& r) { w.reads.push_back(r); });
+            group_.for_each_read(plan_, w.index, link_.rank(), [&](const SegmentRead& r) {
+                w.reads.push_back(chunk_.empty() ? r : whole_chunks(plan_, group_, r, chunk_));
+            });
             w.reads_left = w.reads.size();
             w.next_extent = group_.windows[w.index].first_extent;
             w.next_piece = plan_.extents[w.next_extent].first_piece;
@@ -330,7 +352,12 @@ private:
                 if (uploads && !staging_.has_free()) return moved;
                 const SegmentRead& s = w.reads[w.next_read++];
                 const Extent& e = plan_.extents[s.extent];
-                Read r{e.file, e.offset + s.extent_offset, s.length, s.needed, w.buffer + s.window_offset, {w.index, 0, nullptr}};
+                // Segments are page-aligned; widened to whole chunks, they are aligned again.
+                const std::uint64_t from = s.extent_offset / detail::page_alignment * detail::page_alignment;
+                const std::uint64_t to =
+                    std::min((s.extent_offset + s.length + detail::page_alignment - 1) / detail::page_alignment * detail::page_alignment, e.length);
+                Read r{e.file, e.offset + from, to - from, std::min(to, e.needed) - from, w.buffer + (s.window_offset - (s.extent_offset - from)),
+                       {w.index, s, from, 0, nullptr}};
                 if constexpr (uploads) {
                     r.job.slot = staging_.take();
                     r.job.upload_to = r.buffer;
@@ -343,8 +370,61 @@ private:
         return moved;
     }
 
-    /// A segment read is complete: upload it from its staging slot, if it went through one.
+    /// A segment read is complete: it arrived, once decrypted if the checkpoint is encrypted.
     void read_done(const Read& r) {
+#if INSTANTTENSOR_HAS_CRYPTO
+        if (decryptor_) {
+            const std::uint32_t id = next_decryption_++;
+            decrypting_.emplace(id, r);
+            const SegmentRead& s = r.job.segment;
+            decryptor_->decrypt(plan_, plan_.extents[s.extent], r.buffer + (s.extent_offset - r.job.extent_offset), id, s.extent_offset,
+                                s.extent_offset + s.length);
+            return;
+        }
+#endif
+        arrived(r);
+    }
+
+    /// Whether reads are being decrypted.
+    bool decrypting() const {
+#if INSTANTTENSOR_HAS_CRYPTO
+        return decryptor_ && decryptor_->busy();
+#else
+        return false;
+#endif
+    }
+
+    /// Chunks decrypted so far (Decryptor::progress).
+    std::uint64_t decrypted_chunks() const {
+#if INSTANTTENSOR_HAS_CRYPTO
+        if (decryptor_) return decryptor_->progress();
+#endif
+        return 0;
+    }
+
+    /// Waits a little for a chunk past the first `seen` to be decrypted.
+    void wait_decrypted([[maybe_unused]] std::uint64_t seen) {
+#if INSTANTTENSOR_HAS_CRYPTO
+        decryptor_->wait_past(seen, std::chrono::microseconds(100));
+#endif
+    }
+
+    /// The reads that were decrypted arrive (integrity_error for one that failed authentication).
+    bool land_decrypted() {
+        bool moved = false;
+#if INSTANTTENSOR_HAS_CRYPTO
+        if (decrypting())
+            decryptor_->finish([this, &moved](std::uint32_t id) {
+                auto read = decrypting_.extract(id);
+                arrived(read.mapped());
+                moved = true;
+            });
+#endif
+        return moved;
+    }
+
+    /// A segment read is in its window buffer, or in its staging slot: upload it from there.
+    void arrived(const Read& r) {
         ActiveWindow& w = active_window(r.job.window);
         if constexpr (uploads) {
             uploader_->store(r.job.upload_to, r.buffer, r.length);
@@ -586,6 +666,12 @@ private:
     bool agreed_ = false;                // the agreement round was started
     std::optional<StatusRound> status_;  // the status round started and not read yet
     std::uint32_t next_status_ = 0;      // the window whose status round starts next
+    std::vector<std::uint64_t> chunk_;   // each file's chunk size, when decrypting
+#if INSTANTTENSOR_HAS_CRYPTO
+    std::unordered_map<std::uint32_t, Read> decrypting_;  // the reads the Decryptor holds, by id
+    std::uint32_t next_decryption_ = 0;
+    std::unique_ptr<Decryptor> decryptor_;  // with LoadOptions::key; destroyed first: its threads write staging and the window buffers
+#endif
 };
 
 }  // namespace instanttensor::pipeline

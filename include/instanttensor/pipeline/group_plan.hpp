@@ -165,6 +165,28 @@ struct GroupPlan {
     }
 };
 
+/// `read`, widened to the whole chunks of the tensors whose chunks it cuts (`chunk`: each file's
+/// chunk size, pipeline/decryptor.hpp): the bytes a rank of a group load that decrypts must read
+/// and decrypt to hold every byte of its segment in plaintext before the exchange (it reads them
+/// widened further to whole pages). Two neighbouring ranks both read, and decrypt, the chunk their
+/// segments share; the exchange then overwrites each one's copy of the other's bytes with the same
+/// plaintext.
+inline SegmentRead whole_chunks(const Plan& plan, const GroupPlan& group, const SegmentRead& read, std::span<const std::uint64_t> chunk) {
+    const Extent& e = plan.extents[read.extent];
+    const std::uint64_t size = chunk[e.file];
+    std::uint64_t from = read.extent_offset, to = from + read.length;
+    for (std::uint32_t p = e.first_piece; p < e.first_piece + e.piece_count; ++p) {
+        const Piece& piece = plan.pieces[p];
+        const std::uint64_t begin = piece.extent_offset, end = begin + piece.length;  // pieces start on a chunk
+        if (begin <= from && from < end) from = begin + (from - begin) / size * size;
+        if (begin < to && to < end) {
+            const std::uint64_t tensor_end = piece.tensor_offset + piece.length;  // a chunk's end, or the tensor's
+            to = begin + std::min((piece.tensor_offset + (to - begin) + size - 1) / size * size, tensor_end) - piece.tensor_offset;
+        }
+    }
+    return {read.extent, from, group.extent_window_offset[read.extent] + from, to - from, std::min(to, e.needed) - from};
+}
+
 /// Splits `plan` for rank `rank` of a group of `ranks`, where rank r keeps share(tensor, r, ranks)
 /// of each tensor (empty: everything), in windows of at most `window_bytes` (at least the plan's
 /// largest extent). The share function is called once per tensor and rank.

@@ -44,8 +44,8 @@ Plan open_and_plan(const format::Checkpoint& checkpoint, Storage& storage, const
     if (options.slot_bytes < min_slot_bytes || options.slot_bytes % detail::page_alignment != 0)
         throw usage_error("loader", "slot_bytes must be a multiple of 4096 and at least 12288");
     if (options.key && chunk.empty())
-        throw usage_error("loader", "a key was given, and this load cannot decrypt: group loads, loads of blocks (LoadOptions::share) "
-                                    "and loads through GDS do not decrypt yet");
+        throw usage_error(std::string(storage.name()), "reads into device memory, where a key cannot decrypt the bytes: load an "
+                                                       "encrypted checkpoint through a host backend");
     if (!options.key)
         for (const format::CheckpointFile& file : checkpoint.files())
             if (format::is_encrypted(file.header))

@@ -31,8 +31,8 @@ struct LoadOptions {
     unsigned verify_threads = 0;                ///< threads digesting for verify; 0 = default_verify_threads()
     /// The key of an encrypted checkpoint (format/encryption.hpp): every chunk is authenticated and
     /// decrypted before its bytes are stored; a chunk that fails is an integrity_error. Needed for an
-    /// encrypted checkpoint, refused for a plain one. Single loads of whole tensors, from a storage
-    /// that reads host memory (not GDS).
+    /// encrypted checkpoint, refused for a plain one. From a storage that reads host memory (not
+    /// GDS); in a group load each rank decrypts what it reads, before the exchange.
     std::shared_ptr<const format::Key> key;
     unsigned decrypt_threads = 0;               ///< threads decrypting; 0 = default_decrypt_threads()
 

@@ -66,17 +66,22 @@ public:
             throw usage_error(std::string(storage_.name()), "reads into device memory, where verify cannot digest the bytes: load through a host backend");
         std::vector<std::uint64_t> chunk;  // each file's chunk size, when decrypting
 #if INSTANTTENSOR_HAS_CRYPTO
-        if (options_.key && !options_.share && Storage::destination == MemoryKind::host) {
-            decryptor_ = std::make_unique<Decryptor>(checkpoint_, *options_.key,
-                                                     options_.decrypt_threads ? options_.decrypt_threads : default_decrypt_threads());
+        if (options_.key && Storage::destination == MemoryKind::host) {
+            decryptor_ = std::make_unique<Decryptor>(checkpoint_, *options_.key, options_.decrypt_threads);
             chunk = decryptor_->chunk_sizes();
         }
 #endif
         TensorRange range;
-        if (options_.share) {  // a block of a tensor: read the bytes it spans, land the block
-            range = [this](const format::TensorRef& t) {
+        if (options_.share) {  // a block of a tensor: read the bytes it spans (whole chunks when decrypting), land the block
+            range = [this, &chunk](const format::TensorRef& t) {
                 const KeptBytes& k = kept_.emplace_back(kept_bytes(t, options_.share(t, 0, 1), checkpoint_.files()[t.file].path.native()));
-                return std::pair{k.begin, k.end()};
+                std::uint64_t begin = k.begin, end = k.end();
+                if (!chunk.empty() && begin < end) {
+                    const std::uint64_t size = chunk[t.file];
+                    begin = begin / size * size;
+                    end = std::min((end + size - 1) / size * size, t.nbytes());
+                }
+                return std::pair{begin, end};
             };
         }
         plan_ = open_and_plan(checkpoint_, storage_, options_, PlanAlignment::storage, range, chunk);
