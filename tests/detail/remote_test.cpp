@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <vector>
 
 #include "instanttensor/config.hpp"
 #if INSTANTTENSOR_HAS_CURL
@@ -138,6 +139,45 @@ TEST_CASE("s3:// paths: path-style at a custom endpoint, else AWS's virtual host
     }
     CHECK_THROWS_AS(detail::locate_remote("s3:///key"), instanttensor::usage_error);
     std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("an S3 prefix is listed page by page: the query as SigV4 signs it, keys decoded, pages chained") {
+    ScopedEnv endpoint("AWS_ENDPOINT_URL", "http://127.0.0.1:9000"), id("AWS_ACCESS_KEY_ID", "AK"), secret("AWS_SECRET_ACCESS_KEY", "s");
+    const auto prefix = detail::locate_remote("s3://bucket/my models/v1/");
+    CHECK(prefix.bucket_url == "http://127.0.0.1:9000/bucket/");
+    CHECK(prefix.key == "my models/v1/");
+    CHECK(prefix.sibling("a.safetensors").key == "my models/v1/a.safetensors");
+    // Parameters in name order, '/' and ' ' encoded in values.
+    CHECK(detail::s3_listing_url(prefix, "") == "http://127.0.0.1:9000/bucket/?delimiter=%2F&list-type=2&prefix=my%20models%2Fv1%2F");
+    CHECK(detail::s3_listing_url(prefix, "1/a+b=") ==
+          "http://127.0.0.1:9000/bucket/?continuation-token=1%2Fa%2Bb%3D&delimiter=%2F&list-type=2&prefix=my%20models%2Fv1%2F");
+    CHECK(detail::s3_listing_url(detail::locate_remote("s3://bucket/"), "") == "http://127.0.0.1:9000/bucket/?delimiter=%2F&list-type=2&prefix=");
+
+    std::vector<std::string> names;
+    const std::string first =
+        R"(<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">)"
+        R"(<Name>bucket</Name><Prefix>my models/v1/</Prefix><KeyCount>2</KeyCount><IsTruncated>true</IsTruncated>)"
+        R"(<Contents><Key>my models/v1/a&amp;b.safetensors</Key><Size>10</Size></Contents>)"
+        R"(<Contents><Key>my models/v1/&#233;t&#xE9;.safetensors</Key></Contents>)"
+        R"(<CommonPrefixes><Prefix>my models/v1/sub/</Prefix></CommonPrefixes>)"
+        R"(<NextContinuationToken>next&amp;page</NextContinuationToken></ListBucketResult>)";
+    CHECK(detail::parse_s3_listing(first, prefix.key, names, "s3://bucket/my models/v1/") == "next&page");
+    const std::string last = R"(<ListBucketResult><IsTruncated>false</IsTruncated><Contents><Key>my models/v1/z.json</Key></Contents></ListBucketResult>)";
+    CHECK(detail::parse_s3_listing(last, prefix.key, names, "s3").empty());
+    CHECK(names == std::vector<std::string>{"a&b.safetensors", "\xc3\xa9t\xc3\xa9.safetensors", "z.json"});
+
+    // Answers that are not listings, or break its rules, are format errors naming the prefix.
+    const auto refused = [&](const std::string& xml, const char* why) {
+        std::vector<std::string> ignored;
+        CHECK_THROWS_WITH_AS(detail::parse_s3_listing(xml, prefix.key, ignored, "s3://bucket/my models/v1/"),
+                             doctest::Contains(why), instanttensor::format_error);
+    };
+    refused("<Error><Code>AccessDenied</Code></Error>", "not a ListBucketResult");
+    refused("<ListBucketResult><Contents><Key>other/a.safetensors</Key></Contents></ListBucketResult>", "outside the prefix");
+    refused("<ListBucketResult><Contents><Key>my models/v1/a</Key></ListBucketResult>", "without its end");
+    refused("<ListBucketResult><Contents><Key>my models/v1/&bogus;</Key></Contents></ListBucketResult>", "unknown XML entity");
+    refused("<ListBucketResult><Contents><Key>my models/v1/&#0;</Key></Contents></ListBucketResult>", "bad character reference");
+    refused("<ListBucketResult><IsTruncated>true</IsTruncated></ListBucketResult>", "names no next page");
 }
 
 #if INSTANTTENSOR_HAS_CURL

@@ -51,6 +51,15 @@ def s3(tmp_path_factory):
         tensors = write_sharded_reference(root)
         for f in root.iterdir():
             client.upload_file(str(f), "weights", "model/" + f.name)
+            if f.name.endswith(".safetensors"):  # shards without their index: loaded in name order
+                client.upload_file(str(f), "weights", "shards/" + f.name)
+            else:  # two indexes: which one is meant cannot be told
+                for name in ("a.safetensors.index.json", "b.safetensors.index.json"):
+                    client.upload_file(str(f), "weights", "two-indexes/" + name)
+        # A prefix holding no checkpoint, beside one (sub/) that does not count. (The pages of a
+        # listing are chained by tests/detail/remote_test.cpp: 1000 keys are slow to put here.)
+        client.put_object(Bucket="weights", Key="none/readme.md", Body=b"no weights here")
+        client.upload_file(str(root / "model-00001-of-00002.safetensors"), "weights", "none/sub/m.safetensors")
         yield {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
                "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"], "AWS_REGION": "us-east-1"}, tensors
     finally:
@@ -82,6 +91,22 @@ def test_a_signed_prefix_loads_bit_exactly(s3, monkeypatch):
         assert torch.equal(loaded[name], tensor), name
 
 
+def test_a_prefix_is_listed_as_a_directory(s3, monkeypatch):
+    """Its one index, else its safetensors files in name order, over every page of the listing."""
+    env, tensors = s3
+    use(monkeypatch, env)
+    shards = load_or_skip("s3://weights/shards/")
+    assert sorted(shards) == sorted(tensors) and all(torch.equal(shards[n], t) for n, t in tensors.items())
+    with pytest.raises(it.FormatError, match="s3://weights/two-indexes/: prefix holds several"):
+        it.load_file("s3://weights/two-indexes/")
+    with pytest.raises(it.FormatError, match="s3://weights/none/: prefix holds no"):
+        it.load_file("s3://weights/none/")
+    with pytest.raises(it.FormatError, match="s3://weights/absent/: prefix holds no"):
+        it.load_file("s3://weights/absent/")
+    with pytest.raises(OSError, match="s3://nobucket/: cannot list the prefix: HTTP 404"):
+        it.load_file("s3://nobucket/")
+
+
 def test_credentials_from_a_profile(s3, monkeypatch, tmp_path):
     env, tensors = s3
     credentials = tmp_path / "credentials"
@@ -98,7 +123,7 @@ def test_credentials_from_a_profile(s3, monkeypatch, tmp_path):
 def test_a_wrong_secret_is_refused_without_showing_it(s3, monkeypatch):
     env, _ = s3
     use(monkeypatch, dict(env, AWS_SECRET_ACCESS_KEY=SECRET))
-    with pytest.raises(OSError, match=r"s3://weights/model/model\.safetensors\.index\.json: HTTP 403.*check the AWS credentials") as e:
+    with pytest.raises(OSError, match=r"s3://weights/model/: cannot list the prefix: HTTP 403.*check the AWS credentials") as e:
         load_or_skip("s3://weights/model/")
     assert SECRET not in str(e.value) and env["AWS_SECRET_ACCESS_KEY"] not in str(e.value)
 

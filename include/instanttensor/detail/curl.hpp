@@ -1,5 +1,6 @@
 // instanttensor/detail/curl.hpp: ranged GETs of remote files with libcurl, set up one way for the
-// header reads of Checkpoint::open and the reads of storage::http.
+// header reads of Checkpoint::open and the reads of storage::http; and the listing of an S3
+// prefix (S3Listing), set up the same way (Request).
 //
 // A RangeGet is one easy handle, reused for request after request: it asks for bytes [offset,
 // offset + length) of a file, lands them in the caller's memory, and says afterwards what the
@@ -28,6 +29,7 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <vector>
 
 #include "instanttensor/detail/remote.hpp"
 #include "instanttensor/error.hpp"
@@ -100,7 +102,7 @@ private:
     }
 };
 
-/// What a finished RangeGet amounts to.
+/// What a finished request amounts to.
 struct Outcome {
     enum Kind { bytes, again, failed } kind = failed;
     std::uint64_t received = 0;  ///< bytes: how many landed (fewer than asked when the connection broke)
@@ -108,10 +110,33 @@ struct Outcome {
     unsigned pause_ms = 0;       ///< again: the server's Retry-After, if it said
 };
 
-/// One ranged GET at a time, over a reused handle.
-class RangeGet {
+/// An easy handle, reused request after request, set up as every request of the library is:
+/// redirects followed, timeouts, TLS trusted from the usual variables, the Hub's token, S3's
+/// signature. A RangeGet and an S3Listing are one.
+class Request {
 public:
-    RangeGet() {
+    Request(const Request&) = delete;
+    Request& operator=(const Request&) = delete;
+
+    [[nodiscard]] CURL* handle() const noexcept { return easy_.get(); }
+    [[nodiscard]] const ResponseHead& head() const noexcept { return head_; }
+
+    /// The pause before try `tries + 1`: first_backoff_ms, doubling, at most 10 s.
+    static unsigned backoff_ms(const RemoteOptions& options, unsigned tries) {
+        return std::min<unsigned>(10'000, options.first_backoff_ms << std::min(tries - 1, 16u));
+    }
+
+    /// The pause before sending again a request whose try `tries` came back `again` (the backoff,
+    /// or the server's Retry-After if longer); once options.tries are spent, an io_error naming
+    /// `shown` and what was `asked` ("bytes 0-99, ", or empty).
+    static std::chrono::milliseconds pause_before_try(const Outcome& again, unsigned tries, const RemoteOptions& options,
+                                                      const std::string& shown, const std::string& asked) {
+        if (tries >= options.tries) throw io_error(shown, again.message + " (" + asked + std::to_string(tries) + " tries)", 0);
+        return std::chrono::milliseconds(std::max(again.pause_ms, backoff_ms(options, tries)));
+    }
+
+protected:
+    Request() {
         init_curl();
         easy_.reset(curl_easy_init());
         if (!easy_) throw unavailable_error("libcurl", "cannot create a transfer handle");
@@ -120,34 +145,22 @@ public:
             if (ca_bundle_.empty()) ca_bundle_ = environment(name);
         ca_directory_ = environment("SSL_CERT_DIR");
     }
-    RangeGet(const RangeGet&) = delete;
-    RangeGet& operator=(const RangeGet&) = delete;
+    ~Request() = default;
 
-    [[nodiscard]] CURL* handle() const noexcept { return easy_.get(); }
-    [[nodiscard]] const ResponseHead& head() const noexcept { return head_; }
-
-    /// Sets up a GET of bytes [offset, offset + length) of `file` into `destination` (which must
-    /// hold `length` bytes). A file whose size is still 0 is being opened: nothing is pinned yet.
-    void prepare(const RemoteFile& file, std::uint64_t offset, std::uint64_t length, std::byte* destination,
-                 const RemoteOptions& options) {
+    /// Resets the handle for a GET of `url` on behalf of `location`, sending `headers` besides S3's
+    /// own; the response's headers land in head(), its body goes to `on_body` (the caller sets
+    /// CURLOPT_WRITEDATA).
+    void configure(const RemoteLocation& location, const std::string& url, const std::vector<std::string>& headers,
+                   curl_write_callback on_body, const RemoteOptions& options) {
         CURL* c = easy_.get();
         curl_easy_reset(c);
-        file_ = &file;
-        offset_ = offset;
-        length_ = length;
-        destination_ = destination;
-        received_ = 0;
-        overflow_ = false;
         head_ = {};
         error_[0] = '\0';
-        range_ = std::to_string(offset) + "-" + std::to_string(offset + length - 1);
-        const RemoteLocation& location = file.location;
         const S3Credentials& s3 = location.credentials;
         const bool signed_s3 = location.s3 && !s3.access_key.empty();
         headers_.reset();
         auto add = [&](const std::string& line) { headers_.reset(append(headers_.release(), line)); };
-        if (!file.etag.empty() && !file.etag.starts_with("W/")) add("If-Match: " + file.etag);
-        else if (!file.last_modified.empty()) add("If-Unmodified-Since: " + file.last_modified);
+        for (const std::string& line : headers) add(line);
         if (signed_s3) {
             // libcurl 7.88 signs every header given here, and takes the payload's hash from this
             // one: that of an empty body, as a GET has.
@@ -155,8 +168,7 @@ public:
             if (!s3.session_token.empty()) add("x-amz-security-token: " + s3.session_token);
         }
 
-        curl_easy_setopt(c, CURLOPT_URL, file.location.url.c_str());
-        curl_easy_setopt(c, CURLOPT_RANGE, range_.c_str());
+        curl_easy_setopt(c, CURLOPT_URL, url.c_str());
         curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers_.get());
         curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
         curl_easy_setopt(c, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
@@ -171,9 +183,8 @@ public:
         curl_easy_setopt(c, CURLOPT_PIPEWAIT, 1L);
         curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
         curl_easy_setopt(c, CURLOPT_ERRORBUFFER, error_);
-        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, &RangeGet::on_body);
-        curl_easy_setopt(c, CURLOPT_WRITEDATA, this);
-        curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, &RangeGet::on_header);
+        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+        curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, &Request::on_header);
         curl_easy_setopt(c, CURLOPT_HEADERDATA, this);
         if (!ca_bundle_.empty()) curl_easy_setopt(c, CURLOPT_CAINFO, ca_bundle_.c_str());
         if (!ca_directory_.empty()) curl_easy_setopt(c, CURLOPT_CAPATH, ca_directory_.c_str());
@@ -187,6 +198,96 @@ public:
             curl_easy_setopt(c, CURLOPT_USERNAME, s3.access_key.c_str());
             curl_easy_setopt(c, CURLOPT_PASSWORD, s3.secret_key.c_str());
         }
+    }
+
+    /// What a response amounts to whose status is none of those its request expects: another try
+    /// (429, 5xx), or a failure saying the status, with a hint where credentials were refused. No
+    /// status at all: curl's error, tried again where transient.
+    [[nodiscard]] Outcome unexpected(const RemoteLocation& location, CURLcode code) const {
+        const long status = head_.status;
+        if (status == 429 || status >= 500) {
+            Outcome o = again(status_text());
+            o.pause_ms = std::min(head_.retry_after_s, 30u) * 1000;
+            return o;
+        }
+        if (status != 0) {
+            std::string text = status_text();
+            if ((status == 401 || status == 403) && location.shown.starts_with("hf://"))
+                text += location.bearer_token.empty() ? " (no token was sent: set HF_TOKEN)" : " (check the token)";
+            if (status == 403 && location.s3)
+                text += location.credentials.access_key.empty()
+                            ? " (the request was not signed: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile)"
+                            : " (check the AWS credentials and region " + location.credentials.region + ")";
+            return fail(text);
+        }
+        return broken(code);
+    }
+
+    /// What a transfer that curl ended with `code` amounts to: tried again where transient.
+    [[nodiscard]] Outcome broken(CURLcode code) const {
+        if (code == CURLE_OK) return fail("no answer with a status");
+        std::string text = error_[0] != '\0' ? error_ : curl_easy_strerror(code);
+        return transient(code) ? again(text) : fail(text);
+    }
+
+    [[nodiscard]] std::string status_text() const {
+        return "HTTP " + std::to_string(head_.status) + (head_.reason.empty() ? "" : " " + head_.reason);
+    }
+    [[nodiscard]] static Outcome fail(std::string message) { return {Outcome::failed, 0, std::move(message), 0}; }
+    [[nodiscard]] static Outcome again(std::string message) { return {Outcome::again, 0, std::move(message), 0}; }
+
+    ResponseHead head_;
+    char error_[CURL_ERROR_SIZE]{};
+
+private:
+    static curl_slist* append(curl_slist* list, const std::string& line) {
+        curl_slist* grown = curl_slist_append(list, line.c_str());
+        if (grown == nullptr) throw unavailable_error("libcurl", "out of memory for a request's headers");
+        return grown;
+    }
+    static bool transient(CURLcode code) {
+        switch (code) {
+        case CURLE_COULDNT_CONNECT: case CURLE_OPERATION_TIMEDOUT: case CURLE_RECV_ERROR: case CURLE_SEND_ERROR:
+        case CURLE_PARTIAL_FILE: case CURLE_GOT_NOTHING: case CURLE_HTTP2: case CURLE_HTTP2_STREAM: case CURLE_SSL_CONNECT_ERROR:
+            return true;
+        default:
+            return false;
+        }
+    }
+    static std::size_t on_header(char* data, std::size_t size, std::size_t count, void* self) {
+        static_cast<Request*>(self)->head_.parse_line(std::string_view(data, size * count));
+        return size * count;
+    }
+
+    CurlEasy easy_;
+    std::string ca_bundle_;     // CURLOPT_CAINFO, if the environment names one
+    std::string ca_directory_;  // CURLOPT_CAPATH, likewise
+    CurlList headers_;          // the caller's and S3's own
+    std::string sigv4_;
+};
+
+/// One ranged GET at a time, over a reused handle.
+class RangeGet : public Request {
+public:
+    RangeGet() = default;
+
+    /// Sets up a GET of bytes [offset, offset + length) of `file` into `destination` (which must
+    /// hold `length` bytes). A file whose size is still 0 is being opened: nothing is pinned yet.
+    void prepare(const RemoteFile& file, std::uint64_t offset, std::uint64_t length, std::byte* destination,
+                 const RemoteOptions& options) {
+        file_ = &file;
+        offset_ = offset;
+        length_ = length;
+        destination_ = destination;
+        received_ = 0;
+        overflow_ = false;
+        range_ = std::to_string(offset) + "-" + std::to_string(offset + length - 1);
+        std::vector<std::string> conditions;
+        if (!file.etag.empty() && !file.etag.starts_with("W/")) conditions.push_back("If-Match: " + file.etag);
+        else if (!file.last_modified.empty()) conditions.push_back("If-Unmodified-Since: " + file.last_modified);
+        configure(file.location, file.location.url, conditions, &RangeGet::on_body, options);
+        curl_easy_setopt(handle(), CURLOPT_RANGE, range_.c_str());
+        curl_easy_setopt(handle(), CURLOPT_WRITEDATA, this);
     }
 
     /// What the transfer amounts to, once curl finished it with `code`.
@@ -213,24 +314,8 @@ public:
             if (file_->size == 0 && offset_ == 0) return {Outcome::bytes, 0, {}, 0};  // an empty file, being opened
             return fail("the server has fewer bytes than when its header was read (416 for bytes " + range_ +
                         "): the file changed; open the checkpoint again");
-        } else if (status == 429 || status >= 500) {
-            Outcome o = again(status_text());
-            o.pause_ms = std::min(head_.retry_after_s, 30u) * 1000;
-            return o;
-        } else if (status >= 300) {
-            std::string text = status_text();
-            const RemoteLocation& location = file_->location;
-            if ((status == 401 || status == 403) && location.shown.starts_with("hf://"))
-                text += location.bearer_token.empty() ? " (no token was sent: set HF_TOKEN)" : " (check the token)";
-            if (status == 403 && location.s3)
-                text += location.credentials.access_key.empty()
-                            ? " (the request was not signed: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile)"
-                            : " (check the AWS credentials and region " + location.credentials.region + ")";
-            return fail(text);
         }
-        if (code == CURLE_OK) return fail("no answer with a status");
-        std::string text = error_[0] != '\0' ? error_ : curl_easy_strerror(code);
-        return transient(code) ? again(text) : fail(text);
+        return unexpected(file_->location, code);
     }
 
     /// Transfers and retries with pauses until done; for the few small reads of opening a file.
@@ -241,7 +326,7 @@ public:
         unsigned tries = 0;
         while (done < out.size()) {
             prepare(file, offset + done, out.size() - done, out.data() + done, options);
-            const Outcome o = outcome(curl_easy_perform(easy_.get()));
+            const Outcome o = outcome(curl_easy_perform(handle()));
             if (o.kind == Outcome::failed) throw io_error(file.location.shown, o.message, 0);
             if (o.kind == Outcome::again) {
                 std::this_thread::sleep_for(pause_before_try(o, ++tries, options, file.location.shown, ""));
@@ -254,36 +339,7 @@ public:
         return done;
     }
 
-    /// The pause before try `tries + 1`: first_backoff_ms, doubling, at most 10 s.
-    static unsigned backoff_ms(const RemoteOptions& options, unsigned tries) {
-        return std::min<unsigned>(10'000, options.first_backoff_ms << std::min(tries - 1, 16u));
-    }
-
-    /// The pause before sending again a request whose try `tries` came back `again` (the backoff,
-    /// or the server's Retry-After if longer); once options.tries are spent, an io_error naming
-    /// `shown` and what was `asked` ("bytes 0-99, ", or empty).
-    static std::chrono::milliseconds pause_before_try(const Outcome& again, unsigned tries, const RemoteOptions& options,
-                                                      const std::string& shown, const std::string& asked) {
-        if (tries >= options.tries) throw io_error(shown, again.message + " (" + asked + std::to_string(tries) + " tries)", 0);
-        return std::chrono::milliseconds(std::max(again.pause_ms, backoff_ms(options, tries)));
-    }
-
 private:
-    static curl_slist* append(curl_slist* list, const std::string& line) {
-        curl_slist* grown = curl_slist_append(list, line.c_str());
-        if (grown == nullptr) throw unavailable_error("libcurl", "out of memory for a request's headers");
-        return grown;
-    }
-    static bool transient(CURLcode code) {
-        switch (code) {
-        case CURLE_COULDNT_CONNECT: case CURLE_OPERATION_TIMEDOUT: case CURLE_RECV_ERROR: case CURLE_SEND_ERROR:
-        case CURLE_PARTIAL_FILE: case CURLE_GOT_NOTHING: case CURLE_HTTP2: case CURLE_HTTP2_STREAM: case CURLE_SSL_CONNECT_ERROR:
-            return true;
-        default:
-            return false;
-        }
-    }
-
     /// Why the response is not of the pinned version, or empty.
     [[nodiscard]] std::string changed() const {
         if (file_->size == 0) return {};  // being opened: this response pins the version
@@ -299,11 +355,6 @@ private:
                    head_.last_modified + " now): open the checkpoint again";
         return {};
     }
-    [[nodiscard]] std::string status_text() const {
-        return "HTTP " + std::to_string(head_.status) + (head_.reason.empty() ? "" : " " + head_.reason);
-    }
-    [[nodiscard]] static Outcome fail(std::string message) { return {Outcome::failed, 0, std::move(message), 0}; }
-    [[nodiscard]] static Outcome again(std::string message) { return {Outcome::again, 0, std::move(message), 0}; }
 
     static std::size_t on_body(char* data, std::size_t size, std::size_t count, void* self_) {
         auto* self = static_cast<RangeGet*>(self_);
@@ -317,25 +368,60 @@ private:
         self->received_ += n;
         return n;
     }
-    static std::size_t on_header(char* data, std::size_t size, std::size_t count, void* self_) {
-        static_cast<RangeGet*>(self_)->head_.parse_line(std::string_view(data, size * count));
-        return size * count;
-    }
 
-    CurlEasy easy_;
-    std::string ca_bundle_;     // CURLOPT_CAINFO, if the environment names one
-    std::string ca_directory_;  // CURLOPT_CAPATH, likewise
-    CurlList headers_;  // conditions and S3's own
-    std::string sigv4_;
     const RemoteFile* file_ = nullptr;
     std::uint64_t offset_ = 0;
     std::uint64_t length_ = 0;
     std::byte* destination_ = nullptr;
     std::uint64_t received_ = 0;
     bool overflow_ = false;
-    ResponseHead head_;
     std::string range_;
-    char error_[CURL_ERROR_SIZE]{};
+};
+
+/// The names of the objects right under an S3 prefix (ListObjectsV2, page after page), as a
+/// directory's are listed: what Checkpoint::open chooses the checkpoint of s3://bucket/prefix/ from.
+class S3Listing : public Request {
+public:
+    /// Lists `directory` (an S3 location ending in '/'); io_error naming it for a failed request,
+    /// format_error for an answer that is not a listing.
+    std::vector<std::string> names(const RemoteLocation& directory, const RemoteOptions& options) {
+        std::vector<std::string> names;
+        std::string continuation;
+        unsigned tries = 0;
+        do {
+            const std::string url = s3_listing_url(directory, continuation);
+            body_.clear();
+            configure(directory, url, {}, &S3Listing::on_body, options);
+            curl_easy_setopt(handle(), CURLOPT_WRITEDATA, this);
+            const CURLcode code = curl_easy_perform(handle());
+            if (code != CURLE_OK || head_.status != 200) {
+                if (head_.status == 200 && code == CURLE_WRITE_ERROR)
+                    throw format_error(directory.shown, "a page of its listing exceeds " + std::to_string(max_page_bytes >> 20) + " MiB");
+                // A body not a listing's was refused (CURLE_WRITE_ERROR): its status says why.
+                const Outcome o = head_.status == 200 ? broken(code) : unexpected(directory, code == CURLE_WRITE_ERROR ? CURLE_OK : code);
+                if (o.kind == Outcome::failed) throw io_error(directory.shown, "cannot list the prefix: " + o.message, 0);
+                std::this_thread::sleep_for(pause_before_try(o, ++tries, options, directory.shown, "listing, "));
+                continue;
+            }
+            tries = 0;
+            continuation = parse_s3_listing(body_, directory.key, names, directory.shown);
+        } while (!continuation.empty() || tries > 0);
+        return names;
+    }
+
+private:
+    /// A listing's page holds at most 1000 keys: far below this, which bounds a server's answer.
+    static constexpr std::size_t max_page_bytes = 16 << 20;
+
+    static std::size_t on_body(char* data, std::size_t size, std::size_t count, void* self_) {
+        auto* self = static_cast<S3Listing*>(self_);
+        const std::size_t n = size * count;
+        if (self->head_.status != 200 || self->body_.size() + n > max_page_bytes) return 0;  // not a listing: stop
+        self->body_.append(data, n);
+        return n;
+    }
+
+    std::string body_;
 };
 
 }  // namespace instanttensor::detail

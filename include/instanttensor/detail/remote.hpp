@@ -3,11 +3,12 @@
 //
 // No libcurl here: a checkpoint holds these whether or not the build can read them (detail/curl.hpp
 // does). A path is remote when it starts with http://, https://, s3:// or hf://. An s3:// path,
-// `s3://bucket/key`, is requested path-style from AWS_ENDPOINT_URL_S3 (else AWS_ENDPOINT_URL) where
-// one is set, else from https://{bucket}.s3.{region}.amazonaws.com, signed (SigV4) with the
-// credentials of AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN, else of the profile
-// AWS_PROFILE (else default) of ~/.aws/credentials (AWS_SHARED_CREDENTIALS_FILE), in the region of
-// AWS_REGION, AWS_DEFAULT_REGION or that profile in ~/.aws/config (AWS_CONFIG_FILE), else us-east-1;
+// `s3://bucket/key` (a prefix where it ends with '/', listed by detail/curl.hpp's S3Listing), is
+// requested path-style from AWS_ENDPOINT_URL_S3 (else AWS_ENDPOINT_URL) where one is set, else
+// from https://{bucket}.s3.{region}.amazonaws.com, signed (SigV4) with the credentials of
+// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN, else of the profile AWS_PROFILE
+// (else default) of ~/.aws/credentials (AWS_SHARED_CREDENTIALS_FILE), in the region of AWS_REGION,
+// AWS_DEFAULT_REGION or that profile in ~/.aws/config (AWS_CONFIG_FILE), else us-east-1;
 // without credentials, unsigned. An hf:// path,
 // `hf://org/name[@revision][/file]`, stands for the Hugging Face Hub's
 // `{HF_ENDPOINT}/{org}/{name}/resolve/{revision}/{file}` (endpoint https://huggingface.co and revision
@@ -19,8 +20,10 @@
 #include <cstdlib>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "instanttensor/error.hpp"
 
@@ -46,13 +49,14 @@ inline std::string shown_url(std::string_view url) {
 }
 
 /// `text` percent-encoded for a URL path: bytes other than unreserved ones and '/' become %XX.
-inline std::string encode_url_path(std::string_view text) {
+/// For a query value, '/' too (`slash` false), as SigV4's canonical query wants.
+inline std::string encode_url_path(std::string_view text, bool slash = true) {
     static constexpr char hex[] = "0123456789ABCDEF";
     std::string out;
     for (const char c : text) {
         const auto u = static_cast<unsigned char>(c);
         if ((u >= 'a' && u <= 'z') || (u >= 'A' && u <= 'Z') || (u >= '0' && u <= '9') || c == '-' || c == '.' ||
-            c == '_' || c == '~' || c == '/')
+            c == '_' || c == '~' || (c == '/' && slash))
             out.push_back(c);
         else
             out.append({'%', hex[u >> 4], hex[u & 15]});
@@ -76,14 +80,18 @@ struct RemoteLocation {
     std::string bearer_token;  ///< sent as "Authorization: Bearer", to the URL's host only
     bool s3 = false;           ///< an S3 object or prefix: requests are signed with `credentials`
     S3Credentials credentials;
+    std::string bucket_url;    ///< S3: the URL of the bucket, which lists its keys
+    std::string key;           ///< S3: the object's key, or the prefix's
 
-    /// Whether it names a directory (ends with '/'): its index, else model.safetensors.
+    /// Whether it names a directory (ends with '/'): over HTTP its index, else model.safetensors; an
+    /// S3 prefix is listed.
     [[nodiscard]] bool is_directory() const noexcept { return url.ends_with('/'); }
     /// The file `name` (relative, already checked not to leave the directory) beside this one.
     [[nodiscard]] RemoteLocation sibling(std::string_view name) const {
         RemoteLocation s = *this;
         s.url.erase(s.url.rfind('/') + 1).append(encode_url_path(name));
         s.shown.erase(s.shown.rfind('/') + 1).append(name);
+        if (s.s3) s.key.erase(s.key.rfind('/') + 1).append(name);
         return s;
     }
 };
@@ -178,18 +186,107 @@ inline RemoteLocation locate_s3(std::string_view path) {
     if (endpoint.empty()) endpoint = environment("AWS_ENDPOINT_URL");
     while (endpoint.ends_with('/')) endpoint.pop_back();
     // A custom endpoint is addressed path-style; AWS itself by virtual host.
-    location.url = endpoint.empty() ? "https://" + bucket + ".s3." + location.credentials.region + ".amazonaws.com/"
-                                    : endpoint + "/" + encode_url_path(bucket) + "/";
-    location.url += encode_url_path(key);
+    location.bucket_url = endpoint.empty() ? "https://" + bucket + ".s3." + location.credentials.region + ".amazonaws.com/"
+                                           : endpoint + "/" + encode_url_path(bucket) + "/";
+    location.url = location.bucket_url + encode_url_path(key);
+    location.key = key;
     location.shown = "s3://" + bucket + "/" + key;
     return location;
+}
+
+/// The URL of one page of the listing (S3 ListObjectsV2) of the keys right under S3 prefix
+/// `directory`, from the page `continuation` names (empty: the first). The parameters are sorted
+/// and encoded as SigV4's canonical query has them, which libcurl 7.88 signs as they are written.
+inline std::string s3_listing_url(const RemoteLocation& directory, std::string_view continuation) {
+    std::string url = directory.bucket_url + "?";
+    if (!continuation.empty()) url += "continuation-token=" + encode_url_path(continuation, false) + "&";
+    return url + "delimiter=%2F&list-type=2&prefix=" + encode_url_path(directory.key, false);
+}
+
+/// `text` with XML's five entities and numeric character references decoded.
+inline std::string xml_text(std::string_view text, const std::string& source) {
+    std::string out;
+    while (!text.empty()) {
+        const auto amp = text.find('&');
+        out.append(text.substr(0, amp));
+        if (amp == std::string_view::npos) break;
+        const auto semicolon = text.find(';', amp);
+        if (semicolon == std::string_view::npos) throw format_error(source, "a listing holds an unterminated XML entity");
+        const std::string_view entity = text.substr(amp + 1, semicolon - amp - 1);
+        if (entity == "amp") out += '&';
+        else if (entity == "lt") out += '<';
+        else if (entity == "gt") out += '>';
+        else if (entity == "quot") out += '"';
+        else if (entity == "apos") out += '\'';
+        else if (entity.starts_with('#')) {
+            const bool hex = entity.size() > 1 && (entity[1] == 'x' || entity[1] == 'X');
+            unsigned long code = 0;
+            const std::string digits(entity.substr(hex ? 2 : 1));
+            char* end = nullptr;
+            code = std::strtoul(digits.c_str(), &end, hex ? 16 : 10);
+            if (digits.empty() || *end != '\0' || code == 0 || code > 0x10ffff)
+                throw format_error(source, "a listing holds a bad character reference &" + std::string(entity) + ";");
+            if (code < 0x80) out += static_cast<char>(code);  // UTF-8
+            else if (code < 0x800) out += {static_cast<char>(0xc0 | (code >> 6)), static_cast<char>(0x80 | (code & 0x3f))};
+            else if (code < 0x10000)
+                out += {static_cast<char>(0xe0 | (code >> 12)), static_cast<char>(0x80 | ((code >> 6) & 0x3f)),
+                        static_cast<char>(0x80 | (code & 0x3f))};
+            else
+                out += {static_cast<char>(0xf0 | (code >> 18)), static_cast<char>(0x80 | ((code >> 12) & 0x3f)),
+                        static_cast<char>(0x80 | ((code >> 6) & 0x3f)), static_cast<char>(0x80 | (code & 0x3f))};
+        } else {
+            throw format_error(source, "a listing holds an unknown XML entity &" + std::string(entity) + ";");
+        }
+        text.remove_prefix(semicolon + 1);
+    }
+    return out;
+}
+
+/// One page of an S3 ListObjectsV2 answer (`xml`) for prefix `prefix`: the names of its objects
+/// below the prefix appended to `names`; returns the continuation token of the next page, empty
+/// after the last. Only the elements the answer's schema defines are read: <Contents><Key>,
+/// <IsTruncated>, <NextContinuationToken>.
+inline std::string parse_s3_listing(std::string_view xml, std::string_view prefix, std::vector<std::string>& names,
+                                    const std::string& source) {
+    // The content of the first element `tag` of `within` from `at` on (not decoded), moving `at` past it.
+    auto element = [&](std::string_view within, std::string_view tag, std::size_t& at) -> std::optional<std::string_view> {
+        const std::string open = "<" + std::string(tag) + ">", close = "</" + std::string(tag) + ">";
+        const auto begin = within.find(open, at);
+        if (begin == std::string_view::npos) return std::nullopt;
+        const auto end = within.find(close, begin + open.size());
+        if (end == std::string_view::npos) throw format_error(source, "a listing holds <" + std::string(tag) + "> without its end");
+        at = end + close.size();
+        return within.substr(begin + open.size(), end - begin - open.size());
+    };
+    if (xml.find("<ListBucketResult") == std::string_view::npos)
+        throw format_error(source, "the answer to a listing (ListObjectsV2) is not a ListBucketResult");
+    for (std::size_t at = 0;;) {
+        const auto contents = element(xml, "Contents", at);
+        if (!contents) break;
+        std::size_t key_at = 0;
+        const auto key = element(*contents, "Key", key_at);
+        const std::string name = key ? xml_text(*key, source) : "";
+        if (!key || !name.starts_with(prefix)) throw format_error(source, "a listing holds an object outside the prefix");
+        names.push_back(name.substr(prefix.size()));
+    }
+    std::size_t at = 0;
+    if (element(xml, "IsTruncated", at).value_or("false") != "true") return {};
+    at = 0;
+    const auto next = element(xml, "NextContinuationToken", at);
+    if (!next || next->empty()) throw format_error(source, "a listing says it is truncated and names no next page");
+    return xml_text(*next, source);
 }
 
 /// Resolves a remote path (is_remote) to its location. Throws usage_error for an hf:// path
 /// without org/name or an s3:// path without a bucket.
 inline RemoteLocation locate_remote(std::string_view path) {
     if (path.starts_with("s3://")) return locate_s3(path);
-    if (!path.starts_with("hf://")) return {std::string(path), shown_url(path), {}, false, {}};
+    if (!path.starts_with("hf://")) {
+        RemoteLocation location;
+        location.url = path;
+        location.shown = shown_url(path);
+        return location;
+    }
     std::string_view rest = path.substr(5);
     const auto org_end = rest.find('/');
     const auto repo_end = org_end == std::string_view::npos ? org_end : rest.find('/', org_end + 1);

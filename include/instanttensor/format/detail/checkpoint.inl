@@ -164,31 +164,37 @@ inline std::filesystem::path canonical_or_throw(const std::filesystem::path& p, 
     return c;
 }
 
-/// What a directory holds: its one index, or its safetensors files in name order.
+/// The checkpoint a directory (or an S3 prefix) holds: its one index, else its safetensors files
+/// in name order.
 struct DirectoryListing {
-    std::filesystem::path index;
-    std::vector<std::filesystem::path> files;
+    std::string index;
+    std::vector<std::string> files;
 };
 
-inline DirectoryListing list_directory(const std::filesystem::path& dir) {
+/// Chooses the checkpoint among the file names a directory (`kind`: "directory", "prefix") holds.
+inline DirectoryListing choose_checkpoint(const std::vector<std::string>& names, const std::string& source, std::string_view kind) {
     DirectoryListing listing;
+    std::vector<std::string> indexes;
+    for (const std::string& name : names) {
+        if (ends_with(name, ".safetensors.index.json")) indexes.push_back(name);
+        else if (ends_with(name, ".safetensors")) listing.files.push_back(name);
+    }
+    if (indexes.size() > 1)
+        throw format_error(source, std::string(kind) + " holds several *.safetensors.index.json files; name the one to load");
+    if (indexes.size() == 1) listing.index = std::move(indexes.front());
+    else if (listing.files.empty()) throw format_error(source, std::string(kind) + " holds no *.safetensors file and no index");
+    std::sort(listing.files.begin(), listing.files.end());
+    return listing;
+}
+
+inline DirectoryListing list_directory(const std::filesystem::path& dir) {
     std::error_code ec;
     std::filesystem::directory_iterator it(dir, ec), end;
     if (ec) throw io_error(dir.string(), "cannot list directory", ec.value());
-    std::vector<std::filesystem::path> indexes;
-    for (; it != end; it.increment(ec)) {
-        const std::string name = it->path().filename().string();
-        if (ends_with(name, ".safetensors.index.json")) indexes.push_back(it->path());
-        else if (ends_with(name, ".safetensors")) listing.files.push_back(it->path());
-    }
+    std::vector<std::string> names;
+    for (; it != end; it.increment(ec)) names.push_back(it->path().filename().string());
     if (ec) throw io_error(dir.string(), "cannot list directory", ec.value());
-    if (indexes.size() > 1)
-        throw format_error(dir.string(), "directory holds several *.safetensors.index.json files; name the one to load");
-    if (indexes.size() == 1) listing.index = std::move(indexes.front());
-    else if (listing.files.empty())
-        throw format_error(dir.string(), "directory holds no *.safetensors file and no index");
-    std::sort(listing.files.begin(), listing.files.end());
-    return listing;
+    return choose_checkpoint(names, dir.string(), "directory");
 }
 
 #if INSTANTTENSOR_HAS_CURL
@@ -273,9 +279,9 @@ inline Checkpoint Checkpoint::open(std::span<const std::filesystem::path> paths)
         std::error_code ec;
         const bool is_dir = std::filesystem::is_directory(p, ec);
         if (is_dir) {
-            auto listing = detail::list_directory(p);
-            if (!listing.index.empty()) c.add_index(listing.index);
-            else for (auto& f : listing.files) c.add_file(std::move(f));
+            const auto listing = detail::list_directory(p);
+            if (!listing.index.empty()) c.add_index(p / listing.index);
+            else for (const auto& f : listing.files) c.add_file(p / f);
         } else if (detail::ends_with(p.string(), ".json")) {
             c.add_index(p);
         } else {
@@ -328,6 +334,12 @@ inline void Checkpoint::add_remote([[maybe_unused]] std::string_view path) {
     if (!location.is_directory()) {
         if (detail::ends_with(location.url, ".json")) add_remote_index(location);
         else add_remote_file(location);
+        return;
+    }
+    if (location.s3) {  // a prefix is listed (ListObjectsV2) and chosen from as a directory is
+        const auto listing = detail::choose_checkpoint(detail::S3Listing().names(location, {}), location.shown, "prefix");
+        if (!listing.index.empty()) add_remote_index(location.sibling(listing.index));
+        else for (const auto& f : listing.files) add_remote_file(location.sibling(f));
         return;
     }
     // A directory has no listing over HTTP: the names save_pretrained writes. Only the candidate
