@@ -10,15 +10,20 @@
 // tensor, the file and the chunk: no byte of it is ever yielded.
 #pragma once
 
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <unordered_map>
+#include <vector>
+
 #include "instanttensor/config.hpp"
+#include "instanttensor/format/checkpoint.hpp"
+#include "instanttensor/pipeline/plan.hpp"
 
 #if INSTANTTENSOR_HAS_CRYPTO
-
 #include <algorithm>
 #include <atomic>
-#include <chrono>
 #include <condition_variable>
-#include <cstdint>
 #include <deque>
 #include <exception>
 #include <mutex>
@@ -26,16 +31,15 @@
 #include <span>
 #include <string>
 #include <thread>
-#include <unordered_map>
-#include <vector>
 
 #include "instanttensor/detail/aead.hpp"
 #include "instanttensor/error.hpp"
-#include "instanttensor/format/checkpoint.hpp"
 #include "instanttensor/format/encryption.hpp"
-#include "instanttensor/pipeline/plan.hpp"
+#endif
 
 namespace instanttensor::pipeline {
+
+#if INSTANTTENSOR_HAS_CRYPTO
 
 /// Decrypting threads when LoadOptions::decrypt_threads is 0: every core but one (left to the
 /// reads and the loader's thread), at least one, at most 16.
@@ -218,7 +222,83 @@ private:
     bool stopping_ = false;
     std::vector<std::thread> workers_;  // last: started once everything above is
 };
+#endif  // INSTANTTENSOR_HAS_CRYPTO
+
+/// A pipeline's decryption, in builds with and without libsodium and OpenSSL: once started
+/// (LoadOptions::key), a Decryptor and the pipeline's reads of type `Read` it holds until their
+/// chunks are decrypted; else nothing, never busy.
+template <class Read>
+class Decryption {
+public:
+    /// Whether it was started: the load decrypts.
+    explicit operator bool() const noexcept {
+#if INSTANTTENSOR_HAS_CRYPTO
+        return decryptor_ != nullptr;
+#else
+        return false;
+#endif
+    }
+
+#if INSTANTTENSOR_HAS_CRYPTO
+    /// Checks `key` against every file of `checkpoint` (Decryptor) and starts `threads` threads
+    /// (0: the default); returns each file's chunk size, for make_plan.
+    std::vector<std::uint64_t> start(const format::Checkpoint& checkpoint, const format::Key& key, unsigned threads) {
+        decryptor_ = std::make_unique<Decryptor>(checkpoint, key, threads);
+        return decryptor_->chunk_sizes();
+    }
+    /// Holds `read` until finish() hands it back, once the chunks of extent `e`'s bytes [begin,
+    /// end) at `bytes` are decrypted (Decryptor::decrypt).
+    void decrypt(const Read& read, const Plan& plan, const Extent& e, std::byte* bytes, std::uint64_t begin = 0,
+                 std::uint64_t end = UINT64_MAX) {
+        const std::uint32_t id = next_id_++;
+        held_.emplace(id, read);
+        decryptor_->decrypt(plan, e, bytes, id, begin, end);
+    }
+#endif
+
+    /// Whether some read handed over has not come back through finish().
+    [[nodiscard]] bool busy() const {
+#if INSTANTTENSOR_HAS_CRYPTO
+        return decryptor_ && decryptor_->busy();
+#else
+        return false;
+#endif
+    }
+    /// Chunks decrypted so far (Decryptor::progress).
+    [[nodiscard]] std::uint64_t progress() const {
+#if INSTANTTENSOR_HAS_CRYPTO
+        if (decryptor_) return decryptor_->progress();
+#endif
+        return 0;
+    }
+    /// Waits until more than `seen` chunks were decrypted, or for at most `timeout`.
+    void wait_past([[maybe_unused]] std::uint64_t seen, [[maybe_unused]] std::chrono::microseconds timeout) {
+#if INSTANTTENSOR_HAS_CRYPTO
+        decryptor_->wait_past(seen, timeout);
+#endif
+    }
+    /// Calls `done(read)` for each read whose chunks are all decrypted; integrity_error for one
+    /// whose chunk failed authentication. Whether any came back.
+    template <class Done>
+    bool finish([[maybe_unused]] Done&& done) {
+        bool any = false;
+#if INSTANTTENSOR_HAS_CRYPTO
+        if (busy())
+            decryptor_->finish([&](std::uint32_t id) {
+                auto held = held_.extract(id);
+                done(held.mapped());
+                any = true;
+            });
+#endif
+        return any;
+    }
+
+private:
+#if INSTANTTENSOR_HAS_CRYPTO
+    std::unordered_map<std::uint32_t, Read> held_;
+    std::uint32_t next_id_ = 0;
+    std::unique_ptr<Decryptor> decryptor_;  // last: destroyed first, as its threads write the reads' memory
+#endif
+};
 
 }  // namespace instanttensor::pipeline
-
-#endif  // INSTANTTENSOR_HAS_CRYPTO

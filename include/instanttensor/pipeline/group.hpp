@@ -30,12 +30,10 @@
 #include <cstdint>
 #include <cstring>
 #include <deque>
-#include <memory>
 #include <optional>
 #include <string>
 #include <thread>
 #include <type_traits>
-#include <unordered_map>
 #include <variant>
 #include <vector>
 
@@ -211,10 +209,8 @@ private:
         if (options_.windows < 2 || options_.windows > 16) throw usage_error("loader", "LoadOptions::windows must be 2 to 16");
         if (options_.group_timeout.count() <= 0) throw usage_error("loader", "LoadOptions::group_timeout must be positive");
 #if INSTANTTENSOR_HAS_CRYPTO
-        if (options_.key && Storage::destination == MemoryKind::host) {  // every rank checks the key before any read
-            decryptor_ = std::make_unique<Decryptor>(checkpoint_, *options_.key, options_.decrypt_threads);
-            chunk_ = decryptor_->chunk_sizes();
-        }
+        if (options_.key && Storage::destination == MemoryKind::host)  // every rank checks the key before any read
+            chunk_ = decryption_.start(checkpoint_, *options_.key, options_.decrypt_threads);
 #endif
         plan_ = open_and_plan(checkpoint_, storage_, options_, PlanAlignment::page, {}, chunk_);
         group_ = make_group_plan(plan_, ranks, rank, options_.share, std::max(options_.window_bytes, options_.slot_bytes));
@@ -287,8 +283,8 @@ private:
             for (;;) {
                 // Taken before anything is checked: a decryption finishing after the checks below
                 // must not read as a load with nothing left to wait for.
-                const std::uint64_t decrypted = decrypted_chunks();
-                bool moved = land_decrypted();
+                const std::uint64_t decrypted = decryption_.progress();
+                bool moved = decryption_.finish([this](const Read& r) { arrived(r); });
                 moved |= reclaim();
                 moved |= start_windows();
                 moved |= submit_reads();
@@ -297,7 +293,7 @@ private:
                 if (done()) return;
                 // Besides reads: uploads, or operations of the transport (a status round, the
                 // exchanges of windows past their reads), which complete without the kernel telling us.
-                const bool others_pending = staging_.copying() || link_.pending() || decrypting() ||
+                const bool others_pending = staging_.copying() || link_.pending() || decryption_.busy() ||
                                             std::any_of(active_.begin(), active_.end(), [](const ActiveWindow& w) {
                                                 return w.exchange_started || w.pack_ticket != no_ticket;
                                             });
@@ -310,7 +306,7 @@ private:
                         throw usage_error("loader", "a group load stalled: the sink has no room although the consumer holds "
                                                     "no tensor (its reserve() refuses a ring of plan().ring_needed() bytes)");
                     if (link_.pending()) link_.check_deadline("the exchanges", [this] { return where(); });
-                    if (decrypting()) wait_decrypted(decrypted);
+                    if (decryption_.busy()) decryption_.wait_past(decrypted, std::chrono::microseconds(100));
                     else std::this_thread::yield();
                 }
             }
@@ -373,54 +369,14 @@ private:
     /// A segment read is complete: it arrived, once decrypted if the checkpoint is encrypted.
     void read_done(const Read& r) {
 #if INSTANTTENSOR_HAS_CRYPTO
-        if (decryptor_) {
-            const std::uint32_t id = next_decryption_++;
-            decrypting_.emplace(id, r);
+        if (decryption_) {
             const SegmentRead& s = r.job.segment;
-            decryptor_->decrypt(plan_, plan_.extents[s.extent], r.buffer + (s.extent_offset - r.job.extent_offset), id, s.extent_offset,
+            decryption_.decrypt(r, plan_, plan_.extents[s.extent], r.buffer + (s.extent_offset - r.job.extent_offset), s.extent_offset,
                                 s.extent_offset + s.length);
             return;
         }
 #endif
         arrived(r);
-    }
-
-    /// Whether reads are being decrypted.
-    bool decrypting() const {
-#if INSTANTTENSOR_HAS_CRYPTO
-        return decryptor_ && decryptor_->busy();
-#else
-        return false;
-#endif
-    }
-
-    /// Chunks decrypted so far (Decryptor::progress).
-    std::uint64_t decrypted_chunks() const {
-#if INSTANTTENSOR_HAS_CRYPTO
-        if (decryptor_) return decryptor_->progress();
-#endif
-        return 0;
-    }
-
-    /// Waits a little for a chunk past the first `seen` to be decrypted.
-    void wait_decrypted([[maybe_unused]] std::uint64_t seen) {
-#if INSTANTTENSOR_HAS_CRYPTO
-        decryptor_->wait_past(seen, std::chrono::microseconds(100));
-#endif
-    }
-
-    /// The reads that were decrypted arrive (integrity_error for one that failed authentication).
-    bool land_decrypted() {
-        bool moved = false;
-#if INSTANTTENSOR_HAS_CRYPTO
-        if (decrypting())
-            decryptor_->finish([this, &moved](std::uint32_t id) {
-                auto read = decrypting_.extract(id);
-                arrived(read.mapped());
-                moved = true;
-            });
-#endif
-        return moved;
     }
 
     /// A segment read is in its window buffer, or in its staging slot: upload it from there.
@@ -667,11 +623,7 @@ private:
     std::optional<StatusRound> status_;  // the status round started and not read yet
     std::uint32_t next_status_ = 0;      // the window whose status round starts next
     std::vector<std::uint64_t> chunk_;   // each file's chunk size, when decrypting
-#if INSTANTTENSOR_HAS_CRYPTO
-    std::unordered_map<std::uint32_t, Read> decrypting_;  // the reads the Decryptor holds, by id
-    std::uint32_t next_decryption_ = 0;
-    std::unique_ptr<Decryptor> decryptor_;  // with LoadOptions::key; destroyed first: its threads write staging and the window buffers
-#endif
+    Decryption<Read> decryption_;        // with LoadOptions::key; destroyed first: its threads write staging and the window buffers
 };
 
 }  // namespace instanttensor::pipeline

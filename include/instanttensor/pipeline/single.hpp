@@ -66,10 +66,8 @@ public:
             throw usage_error(std::string(storage_.name()), "reads into device memory, where verify cannot digest the bytes: load through a host backend");
         std::vector<std::uint64_t> chunk;  // each file's chunk size, when decrypting
 #if INSTANTTENSOR_HAS_CRYPTO
-        if (options_.key && Storage::destination == MemoryKind::host) {
-            decryptor_ = std::make_unique<Decryptor>(checkpoint_, *options_.key, options_.decrypt_threads);
-            chunk = decryptor_->chunk_sizes();
-        }
+        if (options_.key && Storage::destination == MemoryKind::host)
+            chunk = decryption_.start(checkpoint_, *options_.key, options_.decrypt_threads);
 #endif
         TensorRange range;
         if (options_.share) {  // a block of a tensor: read the bytes it spans (whole chunks when decrypting), land the block
@@ -96,9 +94,6 @@ public:
         if constexpr (asynchronous) sink_.prepare_copies(slots);
         destinations_ = Destinations<Sk>(sink_, plan_, kept_);
         reads_ = ReadQueue<Storage, Job>(storage_, checkpoint_, stats_, slots);
-#if INSTANTTENSOR_HAS_CRYPTO
-        if (decryptor_) decrypting_.resize(slots);
-#endif
         if (options_.verify)
             verifier_ = std::make_unique<Verifier>(plan_, *options_.verify, static_cast<std::uint32_t>(slots),
                                                    options_.verify_threads ? options_.verify_threads : default_verify_threads());
@@ -125,8 +120,8 @@ public:
             // Taken before anything is checked: a decryption or a digest finishing after the checks
             // below must not read as a load with nothing left to wait for. The reads decrypted land
             // first: landing hands their pieces to the Verifier.
-            const std::uint64_t decrypted = decrypted_chunks();
-            land_decrypted();
+            const std::uint64_t decrypted = decryption_.progress();
+            decryption_.finish([this](const Read& r) { land(r); });
             const bool digesting = verifier_ && verifier_->busy();
             const std::uint64_t digested = verifier_ ? verifier_->progress() : 0;
             reclaim_slots();
@@ -134,12 +129,12 @@ public:
             if (destinations_.complete(t) && verified(t)) return;
             const bool watching_copies = asynchronous && staging_.copying();
             if (reads_.in_flight() > 0) {
-                if (reads_.reap(!watching_copies && !decrypting(), [this](const Read& r) { arrived(r); }) == 0) {
-                    if (decrypting()) wait_decrypted(decrypted, std::chrono::microseconds(100));  // then look at the reads again
+                if (reads_.reap(!watching_copies && !decryption_.busy(), [this](const Read& r) { arrived(r); }) == 0) {
+                    if (decryption_.busy()) decryption_.wait_past(decrypted, std::chrono::microseconds(100));  // then look at the reads again
                     else std::this_thread::yield();
                 }
-            } else if (decrypting()) {
-                wait_decrypted(decrypted, std::chrono::milliseconds(100));
+            } else if (decryption_.busy()) {
+                decryption_.wait_past(decrypted, std::chrono::milliseconds(100));
             } else if (digesting) {
                 verifier_->wait_past(digested);
             } else if (watching_copies) {
@@ -187,43 +182,12 @@ private:
     /// A read is complete: it lands, once decrypted if the checkpoint is encrypted.
     void arrived(const Read& read) {
 #if INSTANTTENSOR_HAS_CRYPTO
-        if (decryptor_) {
-            decrypting_[read.job.slot] = read;
-            decryptor_->decrypt(plan_, plan_.extents[read.job.extent], read.buffer, read.job.slot);
+        if (decryption_) {
+            decryption_.decrypt(read, plan_, plan_.extents[read.job.extent], read.buffer);
             return;
         }
 #endif
         land(read);
-    }
-
-    /// Whether reads are being decrypted.
-    bool decrypting() const {
-#if INSTANTTENSOR_HAS_CRYPTO
-        return decryptor_ && decryptor_->busy();
-#else
-        return false;
-#endif
-    }
-
-    /// Chunks decrypted so far (Decryptor::progress).
-    std::uint64_t decrypted_chunks() const {
-#if INSTANTTENSOR_HAS_CRYPTO
-        if (decryptor_) return decryptor_->progress();
-#endif
-        return 0;
-    }
-
-    /// Lands the reads that were decrypted (integrity_error for one that failed authentication).
-    void land_decrypted() {
-#if INSTANTTENSOR_HAS_CRYPTO
-        if (decryptor_) decryptor_->finish([this](std::uint32_t slot) { land(decrypting_[slot]); });
-#endif
-    }
-
-    void wait_decrypted([[maybe_unused]] std::uint64_t seen, [[maybe_unused]] std::chrono::microseconds timeout) {
-#if INSTANTTENSOR_HAS_CRYPTO
-        decryptor_->wait_past(seen, timeout);
-#endif
     }
 
     /// Stores the pieces of a complete read to their tensors (unless it was read in place) and
@@ -295,10 +259,7 @@ private:
     ReadQueue<Storage, Job> reads_;
     std::uint32_t next_extent_ = 0;
     std::unique_ptr<Verifier> verifier_;  // with LoadOptions::verify; destroyed first: its threads read staging and the sink
-#if INSTANTTENSOR_HAS_CRYPTO
-    std::vector<Read> decrypting_;         // by slot: the reads the Decryptor holds
-    std::unique_ptr<Decryptor> decryptor_; // with LoadOptions::key; destroyed first: its threads write staging and the sink
-#endif
+    Decryption<Read> decryption_;  // with LoadOptions::key; destroyed first: its threads write staging and the sink
 };
 
 }  // namespace instanttensor::pipeline
