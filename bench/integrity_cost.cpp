@@ -1,14 +1,16 @@
-// What verifying and decrypting cost a load: the same load plain, with LoadOptions::verify, and of
-// the checkpoint encrypted with LoadOptions::key, side by side.
+// What verifying and decrypting cost a load: the same load plain, with LoadOptions::verify, with
+// LoadOptions::verify_files, and of the checkpoint encrypted with LoadOptions::key, side by side.
 //
 //   instanttensor_bench_integrity [--runs N] [--device cpu|N] [--threads T]... [--decrypt-threads T]...
 //                                 [--encrypted DIR] [--cold-only|--warm-only] PATH...
 //
 // For warm (page cache) and cold (pages dropped first) in turn, runs in rounds: a plain load, a
 // verified one for each --threads (digesting threads; default: the library's default), then, in a
-// build with libsodium and OpenSSL, one of the encrypted copy for each --decrypt-threads, each to
+// build with libsodium and OpenSSL, one hashing whole files (verify_files, the default threads)
+// and one of the encrypted copy for each --decrypt-threads, each to
 // host memory (load_to_host, touching a byte per page) or, with --device N, to GPU N
-// (load_to_device). Digests are taken once beforehand, by a plain load; the encrypted copy is
+// (load_to_device). Digests are taken once beforehand, by a plain load (the files' SHA-256 by
+// reading each file); the encrypted copy is
 // written once beforehand (format::encrypt_file, the default cipher and chunk) into --encrypted
 // (default: PATH.bench-encrypted beside the first PATH, on the same disk) and removed at the end.
 // Prints, per load, the median GB/s of the rounds and their range, and the median of each round's
@@ -20,6 +22,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -143,6 +147,15 @@ int main(int argc, char** argv) {
             loads.push_back(verified);
         }
 #if INSTANTTENSOR_HAS_CRYPTO
+        Load hashed{"verify files (SHA-256)", &checkpoint, {}};
+        hashed.options.verify_files = it::format::FileDigests("sha256 of each file");
+        for (const auto& file : checkpoint.files()) {
+            std::ifstream in(file.path, std::ios::binary);
+            const std::vector<char> bytes{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+            hashed.options.verify_files->add(file.path.string(),
+                                             it::detail::sha256({reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size()}));
+        }
+        loads.push_back(hashed);
         if (std::filesystem::exists(settings.encrypted))
             throw it::usage_error(settings.encrypted.string(), "exists: the encrypted copy goes there (--encrypted)");
         cleanup.made = true;

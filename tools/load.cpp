@@ -4,7 +4,8 @@
 // then prints bytes, seconds, GB/s, the storage backend chosen and the memory the load held:
 // staging, the host or device ring, the peak of device memory in use, the peak resident
 // set. --json prints the same as one object, for scripts such as scripts/gpu-check.sh. --verify
-// and --verify-with check every tensor against its expected digest before it counts as loaded.
+// and --verify-with check every tensor against its expected digest before it counts as loaded;
+// --verify-files each file's SHA-256 against a manifest as sha256sum writes it.
 #include <memory>
 #include <string>
 #include <vector>
@@ -50,6 +51,7 @@ int run_load(const LoadCommand& command) {
         o["ranks"] = report.ranks;
         o["received_bytes"] = report.stats.received_bytes;
         o["verified"] = report.stats.verified;
+        o["verified_files"] = report.stats.verified_files;
         print("{}\n", boost::json::serialize(o));
         return exit_ok;
     }
@@ -65,6 +67,8 @@ int run_load(const LoadCommand& command) {
     if (report.stats.verified > 0 || command.settings.verify || !command.settings.verify_with.empty())
         print("verified {} against {}\n", count_of(report.stats.verified, "tensor"),
               command.settings.verify_with.empty() ? std::string("the checkpoint's seals") : escape_control(command.settings.verify_with));
+    if (!command.settings.verify_files.empty())
+        print("verified {} against {} (SHA-256)\n", count_of(report.stats.verified_files, "file"), escape_control(command.settings.verify_files));
     if (report.ranks > 0)
         print("group of {}: read {}, received {}, window buffers {}\n", report.ranks, human_bytes(report.stats.read_bytes),
                    human_bytes(report.stats.received_bytes), human_bytes(report.stats.window_memory));
@@ -87,6 +91,10 @@ void add_load(CLI::App& app, Action& action) {
                     "Check every tensor against this manifest (what `instanttensor hash` printed) instead")
         ->type_name("MANIFEST")
         ->excludes(verify);
+    sub->add_option("--verify-files", command->settings.verify_files,
+                    "Check each file's SHA-256 against this manifest (what `sha256sum` printed; the Hub's LFS object ids), "
+                    "reading every file whole")
+        ->type_name("MANIFEST");
     sub->callback([command, &action] { action = [command] { return run_load(*command); }; });
 }
 

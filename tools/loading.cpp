@@ -273,6 +273,7 @@ LoadReport load_checkpoint(const format::Checkpoint& checkpoint, const LoadSetti
     const std::uint64_t ring_bytes = settings.ring_mib << 20;
     if (!settings.verify_with.empty()) options.verify = format::TensorDigests::read(settings.verify_with);
     else if (settings.verify) options.verify = format::TensorDigests::sealed(checkpoint);
+    if (!settings.verify_files.empty()) options.verify_files = format::FileDigests::read(settings.verify_files);
     if (settings.key.given()) {
 #if INSTANTTENSOR_HAS_CRYPTO
         options.key = std::make_shared<const format::Key>(read_key(settings.key));

@@ -69,6 +69,7 @@ struct LoadSettings {
     bool progress = true;          ///< a progress bar on stderr, if stderr is a terminal
     bool verify = false;           ///< verify every tensor against the checkpoint's seals
     std::string verify_with;       ///< or against this manifest (the `hash` command's output)
+    std::string verify_files;      ///< check each file's SHA-256 against this manifest (sha256sum's output)
     KeySource key;                 ///< the key of an encrypted checkpoint, if one is named
     unsigned connections = RemoteOptions{}.connections;          ///< remote checkpoints: GETs in flight
     unsigned stall_timeout_s = RemoteOptions{}.stall_timeout_s;  ///< remote checkpoints: a stalled response fails after this

@@ -3,7 +3,8 @@
 //   instanttensor inspect [--json] PATH...   the tensor table of a checkpoint
 //   instanttensor hash PATH...               XXH3-64 of every tensor's bytes, sorted by name
 //   instanttensor load PATH...               loads every tensor to a GPU or host memory, reports GB/s
-//                                            (--verify: each checked against its sealed digest)
+//                                            (--verify: each checked against its sealed digest;
+//                                            --verify-files: each file against its SHA-256)
 //   instanttensor plan PATH... --ranks N     what each rank of a group load reads, keeps, receives
 //   instanttensor sample DIR [options]       writes a Llama-shaped checkpoint of random bytes
 //   instanttensor seal PATH...               stores every tensor's digest in its file's header

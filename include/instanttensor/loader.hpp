@@ -360,7 +360,7 @@ inline std::pair<std::optional<storage::gds>, std::optional<storage::automatic>>
     int device, storage::automatic::Options options, const LoadOptions& load) {
     std::pair<std::optional<storage::gds>, std::optional<storage::automatic>> tries;
     if (options.backend == storage::Backend::gds ||
-        (options.backend == storage::Backend::automatic && !load.verify && !load.key && storage::gds::available()))
+        (options.backend == storage::Backend::automatic && !load.verify && !load.verify_files && !load.key && storage::gds::available()))
         tries.first.emplace(storage::gds::Options{.device = device});
     if (options.backend != storage::Backend::gds) tries.second.emplace(options);
     return tries;

@@ -138,6 +138,7 @@ class _Options(NamedTuple):
     slot_bytes: int | None = None
     progress: bool = False
     digests: Any = None  # a _core.Digests to verify against
+    file_digests: Any = None  # a _core.FileDigests to hash whole files against
     key: Any = None  # a _core.Key to decrypt with
 
     def request(self, names: list[str] | None, device: int, stream: int = 0):
@@ -145,6 +146,7 @@ class _Options(NamedTuple):
         r.names, r.device, r.backend, r.direct, r.stream = names, device, self.backend, self.direct, stream
         r.staging_bytes, r.slot_bytes = self.staging_bytes or 0, self.slot_bytes or 0
         r.verify = self.digests
+        r.verify_files = self.file_digests
         if self.key is not None:
             r.key = self.key
         return r
@@ -270,8 +272,13 @@ class safe_open:
     ``progress`` (a bar on stderr), and ``verify``: ``True`` checks every tensor against the
     XXH3-64 digests ``instanttensor seal`` stored in the checkpoint, a path against a manifest
     (what ``instanttensor hash`` printed); a tensor whose bytes differ raises ``IntegrityError``
-    and is never returned (``get_slice`` then reads the whole tensor, to verify it). Group loads
-    cannot verify. An encrypted checkpoint (``instanttensor encrypt``) needs its key, from
+    and is never returned (``get_slice`` then reads the whole tensor, to verify it).
+    ``verify_files`` names a manifest of whole files' SHA-256 (what ``sha256sum`` printed, or the
+    Hub's LFS object ids, matched by file name): a load of every tensor (``tensors()``,
+    ``load_file``, ``load_into``) then reads each file whole, header included, and raises
+    ``IntegrityError`` naming the file before returning its last tensor if its SHA-256 differs (its
+    other tensors were returned by then: discard the load); a load of fewer tensors is refused.
+    Group loads cannot verify. An encrypted checkpoint (``instanttensor encrypt``) needs its key, from
     ``key_file`` (as ``instanttensor keygen`` writes it) or the environment variable named by
     ``key_env``: every chunk is authenticated as it is decrypted, and one that fails raises
     ``IntegrityError``; in a group load each rank decrypts the chunks it reads.
@@ -292,6 +299,7 @@ class safe_open:
     def __init__(self, paths: Paths, framework: str = "pt", device: Any = "cpu", *, backend: str = "auto",
                  direct: str = "auto", staging_bytes: int | None = None, slot_bytes: int | None = None,
                  progress: bool = False, verify: bool | str | os.PathLike = False,
+                 verify_files: str | os.PathLike | None = None,
                  key_file: str | os.PathLike | None = None, key_env: str | None = None, process_group=None,
                  keep: Keep | None = None, split: Split | None = None, split_rows: SplitRows | None = None):
         if framework not in ("pt", "np"):
@@ -310,6 +318,7 @@ class safe_open:
             digests = _core.Digests.sealed(self._checkpoint)
         elif verify is not False and verify is not None:
             digests = _core.Digests.read(os.fspath(verify))
+        file_digests = None if verify_files is None else _core.FileDigests.read(os.fspath(verify_files))
         if key_file is not None and key_env is not None:
             raise UsageError("instanttensor: key_file and key_env name one key two ways: give one")
         key = None
@@ -317,7 +326,7 @@ class safe_open:
             if not hasattr(_core, "Key"):
                 raise UnavailableError("instanttensor: this build cannot decrypt (it has no libsodium and OpenSSL)")
             key = _core.Key.read(os.fspath(key_file)) if key_file is not None else _core.Key.from_environment(key_env)
-        self._options = _Options(backend, direct, staging_bytes, slot_bytes, progress, digests, key)
+        self._options = _Options(backend, direct, staging_bytes, slot_bytes, progress, digests, file_digests, key)
 
     def __enter__(self) -> "safe_open":
         return self

@@ -120,6 +120,7 @@ struct LoadRequest {
     /// A load alone: of each selected tensor, only the block (dimension, first index, count).
     std::optional<std::tuple<std::uint32_t, std::uint64_t, std::uint64_t>> block;
     std::shared_ptr<const it::format::TensorDigests> verify;  // None: no verification
+    std::shared_ptr<const it::format::FileDigests> verify_files;  // None: files are not hashed
 #if INSTANTTENSOR_HAS_CRYPTO
     std::shared_ptr<const it::format::Key> key;               // None: a checkpoint in clear
 #endif
@@ -322,6 +323,7 @@ public:
         if (request.staging_bytes != 0) options.staging_bytes = request.staging_bytes;
         if (request.slot_bytes != 0) options.slot_bytes = request.slot_bytes;
         if (request.verify) options.verify = digests_of(*request.verify, request.names);
+        if (request.verify_files) options.verify_files = *request.verify_files;
 #if INSTANTTENSOR_HAS_CRYPTO
         options.key = request.key;
 #endif
@@ -493,6 +495,7 @@ NB_MODULE(_core, m) {
         .def_rw("shares", &LoadRequest::shares)
         .def_rw("block", &LoadRequest::block, nb::arg("block").none())
         .def_rw("verify", &LoadRequest::verify, nb::arg("verify").none())
+        .def_rw("verify_files", &LoadRequest::verify_files, nb::arg("verify_files").none())
 #if INSTANTTENSOR_HAS_CRYPTO
         .def_rw("key", &LoadRequest::key, nb::arg("key").none())
 #endif
@@ -514,6 +517,12 @@ NB_MODULE(_core, m) {
         .def_prop_ro("source", &it::format::TensorDigests::source, "Where they come from, as messages name it.")
         .def("__len__", &it::format::TensorDigests::size)
         .def("text", &it::format::TensorDigests::text, "All of them, in the layout `instanttensor hash` prints.");
+
+    nb::class_<it::format::FileDigests>(m, "FileDigests", "Expected SHA-256 digests of whole files, by file name (format/digests.hpp).")
+        .def_static("read", [](const std::string& path) { return it::format::FileDigests::read(path); }, nb::arg("path"),
+                    "Reads a manifest in the layout `sha256sum` prints.")
+        .def_prop_ro("source", &it::format::FileDigests::source, "Where they come from, as messages name it.")
+        .def("__len__", &it::format::FileDigests::size);
 
     m.def("block_of", &block_of, nb::arg("size"), nb::arg("rank"), nb::arg("ranks"),
           "(first index, count) of rank `rank` of `ranks`'s block of a dimension of `size` indices: "

@@ -238,12 +238,19 @@ PY
 # seal and load --verify: a manifest from hash verifies a load; seal stores each file's digests in
 # its header (tensors, offsets, bytes, other metadata and the file's mode unchanged), and --verify
 # checks them; a changed byte, an unsealed file and a malformed manifest each fail naming the file.
+# load --verify-files checks whole files against sha256sum's manifest, a sealed header failing it.
 case_seal_verify() {
     make_sample
     expect_success hash "$work/sample"
     cp "$work/stdout" "$work/sample.xxh3"
     expect_success load --device cpu --verify-with "$work/sample.xxh3" "$work/sample"
     grep -qx "verified $sample_tensors tensors against $work/sample.xxh3" "$work/stdout" || fail "load --verify-with: $(cat "$work/stdout")"
+    # --verify-files: each file's SHA-256 against sha256sum's manifest, made where the files lie.
+    (cd "$work/sample" && sha256sum -- *.safetensors) >"$work/sample.sha256" || fail "sha256sum of the sample"
+    expect_success load --device cpu --verify-files "$work/sample.sha256" "$work/sample"
+    grep -qx "verified 3 files against $work/sample.sha256 (SHA-256)" "$work/stdout" || fail "load --verify-files: $(cat "$work/stdout")"
+    expect_success load --device cpu --verify-files "$work/sample.sha256" --json "$work/sample"
+    grep -q '"verified_files":3' "$work/stdout" || fail "load --verify-files --json: $(cat "$work/stdout")"
     expect_failure "has no seal" load --device cpu --verify "$work/sample"
     local shard=$work/sample/model-00002-of-00003.safetensors
     python3 - "$shard" >"$work/header.before" <<'PY' || fail "cannot read the header of $shard"
@@ -258,6 +265,9 @@ PY
     expect_success seal --backend pread "$work/sample"
     [[ $(grep -c '^sealed ' "$work/stdout") == 3 ]] || fail "seal did not report 3 files: $(cat "$work/stdout")"
     grep -q "^sealed $shard (" "$work/stdout" || fail "seal does not name $shard"
+    # A seal changes only headers, which a file's SHA-256 covers.
+    expect_failure "$work/sample/model-00001-of-00003.safetensors: its bytes hash to " \
+        load --device cpu --verify-files "$work/sample.sha256" "$work/sample"
     [[ $(stat -c %a "$shard") == 640 ]] || fail "seal changed the mode of $shard to $(stat -c %a "$shard")"
     python3 - "$shard" "$work/header.before" "$work/sample.xxh3" <<'PY' || fail "the sealed header of $shard"
 import json, struct, sys
@@ -336,6 +346,9 @@ PY
     expect_success hash --key-file "$work/key" "$work/enc"
     cmp -s "$work/stdout" "$work/sample.xxh3" || fail "the decrypted tensors' digests differ from the plain ones"
     expect_success load --device cpu --key-file "$work/key" --verify-with "$work/sample.xxh3" "$work/enc"
+    (cd "$work/enc" && sha256sum -- *.safetensors) >"$work/enc.sha256" || fail "sha256sum of the encrypted copy"
+    expect_failure "an encrypted checkpoint's chunks are authenticated" \
+        load --device cpu --key-file "$work/key" --verify-files "$work/enc.sha256" "$work/enc"
     INSTANTTENSOR_KEY=$key expect_success decrypt --key-env INSTANTTENSOR_KEY "$work/enc" "$work/dec"
     expect_success hash "$work/dec"
     cmp -s "$work/stdout" "$work/sample.xxh3" || fail "decrypt did not give back the plain tensors"

@@ -1,7 +1,7 @@
 // pipeline::Group when something goes wrong: a failing rank, one whose loader cannot be made and one
 // that stops iterating early make every peer fail instead of hang, each naming the rank (the
 // protocol's status rounds); ranks that planned different loads all fail at once, naming the odd
-// rank; options that cannot work (verify among them) are refused. tests/pipeline/process_group_test.cpp runs ranks as
+// rank; options that cannot work (verify and verify_files among them) are refused. tests/pipeline/process_group_test.cpp runs ranks as
 // processes over a transport that behaves like NCCL.
 #include <doctest/doctest.h>
 
@@ -137,6 +137,11 @@ TEST_CASE("group: options that cannot work are refused") {
     verified.verify = fmt::TensorDigests("digests");
     CHECK_THROWS_WITH_AS(GroupLoader(checkpoint, it::storage::automatic(), InProcessTransport(group, 0), it::sink::host(), verified),
                          doctest::Contains("verify"), it::usage_error);
+    // Hashing whole files: no rank reads every byte of a file.
+    auto hashed = group_options({});
+    hashed.verify_files = fmt::FileDigests("sums");
+    CHECK_THROWS_WITH_AS(GroupLoader(checkpoint, it::storage::automatic(), InProcessTransport(group, 0), it::sink::host(), hashed),
+                         doctest::Contains("verify_files hashes whole files as one process reads them"), it::usage_error);
 #if INSTANTTENSOR_HAS_CRYPTO
     // Decrypting: a key for a plain file, and an encrypted file without a key.
     const auto key = std::make_shared<const fmt::Key>(fmt::Key::generate());

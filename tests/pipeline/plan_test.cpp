@@ -308,3 +308,49 @@ TEST_CASE("plan: with chunks, every piece starts on a chunk of its tensor and en
                                        std::vector<std::uint64_t>(checkpoint.files().size(), 4096)),
                          doctest::Contains("cuts one of its chunks"), it::usage_error);
 }
+
+TEST_CASE("plan: whole files tile each file from its first byte to its last, headers and files without tensors included") {
+    // A header larger than an extent (400 tiny tensors), a file without tensors, a tensor of its own extents.
+    const auto checkpoint = checkpoint_of({tiny_specs(400), {}, {{"small", fmt::Dtype::U8, {3}}, {"big", fmt::Dtype::U8, {(1u << 20) + 77}}}});
+    for (std::uint64_t a : {1ull, 4096ull}) {
+        for (std::uint64_t max : {3 * 4096ull, 16384ull, 1ull << 20}) {
+            CAPTURE(a);
+            CAPTURE(max);
+            const auto align = alignments(checkpoint, a);
+            const auto plan = it::make_plan(checkpoint, {}, align, max, {}, {}, it::Coverage::whole_files);
+            const auto tensors_only = it::make_plan(checkpoint, {}, align, max);
+            CHECK(plan.tensors.size() == tensors_only.tensors.size());
+            std::vector<std::uint64_t> covered(checkpoint.files().size());
+            std::uint32_t file = 0, next_piece = 0;
+            for (const it::Extent& e : plan.extents) {
+                CHECK(e.file >= file);  // in file order
+                file = e.file;
+                CHECK(e.offset == covered[e.file]);
+                CHECK(e.offset % a == 0);
+                CHECK(e.needed > 0);
+                CHECK(e.length <= max);
+                CHECK(e.length == (e.needed + a - 1) / a * a);
+                CHECK(e.first_piece == next_piece);
+                next_piece += e.piece_count;
+                if (e.piece_count == 0) CHECK(e.offset + e.needed <= checkpoint.files()[e.file].header.data_offset());
+                covered[e.file] += e.needed;
+            }
+            CHECK(next_piece == plan.pieces.size());
+            for (std::uint32_t f = 0; f < covered.size(); ++f) CHECK(covered[f] == checkpoint.files()[f].header.file_size());
+            std::vector<std::uint64_t> landed(plan.tensors.size());
+            for (const it::Piece& p : plan.pieces) landed[p.tensor] += p.length;
+            for (std::size_t t = 0; t < plan.tensors.size(); ++t) CHECK(landed[t] == plan.tensors[t].ref->nbytes());
+        }
+    }
+    SUBCASE("a filter leaves a gap where the tensors it drops lie") {
+        const auto plan = it::make_plan(checkpoint, [](const fmt::TensorRef& t) { return t.name() != "tiny.5"; },
+                                        alignments(checkpoint, 1), 16384, {}, {}, it::Coverage::whole_files);
+        bool gap = false;
+        std::vector<std::uint64_t> covered(checkpoint.files().size());
+        for (const it::Extent& e : plan.extents) {
+            gap |= e.offset != covered[e.file];
+            covered[e.file] = e.offset + e.needed;
+        }
+        CHECK(gap);
+    }
+}

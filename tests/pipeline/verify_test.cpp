@@ -4,9 +4,15 @@
 // tensor, the file and both digests; digests that leave a tensor out, a load of blocks and a
 // storage that reads device memory are refused before any read; slots are reused only once their
 // pieces are digested and their (late) copies ran.
+// LoadOptions::verify_files: a load that hashes whole files yields the same bytes, every file's
+// SHA-256 checked; a changed byte in a tensor or a header fails the load before the file's last
+// tensor is yielded, naming the file and both digests, a changed file without tensors at the load's
+// end; loads that read part of a file, or from a manifest without it, are refused before any read.
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <fstream>
+#include <iterator>
 #include <cstdint>
 #include <random>
 #include <string>
@@ -50,6 +56,20 @@ fs::path write_corrupted(const fs::path& path, const std::vector<fmt::TensorSpec
         if (spec.name == name) out[at] ^= std::byte{0x10};
     });
     return path;
+}
+
+/// A manifest of each file's SHA-256, computed without the loader.
+fmt::FileDigests file_digests_of([[maybe_unused]] const fmt::Checkpoint& checkpoint) {
+    fmt::FileDigests digests("the test's manifest");
+#if INSTANTTENSOR_HAS_CRYPTO
+    for (const auto& file : checkpoint.files()) {
+        std::ifstream in(file.path, std::ios::binary);
+        const std::vector<char> bytes{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+        REQUIRE(bytes.size() == file.header.file_size());
+        digests.add(file.path.filename().string(), it::detail::sha256({reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size()}));
+    }
+#endif
+    return digests;
 }
 
 }  // namespace
@@ -200,11 +220,11 @@ TEST_CASE("Verifier: pieces handed over in any order give the digest of the byte
                 for (const auto& t : checkpoint.tensors()) changed.add(t.name(), *digests.find(t.name()) + (t.name() == "c"));
                 digests = changed;
             }
-            it::pipeline::Verifier verifier(plan, digests, slots, 1 + seed % 3);
+            it::pipeline::Verifier verifier(plan, &digests, nullptr, slots, 1 + seed % 3);
             std::vector<std::uint32_t> order(plan.extents.size());
             for (std::uint32_t e = 0; e < order.size(); ++e) order[e] = e;
             std::shuffle(order.begin(), order.end(), std::mt19937(seed));
-            for (std::uint32_t e : order) verifier.digest(plan.extents[e], file.data() + plan.extents[e].offset, e);
+            for (std::uint32_t e : order) verifier.digest(e, file.data() + plan.extents[e].offset, e);
             while (verifier.busy()) verifier.wait_past(verifier.progress());
             for (std::uint32_t s = 0; s < slots; ++s) CHECK(verifier.idle(s));
             for (std::uint32_t t = 0; t < plan.tensors.size(); ++t) {
@@ -214,3 +234,202 @@ TEST_CASE("Verifier: pieces handed over in any order give the digest of the byte
         }
     }
 }
+
+#if INSTANTTENSOR_HAS_CRYPTO
+
+TEST_CASE("verify_files: every backend, page-cache policy and host sink yields the written bytes of files hashed whole") {
+    TempDir dir;
+    const auto index = fmt::write_sharded_checkpoint(dir / "model", verify_specs(), 3, fill_tensor, {{"note", "sharded"}});
+    const auto checkpoint = fmt::Checkpoint::open(index);
+    for (const bool tensors_too : {false, true}) {
+        for (const it::LoadOptions& staging : {small_slots, minimal_ring}) {
+            it::LoadOptions options = tensors_too ? verifying(checkpoint, 3, staging) : staging;
+            options.verify_files = file_digests_of(checkpoint);
+            for (Via via : all_vias) {
+                if (unavailable(via)) continue;
+                for (it::DirectIo direct : all_direct) {
+                    for (SinkKind sink : all_sinks) {
+                        INFO(to_string(via), " direct=", to_string(direct), " ", to_string(sink), " tensors too ", tensors_too,
+                             " slot ", staging.slot_bytes);
+                        const Outcome out = load(checkpoint, via, direct, sink, options);
+                        check_outcome(checkpoint, out);
+                        CHECK(out.stats.verified == (tensors_too ? checkpoint.tensors().size() : 0));
+                        CHECK(out.stats.read_bytes >= std::filesystem::file_size(checkpoint.files()[1].path));
+                    }
+                }
+            }
+        }
+    }
+}
+
+TEST_CASE("verify_files: a changed byte fails the load before its file's last tensor, naming the file and both digests") {
+    TempDir dir;
+    const auto specs = verify_specs();
+    const auto clean = write_file(dir / "clean.safetensors", specs);
+    const fmt::FileDigests manifest = [&] {
+        const auto checkpoint = fmt::Checkpoint::open(clean);
+        return file_digests_of(checkpoint);
+    }();
+    const std::string expected = fmt::digest_text(*manifest.find(clean));
+    struct Change {
+        std::string what;
+        std::function<void(const fs::path&)> write;
+    };
+    const std::vector<Change> changes = {
+        {"a tensor's byte", [&](const fs::path& path) { write_corrupted(path, specs, "layer.big", 300001); }},
+        {"a header's byte", [&](const fs::path& path) {  // the same layout, one byte of metadata changed
+             fmt::write_safetensors(path, specs, fill_tensor, {{"note", "b"}});
+         }}};
+    for (const Change& change : changes) {
+        // The manifest names the file as the clean one: the changed copy is written in its own directory.
+        const auto path = dir / change.what / "clean.safetensors";
+        fs::create_directories(path.parent_path());
+        change.write(path);
+        fmt::FileDigests digests = manifest;
+        if (change.what == "a header's byte") {  // the clean file with the note "a"
+            const auto original = dir / "noted" / "clean.safetensors";
+            fs::create_directories(original.parent_path());
+            fmt::write_safetensors(original, specs, fill_tensor, {{"note", "a"}});
+            const auto noted = fmt::Checkpoint::open(original);
+            digests = file_digests_of(noted);
+        }
+        const auto checkpoint = fmt::Checkpoint::open(path);
+        const std::string actual = fmt::digest_text(*file_digests_of(checkpoint).find(path));
+        for (Via via : {Via::pread, Via::memory, Via::auto_uring}) {
+            if (unavailable(via)) continue;
+            INFO(change.what, " ", to_string(via));
+            it::LoadOptions options = small_slots;
+            options.verify_files = digests;
+            std::vector<std::string> yielded;
+            std::string message;
+            try {
+                with_storage(via, it::DirectIo::off, [&](auto storage) {
+                    HostLoaderOf<decltype(storage)> loader(checkpoint, std::move(storage), {}, it::sink::host(test_ring), options);
+                    for (const it::TensorView& t : loader) yielded.emplace_back(t.name);
+                });
+                FAIL("the changed file was loaded");
+            } catch (const it::integrity_error& e) {
+                message = e.what();
+            }
+            CHECK(message.starts_with(path.string() + ": its bytes hash to " + actual + ", the test's manifest expects "));
+            CHECK(message.find(fmt::digest_text(*digests.find(path))) != std::string::npos);
+            CHECK(message.find("(SHA-256)") != std::string::npos);
+            CHECK(yielded.size() == checkpoint.tensors().size() - 1);  // all but the file's last
+        }
+    }
+    CHECK(expected.size() == 64);
+}
+
+TEST_CASE("verify_files: a changed file without tensors fails the load at its end") {
+    TempDir dir;
+    const auto weights = write_file(dir / "weights.safetensors", tiny_specs(20));
+    const auto empty = dir / "empty.safetensors";
+    fmt::write_safetensors(empty, {}, fill_tensor, {{"note", "a"}});
+    const fs::path paths[] = {weights, empty};
+    fmt::FileDigests digests = file_digests_of(fmt::Checkpoint::open(paths));
+    it::LoadOptions options = small_slots;
+    options.verify_files = digests;
+    const auto checkpoint = fmt::Checkpoint::open(paths);
+    check_outcome(checkpoint, load(checkpoint, Via::pread, it::DirectIo::off, SinkKind::host, options));
+
+    fs::remove(empty);
+    fmt::write_safetensors(empty, {}, fill_tensor, {{"note", "b"}});
+    const auto changed = fmt::Checkpoint::open(paths);
+    std::size_t yielded = 0;
+    auto loader = it::load_to_host(changed, options);
+    const std::string named = empty.string() + ": its bytes hash to ";
+    CHECK_THROWS_WITH_AS(
+        [&] {
+            for (const it::TensorView& t : loader) yielded += !t.name.empty();
+        }(),
+        doctest::Contains(named.c_str()), it::integrity_error);
+    CHECK(yielded == changed.tensors().size());
+}
+
+TEST_CASE("verify_files: what cannot be hashed whole is refused before any read") {
+    TempDir dir;
+    const auto path = write_file(dir / "model.safetensors", verify_specs());
+    const auto checkpoint = fmt::Checkpoint::open(path);
+    it::LoadOptions options = small_slots;
+    options.verify_files = file_digests_of(checkpoint);
+    SUBCASE("a manifest without the file names it") {
+        options.verify_files = fmt::FileDigests("other.sha256");
+        const std::string message = "other.sha256: has no SHA-256 for file " + path.string() + ": it cannot be verified";
+        CHECK_THROWS_WITH_AS(it::load_to_host(checkpoint, options), message.c_str(), it::integrity_error);
+    }
+    SUBCASE("a load of some tensors") {
+        options.filter = [](const fmt::TensorRef& t) { return t.name() != "odd.3"; };
+        const std::string message = path.string() + ": is not read whole";
+        CHECK_THROWS_WITH_AS(it::load_to_host(checkpoint, options), doctest::Contains(message.c_str()), it::usage_error);
+    }
+    SUBCASE("a load of blocks") {
+        options.share = it::split_rows([](const fmt::TensorRef&) { return true; });
+        CHECK_THROWS_WITH_AS(it::load_to_host(checkpoint, options), doctest::Contains("verify_files hashes whole files"), it::usage_error);
+    }
+}
+
+TEST_CASE("Verifier: a file's reads handed over in any order give the SHA-256 of the file") {
+    const std::vector<fmt::TensorSpec> specs = {{"a", fmt::Dtype::U8, {70001}}, {"b", fmt::Dtype::U8, {5}}, {"c", fmt::Dtype::F32, {9000}}};
+    std::vector<fmt::TensorSpec> many = tiny_specs(300);  // a header larger than an extent
+    many.insert(many.end(), specs.begin(), specs.end());
+    std::vector<std::vector<std::byte>> bytes;
+    std::vector<fmt::TensorData> data;
+    for (const auto& s : many) bytes.push_back(expected_bytes(s.name, spec_bytes(s)));
+    for (std::size_t i = 0; i < many.size(); ++i) data.push_back({many[i], bytes[i]});
+    const std::vector<std::byte> file = fmt::serialize_safetensors(data);
+    const std::pair<std::string, std::span<const std::byte>> named[] = {{"dir/file", file}};
+    const auto checkpoint = fmt::Checkpoint::from_memory(named);
+    const std::uint64_t alignment[] = {1};
+    const it::Plan plan = it::make_plan(checkpoint, {}, alignment, 16 << 10, {}, {}, it::Coverage::whole_files);
+    REQUIRE(plan.extents.front().piece_count == 0);
+    const auto slots = static_cast<std::uint32_t>(plan.extents.size());
+    const auto sha = it::detail::sha256({reinterpret_cast<const std::uint8_t*>(file.data()), file.size()});
+    const std::string sha_text = fmt::digest_text(sha);
+
+    for (std::uint32_t seed = 0; seed < 20; ++seed) {
+        for (bool wrong : {false, true}) {
+            CAPTURE(seed);
+            fmt::FileDigests digests("manifest");
+            fmt::Sha256Digest expected = sha;
+            expected[seed % 32] ^= wrong;
+            digests.add("elsewhere/file", expected);
+            it::pipeline::Verifier verifier(plan, nullptr, &digests, slots, 1 + seed % 3);
+            std::vector<std::uint32_t> order(plan.extents.size());
+            for (std::uint32_t e = 0; e < order.size(); ++e) order[e] = e;
+            std::shuffle(order.begin(), order.end(), std::mt19937(seed));
+            for (std::uint32_t e : order) verifier.digest(e, file.data() + plan.extents[e].offset, e);
+            while (verifier.busy()) verifier.wait_past(verifier.progress());
+            for (std::uint32_t s = 0; s < slots; ++s) CHECK(verifier.idle(s));
+            for (std::uint32_t t = 0; t + 1 < plan.tensors.size(); ++t) CHECK(verifier.verified(t));
+            if (wrong) {
+                CHECK_THROWS_AS((void)verifier.verified(static_cast<std::uint32_t>(plan.tensors.size() - 1)), it::integrity_error);
+                CHECK_THROWS_WITH_AS((void)verifier.files_verified(), doctest::Contains(sha_text.c_str()), it::integrity_error);
+            } else {
+                CHECK(verifier.verified(static_cast<std::uint32_t>(plan.tensors.size() - 1)));
+                CHECK(verifier.files_verified());
+            }
+        }
+    }
+}
+
+TEST_CASE("FileDigests: sha256sum's layout, text and binary lines, escaped names, matched by file name") {
+    const std::string a(64, 'a'), b = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    const auto digests = fmt::FileDigests::parse(a + "  model/model-00001-of-00002.safetensors\n" + b + " *other.safetensors\n\n\\" + a +
+                                                     "  dir/new\\nline.safetensors\n",
+                                                 "sums");
+    CHECK(digests.size() == 3);
+    CHECK(fmt::digest_text(*digests.find("/elsewhere/model-00001-of-00002.safetensors")) == a);
+    CHECK(fmt::digest_text(*digests.find("https://127.0.0.1:8080/dir/other.safetensors")) == b);
+    CHECK(digests.find("new\nline.safetensors").has_value());
+    CHECK_FALSE(digests.find("model.safetensors").has_value());
+    CHECK_THROWS_WITH_AS(fmt::FileDigests::parse(a + "  x/m.safetensors\n" + b + "  y/m.safetensors\n", "sums"),
+                         doctest::Contains("sums: gives a file named 'm.safetensors' twice"), it::format_error);
+    CHECK_THROWS_WITH_AS(fmt::FileDigests::parse(a.substr(1) + "  m.safetensors\n", "sums"), doctest::Contains("sums: line 1: "),
+                         it::format_error);
+    CHECK_THROWS_WITH_AS(fmt::FileDigests::parse("SHA256 (m.safetensors) = " + a + "\n", "sums"),
+                         doctest::Contains("as `sha256sum` prints them"), it::format_error);
+    CHECK_THROWS_WITH_AS(fmt::FileDigests::parse(std::string(64, 'A') + "  m.safetensors\n", "sums"),
+                         doctest::Contains("not 64 lowercase hex digits"), it::format_error);
+}
+
+#endif  // INSTANTTENSOR_HAS_CRYPTO

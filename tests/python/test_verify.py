@@ -1,6 +1,8 @@
 """verify=: loads checked against a manifest or the checkpoint's seals; a sealed file stays one the
 reference reads, with the same tensors; a changed byte raises IntegrityError naming the tensor,
-and the tensor is never returned."""
+and the tensor is never returned. verify_files=: whole files checked against sha256sum's manifest.
+"""
+import hashlib
 import json
 import struct
 
@@ -92,3 +94,28 @@ def test_what_cannot_verify_says_so(model, tmp_path):
         it.load_file(path, verify=tmp_path / "partial.xxh3")
     with pytest.raises(it.IoError):
         it.safe_open(path, verify=tmp_path / "absent.xxh3")
+
+
+def test_verify_files_checks_each_file_whole_against_sha256sum(model, tmp_path):
+    path, tensors = model
+    manifest = tmp_path / "model.sha256"
+    # sha256sum's layout, the file named where it was written: files are matched by name.
+    manifest.write_text(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  /elsewhere/{path.name}\n")
+    ours = it.load_file(path, verify_files=manifest, slot_bytes=1 << 20)
+    for name, expected in tensors.items():
+        assert torch.equal(ours[name].view(-1).view(torch.uint8), expected.reshape(-1).view(torch.uint8)), name
+    target = {name: torch.empty_like(t) for name, t in tensors.items()}
+    assert it.load_into(target, path, verify_files=str(manifest)) == ([], [])
+    with it.safe_open(path, verify_files=manifest) as f:
+        with pytest.raises(it.UsageError, match="is not read whole"):
+            f.get_tensor("small")  # one tensor is not the whole file
+
+    run("seal", path)  # a new header: the file's SHA-256 changes
+    with pytest.raises(it.IntegrityError) as raised:
+        it.load_file(path, verify_files=manifest)
+    message = str(raised.value)
+    assert message.startswith(f"{path}: its bytes hash to ") and "(SHA-256)" in message
+    assert hashlib.sha256(path.read_bytes()).hexdigest() in message
+    (tmp_path / "bad.sha256").write_text("0123  model.safetensors\n")
+    with pytest.raises(it.FormatError, match="line 1"):
+        it.safe_open(path, verify_files=tmp_path / "bad.sha256")

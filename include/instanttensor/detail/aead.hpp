@@ -1,5 +1,6 @@
 // instanttensor/detail/aead.hpp: the cryptography of encrypted checkpoints (format/encryption.hpp):
-// authenticated encryption of one chunk, keyed digests, random bytes, and memory for secrets.
+// authenticated encryption of one chunk, keyed digests, SHA-256 (of headers, and of whole files for
+// LoadOptions::verify_files), random bytes, and memory for secrets.
 //
 // The bulk ciphers are OpenSSL's (AES-256-GCM runs on AES-NI or ARMv8's AES instructions, and in
 // software elsewhere; ChaCha20-Poly1305 on SIMD): several GB/s per core, four times libsodium's.
@@ -32,6 +33,7 @@ enum class Cipher : std::uint8_t { aes_256_gcm, xchacha20_poly1305 };
 #include <memory>
 #include <span>
 #include <string>
+#include <utility>
 
 #include <openssl/evp.h>
 #include <sodium.h>
@@ -73,13 +75,41 @@ inline void keyed_digest(const Secret& key, std::span<const std::uint8_t> messag
     crypto_generichash(out.data(), out.size(), message.data(), message.size(), key.bytes().data(), key.bytes().size());
 }
 
+/// SHA-256 over bytes given piece by piece. Not thread-safe: one thread updates it at a time.
+class Sha256 {
+public:
+    Sha256() : context_(EVP_MD_CTX_new()) {
+        if (!context_ || EVP_DigestInit_ex(context_, EVP_sha256(), nullptr) != 1) {
+            EVP_MD_CTX_free(context_);
+            throw unavailable_error("OpenSSL", "cannot start a SHA-256 (EVP_DigestInit_ex failed)");
+        }
+    }
+    Sha256(Sha256&& other) noexcept : context_(std::exchange(other.context_, nullptr)) {}
+    Sha256& operator=(Sha256&&) = delete;
+    Sha256(const Sha256&) = delete;
+    Sha256& operator=(const Sha256&) = delete;
+    ~Sha256() { EVP_MD_CTX_free(context_); }
+
+    void update(std::span<const std::byte> bytes) {
+        if (EVP_DigestUpdate(context_, bytes.data(), bytes.size()) != 1) throw unavailable_error("OpenSSL", "its SHA-256 failed");
+    }
+    /// The digest of everything given; the state is spent.
+    std::array<std::uint8_t, 32> digest() {
+        std::array<std::uint8_t, 32> out{};
+        unsigned size = 0;
+        if (EVP_DigestFinal_ex(context_, out.data(), &size) != 1) throw unavailable_error("OpenSSL", "its SHA-256 failed");
+        return out;
+    }
+
+private:
+    EVP_MD_CTX* context_ = nullptr;
+};
+
 /// SHA-256 of `message`.
 inline std::array<std::uint8_t, 32> sha256(std::span<const std::uint8_t> message) {
-    std::array<std::uint8_t, 32> out{};
-    unsigned size = 0;
-    if (EVP_Digest(message.data(), message.size(), out.data(), &size, EVP_sha256(), nullptr) != 1)
-        throw unavailable_error("OpenSSL", "its SHA-256 failed");
-    return out;
+    Sha256 state;
+    state.update(std::as_bytes(message));
+    return state.digest();
 }
 
 /// Encrypts and decrypts chunks under one cipher. Not thread-safe: one per thread.

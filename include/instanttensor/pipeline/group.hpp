@@ -134,6 +134,9 @@ public:
         if (options_.verify)  // every rank passes the same options, so every rank refuses
             throw usage_error("group", "verify digests whole tensors as one process reads them; a group load spreads each "
                                        "tensor's reads over the ranks: verify with a single load");
+        if (options_.verify_files)
+            throw usage_error("group", "verify_files hashes whole files as one process reads them; a group load spreads each "
+                                       "file's reads over the ranks: verify with a single load");
         try {
             prepare();
         } catch (...) {

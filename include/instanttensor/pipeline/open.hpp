@@ -64,7 +64,8 @@ Plan open_and_plan(const format::Checkpoint& checkpoint, Storage& storage, const
             aligned[f] = detail::page_alignment;
         }
     }
-    return make_plan(checkpoint, options.filter, aligned, options.slot_bytes, range, chunk);
+    return make_plan(checkpoint, options.filter, aligned, options.slot_bytes, range, chunk,
+                     options.verify_files ? Coverage::whole_files : Coverage::tensors);
 }
 
 /// Staging slots for a plan: what the staging size holds, at least two (a read and a copy

@@ -28,7 +28,14 @@ struct LoadOptions {
     /// yielded only once its bytes match; integrity_error names the first that does not. Single
     /// loads of whole tensors, from a storage that reads host memory (not GDS).
     std::optional<format::TensorDigests> verify;
-    unsigned verify_threads = 0;                ///< threads digesting for verify; 0 = default_verify_threads()
+    /// Expected SHA-256 of whole files (format/digests.hpp: a manifest as `sha256sum` writes it, or
+    /// the Hub's LFS object ids): each file is read whole, header included, and hashed as it lands;
+    /// a tensor is yielded once hashed, a file's last one only once the file's SHA-256 matches, and
+    /// the load ends only once every file's does (integrity_error names the file and both digests).
+    /// Single loads of every tensor, from a storage that reads host memory; not with a key (an
+    /// encrypted checkpoint's chunks are authenticated already). Needs libsodium and OpenSSL.
+    std::optional<format::FileDigests> verify_files;
+    unsigned verify_threads = 0;                ///< threads digesting for verify and verify_files; 0 = default_verify_threads()
     /// The key of an encrypted checkpoint (format/encryption.hpp): every chunk is authenticated and
     /// decrypted before its bytes are stored; a chunk that fails is an integrity_error. Needed for an
     /// encrypted checkpoint, refused for a plain one. From a storage that reads host memory (not
@@ -55,6 +62,7 @@ struct LoadStats {
     std::uint64_t retries = 0;        ///< EINTR/EAGAIN retries and short-read continuations
     std::uint64_t staging_bytes = 0;  ///< staging memory allocated
     std::uint64_t verified = 0;       ///< tensors whose digest matched (LoadOptions::verify)
+    std::uint64_t verified_files = 0; ///< files whose SHA-256 matched (LoadOptions::verify_files), once the load ended
     std::uint64_t received_bytes = 0; ///< group loads: bytes this rank receives from the others (whole load)
     std::uint64_t window_memory = 0;  ///< group loads: bytes of the window buffers (transport's memory)
     double seconds = 0;               ///< from begin() to the last tensor

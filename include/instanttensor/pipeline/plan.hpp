@@ -9,6 +9,9 @@
 // In a buffered file, a tensor of at least one extent has extents of its own (none carries another
 // tensor's bytes), so that a sink that reads in place (sink::placement) reads all of it in place
 // and copies none of it from staging.
+// A plan of whole files (Coverage::whole_files, for LoadOptions::verify_files) reads each file's
+// header too: its extents then tile every file from byte 0 to its end, those of the header before
+// the first tensor's carrying no piece.
 // A group of ranks splits these extents further (pipeline/group_plan.hpp).
 #pragma once
 
@@ -30,6 +33,9 @@ using TensorFilter = std::function<bool(const format::TensorRef&)>;
 /// Of a selected tensor, the bytes [first, second) to read (a block's span); an empty function
 /// reads every byte.
 using TensorRange = std::function<std::pair<std::uint64_t, std::uint64_t>(const format::TensorRef&)>;
+
+/// What a plan reads: the selected tensors' bytes, or every byte of every file (headers included).
+enum class Coverage : std::uint8_t { tensors, whole_files };
 
 /// Bytes of one extent that belong to one tensor.
 struct Piece {
@@ -94,14 +100,16 @@ struct Plan {
 /// only part of a tensor; a tensor with nothing to read is planned without pieces. `chunk`, when
 /// given, holds each file's chunk size (an encrypted file's, format/encryption.hpp; 1 for none): a
 /// piece then starts at a multiple of it within its tensor and ends at one or at the tensor's end,
-/// so that every chunk lands whole in one read.
+/// so that every chunk lands whole in one read. With Coverage::whole_files each file's header is
+/// read too, in extents of its own where it fills one, and a file without tensors still has its
+/// header's; the plan covers the files whole only where every tensor is selected and read whole.
 Plan make_plan(const format::Checkpoint& checkpoint, const TensorFilter& filter,
                std::span<const std::uint64_t> alignment, std::uint64_t max_extent_bytes, const TensorRange& range = {},
-               std::span<const std::uint64_t> chunk = {});
+               std::span<const std::uint64_t> chunk = {}, Coverage coverage = Coverage::tensors);
 
 inline Plan make_plan(const format::Checkpoint& checkpoint, const TensorFilter& filter,
                       std::span<const std::uint64_t> alignment, std::uint64_t max_extent_bytes, const TensorRange& range,
-                      std::span<const std::uint64_t> chunk) {
+                      std::span<const std::uint64_t> chunk, Coverage coverage) {
     if (alignment.size() != checkpoint.files().size() || (!chunk.empty() && chunk.size() != alignment.size()))
         throw usage_error("make_plan", "one alignment (and chunk size, if any) per file is needed");
     for (auto a : alignment)
@@ -119,7 +127,23 @@ inline Plan make_plan(const format::Checkpoint& checkpoint, const TensorFilter& 
     };
 
     bool open = false;  // whether plan.extents.back() may still take pieces
+    // Whole files: the headers of files [headers_planned, file] as extents, the last one left open
+    // for the file's first tensor to join (all its bytes precede the data section).
+    std::uint32_t headers_planned = 0;
+    auto plan_headers_through = [&](std::uint32_t file) {
+        for (; coverage == Coverage::whole_files && headers_planned <= file; ++headers_planned) {
+            if (open) close_extent();
+            const std::uint64_t data = checkpoint.files()[headers_planned].header.data_offset();
+            for (std::uint64_t at = 0; at < data; at += max_extent_bytes) {  // max is a multiple of the alignment
+                plan.extents.push_back({headers_planned, at, 0, std::min(data - at, max_extent_bytes),
+                                        static_cast<std::uint32_t>(plan.pieces.size()), 0});
+                open = plan.extents.back().needed < max_extent_bytes;
+                if (!open) close_extent();
+            }
+        }
+    };
     for (const auto& ref : checkpoint.tensors()) {
+        plan_headers_through(ref.file);
         if (filter && !filter(ref)) continue;
         if (plan.tensors.size() == UINT32_MAX) throw format_error("plan", "too many tensors selected (at most 2^32 - 1)");
         const auto index = static_cast<std::uint32_t>(plan.tensors.size());
@@ -175,6 +199,7 @@ inline Plan make_plan(const format::Checkpoint& checkpoint, const TensorFilter& 
             open = false;
         }
     }
+    if (!checkpoint.files().empty()) plan_headers_through(static_cast<std::uint32_t>(checkpoint.files().size() - 1));
     if (open) close_extent();
 
     return plan;

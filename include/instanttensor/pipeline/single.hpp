@@ -6,8 +6,8 @@
 // ran for one that copies asynchronously (a device sink). Reads run ahead of the consumer as far
 // as staging and the sink's ring allow. Everything runs in the caller's thread, in load(), but the
 // decryption of an encrypted checkpoint (LoadOptions::key), which a Decryptor's threads run on each
-// read before its bytes are stored, and the digests of a verified load (LoadOptions::verify), which
-// a Verifier's threads compute.
+// read before its bytes are stored, and the digests of a verified load (LoadOptions::verify,
+// verify_files), which a Verifier's threads compute.
 #pragma once
 
 #include <algorithm>
@@ -62,7 +62,12 @@ public:
                                             " ranks must exchange bytes (model GroupTransport, as transport::nccl does)");
         if (options_.verify && options_.share)
             throw usage_error("loader", "verify digests whole tensors: a load that keeps blocks of them (LoadOptions::share) cannot verify");
-        if (options_.verify && Storage::destination != MemoryKind::host)
+        if (options_.verify_files && options_.share)
+            throw usage_error("loader", "verify_files hashes whole files: a load that keeps blocks of tensors (LoadOptions::share) cannot");
+        if (options_.verify_files && options_.key)
+            throw usage_error("loader", "verify_files hashes the bytes as stored, which decryption overwrites: an encrypted checkpoint's "
+                                        "chunks are authenticated by its key already");
+        if ((options_.verify || options_.verify_files) && Storage::destination != MemoryKind::host)
             throw usage_error(std::string(storage_.name()), "reads into device memory, where verify cannot digest the bytes: load through a host backend");
         std::vector<std::uint64_t> chunk;  // each file's chunk size, when decrypting
 #if INSTANTTENSOR_HAS_CRYPTO
@@ -94,8 +99,9 @@ public:
         if constexpr (asynchronous) sink_.prepare_copies(slots);
         destinations_ = Destinations<Sk>(sink_, plan_, kept_);
         reads_ = ReadQueue<Storage, Job>(storage_, checkpoint_, stats_, slots);
-        if (options_.verify)
-            verifier_ = std::make_unique<Verifier>(plan_, *options_.verify, static_cast<std::uint32_t>(slots),
+        if (options_.verify || options_.verify_files)
+            verifier_ = std::make_unique<Verifier>(plan_, options_.verify ? &*options_.verify : nullptr,
+                                                   options_.verify_files ? &*options_.verify_files : nullptr, static_cast<std::uint32_t>(slots),
                                                    options_.verify_threads ? options_.verify_threads : default_verify_threads());
     }
 
@@ -116,6 +122,28 @@ public:
     /// A load that decrypts waits for the Decryptor between looks at the reads; a verified load
     /// waits for the digests: blocking on the Verifier when nothing else is left.
     void load(std::uint32_t t) {
+        run_until([&] { return destinations_.complete(t) && verified(t); },
+                  [&] {
+                      return "the sink has no room for tensor '" + plan_.tensors[t].ref->name() +
+                             "' although the consumer holds none: its reserve() refuses a ring of plan().ring_needed() bytes";
+                  });
+    }
+
+    /// Every tensor was yielded: a load that verifies files runs until each file's SHA-256 is known
+    /// to match (the reads of headers of files without tensors are left); any other has nothing to do.
+    void finish() {
+        if (!options_.verify_files) return;
+        run_until([&] { return verifier_->files_verified(); }, [] { return std::string("the files' reads stopped short of their ends"); });
+        stats_.verified_files = checkpoint_.files().size();
+    }
+
+    /// The consumer moved past tensor `t`.
+    void release(std::uint32_t t) { destinations_.release(t); }
+
+private:
+    /// Drives the load until done() holds; throws usage_error(stuck()) when nothing is left to wait for.
+    template <class Done, class Stuck>
+    void run_until(Done done, Stuck stuck) {
         for (;;) {
             // Taken before anything is checked: a decryption or a digest finishing after the checks
             // below must not read as a load with nothing left to wait for. The reads decrypted land
@@ -126,7 +154,7 @@ public:
             const std::uint64_t digested = verifier_ ? verifier_->progress() : 0;
             reclaim_slots();
             submit_reads();
-            if (destinations_.complete(t) && verified(t)) return;
+            if (done()) return;
             const bool watching_copies = asynchronous && staging_.copying();
             if (reads_.in_flight() > 0) {
                 if (reads_.reap(!watching_copies && !decryption_.busy(), [this](const Read& r) { arrived(r); }) == 0) {
@@ -140,26 +168,17 @@ public:
             } else if (watching_copies) {
                 wait_oldest_copies();
             } else {
-                throw usage_error("loader", "the sink has no room for tensor '" + plan_.tensors[t].ref->name() +
-                                                "' although the consumer holds none: its reserve() refuses a ring of "
-                                                "plan().ring_needed() bytes");
+                throw usage_error("loader", stuck());
             }
         }
     }
 
-    /// Every tensor was yielded: a single load has nothing left to do.
-    void finish() {}
-
-    /// The consumer moved past tensor `t`.
-    void release(std::uint32_t t) { destinations_.release(t); }
-
-private:
     /// Starts reads while staging slots, the queue and the sink's room allow.
     void submit_reads() {
         while (next_extent_ < plan_.extents.size() && staging_.has_free() && !reads_.full()) {
             const Extent& e = plan_.extents[next_extent_];
-            const std::uint32_t last_tensor = plan_.pieces[e.first_piece + e.piece_count - 1].tensor;
-            if (!destinations_.reserve_through(last_tensor)) return;  // the sink is full until the consumer moves on
+            // The sink is full until the consumer moves on. (An extent of a header has no piece.)
+            if (e.piece_count > 0 && !destinations_.reserve_through(plan_.pieces[e.first_piece + e.piece_count - 1].tensor)) return;
             const std::uint32_t slot = staging_.take();
             reads_.submit({e.file, e.offset, e.length, e.needed, read_buffer(e, slot), {next_extent_, slot}});
             ++next_extent_;
@@ -203,7 +222,7 @@ private:
                 destinations_.store(piece.tensor, piece.tensor_offset, piece.tensor_offset + piece.length, staged + piece.extent_offset);
             destinations_.piece_stored(piece.tensor);
         }
-        if (verifier_) verifier_->digest(e, read.buffer, read.job.slot);
+        if (verifier_) verifier_->digest(read.job.extent, read.buffer, read.job.slot);
         if constexpr (asynchronous) {
             const std::uint64_t ticket = sink_.extent_stored();
             for (std::uint32_t p = e.first_piece; p < e.first_piece + e.piece_count; ++p)
@@ -216,11 +235,11 @@ private:
         }
     }
 
-    /// Whether tensor `t` may be yielded as far as its digest goes (integrity_error if it differs).
+    /// Whether tensor `t` may be yielded as far as its digest and its file's go (integrity_error if one differs).
     bool verified(std::uint32_t t) {
         if (!verifier_) return true;
         if (!verifier_->verified(t)) return false;
-        ++stats_.verified;
+        if (options_.verify) ++stats_.verified;
         return true;
     }
 

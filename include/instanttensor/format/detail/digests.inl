@@ -2,9 +2,12 @@
 // file at its end (not to be included on its own).
 #pragma once
 
+#include <algorithm>
 #include <cstdio>
+#include <span>
 #include <string>
 #include <unordered_set>
+#include <vector>
 
 #include "instanttensor/detail/fd.hpp"
 #include "instanttensor/error.hpp"
@@ -45,6 +48,41 @@ inline std::optional<std::string> unescape_digest_name(std::string_view text) {
     return name;
 }
 
+/// Calls add(digest bytes, name) for each line of `text` in the layout of format/digests.hpp with a
+/// digest of `hex_digits` lowercase hex digits; after two spaces, or, as sha256sum writes binary
+/// files, a space and a star. A line that breaks it is a format_error naming `source`, the line and
+/// `layout`.
+template <class Add>
+void parse_digest_lines(std::string_view text, std::size_t hex_digits, const std::string& source, std::string_view layout, Add&& add) {
+    std::vector<std::uint8_t> digest(hex_digits / 2);
+    std::size_t number = 0;
+    while (!text.empty()) {
+        const std::size_t end = text.find('\n');
+        std::string_view line = text.substr(0, end);
+        text.remove_prefix(end == std::string_view::npos ? text.size() : end + 1);
+        ++number;
+        if (line.empty()) continue;
+        auto refused = [&](std::string_view why) {
+            return format_error(source, "line " + std::to_string(number) + ": " + std::string(why) + " (lines read " + std::string(layout) + ")");
+        };
+        const bool escaped = line.front() == '\\';
+        if (escaped) line.remove_prefix(1);
+        const std::string_view separator = line.substr(std::min(hex_digits, line.size()), 2);
+        if (line.size() < hex_digits + 3 || (separator != "  " && separator != " *")) throw refused("not a digest and a name");
+        for (std::size_t i = 0; i < hex_digits; ++i) {
+            const char c = line[i];
+            const int v = (c >= '0' && c <= '9') ? c - '0' : (c >= 'a' && c <= 'f') ? c - 'a' + 10 : -1;
+            if (v < 0) throw refused("the digest is not " + std::to_string(hex_digits) + " lowercase hex digits");
+            digest[i / 2] = static_cast<std::uint8_t>(i % 2 == 0 ? v << 4 : digest[i / 2] | v);
+        }
+        std::string_view shown = line.substr(hex_digits + 2);
+        std::optional<std::string> name = escaped ? unescape_digest_name(shown) : std::string(shown);
+        if (!name) throw refused("the name holds a bad escape");
+        if (name->empty()) throw refused("the name is empty");
+        add(std::span<const std::uint8_t>(digest), std::move(*name));
+    }
+}
+
 }  // namespace instanttensor::detail
 
 namespace instanttensor::format {
@@ -52,6 +90,13 @@ namespace instanttensor::format {
 inline std::string digest_text(std::uint64_t digest) {
     char text[17];
     std::snprintf(text, sizeof text, "%016llx", static_cast<unsigned long long>(digest));
+    return text;
+}
+
+inline std::string digest_text(const Sha256Digest& digest) {
+    static constexpr char hex[] = "0123456789abcdef";
+    std::string text;
+    for (std::uint8_t byte : digest) text.append({hex[byte >> 4], hex[byte & 15]});
     return text;
 }
 
@@ -78,32 +123,12 @@ inline std::string TensorDigests::text() const {
 
 inline TensorDigests TensorDigests::parse(std::string_view text, std::string source) {
     TensorDigests digests(std::move(source));
-    std::size_t number = 0;
-    while (!text.empty()) {
-        const std::size_t end = text.find('\n');
-        std::string_view line = text.substr(0, end);
-        text.remove_prefix(end == std::string_view::npos ? text.size() : end + 1);
-        ++number;
-        if (line.empty()) continue;
-        auto refused = [&](std::string_view why) {
-            return format_error(digests.source_, "line " + std::to_string(number) + ": " + std::string(why) +
-                                                    " (lines read '<16 hex digits>  <tensor name>', as `instanttensor hash` prints them)");
-        };
-        const bool escaped = line.front() == '\\';
-        if (escaped) line.remove_prefix(1);
-        if (line.size() < 19 || line.substr(16, 2) != "  ") throw refused("not a digest and a name");
-        std::uint64_t digest = 0;
-        for (char c : line.substr(0, 16)) {
-            const int v = (c >= '0' && c <= '9') ? c - '0' : (c >= 'a' && c <= 'f') ? c - 'a' + 10 : -1;
-            if (v < 0) throw refused("the digest is not 16 lowercase hex digits");
-            digest = digest << 4 | static_cast<std::uint64_t>(v);
-        }
-        std::string_view shown = line.substr(18);
-        std::optional<std::string> name = escaped ? detail::unescape_digest_name(shown) : std::string(shown);
-        if (!name) throw refused("the name holds a bad escape");
-        if (name->empty()) throw refused("the name is empty");
-        digests.add(std::move(*name), digest);
-    }
+    detail::parse_digest_lines(text, 16, digests.source_, "'<16 hex digits>  <tensor name>', as `instanttensor hash` prints them",
+                               [&](std::span<const std::uint8_t> digest, std::string name) {
+                                   std::uint64_t value = 0;
+                                   for (std::uint8_t byte : digest) value = value << 8 | byte;
+                                   digests.add(std::move(name), value);
+                               });
     return digests;
 }
 
@@ -130,6 +155,34 @@ inline TensorDigests TensorDigests::sealed(const Checkpoint& checkpoint) {
         }
     }
     return all;
+}
+
+inline void FileDigests::add(std::string_view name, const Sha256Digest& digest) {
+    const std::string file = std::filesystem::path(name).filename().string();
+    if (file.empty()) throw format_error(source_, "names no file: " + detail::quote_name(name));
+    const auto [at, added] = digests_.emplace(file, digest);
+    if (!added) throw format_error(source_, "gives a file named " + detail::quote_name(file) + " twice (files are matched by name, without directories)");
+}
+
+inline std::optional<Sha256Digest> FileDigests::find(const std::filesystem::path& path) const {
+    const auto at = digests_.find(path.filename().string());
+    if (at == digests_.end()) return std::nullopt;
+    return at->second;
+}
+
+inline FileDigests FileDigests::parse(std::string_view text, std::string source) {
+    FileDigests digests(std::move(source));
+    detail::parse_digest_lines(text, 64, digests.source_, "'<64 hex digits>  <file>', as `sha256sum` prints them",
+                               [&](std::span<const std::uint8_t> digest, const std::string& name) {
+                                   Sha256Digest value;
+                                   std::copy(digest.begin(), digest.end(), value.begin());
+                                   digests.add(name, value);
+                               });
+    return digests;
+}
+
+inline FileDigests FileDigests::read(const std::filesystem::path& manifest) {
+    return parse(detail::read_small_file(manifest, max_header_size), manifest.string());
 }
 
 }  // namespace instanttensor::format
