@@ -42,6 +42,7 @@ int run_load(const LoadCommand& command) {
         o["bytes"] = report.stats.tensor_bytes;
         o["read_bytes"] = report.stats.read_bytes;
         o["reads"] = report.stats.reads;
+        o["retries"] = report.stats.retries;
         o["seconds"] = seconds;
         o["gbps"] = gbps;
         o["staging_bytes"] = report.stats.staging_bytes;

@@ -14,8 +14,9 @@ CASE is one of:
             redirects to another host, which never receives the token
   bad       the bad corpus served remotely is refused as it is locally
   faults    a server of this script's own injecting faults: connections reset mid-body or before
-            any byte, 503 then success, a stall, a file replaced mid-load (with and without
-            If-Match support), 200 without a range, 403, 503 for ever
+            any byte, 503 then success (one mid-load counted in load --json's retries), a stall, a
+            file replaced mid-load (with and without If-Match support), 200 without a range, 403,
+            503 for ever
 
 Exits 77 (skipped) where a server cannot start, saying why. Only the standard library is used.
 """
@@ -258,6 +259,7 @@ class FaultServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         self.faulted = set()       # (path, range) already faulted once
         self.version = 1           # the content's version: "replaced" bumps it
         self.stalled = False
+        self.failed_mid_load = False  # "503-mid-load" answered its 503
         super().__init__(("127.0.0.1", 0), FaultHandler)
 
     def handle_error(self, request, client_address):
@@ -303,6 +305,11 @@ class FaultHandler(http.server.BaseHTTPRequestHandler):
         if mode == "replaced" and self.headers.get("If-Match") not in (None, etag):
             return self.answer(412)
         match = re.fullmatch(r"bytes=(\d+)-(\d+)", self.headers.get("Range", ""))
+        if mode == "503-mid-load" and match is not None and int(match[1]) > 0:  # once, on a read of tensors
+            with server.lock:
+                first_time, server.failed_mid_load = not server.failed_mid_load, True
+            if first_time:
+                return self.answer(503, {"Retry-After": "0"})
         if mode == "no-range" or match is None:
             return self.answer(200, {"ETag": etag}, data)
         first, last = int(match[1]), min(int(match[2]), len(data) - 1)
@@ -359,6 +366,14 @@ def case_faults():
               (f": {err.strip()}" if code else ""))
         if mode == "stall":
             check(seconds < 15, f"stall: the stalled response was given up after --stall-timeout 1 ({seconds:.1f} s)")
+    # The requests sent again count in the load's retries.
+    server = FaultServer(root, "503-mid-load")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    code, out, err = cli("load", "--device", "cpu", "--json", f"http://127.0.0.1:{server.server_address[1]}/s/{path.name}", *opts)
+    server.shutdown()
+    server.server_close()
+    retries = json.loads(out)["retries"] if code == 0 else -1
+    check(retries == 1, f"503-mid-load: load --json counts the request sent again as a retry ({retries}; {err.strip()[:200]})")
     for mode, pattern in (("replaced", "changed on the server since its header was read \\(If-Match failed\\)"),
                           ("replaced-ignoring-if-match", "changed on the server since its header was read \\(ETag \"v1-.*\" then, \"v2-")):
         (code, out, err), *_ = run(mode)

@@ -59,7 +59,8 @@ struct LoadStats {
     std::uint64_t tensor_bytes = 0;   ///< their bytes
     std::uint64_t read_bytes = 0;     ///< bytes read from storage (alignment included)
     std::uint64_t reads = 0;          ///< read requests submitted (continuations included)
-    std::uint64_t retries = 0;        ///< EINTR/EAGAIN retries and short-read continuations
+    std::uint64_t retries = 0;        ///< EINTR/EAGAIN retries, short-read continuations, and requests a remote
+                                      ///< storage sent again after a transient failure (a reset, 5xx, 429)
     std::uint64_t staging_bytes = 0;  ///< staging memory allocated
     std::uint64_t verified = 0;       ///< tensors whose digest matched (LoadOptions::verify)
     std::uint64_t verified_files = 0; ///< files whose SHA-256 matched (LoadOptions::verify_files), once the load ended

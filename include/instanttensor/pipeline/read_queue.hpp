@@ -64,6 +64,10 @@ public:
     template <class Done>
     std::size_t reap(bool wait, Done&& done) {
         const std::size_t n = storage_->reap(results_, wait);
+        if constexpr (requires { storage_->retries(); }) {  // requests a remote storage sent again by itself
+            stats_->retries += storage_->retries() - storage_retries_;
+            storage_retries_ = storage_->retries();
+        }
         for (std::size_t i = 0; i < n; ++i) {
             const std::uint64_t tag = results_[i].tag;
             const std::int64_t result = results_[i].result;
@@ -128,6 +132,7 @@ private:
     std::vector<ReadResult> results_;
     std::size_t in_flight_ = 0;
     unsigned retries_in_a_row_ = 0;
+    std::uint64_t storage_retries_ = 0;  // of storage_->retries(), counted so far
 };
 
 }  // namespace instanttensor::pipeline

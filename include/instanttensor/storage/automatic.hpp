@@ -112,6 +112,14 @@ public:
         }, backend_);
     }
 
+    /// Requests the backend sent again after a transient failure (a remote one's; 0 for the others).
+    [[nodiscard]] std::uint64_t retries() const noexcept {
+        return std::visit([](const auto& b) -> std::uint64_t {
+            if constexpr (requires { b.retries(); }) return b.retries();
+            else return 0;
+        }, backend_);
+    }
+
     void register_memory(std::span<std::byte> memory_region) {
         std::visit([&](auto& b) {
             if constexpr (requires { b.register_memory(memory_region); }) b.register_memory(memory_region);

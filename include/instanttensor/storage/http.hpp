@@ -73,6 +73,8 @@ public:
     [[nodiscard]] std::uint64_t alignment(std::uint32_t) const noexcept { return 1; }
     [[nodiscard]] std::size_t queue_depth() const noexcept { return options_.connections; }
     [[nodiscard]] std::string_view name() const noexcept { return "http"; }
+    /// Requests sent again after a transient failure, since open (LoadStats::retries counts them).
+    [[nodiscard]] std::uint64_t retries() const noexcept { return retries_; }
 
     void submit(const ReadRequest& request) {
         Transfer* t = idle_.back();
@@ -136,6 +138,7 @@ private:
         case detail::Outcome::again:
             t.due = Clock::now() + detail::RangeGet::pause_before_try(outcome, ++t.tries, options_, file.location.shown, asked() + ", ");
             waiting_.push_back(&t);
+            ++retries_;
             return;
         case detail::Outcome::failed:
             throw io_error(file.location.shown, outcome.message + " (" + asked() + ")", 0);
@@ -182,6 +185,7 @@ private:
     std::vector<Transfer*> idle_;
     std::vector<Transfer*> waiting_;  // failed transiently, to be sent again at their `due`
     std::size_t active_ = 0;
+    std::uint64_t retries_ = 0;
 };
 
 }  // namespace instanttensor::storage
