@@ -15,7 +15,9 @@
 //      the same digests and prints the same again;
 //   5  a safetensors file whose __metadata__ may hold a seal: one accepted gives every tensor a digest;
 //   6  a safetensors file whose __metadata__ may describe its encryption: one accepted has a tag per
-//      chunk of every tensor, and written back to metadata gives the same parameters again.
+//      chunk of every tensor, and written back to metadata gives the same parameters again;
+//   7  a manifest of files' SHA-256 (sha256sum's layout): one accepted finds each of its files by
+//      name, wherever the path puts it.
 // Inputs may be refused only with format_error, and an expression or a share only with usage_error.
 #include <instanttensor/format/checkpoint.hpp>
 #include <instanttensor/format/digests.hpp>
@@ -24,6 +26,7 @@
 
 #include "splits.hpp"
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <span>
@@ -135,13 +138,24 @@ void encryption(std::span<const std::byte> file) {
           reparsed->chunk_bytes == parsed->chunk_bytes && reparsed->cipher == parsed->cipher);
 }
 
+void file_digests(std::span<const std::byte> input) {
+    const std::string_view text{reinterpret_cast<const char*>(input.data()), input.size()};
+    const auto parsed = it::FileDigests::parse(text, "fuzz");
+    for (std::size_t line = 0; line < text.size();) {  // a plain (not escaped) line names its file as written
+        const std::size_t end = std::min(text.find('\n', line), text.size());
+        const std::string_view l = text.substr(line, end - line);
+        if (!l.empty() && l.front() != '\\') check(parsed.find("/elsewhere/" + std::string(l.substr(66))).has_value());
+        line = end + 1;
+    }
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     if (size == 0) return 0;
     const auto input = std::as_bytes(std::span(data + 1, size - 1));
     try {
-        switch (data[0] % 7) {
+        switch (data[0] % 8) {
         case 0: round_trip(input, it::parse_file_bytes(input, "fuzz")); break;
         case 1: {
             const auto index = it::parse_index({reinterpret_cast<const char*>(input.data()), input.size()}, "fuzz");
@@ -153,6 +167,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         case 4: digests(input); break;
         case 5: seal(input); break;
         case 6: encryption(input); break;
+        case 7: file_digests(input); break;
         }
     } catch (const instanttensor::format_error&) {
         // refusing a malformed input is the expected outcome
