@@ -104,17 +104,9 @@ TEST_CASE("decrypt: every backend, page-cache policy and host sink yields the by
                                               *key, {.cipher = s.cipher, .chunk_bytes = s.chunk, .progress = {}});
         const auto checkpoint = fmt::Checkpoint::open(index);
         for (unsigned threads : {1u, 3u}) {
-            const it::LoadOptions options = with_key(key, s.staging, threads);
-            for (Via via : all_vias) {
-                if (unavailable(via)) continue;
-                for (it::DirectIo direct : all_direct) {
-                    for (SinkKind sink : all_sinks) {
-                        INFO(fmt::cipher_name(s.cipher), " chunk ", s.chunk, " ", to_string(via), " direct=", to_string(direct), " ",
-                             to_string(sink), " threads ", threads, " slot ", s.staging.slot_bytes);
-                        check_outcome(checkpoint, load(checkpoint, via, direct, sink, options));
-                    }
-                }
-            }
+            INFO(fmt::cipher_name(s.cipher), " chunk ", s.chunk, " threads ", threads, " slot ", s.staging.slot_bytes);
+            load_every_way(checkpoint, with_key(key, s.staging, threads),
+                           [&](const Outcome& out, Via, it::DirectIo) { check_outcome(checkpoint, out); });
         }
     }
 }

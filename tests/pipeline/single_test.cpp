@@ -27,20 +27,13 @@ void check_every_configuration(const fmt::Checkpoint& checkpoint, const it::Load
     it::LoadOptions with_filter = options;
     if (filter) with_filter.filter = filter;
     const bool o_direct = accepts_o_direct(checkpoint.files().front().path);
-    for (Via via : all_vias) {
-        if (unavailable(via)) continue;
-        for (it::DirectIo direct : all_direct) {
-            for (SinkKind sink : all_sinks) {
-                INFO(to_string(via), " direct=", to_string(direct), " ", to_string(sink));
-                const Outcome out = load(checkpoint, via, direct, sink, with_filter);
-                check_outcome(checkpoint, out, filter);
-                const bool memory = via == Via::memory || via == Via::auto_memory;
-                // Where the filesystem accepts O_DIRECT, DirectIo::on reads every file with it.
-                if (memory || direct == it::DirectIo::off) CHECK(out.direct_files == 0);
-                else if (direct == it::DirectIo::on) CHECK(out.direct_files == (o_direct ? on_disk_files : 0));
-            }
-        }
-    }
+    load_every_way(checkpoint, with_filter, [&](const Outcome& out, Via via, it::DirectIo direct) {
+        check_outcome(checkpoint, out, filter);
+        const bool memory = via == Via::memory || via == Via::auto_memory;
+        // Where the filesystem accepts O_DIRECT, DirectIo::on reads every file with it.
+        if (memory || direct == it::DirectIo::off) CHECK(out.direct_files == 0);
+        else if (direct == it::DirectIo::on) CHECK(out.direct_files == (o_direct ? on_disk_files : 0));
+    });
 }
 
 

@@ -80,19 +80,11 @@ TEST_CASE("verify: every backend, page-cache policy and host sink yields the wri
     const auto checkpoint = fmt::Checkpoint::open(index);
     for (unsigned threads : {1u, 3u}) {
         for (const it::LoadOptions& staging : {small_slots, minimal_ring, it::LoadOptions{}}) {
-            const it::LoadOptions options = verifying(checkpoint, threads, staging);
-            for (Via via : all_vias) {
-                if (unavailable(via)) continue;
-                for (it::DirectIo direct : all_direct) {
-                    for (SinkKind sink : all_sinks) {
-                        INFO(to_string(via), " direct=", to_string(direct), " ", to_string(sink), " threads ", threads,
-                             " slot ", staging.slot_bytes);
-                        const Outcome out = load(checkpoint, via, direct, sink, options);
-                        check_outcome(checkpoint, out);
-                        CHECK(out.stats.verified == checkpoint.tensors().size());
-                    }
-                }
-            }
+            INFO("threads ", threads, " slot ", staging.slot_bytes);
+            load_every_way(checkpoint, verifying(checkpoint, threads, staging), [&](const Outcome& out, Via, it::DirectIo) {
+                check_outcome(checkpoint, out);
+                CHECK(out.stats.verified == checkpoint.tensors().size());
+            });
         }
     }
     SUBCASE("a plain load verifies nothing") {
@@ -245,19 +237,12 @@ TEST_CASE("verify_files: every backend, page-cache policy and host sink yields t
         for (const it::LoadOptions& staging : {small_slots, minimal_ring}) {
             it::LoadOptions options = tensors_too ? verifying(checkpoint, 3, staging) : staging;
             options.verify_files = file_digests_of(checkpoint);
-            for (Via via : all_vias) {
-                if (unavailable(via)) continue;
-                for (it::DirectIo direct : all_direct) {
-                    for (SinkKind sink : all_sinks) {
-                        INFO(to_string(via), " direct=", to_string(direct), " ", to_string(sink), " tensors too ", tensors_too,
-                             " slot ", staging.slot_bytes);
-                        const Outcome out = load(checkpoint, via, direct, sink, options);
-                        check_outcome(checkpoint, out);
-                        CHECK(out.stats.verified == (tensors_too ? checkpoint.tensors().size() : 0));
-                        CHECK(out.stats.read_bytes >= std::filesystem::file_size(checkpoint.files()[1].path));
-                    }
-                }
-            }
+            INFO("tensors too ", tensors_too, " slot ", staging.slot_bytes);
+            load_every_way(checkpoint, options, [&](const Outcome& out, Via, it::DirectIo) {
+                check_outcome(checkpoint, out);
+                CHECK(out.stats.verified == (tensors_too ? checkpoint.tensors().size() : 0));
+                CHECK(out.stats.read_bytes >= std::filesystem::file_size(checkpoint.files()[1].path));
+            });
         }
     }
 }

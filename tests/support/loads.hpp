@@ -161,6 +161,21 @@ inline constexpr std::uint64_t test_ring = 16ull << 20;
 /// that its eight loader types are compiled once per test executable, not in every file.
 Outcome load(const fmt::Checkpoint& checkpoint, Via via, it::DirectIo direct, SinkKind sink, it::LoadOptions options = {});
 
+/// Loads `checkpoint` with `options` through every backend that runs here × page-cache policy ×
+/// sink, and calls check(outcome, via, direct) after each, the three named in doctest's INFO.
+template <class Check>
+void load_every_way(const fmt::Checkpoint& checkpoint, const it::LoadOptions& options, Check&& check) {
+    for (Via via : all_vias) {
+        if (unavailable(via)) continue;
+        for (it::DirectIo direct : all_direct) {
+            for (SinkKind sink : all_sinks) {
+                INFO(to_string(via), " direct=", to_string(direct), " ", to_string(sink));
+                check(load(checkpoint, via, direct, sink, options), via, direct);
+            }
+        }
+    }
+}
+
 /// The tensors a load with `filter` must yield, in the order it must yield them.
 inline std::vector<const fmt::TensorRef*> expected_order(const fmt::Checkpoint& checkpoint,
                                                          const it::TensorFilter& filter = {}) {
