@@ -25,8 +25,6 @@
 #include <nanobind/stl/unordered_map.h>
 #include <nanobind/stl/vector.h>
 
-#include <sys/mman.h>
-
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
@@ -257,22 +255,27 @@ private:
     int size_ = 1;
 };
 
-/// Host memory of one tensor, until an array owns it: 64-byte aligned (as torch's CPU allocator's),
-/// and from 2 MiB on aligned to 2 MiB and backed by transparent huge pages where the kernel allows
-/// them: the first touch of fresh memory (a fault per 4 KiB page) otherwise costs more than the
-/// read that fills it.
+/// Host memory of one tensor, until an array owns it: `data` within `memory`. In 4 KiB pages, as
+/// torch's CPU allocator's: where a hypervisor takes freed memory back (free page reporting, as on
+/// the CPU machine), faulting in fresh 2 MiB huge pages ran at 0.4 to 2.6 GB/s, 4 KiB pages at 2.5
+/// to 6 (docs/benchmarks.md#fresh-memory). Given `in_page`, data starts that far past a page
+/// boundary (sink::placement::in_place_offset: O_DIRECT reads of a cold file land in it, no copy
+/// out of staging); else it is 64-byte aligned, as torch's.
 struct Free {
     void operator()(std::byte* p) const noexcept { std::free(p); }
 };
-using HostBuffer = std::unique_ptr<std::byte, Free>;
+struct HostBuffer {
+    std::unique_ptr<std::byte, Free> memory;
+    std::byte* data = nullptr;
+};
 
-HostBuffer allocate_host(std::uint64_t size) {
-    constexpr std::uint64_t huge_page = 2ull << 20;
-    const std::size_t alignment = size >= huge_page ? huge_page : 64;
+HostBuffer allocate_host(std::uint64_t size, std::optional<std::uint64_t> in_page = std::nullopt) {
+    constexpr std::uint64_t page = 4096;
     void* memory = nullptr;
-    if (posix_memalign(&memory, alignment, std::max<std::uint64_t>(size, 1)) != 0) throw std::bad_alloc();
-    if (alignment == huge_page) madvise(memory, size / huge_page * huge_page, MADV_HUGEPAGE);  // advice only
-    return HostBuffer(static_cast<std::byte*>(memory));
+    if (posix_memalign(&memory, in_page ? page : 64, std::max<std::uint64_t>(size + in_page.value_or(0), 1)) != 0) throw std::bad_alloc();
+    HostBuffer buffer{std::unique_ptr<std::byte, Free>(static_cast<std::byte*>(memory)), static_cast<std::byte*>(memory)};
+    buffer.data += in_page.value_or(0);
+    return buffer;
 }
 
 /// One loader of any kind, stepped from Python.
@@ -363,10 +366,13 @@ public:
             options.share = [block = it::Share::block(dim, first, count)](const it::format::TensorRef&, int, int) { return block; };
             kept_size = [share = options.share](const it::format::TensorRef& t) { return it::kept_bytes(t, share(t, 0, 1)).size(); };
         }
-        auto allocate = [this, kept_size](const it::format::TensorRef& t) -> std::span<std::byte> {
+        // A tensor kept whole that fills a read may have reads of its own: placed for them to land in it.
+        auto allocate = [this, kept_size, read = options.slot_bytes](const it::format::TensorRef& t) -> std::span<std::byte> {
             const std::uint64_t size = kept_size(t);
-            auto [at, fresh] = allocated_.emplace(&t, allocate_host(size));
-            return {at->second.get(), size};
+            const bool own_reads = size == t.nbytes() && size >= read;
+            auto [at, fresh] = allocated_.emplace(
+                &t, allocate_host(size, own_reads ? std::optional(it::sink::placement::in_place_offset(t)) : std::nullopt));
+            return {at->second.data, size};
         };
         if (request.device >= 0) {
 #if INSTANTTENSOR_HAS_CUDA
@@ -434,8 +440,8 @@ private:
     /// A flat uint8 array of `size` bytes over `buffer`, of the framework's kind, that frees it
     /// when collected.
     nb::object array(HostBuffer buffer, std::uint64_t size) const {
-        std::byte* data = buffer.get();
-        nb::capsule owner(buffer.release(), [](void* p) noexcept { std::free(p); });
+        std::byte* data = buffer.data;
+        nb::capsule owner(buffer.memory.release(), [](void* p) noexcept { std::free(p); });
         const std::size_t shape[1] = {static_cast<std::size_t>(size)};
         if (framework_ == "pt")
             return nb::cast(nb::ndarray<nb::pytorch, std::uint8_t, nb::ndim<1>>(data, 1, shape, owner));

@@ -173,7 +173,7 @@ TEST_CASE("read queue: one read in flight at a time") {
             drain(loader, out);
             check_outcome(checkpoint, out);
             for (const auto& t : checkpoint.tensors())
-                CHECK(places.buffer(t.name()) == expected_bytes(t.name(), t.nbytes()));
+                CHECK(places.bytes(t.name()) == expected_bytes(t.name(), t.nbytes()));
         }
         {
             auto loader =

@@ -65,6 +65,7 @@ TEST_CASE("single: a tensor larger than the whole staging ring") {
     const auto path = write_file(dir / "big.safetensors", {{"before", fmt::Dtype::U8, {4097}},
                                                           {"huge", fmt::Dtype::F32, {262144 + 3}},  // ~1 MiB
                                                           {"after", fmt::Dtype::U8, {33}},
+                                                          {"also", fmt::Dtype::U8, {7}},
                                                           {"also.huge", fmt::Dtype::U8, {(1u << 20) + 1}}});
     const auto checkpoint = fmt::Checkpoint::open(path);
     check_every_configuration(checkpoint, small_slots, 1);
@@ -72,6 +73,28 @@ TEST_CASE("single: a tensor larger than the whole staging ring") {
     const Outcome out = load(checkpoint, Via::pread, it::DirectIo::on, SinkKind::host, small_slots);
     CHECK(out.stats.staging_bytes == 64u << 10);
     CHECK(out.plan_extents > 64);
+    // Into sink::placement, the reads that carry nothing but one tensor's bytes land straight in
+    // it: read buffered, all of both large tensors (and any small one a read holds alone); read
+    // with O_DIRECT, only those of the one whose destination sits at in_place_offset past a page
+    // (Placements: every other tensor in file order; the other is 8 bytes off), all of its reads
+    // but the first and the last, which carry other tensors' bytes too.
+    auto placed_at_offset = [&](std::string_view name) {
+        const auto tensors = checkpoint.tensors();
+        return (std::ranges::find(tensors, name, &fmt::TensorRef::name) - tensors.begin()) % 2 == 0;
+    };
+    REQUIRE(placed_at_offset("huge") != placed_at_offset("also.huge"));
+    const std::uint64_t huge = 4 * (262144 + 3), also_huge = (1u << 20) + 1;
+    const std::uint64_t placed = placed_at_offset("huge") ? huge : also_huge;
+    for (Via via : {Via::uring, Via::pread}) {
+        if (unavailable(via)) continue;
+        INFO(to_string(via));
+        CHECK(load(checkpoint, via, it::DirectIo::off, SinkKind::placement, small_slots).stats.in_place_bytes >= huge + also_huge);
+        if (!accepts_o_direct(path)) continue;
+        const Outcome direct = load(checkpoint, via, it::DirectIo::on, SinkKind::placement, small_slots);
+        CHECK(direct.direct_files == 1);
+        CHECK(direct.stats.in_place_bytes >= placed - 2 * (16u << 10));
+        CHECK(direct.stats.in_place_bytes < placed);
+    }
 }
 
 TEST_CASE("single: unaligned data sections and tensors at odd offsets") {

@@ -61,7 +61,7 @@ TEST_CASE("storage::memory over caller-owned bytes") {
             drain(loader, out);
             check_outcome(checkpoint, out);
             for (const auto& t : checkpoint.tensors())
-                CHECK(places.buffer(t.name()) == expected_bytes(t.name(), t.nbytes()));
+                CHECK(places.bytes(t.name()) == expected_bytes(t.name(), t.nbytes()));
         }
     }
 

@@ -1,11 +1,15 @@
 // storage::uring on its own: a read longer than one request may ask is cut to what it may, and
-// comes back as a short read for the pipeline to continue.
+// comes back as a short read for the pipeline to continue; staging memory is registered only where
+// a file is read with O_DIRECT.
 #include <doctest/doctest.h>
 
 #include <sys/mman.h>
+#include <sys/resource.h>
 
 #include <array>
 #include <cstdint>
+#include <fstream>
+#include <string>
 
 #include "instanttensor/loader.hpp"
 #include "loads.hpp"
@@ -13,6 +17,16 @@
 namespace {
 
 using namespace instanttensor_test;
+
+/// Whether this process may pin memory without limit: CAP_IPC_LOCK, or RLIMIT_MEMLOCK unlimited.
+bool may_lock_any_memory() {
+    rlimit limit{};
+    if (::getrlimit(RLIMIT_MEMLOCK, &limit) == 0 && limit.rlim_cur == RLIM_INFINITY) return true;
+    std::ifstream status("/proc/self/status");
+    for (std::string line; std::getline(status, line);)
+        if (line.rfind("CapEff:", 0) == 0) return (std::stoull(line.substr(7), nullptr, 16) >> 14 & 1) != 0;  // CAP_IPC_LOCK
+    return false;
+}
 
 }  // namespace
 
@@ -35,5 +49,22 @@ TEST_CASE("storage::uring: a read of 4 GiB or more is cut to what one read may a
     const auto file_size = static_cast<std::int64_t>(fs::file_size(checkpoint.files()[0].path));
     CHECK(results[0].result == file_size);  // a short read, at the end of the file
     ::munmap(memory, length);
+}
+
+TEST_CASE("storage::uring: registers staging memory only where a file is read with O_DIRECT") {
+    if (unavailable(Via::uring)) return;
+    TempDir dir;
+    const auto checkpoint = fmt::Checkpoint::open(write_file(dir / "f.safetensors", {{"x", fmt::Dtype::U8, {100000}}}));
+    it::detail::AlignedBuffer staging(1 << 20);
+    for (it::DirectIo direct : {it::DirectIo::off, it::DirectIo::on}) {
+        INFO("direct=", to_string(direct));
+        it::storage::uring storage(it::storage::uring::Options{4, direct});
+        storage.open(checkpoint);
+        const bool read_direct = storage.files().is_direct(0);
+        if (direct == it::DirectIo::off) CHECK_FALSE(read_direct);
+        storage.register_memory(staging.span());
+        if (!read_direct) CHECK_FALSE(storage.buffers_registered());
+        else if (may_lock_any_memory()) CHECK(storage.buffers_registered());  // else RLIMIT_MEMLOCK may refuse
+    }
 }
 #endif

@@ -21,10 +21,10 @@ Outcome load(const fmt::Checkpoint& checkpoint, Via via, it::DirectIo direct, Si
             it::Loader<S, it::transport::single, it::sink::placement> loader(checkpoint, std::move(storage), {},
                                                                              places.sink(), options);
             for (const it::TensorView& t : loader) {
-                const auto& b = places.buffer(std::string(t.name));
+                const auto b = places.buffer(std::string(t.name));
                 if (t.data.size() > 0) CHECK(t.data.data() == b.data());
                 CHECK(t.data.size() == b.size());
-                Loaded l{std::string(t.name), t.dtype, {t.shape.begin(), t.shape.end()}, b, t.ref};
+                Loaded l{std::string(t.name), t.dtype, {t.shape.begin(), t.shape.end()}, {b.begin(), b.end()}, t.ref};
                 out.tensors.push_back(std::move(l));
             }
             out.stats = loader.stats();

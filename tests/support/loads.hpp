@@ -5,6 +5,7 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <map>
@@ -131,25 +132,44 @@ void drain(L& loader, Outcome& out) {
 
 /// Destinations for sink::placement: one buffer per tensor, filled with a poison pattern so a
 /// byte the loader failed to write shows up.
+/// Destinations for sink::placement, one per tensor, filled with 0xa5. Every other tensor's (in
+/// file order) starts at sink::placement::in_place_offset past a page boundary, so that O_DIRECT
+/// reads may land in it; the others 8 bytes past that, so that none may.
 class Placements {
 public:
     explicit Placements(const fmt::Checkpoint& checkpoint) {
-        for (const auto& t : checkpoint.tensors())
-            buffers_[t.name()].assign(static_cast<std::size_t>(t.nbytes()), std::byte{0xa5});
+        constexpr std::size_t page = 4096;
+        for (std::size_t i = 0; i < checkpoint.tensors().size(); ++i) {
+            const fmt::TensorRef& t = checkpoint.tensors()[i];
+            const auto size = static_cast<std::size_t>(t.nbytes());
+            Buffer& b = buffers_[t.name()];
+            b.memory.resize(size + 2 * page);
+            const std::size_t phase = (it::sink::placement::in_place_offset(t) + (i % 2 == 0 ? 0 : 8)) % page;
+            const auto address = reinterpret_cast<std::uintptr_t>(b.memory.data());
+            b.bytes = {b.memory.data() + (phase + page - address % page) % page, size};
+            std::ranges::fill(b.bytes, std::byte{0xa5});
+        }
     }
     it::sink::placement::Destination destination() {
         return [this](const fmt::TensorRef& t) -> std::span<std::byte> {
             ++calls_;
-            auto& b = buffers_.at(t.name());
-            return {b.data(), b.size()};
+            return buffers_.at(t.name()).bytes;
         };
     }
     it::sink::placement sink() { return it::sink::placement(destination()); }
-    [[nodiscard]] const std::vector<std::byte>& buffer(const std::string& name) const { return buffers_.at(name); }
+    [[nodiscard]] std::span<const std::byte> buffer(const std::string& name) const { return buffers_.at(name).bytes; }
+    [[nodiscard]] std::vector<std::byte> bytes(const std::string& name) const {
+        const auto b = buffer(name);
+        return {b.begin(), b.end()};
+    }
     [[nodiscard]] std::size_t calls() const noexcept { return calls_; }
 
 private:
-    std::map<std::string, std::vector<std::byte>> buffers_;
+    struct Buffer {
+        std::vector<std::byte> memory;
+        std::span<std::byte> bytes;  // within memory
+    };
+    std::map<std::string, Buffer> buffers_;
     std::size_t calls_ = 0;
 };
 

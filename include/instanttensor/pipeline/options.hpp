@@ -58,6 +58,7 @@ struct LoadStats {
     std::uint64_t tensors = 0;        ///< tensors yielded so far
     std::uint64_t tensor_bytes = 0;   ///< their bytes
     std::uint64_t read_bytes = 0;     ///< bytes read from storage (alignment included)
+    std::uint64_t in_place_bytes = 0; ///< single loads: bytes read straight into their tensors' destinations, not copied from staging
     std::uint64_t reads = 0;          ///< read requests submitted (continuations included)
     std::uint64_t retries = 0;        ///< EINTR/EAGAIN retries, short-read continuations, and requests a remote
                                       ///< storage sent again after a transient failure (a reset, 5xx, 429)

@@ -186,15 +186,18 @@ private:
     }
 
     /// Where extent `e` is read. Straight into its tensor's destination when the storage writes the
-    /// sink's kind of memory, the file is read buffered (O_DIRECT would need the destination
-    /// aligned) and the extent is exactly one piece (no alignment head or tail, no other tensor)
-    /// of a tensor kept whole: a tensor larger than a slot then costs no second copy. Else into
-    /// the slot.
+    /// sink's kind of memory, the extent is exactly one piece (no alignment head or tail, no other
+    /// tensor) of a tensor kept whole, and that spot of the destination is aligned as the file's
+    /// reads must be: always for a file read buffered, for one read with O_DIRECT where the
+    /// destination's address is congruent to the tensor's file offset (sink::placement::
+    /// in_place_offset). A tensor larger than a slot then costs no second copy. Else into the slot.
     std::byte* read_buffer(const Extent& e, std::uint32_t slot) {
         const Piece& first = plan_.pieces[e.first_piece];
-        if (Storage::destination == Sk::memory && storage_.alignment(e.file) == 1 && e.piece_count == 1 &&
-            first.extent_offset == 0 && e.length == first.length && kept_whole(first.tensor))
-            return destinations_.at(first.tensor).data() + first.tensor_offset;
+        if (Storage::destination == Sk::memory && e.piece_count == 1 && first.extent_offset == 0 && e.length == first.length &&
+            kept_whole(first.tensor)) {
+            std::byte* at = destinations_.at(first.tensor).data() + first.tensor_offset;
+            if (reinterpret_cast<std::uintptr_t>(at) % storage_.alignment(e.file) == 0) return at;
+        }
         return staging_.slot(slot);
     }
 
@@ -218,8 +221,8 @@ private:
         for (std::uint32_t p = e.first_piece; p < e.first_piece + e.piece_count; ++p) {
             const Piece& piece = plan_.pieces[p];
             if (!destinations_.lands_here(piece)) continue;  // between the runs of a block
-            if (!in_place)
-                destinations_.store(piece.tensor, piece.tensor_offset, piece.tensor_offset + piece.length, staged + piece.extent_offset);
+            if (in_place) stats_.in_place_bytes += piece.length;
+            else destinations_.store(piece.tensor, piece.tensor_offset, piece.tensor_offset + piece.length, staged + piece.extent_offset);
             destinations_.piece_stored(piece.tensor);
         }
         if (verifier_) verifier_->digest(read.job.extent, read.buffer, read.job.slot);

@@ -7,6 +7,11 @@
 // order, before any byte of that tensor is read. A tensor of 0 bytes (a dimension of 0, or a
 // rank's empty share of rows) needs no memory: the function is not called for it, and its view's
 // data is an empty span.
+// Reads of a tensor's bytes land straight in its destination, copying nothing out of staging,
+// wherever no other tensor shares them (a tensor of at least one read, LoadOptions::slot_bytes) and
+// the destination is aligned as the file's reads are: always for a file read buffered; for a cold
+// file read with O_DIRECT, where the destination's address is in_place_offset(tensor) past a page
+// boundary, as memory the caller allocates for the load can be placed.
 #pragma once
 
 #include <cstring>
@@ -15,6 +20,7 @@
 #include <string>
 
 #include "instanttensor/config.hpp"
+#include "instanttensor/detail/aligned.hpp"
 #include "instanttensor/error.hpp"
 #include "instanttensor/format/checkpoint.hpp"
 #include "instanttensor/io.hpp"
@@ -32,6 +38,12 @@ public:
     using Destination = std::function<std::span<std::byte>(const format::TensorRef&)>;
 
     explicit placement(Destination destination) : destination_(std::move(destination)) {}
+
+    /// Where in a page a destination of `tensor` starts for O_DIRECT reads to land in it: its
+    /// offset in its file, modulo the page (the most alignment O_DIRECT is read with).
+    [[nodiscard]] static std::uint64_t in_place_offset(const format::TensorRef& tensor) noexcept {
+        return tensor.file_offset % detail::page_alignment;
+    }
 
     void prepare(const Plan&) {
         if (!destination_) throw usage_error("sink::placement", "needs a destination function");
