@@ -2,21 +2,28 @@
 """Loads one checkpoint with every Python loader, side by side, warm and cold.
 
     bench/python_side_by_side.py CHECKPOINT [--runs 5] [--device cpu|cuda:0] [--bin build/bin]
-                                 [--loaders safetensors,fastsafetensors,runai,instanttensor,command]
+                                 [--loaders fresh_memory,safetensors,fastsafetensors,runai,instanttensor,command,command_keep]
 
 Each loader puts every tensor into memory the caller owns and keeps, on --device:
+  fresh_memory     the ceiling of that on the host, no loader's work: every core reads the files
+                   (pread, 4 MiB at a time) into memory the process has not touched yet, one
+                   torch tensor per file (bytes: the files'); --device cpu only
   safetensors      Hugging Face `safetensors.torch.load_file` per file, each tensor cloned (its CPU
                    tensors are views of the file's mapping, read only when touched)
   fastsafetensors  `fastsafe_open(files, nogds=True, device=...)`, `get_tensor` of every name
   runai            the Run:ai streamer's `SafetensorsStreamer.stream_files(files, device=...)`
   instanttensor    this project's `instanttensor.load_file(CHECKPOINT, device=...)`
-  command          the C++ command `instanttensor load --device cpu|N --json` (the reference)
-Each run is a fresh process that imports its loader, then times the load alone: from the call to
-the last tensor in memory (for the command, the load's own seconds from `--json`). Warm runs read
+  command          the C++ command `instanttensor load --device cpu|N --json`, into its ring (reused
+                   as the load goes: no tensor is kept)
+  command_keep     the same with --keep: every tensor into host memory of its own, kept, as the Python
+                   loaders do (the reference for instanttensor's Python API); --device cpu only
+Each run is a fresh process that imports torch and its loader, then times the load alone: from the
+call to the last tensor in memory (for the command, the load's own seconds from `--json`). Warm runs read
 the files through the page cache first and run each loader once untimed; cold runs drop the
 files' pages before each run (posix_fadvise DONTNEED: no root needed). Loaders alternate run by
 run, so that the machine's drift hits all alike. Prints GB/s (tensor bytes / seconds) per loader:
-the median, the range, and the median's ratio to safetensors'; instanttensor's to the command's.
+the median, the range, and the median's ratio to safetensors'; instanttensor's to the command's
+(command_keep's on the host) and to fresh_memory's.
 Needs the peers installed: pip install safetensors fastsafetensors runai-model-streamer.
 """
 import argparse
@@ -31,10 +38,38 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from lib.page_cache import checkpoint_files, drop_pages, fill_pages  # noqa: E402
 
-LOADERS = ["safetensors", "fastsafetensors", "runai", "instanttensor", "command"]
+LOADERS = ["fresh_memory", "safetensors", "fastsafetensors", "runai", "instanttensor", "command", "command_keep"]
+HOST_ONLY = ["fresh_memory", "command_keep"]
 
 
 # ---- one load, in a child process ----------------------------------------------------------
+
+def load_fresh_memory(checkpoint, files, device):
+    import torch
+    from concurrent.futures import ThreadPoolExecutor
+    read = 4 << 20
+    buffers, jobs, descriptors = {}, [], []
+    for f in files:
+        size = os.path.getsize(f)
+        buffers[f] = torch.empty(size, dtype=torch.uint8)  # fresh pages: the allocator maps them anew
+        descriptors.append(os.open(f, os.O_RDONLY))
+        view = memoryview(buffers[f].numpy())
+        jobs += [(descriptors[-1], view[at:at + read], at) for at in range(0, size, read)]
+
+    def pread(job):
+        fd, view, at = job
+        while len(view) > 0:
+            n = os.preadv(fd, [view], at)
+            if n == 0:
+                raise EOFError(f"{fd}: the file ended early")
+            view, at = view[n:], at + n
+
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        list(pool.map(pread, jobs))
+    for fd in descriptors:
+        os.close(fd)
+    return buffers
+
 
 def load_safetensors(checkpoint, files, device):
     from safetensors.torch import load_file
@@ -62,8 +97,15 @@ def load_instanttensor(checkpoint, files, device):
     return instanttensor.load_file(checkpoint, device=device)
 
 
+MODULES = {"safetensors": "safetensors.torch", "fastsafetensors": "fastsafetensors",
+           "runai": "runai_model_streamer", "instanttensor": "instanttensor"}
+
+
 def child(loader, checkpoint, device):
+    import importlib
     import torch
+    if loader in MODULES:  # imported before the clock starts, as the command's start is not timed either
+        importlib.import_module(MODULES[loader])
     files = [str(f) for f in checkpoint_files(checkpoint)]
     load = globals()[f"load_{loader}"]
     start = time.perf_counter()
@@ -78,9 +120,10 @@ def child(loader, checkpoint, device):
 # ---- the side by side ------------------------------------------------------------------------
 
 def run_once(loader, checkpoint, device, command):
-    if loader == "command":
+    if loader.startswith("command"):
         target = "cpu" if device == "cpu" else device.split(":")[-1]
-        out = subprocess.run([command, "load", "--device", target, "--json", checkpoint],
+        keep = ["--keep"] if loader == "command_keep" else []
+        out = subprocess.run([command, "load", "--device", target, *keep, "--json", checkpoint],
                              capture_output=True, text=True)
         if out.returncode != 0:
             sys.exit(f"the command failed ({out.returncode}): {out.stderr.strip()}")
@@ -110,6 +153,11 @@ def main():
     unknown = set(loaders) - set(LOADERS)
     if unknown:
         parser.error(f"unknown loaders: {', '.join(sorted(unknown))}")
+    for name in HOST_ONLY:
+        if args.device != "cpu" and name in loaders:
+            if args.loaders != parser.get_default("loaders"):
+                parser.error(f"{name} measures host memory: --device cpu only")
+            loaders.remove(name)
     command = os.path.join(args.bin, "instanttensor")
     files = checkpoint_files(args.checkpoint)
     size = sum(os.path.getsize(f) for f in files)
@@ -137,12 +185,14 @@ def main():
         for name, values in figures.items():
             ratio = f"{medians[name] / medians['safetensors']:.2f}" if "safetensors" in medians else ""
             print(f"| {cache} | {name} | {medians[name]:.2f} | {min(values):.2f}–{max(values):.2f} | {ratio} |")
-    if "instanttensor" in loaders and "command" in loaders:
+    if "instanttensor" in loaders:
         print()
         for cache, figures in results.items():
             python = statistics.median(figures["instanttensor"])
-            native = statistics.median(figures["command"])
-            print(f"{cache}: instanttensor from Python / the command: {python / native:.2f}")
+            for name, what in (("command", "the command"), ("command_keep", "the command --keep"),
+                               ("fresh_memory", "fresh memory")):
+                if name in figures:
+                    print(f"{cache}: instanttensor from Python / {what}: {python / statistics.median(figures[name]):.2f}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
 // staging, the host or device ring, the peak of device memory in use, the peak resident
 // set. --json prints the same as one object, for scripts such as scripts/gpu-check.sh. --verify
 // and --verify-with check every tensor against its expected digest before it counts as loaded;
-// --verify-files each file's SHA-256 against a manifest as sha256sum writes it.
+// --verify-files each file's SHA-256 against a manifest as sha256sum writes it. --keep lands every
+// tensor in memory of its own (sink::TensorMemory), kept to the end, instead of the host ring.
 #include <memory>
 #include <string>
 #include <vector>
@@ -41,12 +42,14 @@ int run_load(const LoadCommand& command) {
         o["tensors"] = report.stats.tensors;
         o["bytes"] = report.stats.tensor_bytes;
         o["read_bytes"] = report.stats.read_bytes;
+        o["in_place_bytes"] = report.stats.in_place_bytes;
         o["reads"] = report.stats.reads;
         o["retries"] = report.stats.retries;
         o["seconds"] = seconds;
         o["gbps"] = gbps;
         o["staging_bytes"] = report.stats.staging_bytes;
         o["ring_bytes"] = report.ring_bytes;
+        o["kept_bytes"] = report.kept_bytes;
         o["peak_device_bytes"] = report.peak_device_bytes;
         o["peak_rss_bytes"] = report.peak_rss_bytes;
         o["ranks"] = report.ranks;
@@ -63,8 +66,10 @@ int run_load(const LoadCommand& command) {
                count_of(checkpoint.files().size(), "file"),
                report.fallback.empty() ? "" : " (passed over: " + escape_control(report.fallback) + ")");
     print("memory: staging {}{}, {} {}, peak device use {}, peak resident {}\n", human_bytes(report.stats.staging_bytes),
-               report.device == "cpu" ? "" : " pinned", report.device == "cpu" ? "host ring" : "device ring",
-               human_bytes(report.ring_bytes), human_bytes(report.peak_device_bytes), human_bytes(report.peak_rss_bytes));
+               report.device == "cpu" ? "" : " pinned",
+               command.settings.keep ? "tensors kept" : report.device == "cpu" ? "host ring" : "device ring",
+               human_bytes(command.settings.keep ? report.kept_bytes : report.ring_bytes), human_bytes(report.peak_device_bytes),
+               human_bytes(report.peak_rss_bytes));
     if (report.stats.verified > 0 || command.settings.verify || !command.settings.verify_with.empty())
         print("verified {} against {}\n", count_of(report.stats.verified, "tensor"),
               command.settings.verify_with.empty() ? std::string("the checkpoint's seals") : escape_control(command.settings.verify_with));
@@ -85,6 +90,9 @@ void add_load(CLI::App& app, Action& action) {
                 "before it were passed over), and the memory the load held. A progress bar shows on a terminal.");
     add_checkpoint_paths(*sub, command->paths);
     add_load_options(*sub, command->settings, "auto");
+    sub->add_flag("--keep", command->settings.keep,
+                  "Keep every tensor in host memory of its own to the end, as a runtime keeps its weights (and the Python "
+                  "package's load_file does), instead of a ring reused as the load goes; --device cpu");
     sub->add_flag("--json", command->json, "Print one JSON object instead of text");
     auto* verify = sub->add_flag("--verify", command->settings.verify,
                                  "Check every tensor against the XXH3-64 digests `instanttensor seal` stored in the checkpoint");

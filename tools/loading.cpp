@@ -289,15 +289,28 @@ LoadReport load_checkpoint(const format::Checkpoint& checkpoint, const LoadSetti
 #else
     if (device == "auto") device = "cpu";
 #endif
+    if (settings.keep && device != "cpu") throw usage_error("--keep", "keeps every tensor in host memory: load with --device cpu");
     if (device == "cpu") {
         if (settings.ranks > 0) throw unavailable_error("--ranks", "group loads exchange GPU memory over NCCL, and there is no GPU here");
         if (settings.backend == "gds") throw unavailable_error("gds", "GPUDirect Storage reads into GPU memory; use --device N");
         report.device = "cpu";
-        auto loader = load_to_host(checkpoint, options, storage, ring_bytes);
-        drain(loader, checkpoint, settings, consume,
-              [](const TensorView& t) { return std::span<const std::byte>(t.data); }, [] {});
-        fill_report(report, loader);
-        report.ring_bytes = loader.sink().ring_bytes();
+        auto host_bytes = [](const TensorView& t) { return std::span<const std::byte>(t.data); };
+        if (settings.keep) {  // as a runtime keeps its weights, and the Python package's load_file
+            std::vector<sink::TensorMemory> kept;
+            kept.reserve(checkpoint.tensors().size());
+            auto loader = load_into(
+                checkpoint,
+                [&kept, read = options.slot_bytes](const format::TensorRef& t) { return kept.emplace_back(t, t.nbytes(), read).span(); },
+                options, storage);
+            drain(loader, checkpoint, settings, consume, host_bytes, [] {});
+            fill_report(report, loader);
+            for (const auto& memory : kept) report.kept_bytes += memory.span().size();
+        } else {
+            auto loader = load_to_host(checkpoint, options, storage, ring_bytes);
+            drain(loader, checkpoint, settings, consume, host_bytes, [] {});
+            fill_report(report, loader);
+            report.ring_bytes = loader.sink().ring_bytes();
+        }
         report.peak_rss_bytes = peak_rss();
         return report;
     }

@@ -65,6 +65,7 @@ struct LoadSettings {
     std::uint64_t staging_mib = LoadOptions{}.staging_bytes >> 20;
     std::uint64_t slot_mib = LoadOptions{}.slot_bytes >> 20;  ///< the largest single read
     std::uint64_t ring_mib = 0;    ///< where the tensors land: the host or device ring; 0 = as the load needs
+    bool keep = false;             ///< host loads: every tensor into memory of its own, kept to the end (no ring)
     unsigned copy_streams = 2;     ///< GPU loads: streams taking turns at host-to-device copies
     bool progress = true;          ///< a progress bar on stderr, if stderr is a terminal
     bool verify = false;           ///< verify every tensor against the checkpoint's seals
@@ -99,6 +100,7 @@ struct LoadReport {
     std::size_t direct_files = 0; ///< files read with O_DIRECT
     LoadStats stats;
     std::uint64_t ring_bytes = 0;         ///< the sink's memory: the host or device ring
+    std::uint64_t kept_bytes = 0;         ///< --keep: the memory of the tensors kept
     std::uint64_t peak_device_bytes = 0;  ///< device memory in use at the peak of the load, over its start
     std::uint64_t peak_rss_bytes = 0;     ///< the process's peak resident memory
     int ranks = 0;                        ///< group loads: the group's size (0: not a group load)

@@ -255,29 +255,6 @@ private:
     int size_ = 1;
 };
 
-/// Host memory of one tensor, until an array owns it: `data` within `memory`. In 4 KiB pages, as
-/// torch's CPU allocator's: where a hypervisor takes freed memory back (free page reporting, as on
-/// the CPU machine), faulting in fresh 2 MiB huge pages ran at 0.4 to 2.6 GB/s, 4 KiB pages at 2.5
-/// to 6 (docs/benchmarks.md#fresh-memory). Given `in_page`, data starts that far past a page
-/// boundary (sink::placement::in_place_offset: O_DIRECT reads of a cold file land in it, no copy
-/// out of staging); else it is 64-byte aligned, as torch's.
-struct Free {
-    void operator()(std::byte* p) const noexcept { std::free(p); }
-};
-struct HostBuffer {
-    std::unique_ptr<std::byte, Free> memory;
-    std::byte* data = nullptr;
-};
-
-HostBuffer allocate_host(std::uint64_t size, std::optional<std::uint64_t> in_page = std::nullopt) {
-    constexpr std::uint64_t page = 4096;
-    void* memory = nullptr;
-    if (posix_memalign(&memory, in_page ? page : 64, std::max<std::uint64_t>(size + in_page.value_or(0), 1)) != 0) throw std::bad_alloc();
-    HostBuffer buffer{std::unique_ptr<std::byte, Free>(static_cast<std::byte*>(memory)), static_cast<std::byte*>(memory)};
-    buffer.data += in_page.value_or(0);
-    return buffer;
-}
-
 /// One loader of any kind, stepped from Python.
 class Steps {
 public:
@@ -366,13 +343,9 @@ public:
             options.share = [block = it::Share::block(dim, first, count)](const it::format::TensorRef&, int, int) { return block; };
             kept_size = [share = options.share](const it::format::TensorRef& t) { return it::kept_bytes(t, share(t, 0, 1)).size(); };
         }
-        // A tensor kept whole that fills a read may have reads of its own: placed for them to land in it.
         auto allocate = [this, kept_size, read = options.slot_bytes](const it::format::TensorRef& t) -> std::span<std::byte> {
-            const std::uint64_t size = kept_size(t);
-            const bool own_reads = size == t.nbytes() && size >= read;
-            auto [at, fresh] = allocated_.emplace(
-                &t, allocate_host(size, own_reads ? std::optional(it::sink::placement::in_place_offset(t)) : std::nullopt));
-            return {at->second.data, size};
+            auto [at, fresh] = allocated_.emplace(&t, it::sink::TensorMemory(t, kept_size(t), read));
+            return at->second.span();
         };
         if (request.device >= 0) {
 #if INSTANTTENSOR_HAS_CUDA
@@ -423,10 +396,10 @@ public:
         if (given_mode_) return nb::make_tuple(name, nb::none());
         const auto held = allocated_.find(view->ref);
         if (held == allocated_.end())  // 0 bytes: the loader asked for no memory
-            return nb::make_tuple(name, array(allocate_host(0), 0));
-        HostBuffer buffer = std::move(held->second);
+            return nb::make_tuple(name, array(it::sink::TensorMemory(*view->ref, 0, 0)));
+        it::sink::TensorMemory memory = std::move(held->second);
         allocated_.erase(held);
-        return nb::make_tuple(name, array(std::move(buffer), view->data.size()));
+        return nb::make_tuple(name, array(std::move(memory)));
     }
 
     /// Stops the load (waiting for reads in flight) and frees what it holds; arrays already
@@ -437,12 +410,12 @@ public:
     }
 
 private:
-    /// A flat uint8 array of `size` bytes over `buffer`, of the framework's kind, that frees it
-    /// when collected.
-    nb::object array(HostBuffer buffer, std::uint64_t size) const {
-        std::byte* data = buffer.data;
-        nb::capsule owner(buffer.memory.release(), [](void* p) noexcept { std::free(p); });
-        const std::size_t shape[1] = {static_cast<std::size_t>(size)};
+    /// A flat uint8 array over `memory`, of the framework's kind, that frees it when collected.
+    nb::object array(it::sink::TensorMemory memory) const {
+        const std::span<std::byte> bytes = memory.span();
+        std::byte* data = bytes.data();
+        nb::capsule owner(memory.release(), [](void* p) noexcept { std::free(p); });
+        const std::size_t shape[1] = {bytes.size()};
         if (framework_ == "pt")
             return nb::cast(nb::ndarray<nb::pytorch, std::uint8_t, nb::ndim<1>>(data, 1, shape, owner));
         return nb::cast(nb::ndarray<nb::numpy, std::uint8_t, nb::ndim<1>>(data, 1, shape, owner));
@@ -453,7 +426,7 @@ private:
     std::string framework_;
     bool given_mode_ = false;  // bytes land in the caller's memory: nothing to hand out
     std::unordered_map<std::string, std::span<std::byte>> given_;
-    std::unordered_map<const it::format::TensorRef*, HostBuffer> allocated_;  // landed or landing, not yet handed out
+    std::unordered_map<const it::format::TensorRef*, it::sink::TensorMemory> allocated_;  // landed or landing, not yet handed out
     std::unique_ptr<Steps> steps_;  // last: destroyed first, so no read is in flight into the buffers above
 };
 

@@ -233,6 +233,21 @@ PY
     grep -q '"ring_bytes":3145728' "$work/stdout" || fail "load --ring-mib 3: $(cat "$work/stdout")"
     expect_success load --device cpu --staging-mib 1 "$work/sample"
     grep -q 'staging 1.00 MiB' "$work/stdout" || fail "--staging-mib 1 is not what the load used: $(cat "$work/stdout")"
+    # --keep lands every tensor in host memory of its own, kept to the end, instead of the ring.
+    local direct
+    for direct in on off; do
+        expect_success load --device cpu --keep --direct "$direct" --json "$work/sample"
+        if command -v python3 >/dev/null; then
+            python3 - "$work/stdout" <<'PY' || fail "load --keep --direct $direct --json: $(cat "$work/stdout")"
+import json, sys
+doc = json.load(open(sys.argv[1]))
+assert doc["kept_bytes"] == doc["bytes"] > 0 and doc["ring_bytes"] == 0, doc
+PY
+        fi
+    done
+    expect_success load --device cpu --keep "$work/sample"
+    grep -Eq 'tensors kept [0-9.]+ (KiB|MiB)' "$work/stdout" || fail "load --keep does not report the memory it kept: $(cat "$work/stdout")"
+    expect_failure "--keep" load --device 0 --keep "$work/sample"
 }
 
 # seal and load --verify: a manifest from hash verifies a load; seal stores each file's digests in

@@ -1,7 +1,11 @@
 // sink::placement: a destination of the wrong size is refused with a usage_error naming the tensor,
-// before any byte of it is read, and the loader stays stopped.
+// before any byte of it is read, and the loader stays stopped. sink::TensorMemory: placed where
+// O_DIRECT reads can land in it, and loaded into.
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
 #include <map>
 #include <span>
 #include <string>
@@ -57,5 +61,51 @@ TEST_CASE("sink::placement: a destination of the wrong size") {
                 CHECK(std::string(e.what()).find("'" + victim_name + "'") != std::string::npos);
             }
         }
+    }
+}
+
+TEST_CASE("sink::TensorMemory: placed for O_DIRECT reads where a tensor fills one, and loaded into") {
+    TempDir dir;
+    const auto path = write_file(dir / "memory.safetensors", {{"small", fmt::Dtype::U8, {4097}},
+                                                              {"large", fmt::Dtype::F32, {3 * 16384 + 5}},
+                                                              {"empty", fmt::Dtype::F32, {0}}});
+    const auto checkpoint = fmt::Checkpoint::open(path);
+    const fmt::TensorRef& small = *checkpoint.find("small");
+    const fmt::TensorRef& large = *checkpoint.find("large");
+    const fmt::TensorRef& empty = *checkpoint.find("empty");
+    constexpr std::uint64_t read = 16 << 10;
+    auto address = [](const it::sink::TensorMemory& m) { return reinterpret_cast<std::uintptr_t>(m.span().data()); };
+
+    const it::sink::TensorMemory whole(large, large.nbytes(), read);
+    CHECK(whole.span().size() == large.nbytes());
+    CHECK(address(whole) % 4096 == it::sink::placement::in_place_offset(large));
+    // Smaller than a read, or a block of the tensor: no read of its own to place for.
+    CHECK(address(it::sink::TensorMemory(small, small.nbytes(), read)) % 64 == 0);
+    const it::sink::TensorMemory block(large, large.nbytes() / 2, read);
+    CHECK(block.span().size() == large.nbytes() / 2);
+    CHECK(address(block) % 64 == 0);
+    it::sink::TensorMemory none(empty, 0, read);
+    CHECK(none.span().empty());
+    CHECK(none.span().data() != nullptr);
+    void* released = none.release();
+    CHECK(released != nullptr);
+    CHECK(none.span().data() == nullptr);
+    std::free(released);
+
+    // Loaded into, through each page-cache policy: the bytes written, and with O_DIRECT the reads
+    // of "large" alone straight in it.
+    for (it::DirectIo direct : all_direct) {
+        INFO("direct=", to_string(direct));
+        std::map<std::string, it::sink::TensorMemory> memory;
+        it::LoadOptions options = small_slots;
+        auto loader = it::load_into(
+            checkpoint,
+            [&](const fmt::TensorRef& t) { return memory.try_emplace(t.name(), t, t.nbytes(), options.slot_bytes).first->second.span(); },
+            options, {it::storage::Backend::pread, direct});
+        for (const it::TensorView& t : loader)
+            CHECK(std::ranges::equal(t.data, expected_bytes(t.name, t.data.size())));
+        CHECK(memory.size() == 2);
+        if (loader.storage().direct_files() == 1) CHECK(loader.stats().in_place_bytes >= large.nbytes() - 2 * read);
+        else CHECK(loader.stats().in_place_bytes >= large.nbytes());
     }
 }

@@ -11,12 +11,17 @@
 // wherever no other tensor shares them (a tensor of at least one read, LoadOptions::slot_bytes) and
 // the destination is aligned as the file's reads are: always for a file read buffered; for a cold
 // file read with O_DIRECT, where the destination's address is in_place_offset(tensor) past a page
-// boundary, as memory the caller allocates for the load can be placed.
+// boundary, as memory the caller allocates for the load can be placed (TensorMemory is).
 #pragma once
 
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <optional>
+#include <span>
 #include <string>
 
 #include "instanttensor/config.hpp"
@@ -66,6 +71,45 @@ public:
 
 private:
     Destination destination_;
+};
+
+/// Host memory of a tensor's own, for destinations a load allocates as it goes (the Python
+/// package's host tensors, `instanttensor load --keep`), freed with this object unless released.
+/// Fresh from the heap, in the allocator's 4 KiB pages: huge pages fault in several times slower
+/// where a hypervisor takes freed memory back (docs/benchmarks.md#fresh-memory). A tensor kept
+/// whole that fills a read (LoadOptions::slot_bytes) starts in_place_offset past a page, so that
+/// O_DIRECT reads land straight in it; any other is 64-byte aligned, as torch's CPU tensors are.
+class TensorMemory {
+public:
+    TensorMemory() = default;
+    /// Memory for `bytes` of `tensor` (all of it, or the block of it a load keeps), in a load that
+    /// reads `read_bytes` at most at once.
+    TensorMemory(const format::TensorRef& tensor, std::uint64_t bytes, std::uint64_t read_bytes) : size_(bytes) {
+        const bool own_reads = bytes > 0 && bytes == tensor.nbytes() && bytes >= read_bytes;
+        const std::uint64_t offset = own_reads ? placement::in_place_offset(tensor) : 0;
+        void* memory = nullptr;
+        if (::posix_memalign(&memory, own_reads ? detail::page_alignment : 64, std::max<std::uint64_t>(offset + bytes, 1)) != 0)
+            throw io_error("host memory", "cannot allocate " + std::to_string(bytes) + " bytes for tensor " + detail::quote_name(tensor.name()),
+                           ENOMEM);
+        memory_.reset(static_cast<std::byte*>(memory));
+        data_ = memory_.get() + offset;
+    }
+
+    [[nodiscard]] std::span<std::byte> span() const noexcept { return {data_, size_}; }
+    /// Hands the memory over: the pointer to pass to std::free once span() is no longer used.
+    [[nodiscard]] void* release() noexcept {
+        data_ = nullptr;
+        size_ = 0;
+        return memory_.release();
+    }
+
+private:
+    struct Free {
+        void operator()(std::byte* p) const noexcept { std::free(p); }
+    };
+    std::unique_ptr<std::byte, Free> memory_;
+    std::byte* data_ = nullptr;
+    std::uint64_t size_ = 0;
 };
 
 #if INSTANTTENSOR_HAS_CUDA
