@@ -75,7 +75,7 @@ private:
 
 /// Host memory of a tensor's own, for destinations a load allocates as it goes (the Python
 /// package's host tensors, `instanttensor load --keep`), freed with this object unless released.
-/// Fresh from the heap, in the allocator's 4 KiB pages: huge pages fault in several times slower
+/// Fresh from the heap, in the allocator's 4 KiB pages: huge pages fault in at half the speed
 /// where a hypervisor takes freed memory back (docs/benchmarks.md#fresh-memory). A tensor kept
 /// whole that fills a read (LoadOptions::slot_bytes) starts in_place_offset past a page, so that
 /// O_DIRECT reads land straight in it; any other is 64-byte aligned, as torch's CPU tensors are.

@@ -85,8 +85,8 @@ public:
     /// Registers the staging memory the loader reads into, so that O_DIRECT reads into it pin no
     /// pages; a refusal (RLIMIT_MEMLOCK) leaves plain reads. Not where every file is read
     /// buffered: a buffered read pins nothing, and registering faults in all of the staging memory
-    /// at once (60 ms of a 0.6 s load of 2.2 GB from the page cache on the CPU machine). Called by
-    /// the loader once, after open.
+    /// before the first read (docs/benchmarks.md#python-side-by-side). Called by the loader once,
+    /// after open.
     void register_memory(std::span<std::byte> memory) {
         if (!options_.register_buffers || !ring_open_ || memory.empty()) return;
         bool any_direct = false;
@@ -162,7 +162,7 @@ private:
         if (files_registered_) sqe->flags |= IOSQE_FIXED_FILE;
         // Only an O_DIRECT read into registered memory is issued inline: it pins nothing. Pinning
         // other memory may fault its pages in (a tensor's fresh destination), which io-wq's workers
-        // then do on every core (cold into fresh memory on the CPU machine: 2.7 → 3.9 GB/s).
+        // then do on every core, not the loader's thread alone.
         if (!direct || !fixed) sqe->flags |= IOSQE_ASYNC;
         ::io_uring_sqe_set_data64(sqe, entry);
         ++in_flight_;
