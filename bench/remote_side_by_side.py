@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Loads one checkpoint from an HTTP server on this machine, side by side with the ceiling.
 
-    bench/remote_side_by_side.py CHECKPOINT_DIR [--runs 5] [--connections 16] [--slot-mib 4]
+    bench/remote_side_by_side.py CHECKPOINT_DIR [--runs 5] [--connections 16] [--slot-mib 4] [--loaders A,B,...]
                                  [--bin build/bin] [--python build/venv/bin/python] [--work /tmp/remote-bench]
 
 nginx (tests/remote/servers.py) serves CHECKPOINT_DIR (an index and its shards) on 127.0.0.1, its
@@ -13,7 +13,7 @@ run times, in one process each, alternating run by run:
                      libcurl must (it hands bodies over from its own buffer)
   instanttensor      `instanttensor load --device cpu --json URL/` with the same --slot-mib and
                      --connections: the load's own seconds (headers read before, as a local load)
-  instanttensor_s3   the same load through the server's path-style S3 face (`s3://bucket/...` with
+  instanttensor_s3   the same load of the index through the server's path-style S3 face (`s3://bucket/...` with
                      AWS_ENDPOINT_URL; requests signed, which nginx does not check)
   runai              the Run:ai streamer (runai-model-streamer and -s3, in --python) streaming the
                      shards through its S3 client from the same server (path-style, the same
@@ -81,7 +81,7 @@ def run_once(loader, base, shards, index, args):
     if loader.startswith("instanttensor"):
         s3 = loader == "instanttensor_s3"
         return run_json([str(bin_dir / "instanttensor"), "load", "--device", "cpu", "--json", "--slot-mib", str(args.slot_mib),
-                         "--connections", str(args.connections), s3_base if s3 else base],
+                         "--connections", str(args.connections), s3_base + index.name if s3 else base],
                         env=s3_environment(base) if s3 else None)["gbps"]
     if loader == "runai":
         report = run_json([args.python, "-c", RUNAI, *(s3_base + s.name for s in shards)], env=s3_environment(base))
@@ -110,18 +110,22 @@ def main():
     parser.add_argument("--bin", default=str(ROOT / "build" / "bin"))
     parser.add_argument("--python", default=str(ROOT / "build" / "venv" / "bin" / "python"))
     parser.add_argument("--work", default="/tmp/remote-bench")
+    parser.add_argument("--loaders", default=",".join(LOADERS), help="a comma-separated subset of " + ", ".join(LOADERS))
     args = parser.parse_args()
+    loaders = args.loaders.split(",")
+    if "ceiling" not in loaders or not set(loaders) <= set(LOADERS):
+        parser.error(f"--loaders: a subset of {', '.join(LOADERS)} that holds ceiling")
     directory = Path(args.checkpoint).resolve()
     shards = checkpoint_files(directory)
     index = next(directory.glob("*.safetensors.index.json"))
     fill_pages(shards)
-    figures = {loader: [] for loader in LOADERS}
+    figures = {loader: [] for loader in loaders}
     with Nginx(args.work, lambda port: f"server {{ listen 127.0.0.1:{port()}; root {directory.parent}; }}") as server:
         base = f"http://127.0.0.1:{server.ports[0]}/{directory.name}/"
-        for loader in LOADERS:  # once untimed: connections, caches
+        for loader in loaders:  # once untimed: connections, caches
             run_once(loader, base, shards, index, args)
         for run in range(args.runs):
-            for loader in LOADERS:
+            for loader in loaders:
                 figures[loader].append(run_once(loader, base, shards, index, args))
                 print(f"run {run + 1}: {loader} {figures[loader][-1]:.2f} GB/s", file=sys.stderr, flush=True)
     size = sum(s.stat().st_size for s in shards)
@@ -129,7 +133,7 @@ def main():
           f"{args.connections} connections, ranges of {args.slot_mib} MiB, {args.runs} runs")
     ceiling = statistics.median(figures["ceiling"])
     print(f"{'loader':<20} {'median GB/s':>12} {'range':>14} {'x ceiling':>10}")
-    for loader in LOADERS:
+    for loader in loaders:
         values = figures[loader]
         median = statistics.median(values)
         print(f"{loader:<20} {median:>12.2f} {min(values):>6.2f}-{max(values):<7.2f} {median / ceiling:>10.2f}")

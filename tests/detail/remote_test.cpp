@@ -1,4 +1,4 @@
-// detail/remote.hpp and detail/curl.hpp without a server: how remote paths resolve and show, and
+// detail/remote.hpp, detail/curl.hpp and detail/http1.hpp without a server: how remote paths resolve and show, and
 // what the headers of a response are read as. The transfers themselves are tested against real
 // servers by tests/remote/remote_test.py.
 #include "instanttensor/detail/remote.hpp"
@@ -14,6 +14,7 @@
 #include "instanttensor/config.hpp"
 #if INSTANTTENSOR_HAS_CURL
 #include "instanttensor/detail/curl.hpp"
+#include "instanttensor/detail/http1.hpp"
 #endif
 
 namespace {
@@ -213,6 +214,37 @@ TEST_CASE("a response's head: status, validators, range; a redirect starts over"
     busy.parse_line("Content-Range: bytes 0-9/*\r\n");  // a total the server does not know
     CHECK(busy.retry_after_s == 7);
     CHECK_FALSE(busy.total_known);
+
+    detail::ResponseHead sized;  // what a connection of storage::http's own needs: the body's length, whether it stays open
+    sized.parse_line("HTTP/1.1 206 Partial Content\r\n");
+    sized.parse_line("Content-Length: 4194304\r\n");
+    sized.parse_line("Connection: Close\r\n");
+    CHECK(sized.length_known);
+    CHECK(sized.length == 4194304);
+    CHECK_FALSE(sized.empty_body);
+    CHECK(sized.close);
+    detail::ResponseHead chunked;
+    chunked.parse_line("HTTP/1.1 206 Partial Content\r\n");
+    chunked.parse_line("Transfer-Encoding: chunked\r\n");
+    chunked.parse_line("Connection: keep-alive\r\n");
+    CHECK_FALSE(chunked.length_known);
+    CHECK_FALSE(chunked.close);
+}
+
+TEST_CASE("a request on a connection of storage::http's own: its origin, Host and target from the URL") {
+    const auto plain = detail::HttpTarget::of("http://127.0.0.1:8080/dir/a%20b.safetensors", "shown");
+    CHECK(plain.origin == "http://127.0.0.1:8080");
+    CHECK(plain.host == "127.0.0.1:8080");
+    CHECK(plain.path == "/dir/a%20b.safetensors");
+    const auto default_port = detail::HttpTarget::of("https://Example.com/m.safetensors?X-Amz-Signature=abc", "shown");
+    CHECK(default_port.origin == "https://example.com:443");  // one origin however the URL writes it
+    CHECK(default_port.host == "Example.com");
+    CHECK(default_port.path == "/m.safetensors?X-Amz-Signature=abc");
+    const auto v6 = detail::HttpTarget::of("http://[::1]:9000/bucket/key", "shown");
+    CHECK(v6.host == "[::1]:9000");
+    CHECK(v6.origin == "http://[::1]:9000");
+    CHECK_THROWS_WITH_AS(detail::HttpTarget::of("http://exa mple.com/x", "http://exa mple.com/x"),
+                         doctest::Contains("http://exa mple.com/x"), instanttensor::usage_error);
 }
 
 TEST_CASE("pauses between tries double from the first, up to 10 s") {

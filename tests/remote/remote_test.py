@@ -15,8 +15,9 @@ CASE is one of:
   bad       the bad corpus served remotely is refused as it is locally
   faults    a server of this script's own injecting faults: connections reset mid-body or before
             any byte, 503 then success (one mid-load counted in load --json's retries), a stall, a
-            file replaced mid-load (with and without If-Match support), 200 without a range, 403,
-            503 for ever
+            chunked body (no Content-Length), kept-alive connections closed unannounced (sent again,
+            not counted as retries), a file replaced mid-load (with and without If-Match support),
+            200 without a range, 403, 503 for ever
 
 Exits 77 (skipped) where a server cannot start, saying why. Only the standard library is used.
 """
@@ -189,6 +190,10 @@ def case_tls():
         log = n.log()
         check(re.search(rf"^{h2} HTTP/2.0 206 ", log, re.M) is not None, "the http2 listener served ranges over HTTP/2")
         check(re.search(rf"^{h1} HTTP/1.1 206 ", log, re.M) is not None, "the other served them over HTTP/1.1")
+        # Ranges over HTTP/1.1 come on connections of storage::http's own (its User-Agent), over HTTP/2 as libcurl's transfers.
+        check(re.search(rf"^{h1} HTTP/1.1 206 .*\"instanttensor\"$", log, re.M) is not None and
+              re.search(rf"^{h2} HTTP/2.0 206 .*\"instanttensor\"$", log, re.M) is None,
+              "HTTP/1.1 bodies are received by storage::http itself, HTTP/2 ones by libcurl")
         fails_with(["inspect", f"https://127.0.0.1:{h1}/sample/"], "certificate", "a certificate not trusted")
 
 
@@ -325,7 +330,11 @@ class FaultHandler(http.server.BaseHTTPRequestHandler):
             self.answer(206, headers, body, send=4096)
             time.sleep(20)  # far longer than --stall-timeout 1 allows
             return self.reset()
+        if mode == "chunked":  # no Content-Length: the body's end is in the stream
+            return self.answer_chunked(206, headers, body)
         self.answer(206, headers, body)
+        if mode == "closes-idle":  # as a server closing a kept-alive connection between requests, unannounced
+            self.close_connection = True
 
     def answer(self, status, headers=None, body=b"", send=None):
         self.send_response(status)
@@ -334,6 +343,18 @@ class FaultHandler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body[:send] if send is not None else body)
+        self.wfile.flush()
+
+    def answer_chunked(self, status, headers, body):
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for at in range(0, len(body), 100_000):
+            part = body[at:at + 100_000]
+            self.wfile.write(f"{len(part):x}\r\n".encode() + part + b"\r\n")
+        self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
 
     def reset(self):
@@ -360,20 +381,22 @@ def case_faults():
         server.server_close()
         return result, server.requests, time.monotonic() - started, url
 
-    for mode in ("reset", "drop", "503-then-ok", "stall"):
+    for mode in ("reset", "drop", "503-then-ok", "stall", "chunked"):
         (code, out, err), requests, seconds, _ = run(mode)
         check(code == 0 and out == expected, f"{mode}: the right bytes ({requests} requests, {seconds:.1f} s)" +
               (f": {err.strip()}" if code else ""))
         if mode == "stall":
             check(seconds < 15, f"stall: the stalled response was given up after --stall-timeout 1 ({seconds:.1f} s)")
-    # The requests sent again count in the load's retries.
-    server = FaultServer(root, "503-mid-load")
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    code, out, err = cli("load", "--device", "cpu", "--json", f"http://127.0.0.1:{server.server_address[1]}/s/{path.name}", *opts)
-    server.shutdown()
-    server.server_close()
-    retries = json.loads(out)["retries"] if code == 0 else -1
-    check(retries == 1, f"503-mid-load: load --json counts the request sent again as a retry ({retries}; {err.strip()[:200]})")
+    # The requests sent again after a failure count in the load's retries; those sent again on a
+    # new connection because the server closed an idle one do not.
+    for mode, expected_retries in (("503-mid-load", 1), ("closes-idle", 0)):
+        server = FaultServer(root, mode)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        code, out, err = cli("load", "--device", "cpu", "--json", f"http://127.0.0.1:{server.server_address[1]}/s/{path.name}", *opts)
+        server.shutdown()
+        server.server_close()
+        retries = json.loads(out)["retries"] if code == 0 else -1
+        check(retries == expected_retries, f"{mode}: load --json counts {expected_retries} retries ({retries}; {err.strip()[:200]})")
     for mode, pattern in (("replaced", "changed on the server since its header was read \\(If-Match failed\\)"),
                           ("replaced-ignoring-if-match", "changed on the server since its header was read \\(ETag \"v1-.*\" then, \"v2-")):
         (code, out, err), *_ = run(mode)

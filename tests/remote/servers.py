@@ -63,7 +63,7 @@ http {{
   sendfile on;
   keepalive_requests 100000;
   {temp}
-  log_format probe '$server_port $server_protocol $status "$http_authorization" $request_uri';
+  log_format probe '$server_port $server_protocol $status "$http_authorization" $request_uri "$http_user_agent"';
   access_log {self.dir}/access.log probe;
   {blocks}
 }}

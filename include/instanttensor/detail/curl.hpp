@@ -63,6 +63,9 @@ struct ResponseHead {
     std::uint64_t total = 0;
     bool total_known = false;      ///< the total of Content-Range (also "bytes */total" of a 416)
     bool empty_body = false;       ///< Content-Length: 0
+    bool length_known = false;     ///< a Content-Length came
+    std::uint64_t length = 0;      ///< its value
+    bool close = false;            ///< Connection: close (the server closes the connection after this response)
     unsigned retry_after_s = 0;
 
     void parse_line(std::string_view line) {
@@ -83,7 +86,14 @@ struct ResponseHead {
         while (value.starts_with(' ')) value.remove_prefix(1);
         if (name == "etag") etag = value;
         else if (name == "last-modified") last_modified = value;
-        else if (name == "content-length") empty_body = value == "0";
+        else if (name == "content-length") {
+            length_known = std::from_chars(value.data(), value.data() + value.size(), length).ec == std::errc{};
+            empty_body = length_known && length == 0;
+        } else if (name == "connection") {
+            std::string tokens(value);
+            std::transform(tokens.begin(), tokens.end(), tokens.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+            close = tokens.find("close") != std::string::npos;
+        }
         else if (name == "retry-after") std::from_chars(value.data(), value.data() + value.size(), retry_after_s);
         else if (name == "content-range") parse_content_range(value);
     }
@@ -275,16 +285,9 @@ public:
     /// hold `length` bytes). A file whose size is still 0 is being opened: nothing is pinned yet.
     void prepare(const RemoteFile& file, std::uint64_t offset, std::uint64_t length, std::byte* destination,
                  const RemoteOptions& options) {
-        file_ = &file;
-        offset_ = offset;
-        length_ = length;
-        destination_ = destination;
-        received_ = 0;
-        overflow_ = false;
-        range_ = std::to_string(offset) + "-" + std::to_string(offset + length - 1);
+        set_range(file, offset, length, destination);
         std::vector<std::string> conditions;
-        if (!file.etag.empty() && !file.etag.starts_with("W/")) conditions.push_back("If-Match: " + file.etag);
-        else if (!file.last_modified.empty()) conditions.push_back("If-Unmodified-Since: " + file.last_modified);
+        if (std::string c = condition(file); !c.empty()) conditions.push_back(std::move(c));
         configure(file.location, file.location.url, conditions, &RangeGet::on_body, options);
         curl_easy_setopt(handle(), CURLOPT_RANGE, range_.c_str());
         curl_easy_setopt(handle(), CURLOPT_WRITEDATA, this);
@@ -302,7 +305,7 @@ public:
             // Bytes that arrived count even if the connection then broke: the caller continues.
             if (received_ > 0 || (code == CURLE_OK && head_.total_known && offset_ >= head_.total))
                 return {Outcome::bytes, received_, {}, 0};
-            if (code == CURLE_OK) return again("an empty response");
+            return code == CURLE_OK ? again("an empty response") : broken(code);  // broken after the head
         } else if (status == 200) {
             // An empty file has no range to send: some servers answer 200 with nothing (nginx), others 416.
             if (file_->size == 0 && offset_ == 0 && head_.empty_body) return {Outcome::bytes, 0, {}, 0};
@@ -339,7 +342,35 @@ public:
         return done;
     }
 
-private:
+    /// Whether the last response came over HTTP/1.x from the URL asked for, not from a redirect:
+    /// then storage::http receives the file's bodies itself (detail/http1.hpp).
+    [[nodiscard]] bool from_http1_origin() const {
+        long version = 0;
+        long redirects = 0;
+        curl_easy_getinfo(handle(), CURLINFO_HTTP_VERSION, &version);
+        curl_easy_getinfo(handle(), CURLINFO_REDIRECT_COUNT, &redirects);
+        return (version == CURL_HTTP_VERSION_1_0 || version == CURL_HTTP_VERSION_1_1) && redirects == 0;
+    }
+
+protected:
+    /// Sets up the range of a request without a transfer of libcurl's (detail/http1.hpp sends it).
+    void set_range(const RemoteFile& file, std::uint64_t offset, std::uint64_t length, std::byte* destination) {
+        file_ = &file;
+        offset_ = offset;
+        length_ = length;
+        destination_ = destination;
+        received_ = 0;
+        overflow_ = false;
+        range_ = std::to_string(offset) + "-" + std::to_string(offset + length - 1);
+    }
+
+    /// The header naming the pinned version, or empty while the file is being opened.
+    [[nodiscard]] static std::string condition(const RemoteFile& file) {
+        if (!file.etag.empty() && !file.etag.starts_with("W/")) return "If-Match: " + file.etag;
+        if (!file.last_modified.empty()) return "If-Unmodified-Since: " + file.last_modified;
+        return {};
+    }
+
     /// Why the response is not of the pinned version, or empty.
     [[nodiscard]] std::string changed() const {
         if (file_->size == 0) return {};  // being opened: this response pins the version
@@ -356,6 +387,15 @@ private:
         return {};
     }
 
+    const RemoteFile* file_ = nullptr;
+    std::uint64_t offset_ = 0;
+    std::uint64_t length_ = 0;
+    std::byte* destination_ = nullptr;
+    std::uint64_t received_ = 0;
+    bool overflow_ = false;
+    std::string range_;
+
+private:
     static std::size_t on_body(char* data, std::size_t size, std::size_t count, void* self_) {
         auto* self = static_cast<RangeGet*>(self_);
         const std::size_t n = size * count;
@@ -368,14 +408,6 @@ private:
         self->received_ += n;
         return n;
     }
-
-    const RemoteFile* file_ = nullptr;
-    std::uint64_t offset_ = 0;
-    std::uint64_t length_ = 0;
-    std::byte* destination_ = nullptr;
-    std::uint64_t received_ = 0;
-    bool overflow_ = false;
-    std::string range_;
 };
 
 /// The names of the objects right under an S3 prefix (ListObjectsV2, page after page), as a

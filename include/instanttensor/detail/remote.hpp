@@ -103,6 +103,7 @@ struct RemoteFile {
     std::uint64_t size = 0;
     std::string etag;           ///< empty where the server sent none
     std::string last_modified;  ///< likewise
+    bool http1 = false;         ///< its header came over HTTP/1.x from `location.url` itself, not a redirect
 };
 
 /// The value of environment variable `name`, or empty.

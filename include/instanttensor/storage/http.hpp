@@ -4,9 +4,12 @@
 // Each ReadRequest is one GET of its bytes (a range the size of a staging slot) landing in the
 // staging slot itself, so everything after the read (device sinks, group loads) is as for local
 // files. Up to RemoteOptions::connections requests run at once over connections kept alive from one
-// request to the next: HTTP/1.1 runs them on parallel connections, HTTP/2 (offered over TLS)
-// multiplexes them on one. No thread of its own: reap() drives the transfers in the loader's
-// thread, and between two reaps the kernel's socket buffers hold what arrives.
+// request to the next: over HTTP/1.x on parallel connections of the backend's own that receive
+// each body straight into its slot (detail/http1.hpp), over HTTP/2 (offered over TLS) as libcurl's
+// transfers multiplexed on one connection, as also where a file redirects or S3 signs (libcurl
+// hands their bodies over from its buffer: one copy more). No thread of its own: reap() drives
+// the transfers in the loader's thread, and between two reaps the kernel's socket buffers hold
+// what arrives.
 //
 // Every request names the version whose header Checkpoint::open read (detail/curl.hpp), so a file
 // replaced on the server fails the load instead of mixing versions. A request failing transiently
@@ -31,6 +34,7 @@
 #include <vector>
 
 #include "instanttensor/detail/curl.hpp"
+#include "instanttensor/detail/http1.hpp"
 #include "instanttensor/error.hpp"
 #include "instanttensor/format/checkpoint.hpp"
 #include "instanttensor/io.hpp"
@@ -98,12 +102,17 @@ public:
                 Transfer* t = nullptr;
                 curl_easy_getinfo(message->easy_handle, CURLINFO_PRIVATE, &t);
                 const CURLcode code = message->data.result;
+                if (t->direct.owns(message->easy_handle)) {  // a connection of the backend's own is set up
+                    t->direct.connected(code);
+                    continue;
+                }
                 curl_multi_remove_handle(multi_, message->easy_handle);
                 --active_;
                 finished(*t, t->get.outcome(code), out, n);
             }
+            advance_direct(out, n);
             if (n > 0 || !wait || (active_ == 0 && waiting_.empty())) return n;
-            curl_multi_poll(multi_, nullptr, 0, poll_timeout_ms(), nullptr);
+            wait_for_any();
         }
     }
 
@@ -111,18 +120,63 @@ private:
     using Clock = std::chrono::steady_clock;
 
     struct Transfer {
-        detail::RangeGet get;
+        detail::RangeGet get;          // a transfer of libcurl's
+        detail::Http1RangeGet direct;  // or a request on a connection of the backend's own
         ReadRequest request;
         unsigned tries = 0;
+        bool ready = true;      // direct: its socket was reported ready by the last wait
         Clock::time_point due;  // while waiting to be sent again
     };
 
     void start(Transfer& t) {
-        t.get.prepare(files_[t.request.file], t.request.offset, t.request.length, t.request.destination, options_);
+        const detail::RemoteFile& file = files_[t.request.file];
+        ++active_;
+        if (detail::Http1RangeGet::suits(file)) {
+            t.direct.start(multi_, file, t.request.offset, t.request.length, t.request.destination, options_);
+            curl_easy_setopt(t.direct.handle(), CURLOPT_PRIVATE, &t);
+            t.ready = true;
+            receiving_.push_back(&t);
+            return;
+        }
+        t.direct.disconnect();  // counts against the host's connections otherwise
+        t.get.prepare(file, t.request.offset, t.request.length, t.request.destination, options_);
         curl_easy_setopt(t.get.handle(), CURLOPT_PRIVATE, &t);
         if (const CURLMcode code = curl_multi_add_handle(multi_, t.get.handle()); code != CURLM_OK)
             throw io_error("storage::http", std::string("libcurl: ") + curl_multi_strerror(code), 0);
-        ++active_;
+    }
+
+    /// Moves on the requests on connections of the backend's own; those finished are reported
+    /// (a response they cannot take is sent again through libcurl).
+    void advance_direct(std::span<ReadResult> out, std::size_t& n) {
+        for (auto it = receiving_.begin(); it != receiving_.end() && n < out.size();) {
+            Transfer& t = **it;
+            if (!t.direct.advance(t.ready)) {
+                ++it;
+                continue;
+            }
+            it = receiving_.erase(it);
+            --active_;
+            if (t.direct.unsupported()) {
+                files_[t.request.file].http1 = false;
+                start(t);  // through libcurl: receiving_ stays as it is
+                continue;
+            }
+            finished(t, t.direct.outcome(), out, n);
+        }
+    }
+
+    /// Waits until a transfer of libcurl's or a connection of the backend's own can go on, a
+    /// pause ends, or a second passes (the stall timers run).
+    void wait_for_any() {
+        waits_.clear();
+        for (Transfer* t : receiving_) {
+            t->ready = false;
+            if (auto w = t->direct.wait_for()) waits_.push_back(*w);
+        }
+        curl_multi_poll(multi_, waits_.data(), static_cast<unsigned>(waits_.size()), poll_timeout_ms(), nullptr);
+        std::size_t k = 0;
+        for (Transfer* t : receiving_)
+            if (t->direct.wait_for()) t->ready = waits_[k++].revents != 0;
     }
 
     void finished(Transfer& t, const detail::Outcome& outcome, std::span<ReadResult> out, std::size_t& n) {
@@ -168,12 +222,16 @@ private:
 
     void close() noexcept {
         if (multi_ == nullptr) return;
-        for (const auto& t : transfers_) curl_multi_remove_handle(multi_, t->get.handle());  // stops what is in flight
+        for (const auto& t : transfers_) {  // stops what is in flight
+            curl_multi_remove_handle(multi_, t->get.handle());
+            t->direct.disconnect();
+        }
         transfers_.clear();
         curl_multi_cleanup(multi_);
         multi_ = nullptr;
         idle_.clear();
         waiting_.clear();
+        receiving_.clear();
         files_.clear();
         active_ = 0;
     }
@@ -183,7 +241,9 @@ private:
     CURLM* multi_ = nullptr;
     std::vector<std::unique_ptr<Transfer>> transfers_;
     std::vector<Transfer*> idle_;
-    std::vector<Transfer*> waiting_;  // failed transiently, to be sent again at their `due`
+    std::vector<Transfer*> waiting_;    // failed transiently, to be sent again at their `due`
+    std::vector<Transfer*> receiving_;  // requests on connections of the backend's own
+    std::vector<curl_waitfd> waits_;    // their sockets, for curl_multi_poll
     std::size_t active_ = 0;
     std::uint64_t retries_ = 0;
 };

@@ -218,6 +218,7 @@ inline std::optional<std::string> fetch_remote(RemoteFile& file, std::uint64_t o
         file.size = head.total;
         file.etag = head.etag;
         file.last_modified = head.last_modified;
+        file.http1 = get.from_http1_origin();
     }
     return bytes;
 }
@@ -356,7 +357,7 @@ inline void Checkpoint::add_remote([[maybe_unused]] std::string_view path) {
 #if INSTANTTENSOR_HAS_CURL
 
 inline bool Checkpoint::add_remote_index(const detail::RemoteLocation& location, bool may_be_missing) {
-    detail::RemoteFile file{location, 0, {}, {}};
+    detail::RemoteFile file{location, 0, {}, {}, false};
     auto first = detail::fetch_remote(file, 0, remote_header_guess, may_be_missing);
     if (!first) return false;
     std::string json = std::move(*first);
@@ -373,7 +374,7 @@ inline bool Checkpoint::add_remote_index(const detail::RemoteLocation& location,
 }
 
 inline bool Checkpoint::add_remote_file(detail::RemoteLocation location, bool may_be_missing) {
-    detail::RemoteFile file{std::move(location), 0, {}, {}};
+    detail::RemoteFile file{std::move(location), 0, {}, {}, false};
     const std::string source = file.location.shown;
     auto first = detail::fetch_remote(file, 0, remote_header_guess, may_be_missing);
     if (!first) return false;
