@@ -86,6 +86,8 @@ struct ResponseHead {
         while (value.starts_with(' ')) value.remove_prefix(1);
         if (name == "etag") etag = value;
         else if (name == "last-modified") last_modified = value;
+        else if (name == "retry-after") std::from_chars(value.data(), value.data() + value.size(), retry_after_s);
+        else if (name == "content-range") parse_content_range(value);
         else if (name == "content-length") {
             length_known = std::from_chars(value.data(), value.data() + value.size(), length).ec == std::errc{};
             empty_body = length_known && length == 0;
@@ -94,8 +96,6 @@ struct ResponseHead {
             std::transform(tokens.begin(), tokens.end(), tokens.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
             close = tokens.find("close") != std::string::npos;
         }
-        else if (name == "retry-after") std::from_chars(value.data(), value.data() + value.size(), retry_after_s);
-        else if (name == "content-range") parse_content_range(value);
     }
 
 private:
