@@ -1,4 +1,4 @@
-// detail/remote.hpp, detail/curl.hpp and detail/http1.hpp without a server: how remote paths resolve and show, and
+// detail/remote.hpp, detail/curl.hpp, detail/http1.hpp and detail/sigv4.hpp without a server: how remote paths resolve and show, and
 // what the headers of a response are read as. The transfers themselves are tested against real
 // servers by tests/remote/remote_test.py.
 #include "instanttensor/detail/remote.hpp"
@@ -15,6 +15,9 @@
 #if INSTANTTENSOR_HAS_CURL
 #include "instanttensor/detail/curl.hpp"
 #include "instanttensor/detail/http1.hpp"
+#endif
+#if INSTANTTENSOR_HAS_CRYPTO
+#include "instanttensor/detail/sigv4.hpp"
 #endif
 
 namespace {
@@ -236,16 +239,37 @@ TEST_CASE("a request on a connection of storage::http's own: its origin, Host an
     CHECK(plain.origin == "http://127.0.0.1:8080");
     CHECK(plain.host == "127.0.0.1:8080");
     CHECK(plain.path == "/dir/a%20b.safetensors");
+    CHECK(plain.target() == "/dir/a%20b.safetensors");
     const auto default_port = detail::HttpTarget::of("https://Example.com/m.safetensors?X-Amz-Signature=abc", "shown");
     CHECK(default_port.origin == "https://example.com:443");  // one origin however the URL writes it
     CHECK(default_port.host == "Example.com");
-    CHECK(default_port.path == "/m.safetensors?X-Amz-Signature=abc");
+    CHECK(default_port.path == "/m.safetensors");
+    CHECK(default_port.query == "X-Amz-Signature=abc");
+    CHECK(default_port.target() == "/m.safetensors?X-Amz-Signature=abc");
     const auto v6 = detail::HttpTarget::of("http://[::1]:9000/bucket/key", "shown");
     CHECK(v6.host == "[::1]:9000");
     CHECK(v6.origin == "http://[::1]:9000");
     CHECK_THROWS_WITH_AS(detail::HttpTarget::of("http://exa mple.com/x", "http://exa mple.com/x"),
                          doctest::Contains("http://exa mple.com/x"), instanttensor::usage_error);
 }
+
+#if INSTANTTENSOR_HAS_CRYPTO
+TEST_CASE("a GET is signed as AWS's own SigV4 example signs it (GET Object, bytes 0-9 of test.txt)") {
+    detail::S3Credentials credentials{"us-east-1", "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", ""};
+    const std::string lines = detail::sigv4_get_headers(credentials, "examplebucket.s3.amazonaws.com", "/test.txt", "0-9",
+                                                        "20130524T000000Z");
+    CHECK(lines.find("X-Amz-Date: 20130524T000000Z\r\n") != std::string::npos);
+    CHECK(lines.find("Authorization: AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request, "
+                     "SignedHeaders=host;range;x-amz-content-sha256;x-amz-date, "
+                     "Signature=f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41\r\n") != std::string::npos);
+    credentials.session_token = "token";
+    const std::string with_token = detail::sigv4_get_headers(credentials, "examplebucket.s3.amazonaws.com", "/test.txt", "0-9",
+                                                             "20130524T000000Z");
+    CHECK(with_token.find("X-Amz-Security-Token: token\r\n") != std::string::npos);
+    CHECK(with_token.find("SignedHeaders=host;range;x-amz-content-sha256;x-amz-date;x-amz-security-token, ") != std::string::npos);
+    CHECK(detail::sigv4::amz_date(1369353600) == "20130524T000000Z");
+}
+#endif
 
 TEST_CASE("pauses between tries double from the first, up to 10 s") {
     instanttensor::RemoteOptions options;

@@ -174,7 +174,7 @@ protected:
         if (signed_s3) {
             // libcurl 7.88 signs every header given here, and takes the payload's hash from this
             // one: that of an empty body, as a GET has.
-            add("x-amz-content-sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+            add("x-amz-content-sha256: " + std::string(empty_payload_sha256));
             if (!s3.session_token.empty()) add("x-amz-security-token: " + s3.session_token);
         }
 

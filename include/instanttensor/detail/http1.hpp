@@ -9,9 +9,9 @@
 // a small buffer and its body into the destination. A connection carries request after request
 // (keep-alive), as libcurl's would.
 //
-// Only for files whose header came over HTTP/1.x from their own URL (RemoteFile::http1) and need
-// no signature of libcurl's (S3 with credentials): the rest, HTTP/2 and redirects, stay with
-// libcurl's transfers (RangeGet). The response is judged as RangeGet judges one (pinned version,
+// Only for files whose header came over HTTP/1.x from their own URL (RemoteFile::http1); S3's
+// requests are signed here (detail/sigv4.hpp) where the build has OpenSSL, else they stay with
+// libcurl's transfers (RangeGet), as HTTP/2 and redirected files do. The response is judged as RangeGet judges one (pinned version,
 // range, status), with the same outcomes; a response this reader cannot take (a 206 without
 // Content-Length) says so, and its file goes to libcurl.
 #pragma once
@@ -24,11 +24,14 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <optional>
 #include <string>
 #include <string_view>
 
+#include "instanttensor/config.hpp"
 #include "instanttensor/detail/curl.hpp"
+#include "instanttensor/detail/sigv4.hpp"
 #include "instanttensor/error.hpp"
 #include "instanttensor/io.hpp"
 
@@ -39,7 +42,8 @@ namespace instanttensor::detail {
 struct HttpTarget {
     std::string origin;  ///< scheme://host:port
     std::string host;    ///< the Host header's value
-    std::string path;    ///< path and query, as the URL has them (already encoded)
+    std::string path;    ///< as the URL has it (already encoded)
+    std::string query;   ///< likewise; empty if none
 
     /// `url` split so; usage_error naming `shown` for a URL libcurl cannot parse.
     static HttpTarget of(const std::string& url, const std::string& shown) {
@@ -60,12 +64,14 @@ struct HttpTarget {
         const std::string host = url_parts.part(CURLUPART_HOST);
         const std::string port = url_parts.part(CURLUPART_PORT);                     // as written, else empty
         const std::string any_port = url_parts.part(CURLUPART_PORT, CURLU_DEFAULT_PORT);  // the scheme's where none is
-        std::string path = url_parts.part(CURLUPART_PATH);
-        if (const std::string query = url_parts.part(CURLUPART_QUERY); !query.empty()) path += "?" + query;
+        const std::string path = url_parts.part(CURLUPART_PATH);
         std::string origin = scheme + "://" + host + ":" + any_port;  // one key however the URL writes it
         std::transform(origin.begin(), origin.end(), origin.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-        return {origin, port.empty() ? host : host + ":" + port, path.empty() ? "/" : path};
+        return {origin, port.empty() ? host : host + ":" + port, path.empty() ? "/" : path, url_parts.part(CURLUPART_QUERY)};
     }
+
+    /// The request line's target: the path and the query.
+    [[nodiscard]] std::string target() const { return query.empty() ? path : path + "?" + query; }
 };
 
 /// One ranged GET at a time over a connection kept from one request to the next.
@@ -75,7 +81,8 @@ public:
 
     /// Whether `file`'s bodies can be received so.
     [[nodiscard]] static bool suits(const RemoteFile& file) noexcept {
-        return file.http1 && !(file.location.s3 && !file.location.credentials.access_key.empty());
+        if (!signed_s3(file.location)) return file.http1;
+        return INSTANTTENSOR_HAS_CRYPTO && file.http1 && file.location.url.find('?') == std::string::npos;  // an object's URL has no query
     }
 
     Http1RangeGet() = default;
@@ -89,10 +96,14 @@ public:
         set_range(file, offset, length, destination);
         options_ = options;
         const HttpTarget target = HttpTarget::of(file.location.url, file.location.shown);
-        request_ = "GET " + target.path + " HTTP/1.1\r\nHost: " + target.host + "\r\nRange: bytes=" + range_ +
+        request_ = "GET " + target.target() + " HTTP/1.1\r\nHost: " + target.host + "\r\nRange: bytes=" + range_ +
                    "\r\nAccept: */*\r\nUser-Agent: instanttensor\r\n";
         if (std::string c = condition(file); !c.empty()) request_ += c + "\r\n";
         if (!file.location.bearer_token.empty()) request_ += "Authorization: Bearer " + file.location.bearer_token + "\r\n";
+#if INSTANTTENSOR_HAS_CRYPTO
+        if (signed_s3(file.location))
+            request_ += sigv4_get_headers(file.location.credentials, target.host, target.path, range_, sigv4::amz_date(std::time(nullptr)));
+#endif
         request_ += "\r\n";
         step_ = Step::sending;
         if (connection_ == Connection::open && multi == multi_ && origin_ == target.origin) {
@@ -165,6 +176,10 @@ private:
 
     /// Heads larger than this are refused: S3's and nginx's are under 2 KiB.
     static constexpr std::size_t max_head_bytes = 64 << 10;
+
+    [[nodiscard]] static bool signed_s3(const RemoteLocation& location) noexcept {
+        return location.s3 && !location.credentials.access_key.empty();
+    }
 
     void connect(CURLM* multi, const std::string& origin) {
         disconnect();

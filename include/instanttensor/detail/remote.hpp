@@ -64,6 +64,9 @@ inline std::string encode_url_path(std::string_view text, bool slash = true) {
     return out;
 }
 
+/// SHA-256 of an empty body, which a signed GET names as its payload's (X-Amz-Content-Sha256).
+inline constexpr std::string_view empty_payload_sha256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
 /// How requests to S3 are signed (AWS SigV4); an empty access key: not signed.
 struct S3Credentials {
     std::string region;

@@ -6,8 +6,8 @@
 // files. Up to RemoteOptions::connections requests run at once over connections kept alive from one
 // request to the next: over HTTP/1.x on parallel connections of the backend's own that receive
 // each body straight into its slot (detail/http1.hpp), over HTTP/2 (offered over TLS) as libcurl's
-// transfers multiplexed on one connection, as also where a file redirects or S3 signs (libcurl
-// hands their bodies over from its buffer: one copy more). No thread of its own: reap() drives
+// transfers multiplexed on one connection, as also where a file redirects, or S3 signs in a build
+// without OpenSSL (libcurl hands their bodies over from its buffer: one copy more). No thread of its own: reap() drives
 // the transfers in the loader's thread, and between two reaps the kernel's socket buffers hold
 // what arrives.
 //
