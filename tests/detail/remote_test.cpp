@@ -232,6 +232,11 @@ TEST_CASE("a response's head: status, validators, range; a redirect starts over"
     chunked.parse_line("Connection: keep-alive\r\n");
     CHECK_FALSE(chunked.length_known);
     CHECK_FALSE(chunked.close);
+    detail::ResponseHead old_server;  // HTTP/1.0 closes unless it says otherwise
+    old_server.parse_line("HTTP/1.0 206 Partial Content\r\n");
+    CHECK(old_server.close);
+    old_server.parse_line("Connection: Keep-Alive\r\n");
+    CHECK_FALSE(old_server.close);
 }
 
 TEST_CASE("a request on a connection of storage::http's own: its origin, Host and target from the URL") {

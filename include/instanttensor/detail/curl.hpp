@@ -65,13 +65,14 @@ struct ResponseHead {
     bool empty_body = false;       ///< Content-Length: 0
     bool length_known = false;     ///< a Content-Length came
     std::uint64_t length = 0;      ///< its value
-    bool close = false;            ///< Connection: close (the server closes the connection after this response)
+    bool close = false;            ///< the server closes the connection after this response (HTTP/1.0 unless kept alive, Connection: close)
     unsigned retry_after_s = 0;
 
     void parse_line(std::string_view line) {
         while (!line.empty() && (line.back() == '\n' || line.back() == '\r' || line.back() == ' ')) line.remove_suffix(1);
         if (line.starts_with("HTTP/")) {  // a new response (after a redirect or a 100): forget the last
             *this = {};
+            close = line.starts_with("HTTP/1.0 ");
             const auto code = line.find(' ');
             if (code == std::string_view::npos) return;
             std::from_chars(line.data() + code + 1, line.data() + line.size(), status);
@@ -94,7 +95,8 @@ struct ResponseHead {
         } else if (name == "connection") {
             std::string tokens(value);
             std::transform(tokens.begin(), tokens.end(), tokens.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-            close = tokens.find("close") != std::string::npos;
+            if (tokens.find("close") != std::string::npos) close = true;
+            else if (tokens.find("keep-alive") != std::string::npos) close = false;
         }
     }
 
