@@ -132,6 +132,7 @@ public:
         if (step_ == Step::finished) return true;
         if (connection_ != Connection::open) return false;
         if (!ready && step_ != Step::sending) return stalled();
+        const std::uint64_t received_before = received_;
         for (;;) {
             switch (step_) {
             case Step::sending:
@@ -142,6 +143,9 @@ public:
                 break;
             case Step::body:
                 if (!receive_body()) return step_ == Step::finished || stalled();
+                // A body that keeps coming would hold the loader here until its end, while a finished
+                // one waits to be reported and followed by the next request: the others' turn.
+                if (received_ - received_before >= max_bytes_per_advance) return false;
                 break;
             case Step::finished:
                 return true;
@@ -176,6 +180,8 @@ private:
 
     /// Heads larger than this are refused: S3's and nginx's are under 2 KiB.
     static constexpr std::size_t max_head_bytes = 64 << 10;
+    /// What one advance() receives at most before it returns.
+    static constexpr std::uint64_t max_bytes_per_advance = 1 << 20;
 
     [[nodiscard]] static bool signed_s3(const RemoteLocation& location) noexcept {
         return location.s3 && !location.credentials.access_key.empty();

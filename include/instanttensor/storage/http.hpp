@@ -145,9 +145,12 @@ private:
             throw io_error("storage::http", std::string("libcurl: ") + curl_multi_strerror(code), 0);
     }
 
-    /// Moves on the requests on connections of the backend's own; those finished are reported
-    /// (a response they cannot take is sent again through libcurl).
+    /// Moves on the requests on connections of the backend's own, each by a bounded step, until
+    /// one finishes: it is reported at once, so that the loader sends the next request while the
+    /// others' bodies wait in the kernel's socket buffers (a response they cannot take is sent
+    /// again through libcurl).
     void advance_direct(std::span<ReadResult> out, std::size_t& n) {
+        const std::size_t reported = n;
         for (auto it = receiving_.begin(); it != receiving_.end() && n < out.size();) {
             Transfer& t = **it;
             if (!t.direct.advance(t.ready)) {
@@ -162,6 +165,10 @@ private:
                 continue;
             }
             finished(t, t.direct.outcome(), out, n);
+            if (n > reported) {  // those not advanced this time go first the next
+                std::rotate(receiving_.begin(), it, receiving_.end());
+                return;
+            }
         }
     }
 
