@@ -3,7 +3,7 @@
 //
 // A GET signs Host, Range, X-Amz-Content-Sha256 (an empty body's hash) and X-Amz-Date, and
 // X-Amz-Security-Token where a session token is set; other headers (If-Match) go unsigned, as
-// S3 allows. HMAC-SHA256 is OpenSSL's: without it (INSTANTTENSOR_HAS_CRYPTO=0) nothing here is
+// S3 allows. HMAC-SHA256 and SHA-256 are OpenSSL's: without it (INSTANTTENSOR_HAS_CRYPTO=0) nothing here is
 // declared, and signed S3 requests stay with libcurl.
 #pragma once
 
@@ -21,6 +21,8 @@
 #include <string>
 #include <string_view>
 
+#include "instanttensor/detail/aead.hpp"
+#include "instanttensor/detail/hex.hpp"
 #include "instanttensor/detail/remote.hpp"
 #include "instanttensor/error.hpp"
 
@@ -30,6 +32,10 @@ namespace sigv4 {
 
 using Digest = std::array<std::uint8_t, 32>;
 
+inline std::span<const std::uint8_t> bytes_of(std::string_view text) {
+    return {reinterpret_cast<const std::uint8_t*>(text.data()), text.size()};
+}
+
 inline Digest hmac(std::span<const std::uint8_t> key, std::string_view message) {
     Digest out{};
     unsigned size = 0;
@@ -37,21 +43,6 @@ inline Digest hmac(std::span<const std::uint8_t> key, std::string_view message) 
              message.size(), out.data(), &size) == nullptr)
         throw unavailable_error("OpenSSL", "its HMAC-SHA256 failed");
     return out;
-}
-
-inline std::string hex(std::span<const std::uint8_t> bytes) {
-    static constexpr char digits[] = "0123456789abcdef";
-    std::string out;
-    for (const std::uint8_t b : bytes) out.append({digits[b >> 4], digits[b & 15]});
-    return out;
-}
-
-inline std::string sha256_hex(std::string_view text) {
-    Digest out{};
-    unsigned size = 0;
-    if (EVP_Digest(text.data(), text.size(), out.data(), &size, EVP_sha256(), nullptr) != 1)
-        throw unavailable_error("OpenSSL", "its SHA-256 failed");
-    return hex(out);
 }
 
 /// X-Amz-Date's form of `t`: 20130524T000000Z.
@@ -81,13 +72,12 @@ inline std::string sigv4_get_headers(const S3Credentials& credentials, std::stri
     }
     const std::string canonical_request = "GET\n" + std::string(path) + "\n\n" + canonical_headers + "\n" + signed_headers +
                                           "\n" + std::string(empty_payload_sha256);
-    const std::string to_sign = "AWS4-HMAC-SHA256\n" + date + "\n" + scope + "\n" + sigv4::sha256_hex(canonical_request);
-    const std::string secret = "AWS4" + credentials.secret_key;
-    auto key = sigv4::hmac({reinterpret_cast<const std::uint8_t*>(secret.data()), secret.size()}, day);
+    const std::string to_sign = "AWS4-HMAC-SHA256\n" + date + "\n" + scope + "\n" + hex_of(sha256(sigv4::bytes_of(canonical_request)));
+    auto key = sigv4::hmac(sigv4::bytes_of("AWS4" + credentials.secret_key), day);
     key = sigv4::hmac(key, credentials.region);
     key = sigv4::hmac(key, "s3");
     key = sigv4::hmac(key, "aws4_request");
-    const std::string signature = sigv4::hex(sigv4::hmac(key, to_sign));
+    const std::string signature = hex_of(sigv4::hmac(key, to_sign));
     std::string lines = "X-Amz-Content-Sha256: " + std::string(empty_payload_sha256) + "\r\nX-Amz-Date: " + date + "\r\n";
     if (!credentials.session_token.empty()) lines += "X-Amz-Security-Token: " + credentials.session_token + "\r\n";
     return lines + "Authorization: AWS4-HMAC-SHA256 Credential=" + credentials.access_key + "/" + scope +

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "instanttensor/detail/fd.hpp"
+#include "instanttensor/detail/hex.hpp"
 #include "instanttensor/error.hpp"
 
 namespace instanttensor::detail {
@@ -93,12 +94,7 @@ inline std::string digest_text(std::uint64_t digest) {
     return text;
 }
 
-inline std::string digest_text(const Sha256Digest& digest) {
-    static constexpr char hex[] = "0123456789abcdef";
-    std::string text;
-    for (std::uint8_t byte : digest) text.append({hex[byte >> 4], hex[byte & 15]});
-    return text;
-}
+inline std::string digest_text(const Sha256Digest& digest) { return detail::hex_of(digest); }
 
 inline void TensorDigests::add(std::string name, std::uint64_t digest) {
     const auto [at, added] = digests_.emplace(std::move(name), digest);
