@@ -11,9 +11,9 @@
 //
 // Only for files whose header came over HTTP/1.x from their own URL (RemoteFile::http1); S3's
 // requests are signed here (detail/sigv4.hpp) where the build has OpenSSL, else they stay with
-// libcurl's transfers (RangeGet), as HTTP/2 and redirected files do. The response is judged as RangeGet judges one (pinned version,
-// range, status), with the same outcomes; a response this reader cannot take (a 206 without
-// Content-Length) says so, and its file goes to libcurl.
+// libcurl's transfers (RangeGet), as HTTP/2 and redirected files do. The response is judged as
+// RangeGet judges one (pinned version, range, status), with the same outcomes; a response this
+// reader cannot take (a 206 without Content-Length) says so, and its file goes to libcurl.
 #pragma once
 
 #include <curl/curl.h>
@@ -88,14 +88,14 @@ public:
     Http1RangeGet() = default;
     ~Http1RangeGet() { disconnect(); }
 
-    /// Starts a GET of bytes [offset, offset + length) of `file` into `destination`, over the
-    /// connection of the last request if it is to the same origin and still open, else over a new
-    /// one, which `multi` connects (it reports the handle() done: then call connected()).
-    void start(CURLM* multi, const RemoteFile& file, std::uint64_t offset, std::uint64_t length, std::byte* destination,
-               const RemoteOptions& options) {
+    /// Starts a GET of bytes [offset, offset + length) of `file` (at `target`, its URL split)
+    /// into `destination`, over the connection of the last request if it is to the same origin and
+    /// still open, else over a new one, which `multi` connects (it reports the handle() done: then
+    /// call connected()).
+    void start(CURLM* multi, const RemoteFile& file, const HttpTarget& target, std::uint64_t offset, std::uint64_t length,
+               std::byte* destination, const RemoteOptions& options) {
         set_range(file, offset, length, destination);
         options_ = options;
-        const HttpTarget target = HttpTarget::of(file.location.url, file.location.shown);
         request_ = "GET " + target.target() + " HTTP/1.1\r\nHost: " + target.host + "\r\nRange: bytes=" + range_ +
                    "\r\nAccept: */*\r\nUser-Agent: instanttensor\r\n";
         if (std::string c = condition(file); !c.empty()) request_ += c + "\r\n";

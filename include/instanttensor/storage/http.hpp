@@ -7,9 +7,9 @@
 // request to the next: over HTTP/1.x on parallel connections of the backend's own that receive
 // each body straight into its slot (detail/http1.hpp), over HTTP/2 (offered over TLS) as libcurl's
 // transfers multiplexed on one connection, as also where a file redirects, or S3 signs in a build
-// without OpenSSL (libcurl hands their bodies over from its buffer: one copy more). No thread of its own: reap() drives
-// the transfers in the loader's thread, and between two reaps the kernel's socket buffers hold
-// what arrives.
+// without OpenSSL (libcurl hands their bodies over from its buffer: one copy more). No thread of
+// its own: reap() drives the transfers in the loader's thread, and between two reaps the kernel's
+// socket buffers hold what arrives.
 //
 // Every request names the version whose header Checkpoint::open read (detail/curl.hpp), so a file
 // replaced on the server fails the load instead of mixing versions. A request failing transiently
@@ -61,7 +61,11 @@ public:
             throw usage_error(checkpoint.files().empty() ? std::string("storage::http") : checkpoint.files().front().path.string(),
                               "is not remote: storage::http reads http://, https://, s3:// and hf:// checkpoints only");
         detail::init_curl();
-        for (const auto& f : checkpoint.files()) files_.push_back(f.remote);
+        for (const auto& f : checkpoint.files()) {
+            files_.push_back(f.remote);
+            targets_.push_back(detail::Http1RangeGet::suits(f.remote) ? detail::HttpTarget::of(f.remote.location.url, f.remote.location.shown)
+                                                                     : detail::HttpTarget{});
+        }
         multi_ = curl_multi_init();
         if (multi_ == nullptr) throw unavailable_error("libcurl", "cannot create a multi handle");
         const long connections = options_.connections;
@@ -132,7 +136,7 @@ private:
         const detail::RemoteFile& file = files_[t.request.file];
         ++active_;
         if (detail::Http1RangeGet::suits(file)) {
-            t.direct.start(multi_, file, t.request.offset, t.request.length, t.request.destination, options_);
+            t.direct.start(multi_, file, targets_[t.request.file], t.request.offset, t.request.length, t.request.destination, options_);
             curl_easy_setopt(t.direct.handle(), CURLOPT_PRIVATE, &t);
             t.ready = true;
             receiving_.push_back(&t);
@@ -176,14 +180,16 @@ private:
     /// pause ends, or a second passes (the stall timers run).
     void wait_for_any() {
         waits_.clear();
+        polled_.clear();
         for (Transfer* t : receiving_) {
             t->ready = false;
-            if (auto w = t->direct.wait_for()) waits_.push_back(*w);
+            if (auto w = t->direct.wait_for()) {
+                waits_.push_back(*w);
+                polled_.push_back(t);
+            }
         }
         curl_multi_poll(multi_, waits_.data(), static_cast<unsigned>(waits_.size()), poll_timeout_ms(), nullptr);
-        std::size_t k = 0;
-        for (Transfer* t : receiving_)
-            if (t->direct.wait_for()) t->ready = waits_[k++].revents != 0;
+        for (std::size_t k = 0; k < polled_.size(); ++k) polled_[k]->ready = waits_[k].revents != 0;
     }
 
     void finished(Transfer& t, const detail::Outcome& outcome, std::span<ReadResult> out, std::size_t& n) {
@@ -240,17 +246,20 @@ private:
         waiting_.clear();
         receiving_.clear();
         files_.clear();
+        targets_.clear();
         active_ = 0;
     }
 
     Options options_;
     std::vector<detail::RemoteFile> files_;
+    std::vector<detail::HttpTarget> targets_;  // each file's URL split, where its bodies come on connections of the backend's own
     CURLM* multi_ = nullptr;
     std::vector<std::unique_ptr<Transfer>> transfers_;
     std::vector<Transfer*> idle_;
     std::vector<Transfer*> waiting_;    // failed transiently, to be sent again at their `due`
     std::vector<Transfer*> receiving_;  // requests on connections of the backend's own
     std::vector<curl_waitfd> waits_;    // their sockets, for curl_multi_poll
+    std::vector<Transfer*> polled_;     // whose socket each of waits_ is
     std::size_t active_ = 0;
     std::uint64_t retries_ = 0;
 };
