@@ -153,9 +153,10 @@ void add_load_options(CLI::App& sub, LoadSettings& settings, const std::string& 
         ->type_name("MODE")
         ->capture_default_str()
         ->check(CLI::IsMember({"auto", "on", "off"}));
-    sub.add_option("--staging-mib", settings.staging_mib, "Staging memory (pinned for a GPU load), in MiB")
+    sub.add_option("--staging-mib", settings.staging_mib,
+                   "Staging memory (pinned for a GPU load), in MiB; default " + std::to_string(LoadOptions{}.staging_bytes >> 20) +
+                       ", or twice --slot-mib if more, or for a remote checkpoint 2 x --connections x --slot-mib if more")
         ->type_name("N")
-        ->capture_default_str()
         ->check(whole_number(1, 1 << 20));
     CLI::Option* slot = sub.add_option("--slot-mib", settings.slot_mib, "Largest single read (one staging slot), in MiB; at most half the staging")
         ->type_name("N")
@@ -207,8 +208,8 @@ void add_load_options(CLI::App& sub, LoadSettings& settings, const std::string& 
                         ->check(whole_number(1, 7 * 24 * 3600));
     sub.parse_complete_callback([&settings, slot, timeout] {
         // Two slots at least, so that a read and a copy overlap: the default slot shrinks to fit
-        // a small staging, a slot asked for does not.
-        if (slot->count() > 0 && 2 * settings.slot_mib > settings.staging_mib)
+        // a small staging, a slot asked for does not (the default staging grows to fit it).
+        if (slot->count() > 0 && settings.staging_mib != 0 && 2 * settings.slot_mib > settings.staging_mib)
             throw CLI::ValidationError("--slot-mib", "must be at most half of --staging-mib");
         if (settings.ranks == 0) {
             if (settings.rank != 0 || !settings.nccl_id.empty() || !settings.splits.empty() || !settings.split_rows.empty() ||
@@ -267,9 +268,15 @@ LoadReport load_checkpoint(const format::Checkpoint& checkpoint, const LoadSetti
     storage.remote.connections = settings.connections;
     storage.remote.stall_timeout_s = settings.stall_timeout_s;
     LoadOptions options;
-    options.staging_bytes = settings.staging_mib << 20;
-    // The default slot shrinks to half a small staging (add_load_options refuses such a slot asked for).
-    options.slot_bytes = std::min(settings.slot_mib << 20, options.staging_bytes / 2 / detail::page_alignment * detail::page_alignment);
+    if (settings.staging_mib != 0) {
+        options.staging_bytes = settings.staging_mib << 20;
+        // The default slot shrinks to half a small staging (add_load_options refuses such a slot asked for).
+        options.slot_bytes = std::min(settings.slot_mib << 20, options.staging_bytes / 2 / detail::page_alignment * detail::page_alignment);
+    } else {
+        options.slot_bytes = settings.slot_mib << 20;
+        options.staging_bytes = std::max(options.staging_bytes, 2 * options.slot_bytes);
+        if (checkpoint.remote()) options.staging_bytes = std::max(options.staging_bytes, remote_staging_bytes(storage.remote, options.slot_bytes));
+    }
     const std::uint64_t ring_bytes = settings.ring_mib << 20;
     if (!settings.verify_with.empty()) options.verify = format::TensorDigests::read(settings.verify_with);
     else if (settings.verify) options.verify = format::TensorDigests::sealed(checkpoint);

@@ -62,7 +62,9 @@ struct LoadSettings {
     std::string device;            ///< "cpu", "auto" (GPU 0 if there is one, else cpu) or a GPU ordinal
     std::string backend = "auto";  ///< storage::Backend name
     std::string direct = "auto";   ///< auto | on | off
-    std::uint64_t staging_mib = LoadOptions{}.staging_bytes >> 20;
+    /// 0: LoadOptions' default, or more where the load needs it: two slots at least, and for a
+    /// remote checkpoint a slot for each connection's GET and as many landing (remote_staging_bytes).
+    std::uint64_t staging_mib = 0;
     std::uint64_t slot_mib = LoadOptions{}.slot_bytes >> 20;  ///< the largest single read
     std::uint64_t ring_mib = 0;    ///< where the tensors land: the host or device ring; 0 = as the load needs
     bool keep = false;             ///< host loads: every tensor into memory of its own, kept to the end (no ring)

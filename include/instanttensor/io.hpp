@@ -41,6 +41,14 @@ struct RemoteOptions {
     unsigned stall_timeout_s = 30;     ///< a response moving under 1 KiB/s this long fails (and is tried again)
 };
 
+/// The staging (LoadOptions::staging_bytes) a remote load of reads up to `slot_bytes` wants: each
+/// GET in flight holds a staging slot, even one received straight into its tensor, so staging
+/// under connections × slot_bytes leaves connections idle; twice that lets as many bodies land
+/// as are in flight. At the defaults, 2 × 16 × 4 MiB: LoadOptions' default of 128 MiB.
+[[nodiscard]] constexpr std::uint64_t remote_staging_bytes(const RemoteOptions& remote, std::uint64_t slot_bytes) noexcept {
+    return 2ull * remote.connections * slot_bytes;
+}
+
 /// How a backend is asked to treat the page cache.
 enum class DirectIo {
     automatic,  ///< O_DIRECT for files mostly not in the page cache, buffered for resident ones

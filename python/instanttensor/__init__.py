@@ -268,7 +268,8 @@ class safe_open:
     is ``"cpu"``, ``"cuda"``, ``"cuda:N"``, an index or a ``torch.device``. Headers are read and
     validated here, no tensor byte. Options: ``backend`` (``"auto"``, ``"uring"``, ``"pread"``,
     ``"memory"``, ``"gds"``, ``"http"``), ``direct`` (``"auto"``, ``"on"``, ``"off"``: O_DIRECT reads),
-    ``staging_bytes`` and ``slot_bytes`` (the loader's staging memory and largest read),
+    ``staging_bytes`` and ``slot_bytes`` (the loader's staging memory and largest read; a remote
+    checkpoint's default staging holds two slots for each of its 16 connections),
     ``progress`` (a bar on stderr), and ``verify``: ``True`` checks every tensor against the
     XXH3-64 digests ``instanttensor seal`` stored in the checkpoint, a path against a manifest
     (what ``instanttensor hash`` printed); a tensor whose bytes differ raises ``IntegrityError``

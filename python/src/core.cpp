@@ -300,8 +300,10 @@ public:
         if (framework_ != "pt" && framework_ != "np") throw it::usage_error("instanttensor", "framework is 'pt' or 'np', not '" + framework_ + "'");
         it::LoadOptions options;
         if (request.names) options.filter = it::select_names(checkpoint, *request.names);
-        if (request.staging_bytes != 0) options.staging_bytes = request.staging_bytes;
         if (request.slot_bytes != 0) options.slot_bytes = request.slot_bytes;
+        if (request.staging_bytes != 0) options.staging_bytes = request.staging_bytes;
+        else if (checkpoint.remote())  // a slot for each connection's GET (the command's default too)
+            options.staging_bytes = std::max(options.staging_bytes, it::remote_staging_bytes(it::RemoteOptions{}, options.slot_bytes));
         if (request.verify) options.verify = digests_of(*request.verify, request.names);
         if (request.verify_files) options.verify_files = *request.verify_files;
 #if INSTANTTENSOR_HAS_CRYPTO

@@ -233,6 +233,9 @@ PY
     grep -q '"ring_bytes":3145728' "$work/stdout" || fail "load --ring-mib 3: $(cat "$work/stdout")"
     expect_success load --device cpu --staging-mib 1 "$work/sample"
     grep -q 'staging 1.00 MiB' "$work/stdout" || fail "--staging-mib 1 is not what the load used: $(cat "$work/stdout")"
+    # Without --staging-mib, the staging grows to two slots of a large --slot-mib.
+    expect_success load --device cpu --slot-mib 128 --json "$work/sample"
+    grep -q '"staging_bytes":268435456' "$work/stdout" || fail "--slot-mib 128 without --staging-mib: $(cat "$work/stdout")"
     # --keep lands every tensor in host memory of its own, kept to the end, instead of the ring.
     local direct
     for direct in on off; do

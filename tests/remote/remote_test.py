@@ -111,6 +111,7 @@ def serve_root():
         shutil.copy(f, root / f.name)
     shutil.copytree(FIXTURES / "sharded", root / "sharded")
     make_sample(root / "sample", 24, 3)
+    make_sample(root / "large", 192, 1)
     write_many_tensors(root / "many", 12000)
     (WORK / "key").unlink(missing_ok=True)
     if cli("keygen", str(WORK / "key"))[0] == 0:  # a build that encrypts: the sample, encrypted
@@ -141,6 +142,12 @@ def case_http():
             fails_with(["hash", f"{base}/encrypted/"], "is encrypted", "an encrypted checkpoint without its key")
         code, out, err = cli("load", "--json", f"{base}/sample/model.safetensors.index.json")
         check(code == 0 and '"backend":"http"' in out.replace(" ", ""), "load --json reports the http backend")
+        # A slot for each connection's GET and as many landing, unless --staging-mib says otherwise
+        # (the default 128 MiB would hold 128 of these 1 MiB reads, not 2 x 80).
+        for options, staging in ((("--connections", "80"), 160), (("--connections", "80", "--staging-mib", "8"), 8)):
+            code, out, err = cli("load", "--json", "--device", "cpu", "--slot-mib", "1", *options, f"{base}/large/")
+            check(code == 0 and json.loads(out.splitlines()[-1])["staging_bytes"] == staging << 20,
+                  f"load {' '.join(options)} of a remote checkpoint stages {staging} MiB" + (f" ({err.strip()})" if code else ""))
         fails_with(["hash", "--backend", "uring", f"{base}/sample/"], "remote file: storage::http reads it",
                    "a local backend asked for a remote checkpoint")
         fails_with(["hash", "--backend", "http", str(root / "metadata.safetensors")], "is not remote",
