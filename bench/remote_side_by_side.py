@@ -2,7 +2,7 @@
 """Loads one checkpoint from an HTTP server on this machine, side by side with the ceiling.
 
     bench/remote_side_by_side.py CHECKPOINT_DIR [--runs 5] [--connections 16] [--slot-mib 4] [--loaders A,B,...]
-                                 [--bin build/bin] [--python build/venv/bin/python] [--work /tmp/remote-bench]
+                                 [--rate-mib R] [--bin build/bin] [--python build/venv/bin/python] [--work /tmp/remote-bench]
 
 nginx (tests/remote/servers.py) serves CHECKPOINT_DIR (an index and its shards) on 127.0.0.1, its
 files in the page cache, so that the figures are those of the server, loopback and client. Each
@@ -25,6 +25,10 @@ run times, in one process each, alternating run by run:
 Prints GB/s (tensor bytes / seconds; the ceiling's bytes are the files') per loader: the median,
 the range, and the median's ratio to the ceiling's. nginx serves CHECKPOINT_DIR's parent, so that
 the checkpoint is also the S3 object prefix `s3://{parent's name}/{CHECKPOINT_DIR's name}/`.
+
+--rate-mib R caps every response at R MiB/s (nginx `limit_rate`), as object stores cap each
+connection (S3: on the order of 100 MB/s): the client's CPU is then not the limit, and the figures
+show how well each loader keeps its connections busy.
 """
 import argparse
 import json
@@ -107,6 +111,7 @@ def main():
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--slot-mib", type=int, default=4)
+    parser.add_argument("--rate-mib", type=int, default=0, help="cap each response at this many MiB/s (0: no cap)")
     parser.add_argument("--bin", default=str(ROOT / "build" / "bin"))
     parser.add_argument("--python", default=str(ROOT / "build" / "venv" / "bin" / "python"))
     parser.add_argument("--work", default="/tmp/remote-bench")
@@ -120,7 +125,8 @@ def main():
     index = next(directory.glob("*.safetensors.index.json"))
     fill_pages(shards)
     figures = {loader: [] for loader in loaders}
-    with Nginx(args.work, lambda port: f"server {{ listen 127.0.0.1:{port()}; root {directory.parent}; }}") as server:
+    limit = f"limit_rate {args.rate_mib}m; " if args.rate_mib else ""
+    with Nginx(args.work, lambda port: f"server {{ listen 127.0.0.1:{port()}; root {directory.parent}; {limit}}}") as server:
         base = f"http://127.0.0.1:{server.ports[0]}/{directory.name}/"
         for loader in loaders:  # once untimed: connections, caches
             run_once(loader, base, shards, index, args)
@@ -130,7 +136,8 @@ def main():
                 print(f"run {run + 1}: {loader} {figures[loader][-1]:.2f} GB/s", file=sys.stderr, flush=True)
     size = sum(s.stat().st_size for s in shards)
     print(f"{directory.name}: {size / 1e9:.2f} GB in {len(shards)} files over http://127.0.0.1, "
-          f"{args.connections} connections, ranges of {args.slot_mib} MiB, {args.runs} runs")
+          f"{args.connections} connections, ranges of {args.slot_mib} MiB, {args.runs} runs"
+          + (f", each response capped at {args.rate_mib} MiB/s" if args.rate_mib else ""))
     ceiling = statistics.median(figures["ceiling"])
     print(f"{'loader':<20} {'median GB/s':>12} {'range':>14} {'x ceiling':>10}")
     for loader in loaders:
