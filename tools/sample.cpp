@@ -14,6 +14,11 @@
 // the target, otherwise the layer count is whatever gets closest. So --size-mib 16384 gives exactly
 // the Llama-3.1-8B shapes (hidden 4096, 32 layers, ~15 GiB in BF16) and the default 64 MiB gives a
 // 20-layer model of hidden size 256.
+//
+// --experts E makes each layer's MLP a mixture of E experts, as MoE checkpoints lay them out
+// (`mlp.gate.weight`, the router, then `mlp.experts.{e}.{gate,up,down}_proj.weight`), each expert
+// 1/E of the dense MLP's width: about the same bytes in many more, smaller tensors (16384 MiB with
+// 1024 experts: 98,531 tensors, most of 112 KiB), the layout whose per-tensor costs a loader must keep small.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -40,6 +45,7 @@ struct SampleOptions {
     std::size_t shards = 4;
     std::uint64_t size_mib = 64;
     std::string dtype = "BF16";
+    std::uint64_t experts = 0;  ///< 0: a dense MLP per layer
     bool dry_run = false;
     bool sparse = false;
 };
@@ -90,10 +96,13 @@ ModelShape choose_shape(std::uint64_t target, std::uint64_t element_bytes) {
     return shape;
 }
 
+/// The width of one of `experts` experts of m's MLP (0 experts: the dense MLP's).
+std::uint64_t expert_width(const ModelShape& m, std::uint64_t experts) { return experts == 0 ? m.intermediate : m.intermediate / experts; }
+
 /// The tensors in Hugging Face Llama order (the order the writer cuts into shards).
-std::vector<TensorSpec> llama_tensors(const ModelShape& m, format::Dtype dtype) {
+std::vector<TensorSpec> llama_tensors(const ModelShape& m, format::Dtype dtype, std::uint64_t experts) {
     std::vector<TensorSpec> t;
-    t.reserve(9 * m.layers + 3);
+    t.reserve((9 + 3 * experts) * m.layers + 3);
     t.push_back({"model.embed_tokens.weight", dtype, {m.vocab, m.hidden}});
     for (std::uint64_t i = 0; i < m.layers; ++i) {
         const std::string p = "model.layers." + std::to_string(i) + ".";
@@ -101,9 +110,20 @@ std::vector<TensorSpec> llama_tensors(const ModelShape& m, format::Dtype dtype) 
         t.push_back({p + "self_attn.k_proj.weight", dtype, {kv_width(m), m.hidden}});
         t.push_back({p + "self_attn.v_proj.weight", dtype, {kv_width(m), m.hidden}});
         t.push_back({p + "self_attn.o_proj.weight", dtype, {m.hidden, m.hidden}});
-        t.push_back({p + "mlp.gate_proj.weight", dtype, {m.intermediate, m.hidden}});
-        t.push_back({p + "mlp.up_proj.weight", dtype, {m.intermediate, m.hidden}});
-        t.push_back({p + "mlp.down_proj.weight", dtype, {m.hidden, m.intermediate}});
+        if (experts == 0) {
+            t.push_back({p + "mlp.gate_proj.weight", dtype, {m.intermediate, m.hidden}});
+            t.push_back({p + "mlp.up_proj.weight", dtype, {m.intermediate, m.hidden}});
+            t.push_back({p + "mlp.down_proj.weight", dtype, {m.hidden, m.intermediate}});
+        } else {
+            const std::uint64_t width = expert_width(m, experts);
+            t.push_back({p + "mlp.gate.weight", dtype, {experts, m.hidden}});
+            for (std::uint64_t e = 0; e < experts; ++e) {
+                const std::string q = p + "mlp.experts." + std::to_string(e) + ".";
+                t.push_back({q + "gate_proj.weight", dtype, {width, m.hidden}});
+                t.push_back({q + "up_proj.weight", dtype, {width, m.hidden}});
+                t.push_back({q + "down_proj.weight", dtype, {m.hidden, width}});
+            }
+        }
         t.push_back({p + "input_layernorm.weight", dtype, {m.hidden}});
         t.push_back({p + "post_attention_layernorm.weight", dtype, {m.hidden}});
     }
@@ -143,8 +163,16 @@ int run_sample(const SampleOptions& options) {
     const auto dtype = *format::parse_dtype(options.dtype);  // the validator accepted it
     const std::uint64_t element_bytes = format::bit_size(dtype) / 8;
     const auto shape = choose_shape(options.size_mib << 20, element_bytes);
-    const auto tensors = llama_tensors(shape, dtype);
-    const auto total = total_bytes(shape, element_bytes);
+    if (options.experts > shape.intermediate)
+        throw usage_error("--experts", "at most the MLP's width, " + std::to_string(shape.intermediate) + " at --size-mib " +
+                                           std::to_string(options.size_mib));
+    const auto tensors = llama_tensors(shape, dtype, options.experts);
+    std::uint64_t total = 0;
+    for (const TensorSpec& t : tensors) {
+        std::uint64_t elements = 1;
+        for (const std::uint64_t d : t.shape) elements *= d;
+        total += elements * element_bytes;
+    }
     if (options.dry_run) {
         print("{}\n", escape_control((std::filesystem::path(options.directory) / "model.safetensors.index.json").string()));
     } else {
@@ -153,9 +181,12 @@ int run_sample(const SampleOptions& options) {
                                                             {{"format", "pt"}});
         print("{}\n", escape_control(index.string()));
     }
+    const std::string mlp = options.experts == 0 ? std::to_string(shape.intermediate)
+                                                 : fmt::format("{} as {} of {}", shape.intermediate, count_of(options.experts, "expert"),
+                                                               expert_width(shape, options.experts));
     print("{} in {}, {} ({} bytes): widths of {}: hidden {}, intermediate {}, {}, vocab {}, {} heads ({} kv) of {}, {}\n",
                count_of(tensors.size(), "tensor"), count_of(options.shards, "file"), human_bytes(total), total,
-               shape.like, shape.hidden, shape.intermediate, count_of(shape.layers, "layer"), shape.vocab, shape.heads,
+               shape.like, shape.hidden, mlp, count_of(shape.layers, "layer"), shape.vocab, shape.heads,
                shape.kv_heads, shape.hidden / shape.heads, options.dtype);
     return exit_ok;
 }
@@ -193,6 +224,11 @@ void add_sample(CLI::App& app, Action& action) {
         ->type_name("DTYPE")
         ->capture_default_str()
         ->check(CLI::Validator(check_dtype, "", "dtype"));
+    sub->add_option("--experts", options->experts,
+                    "Each layer's MLP as this many experts, each 1/N of its width (MoE: many small tensors); 0 = dense")
+        ->type_name("N")
+        ->capture_default_str()
+        ->check(whole_number(std::uint64_t{0}, std::uint64_t{1} << 16));
     sub->add_flag("--sparse", options->sparse,
                   "Leave the tensors' bytes as holes (zeros, no disk space): a layout for plan and inspect");
     sub->add_flag("--dry-run", options->dry_run, "Print what would be written, write nothing");

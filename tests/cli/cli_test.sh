@@ -130,6 +130,16 @@ case_sample_inspect_hash() {
     grep -q '^291 tensors in 4 files, .*(16060522496 bytes)' "$work/stdout" || fail "16384 MiB sample size: $(tail -1 "$work/stdout")"
     [[ -e $work/big ]] && fail "sample --dry-run wrote $work/big"
 
+    # --experts: each layer's MLP as that many experts, each a slice of its width (at 2 MiB, 17
+    # layers of 6 + a router + 3 x 4 tensors, and 3 more), written and hashed like any other sample.
+    expect_success sample "$work/moe" --size-mib 2 --shards 2 --experts 4
+    grep -q '^326 tensors in 2 files, .*intermediate 224 as 4 experts of 56, 17 layers' "$work/stdout" ||
+        fail "sample --experts 4: $(tail -1 "$work/stdout")"
+    expect_success hash "$work/moe"
+    [[ $(wc -l <"$work/stdout") == 326 ]] && grep -q '  model.layers.0.mlp.experts.3.down_proj.weight$' "$work/stdout" ||
+        fail "hash of the --experts sample: $(head -3 "$work/stdout")"
+    expect_failure "at most the MLP's width, 224" sample --dry-run --size-mib 2 --experts 225 "$work/moe"
+
     # --sparse: the same files, headers and summary; the tensors' bytes are zeros (holes where the
     # filesystem has them), and load like any others.
     expect_success sample "$work/sparse" --size-mib 2 --shards 3 --sparse
