@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Loads one checkpoint with every Python loader, side by side, warm and cold.
 
-    bench/python_side_by_side.py CHECKPOINT [--runs 5] [--device cpu|cuda:0] [--bin build/bin]
-                                 [--loaders fresh_memory,safetensors,fastsafetensors,runai,instanttensor,command,command_keep]
+    bench/python_side_by_side.py CHECKPOINT [--runs 5] [--device cpu|cuda:0] [--bin build/bin] [--peer-path DIR]
+                                 [--loaders fresh_memory,safetensors,fastsafetensors,runai,InstantTensor,
+                                            InstantTensor_buffered,instanttensor,command,command_keep,command_group]
+                                 [--ceilings WARM,COLD]
 
 Each loader puts every tensor into memory the caller owns and keeps, on --device:
   fresh_memory     the ceiling of that on the host, no loader's work: every core reads the files
@@ -12,18 +14,30 @@ Each loader puts every tensor into memory the caller owns and keeps, on --device
                    tensors are views of the file's mapping, read only when touched)
   fastsafetensors  `fastsafe_open(files, nogds=True, device=...)`, `get_tensor` of every name
   runai            the Run:ai streamer's `SafetensorsStreamer.stream_files(files, device=...)`
+  InstantTensor    the peer this project is named after (PyPI `instanttensor` 0.2.x, GPU only):
+                   `safe_open(files, framework="pt", device=N)` over every file at once, as its
+                   README advises, each tensor kept (its default copy=True hands out tensors of
+                   their own, cloned out of its ring); its defaults (O_DIRECT reads where it can)
+  InstantTensor_buffered  the same with `backend=BackendPolicy.BUFFERED`, its README's advice for
+                   a checkpoint loaded again while in the page cache
+                   Its package is imported as `instanttensor` too: --peer-path names the directory
+                   it is installed in (`pip install --target DIR`), put first on the path of its
+                   runs alone.
   instanttensor    this project's `instanttensor.load_file(CHECKPOINT, device=...)`
   command          the C++ command `instanttensor load --device cpu|N --json`, into its ring (reused
                    as the load goes: no tensor is kept)
   command_keep     the same with --keep: every tensor into host memory of its own, kept, as the Python
                    loaders do (the reference for instanttensor's Python API); --device cpu only
+  command_group    the command as a group of one over NCCL (`--ranks 1`: pinned staging, uploads into
+                   window buffers, device-to-device landing); GPU only
 Each run is a fresh process that imports torch and its loader, then times the load alone: from the
 call to the last tensor in memory (for the command, the load's own seconds from `--json`). Warm runs read
 the files through the page cache first and run each loader once untimed; cold runs drop the
 files' pages before each run (posix_fadvise DONTNEED: no root needed). Loaders alternate run by
 run, so that the machine's drift hits all alike. Prints GB/s (tensor bytes / seconds) per loader:
-the median, the range, and the median's ratio to safetensors'; instanttensor's to the command's
-(command_keep's on the host) and to fresh_memory's.
+the median, the range, and the median's ratio to safetensors' (and with --ceilings to the given
+warm and cold ceilings, GB/s); instanttensor's to the command's (command_keep's on the host) and to
+fresh_memory's.
 Needs the peers installed: pip install safetensors fastsafetensors runai-model-streamer.
 """
 import argparse
@@ -38,8 +52,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from lib.page_cache import checkpoint_files, drop_pages, fill_pages  # noqa: E402
 
-LOADERS = ["fresh_memory", "safetensors", "fastsafetensors", "runai", "instanttensor", "command", "command_keep"]
+LOADERS = ["fresh_memory", "safetensors", "fastsafetensors", "runai", "InstantTensor", "InstantTensor_buffered", "instanttensor",
+           "command", "command_keep", "command_group"]
 HOST_ONLY = ["fresh_memory", "command_keep"]
+DEVICE_ONLY = ["InstantTensor", "InstantTensor_buffered", "command_group"]
+PEERS_APART = ["InstantTensor", "InstantTensor_buffered"]  # imported from --peer-path
 
 
 # ---- one load, in a child process ----------------------------------------------------------
@@ -92,13 +109,24 @@ def load_runai(checkpoint, files, device):
         return dict(streamer.get_tensors())
 
 
+def load_InstantTensor(checkpoint, files, device, **options):
+    from instanttensor import safe_open
+    with safe_open(files, framework="pt", device=int(device.split(":")[-1]), **options) as f:
+        return dict(f.tensors())
+
+
+def load_InstantTensor_buffered(checkpoint, files, device):
+    from instanttensor import BackendPolicy
+    return load_InstantTensor(checkpoint, files, device, backend=BackendPolicy.BUFFERED)
+
+
 def load_instanttensor(checkpoint, files, device):
     import instanttensor
     return instanttensor.load_file(checkpoint, device=device)
 
 
-MODULES = {"safetensors": "safetensors.torch", "fastsafetensors": "fastsafetensors",
-           "runai": "runai_model_streamer", "instanttensor": "instanttensor"}
+MODULES = {"safetensors": "safetensors.torch", "fastsafetensors": "fastsafetensors", "runai": "runai_model_streamer",
+           "InstantTensor": "instanttensor", "InstantTensor_buffered": "instanttensor", "instanttensor": "instanttensor"}
 
 
 def child(loader, checkpoint, device):
@@ -119,18 +147,21 @@ def child(loader, checkpoint, device):
 
 # ---- the side by side ------------------------------------------------------------------------
 
-def run_once(loader, checkpoint, device, command):
+def run_once(loader, checkpoint, device, command, peer_path):
     if loader.startswith("command"):
         target = "cpu" if device == "cpu" else device.split(":")[-1]
-        keep = ["--keep"] if loader == "command_keep" else []
-        out = subprocess.run([command, "load", "--device", target, *keep, "--json", checkpoint],
+        extra = {"command_keep": ["--keep"], "command_group": ["--ranks", "1"]}.get(loader, [])
+        out = subprocess.run([command, "load", "--device", target, *extra, "--json", checkpoint],
                              capture_output=True, text=True)
         if out.returncode != 0:
             sys.exit(f"the command failed ({out.returncode}): {out.stderr.strip()}")
         report = json.loads(out.stdout)
         return report["gbps"]
+    env = None
+    if loader in PEERS_APART:  # the peer's package, not this project's, answers `import instanttensor`
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [peer_path, os.environ.get("PYTHONPATH")])))
     out = subprocess.run([sys.executable, __file__, "--child", loader, checkpoint, "--device", device],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, env=env)
     if out.returncode != 0:
         sys.exit(f"{loader} failed ({out.returncode}): {out.stderr.strip()[-2000:]}")
     report = json.loads(out.stdout.strip().splitlines()[-1])
@@ -144,6 +175,8 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--bin", default="build/bin", help="directory of the instanttensor command")
     parser.add_argument("--loaders", default=",".join(LOADERS))
+    parser.add_argument("--peer-path", default="", help="where InstantTensor (PyPI instanttensor 0.2.x) is installed")
+    parser.add_argument("--ceilings", help="WARM,COLD: GB/s of the ceilings, for a column of ratios to them")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -153,11 +186,14 @@ def main():
     unknown = set(loaders) - set(LOADERS)
     if unknown:
         parser.error(f"unknown loaders: {', '.join(sorted(unknown))}")
-    for name in HOST_ONLY:
-        if args.device != "cpu" and name in loaders:
-            if args.loaders != parser.get_default("loaders"):
-                parser.error(f"{name} measures host memory: --device cpu only")
-            loaders.remove(name)
+    for names, wrong, why in ((HOST_ONLY, args.device != "cpu", "measures host memory: --device cpu only"),
+                              (DEVICE_ONLY, args.device == "cpu", "loads to GPUs only: --device cuda:N"),
+                              (PEERS_APART, not args.peer_path, "needs --peer-path (it is imported as instanttensor too)")):
+        for name in names:
+            if wrong and name in loaders:
+                if args.loaders != parser.get_default("loaders"):
+                    parser.error(f"{name} {why}")
+                loaders.remove(name)
     command = os.path.join(args.bin, "instanttensor")
     files = checkpoint_files(args.checkpoint)
     size = sum(os.path.getsize(f) for f in files)
@@ -167,24 +203,28 @@ def main():
         if cache == "warm":
             fill_pages(files)
             for name in loaders:
-                run_once(name, args.checkpoint, args.device, command)
+                run_once(name, args.checkpoint, args.device, command, args.peer_path)
         for _ in range(args.runs):
             for name in loaders:
                 if cache == "cold":
                     drop_pages(files)
-                figures[name].append(run_once(name, args.checkpoint, args.device, command))
+                figures[name].append(run_once(name, args.checkpoint, args.device, command, args.peer_path))
         results[cache] = figures
 
     print(f"{args.checkpoint}: {len(files)} files, {size / 1e9:.2f} GB, to {args.device}; "
           f"{args.runs} runs each, alternating; GB/s")
     print()
-    print("| cache | loader | median GB/s | range | × safetensors |")
-    print("|---|---|---:|---|---:|")
+    ceilings = dict(zip(("warm", "cold"), map(float, args.ceilings.split(",")))) if args.ceilings else {}
+    print("| cache | loader | median GB/s | range | × safetensors |" + (" × ceiling |" if ceilings else ""))
+    print("|---|---|---:|---|---:|" + ("---:|" if ceilings else ""))
     for cache, figures in results.items():
         medians = {name: statistics.median(values) for name, values in figures.items()}
+        if ceilings:
+            print(f"| {cache} | ceiling | {ceilings[cache]:.2f} | | | 1.00 |")
         for name, values in figures.items():
             ratio = f"{medians[name] / medians['safetensors']:.2f}" if "safetensors" in medians else ""
-            print(f"| {cache} | {name} | {medians[name]:.2f} | {min(values):.2f}–{max(values):.2f} | {ratio} |")
+            of_ceiling = f" {medians[name] / ceilings[cache]:.2f} |" if ceilings else ""
+            print(f"| {cache} | {name} | {medians[name]:.2f} | {min(values):.2f}–{max(values):.2f} | {ratio} |{of_ceiling}")
     if "instanttensor" in loaders:
         print()
         for cache, figures in results.items():
