@@ -1,21 +1,25 @@
 #!/usr/bin/env bash
-# On the GPU machine: runs the GPU tests, writes a 16 GB bf16 checkpoint shaped like an 8B model in
-# 4 shards with an index, and measures side by side, cold (page cache dropped) and warm:
-#   - Hugging Face safetensors.torch.load_file(device="cuda:0") for every shard,
-#   - instanttensor load --device 0, and warm also as a group of one over NCCL (--ranks 1: pinned
-#     staging, uploads into window buffers, device-to-device landing),
+# On the GPU machine: runs the GPU tests (C++ and Python), writes a 16 GB bf16 checkpoint shaped
+# like an 8B model in 4 shards with an index (and with --moe one file of 100,632 small tensors laid
+# out as MoE experts), and measures every loader side by side, cold (page cache dropped) and warm,
+# with bench/python_side_by_side.py --device cuda:0, each until every tensor is in device memory
+# the caller keeps:
 #   - the ceilings: pinned host→device copy (warm) and an O_DIRECT read of the same files (cold),
-#   - what verifying digests and decrypting cost (instanttensor_bench_integrity --device 0).
-# Prints one table: GB/s, ratio to safetensors, ratio to the ceiling, peak device memory, pinned
-# staging, page-cache growth during the cold load. Needs root (drop_caches), python3 with torch
-# and safetensors.
-#   scripts/gpu-check.sh [--bin DIR] [--data DIR] [--size-mib N] [--runs N] [--skip-tests] [--warm-only]
-# --bin takes binaries built elsewhere (scripts/gpu-bundle.sh makes .device/bin and .device/lib);
-# without it the script builds into build-gpu here.
+#   - Hugging Face safetensors, fastsafetensors (nogds), the Run:ai streamer, InstantTensor (its
+#     defaults, and BUFFERED as its README advises for warm loads), instanttensor's Python API,
+#     `instanttensor load --device 0` and the same as a group of one over NCCL (--ranks 1),
+#   - the page cache's growth during a cold `instanttensor load`,
+#   - with --integrity, what verifying digests and decrypting cost (instanttensor_bench_integrity).
+# The side-by-side table comes last: median and range of --runs runs, ratios to safetensors and to
+# the ceiling. Needs root (drop_caches) and python3 with torch and safetensors.
+#   scripts/gpu-check.sh [--bin DIR] [--data DIR] [--size-mib N] [--runs N] [--skip-tests] [--moe] [--integrity]
+# --bin takes what scripts/gpu-bundle.sh made (.device/bin beside .device/lib, .device/wheels and
+# .device/peer); without it the script builds the command into build-gpu here and measures the
+# loaders already installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bin="" data=/tmp/instanttensor-gpu-check size_mib=16384 runs=2 tests=1 cold=1
+bin="" data=/tmp/instanttensor-gpu-check size_mib=16384 runs=3 tests=1 moe=0 integrity=0
 while [ $# -gt 0 ]; do
   case $1 in
     --bin) bin=$2; shift 2 ;;
@@ -23,11 +27,14 @@ while [ $# -gt 0 ]; do
     --size-mib) size_mib=$2; shift 2 ;;
     --runs) runs=$2; shift 2 ;;
     --skip-tests) tests=0; shift ;;
-    --warm-only) cold=0; shift ;;
-    *) echo "usage: scripts/gpu-check.sh [--bin DIR] [--data DIR] [--size-mib N] [--runs N] [--skip-tests] [--warm-only]" >&2; exit 2 ;;
+    --moe) moe=1; shift ;;
+    --integrity) integrity=1; shift ;;
+    *) echo "usage: scripts/gpu-check.sh [--bin DIR] [--data DIR] [--size-mib N] [--runs N] [--skip-tests] [--moe] [--integrity]" >&2
+       exit 2 ;;
   esac
 done
 
+peer=""
 if [ -z "$bin" ]; then
   source scripts/lib/common.sh
   BUILD_TYPE=Release configure build-gpu -DINSTANTTENSOR_WITH_CUDA=ON
@@ -35,123 +42,79 @@ if [ -z "$bin" ]; then
     instanttensor_bench_integrity
   bin=build-gpu/bin
 else
-  export LD_LIBRARY_PATH="$bin/../lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  bundle=$(cd "$bin/.." && pwd)
+  export LD_LIBRARY_PATH="$bundle/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  # This project's package and the peers beside it; InstantTensor apart (it is `instanttensor` too).
+  site=$data/site
+  mkdir -p "$site" "$data/peer"
+  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$site" "$bundle"/wheels/*.whl
+  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$data/peer" "$bundle"/peer/*.whl
+  export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+  peer=$data/peer
 fi
 cli=$bin/instanttensor
+section() { echo "== $* (at ${SECONDS} s)"; }  # the seconds tell the next session what fits in its time on the machine
 
-echo "== machine"
+section machine
 nvidia-smi --query-gpu=name,memory.total,pcie.link.gen.current,pcie.link.width.current --format=csv,noheader || true
 echo "kernel $(uname -r), $(nproc) cores, commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+python3 -c "import torch, safetensors; print('torch', torch.__version__, 'safetensors', safetensors.__version__)"
 
 if [ "$tests" = 1 ]; then
-  echo "== GPU tests"
+  section "GPU tests"
   INSTANTTENSOR_FIXTURES_DIR=$PWD/tests/fixtures "$bin/instanttensor_gpu_test"
+  if python3 -c "import instanttensor" 2>/dev/null; then
+    python3 -m pytest -q -m gpu -p no:cacheprovider tests/python
+  else
+    echo "the Python package is not installed here: its GPU tests did not run" >&2
+    exit 1
+  fi
 fi
 
-echo "== checkpoint"
+section "checkpoints"
 mkdir -p "$data"
 ckpt=$data/ckpt-$size_mib
 [ -f "$ckpt/model.safetensors.index.json" ] || "$cli" sample "$ckpt" --size-mib "$size_mib" --shards 4
+moe_ckpt=$data/moe-4096
+[ "$moe" = 0 ] || [ -f "$moe_ckpt/model.safetensors.index.json" ] ||
+  "$cli" sample "$moe_ckpt" --size-mib 4096 --experts 1240 --shards 1
 sync
 
 if [ "$tests" = 1 ]; then
-  echo "== group path bit-exact on the checkpoint (hash through a group of one over NCCL = hash through the plain loader)"
+  section "group path bit-exact on the checkpoint (hash through a group of one over NCCL = hash through the plain loader)"
   "$cli" hash --device 0 "$ckpt" >"$data/hash.single"
   "$cli" hash --device 0 --ranks 1 --window-mib 64 "$ckpt" >"$data/hash.group"
   cmp "$data/hash.single" "$data/hash.group" && echo "identical: $(wc -l <"$data/hash.group") tensors"
 fi
 
-cached_kib() { awk '/^Cached:/ {print $2}' /proc/meminfo; }
-drop() { sync; echo 3 >/proc/sys/vm/drop_caches; }
-
-hf_load() {  # prints GB/s of safetensors.torch.load_file over every shard
-  python3 - "$ckpt" <<'PY'
-import glob, sys, time, torch
-from safetensors.torch import load_file
-files = sorted(glob.glob(sys.argv[1] + "/*.safetensors"))
-torch.zeros(1, device="cuda:0"); torch.cuda.synchronize()
-start, n = time.perf_counter(), 0
-for f in files:
-    d = load_file(f, device="cuda:0")
-    n += sum(t.numel() * t.element_size() for t in d.values())
-    del d
-torch.cuda.synchronize()
-print(f"{n / (time.perf_counter() - start) / 1e9:.2f}")
-PY
-}
-
-it_load() {  # prints the JSON report of instanttensor load --device 0
-  "$cli" load --device 0 --json "$@" "$ckpt"
-}
-json() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
-best() { printf '%s\n' "$@" | sort -g | tail -n 1; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
-
-echo "== GPUDirect Storage (expected to be refused where nvidia-fs is missing)"
+section "GPUDirect Storage (expected to be refused where nvidia-fs is missing)"
 "$cli" load --device 0 --backend gds "$ckpt" || true
 
-echo "== ceilings"
+section "ceilings"
 ceil=$("$bin/instanttensor_bench_ceilings" "$ckpt")
 echo "$ceil"
 h2d=$(echo "$ceil" | sed -n 's/^pinned_h2d_gbps=//p')
 odirect=$(echo "$ceil" | sed -n 's/^odirect_read_gbps=//p')
 
-echo "== cold"
-hf_cold=(0) it_cold=(0) it_cold_json='{"peak_device_bytes": 0, "staging_bytes": 0}' growth_kib=0
-[ "$cold" = 1 ] && hf_cold=() it_cold=()
-for r in $(seq $(( cold ? runs : 0 ))); do
-  drop; hf_cold+=("$(hf_load)")
-  drop; before=$(cached_kib)
-  it_cold_json=$(it_load); after=$(cached_kib)
-  it_cold+=("$(json "$it_cold_json" gbps)")
-  growth_kib=$(( after - before > growth_kib ? after - before : growth_kib ))
-  echo "run $r: safetensors ${hf_cold[-1]} GB/s, instanttensor ${it_cold[-1]} GB/s, page cache +$(( (after - before) / 1024 )) MiB"
-done
-echo "$it_cold_json"
+section "page cache during a cold load (instanttensor load --device 0)"
+sync; echo 3 >/proc/sys/vm/drop_caches
+before=$(awk '/^Cached:/ {print $2}' /proc/meminfo)
+cold_json=$("$cli" load --device 0 --json "$ckpt")
+after=$(awk '/^Cached:/ {print $2}' /proc/meminfo)
+echo "$cold_json"
+echo "page cache +$(( (after - before) / 1024 )) MiB (target: at most 64)"
 
-echo "== warm"
-cat "$ckpt"/*.safetensors >/dev/null
-hf_warm=() it_warm=() it_warm_json=""
-for r in $(seq "$runs"); do
-  hf_warm+=("$(hf_load)")
-  it_warm_json=$(it_load)
-  it_warm+=("$(json "$it_warm_json" gbps)")
-  echo "run $r: safetensors ${hf_warm[-1]} GB/s, instanttensor ${it_warm[-1]} GB/s"
-done
-echo "$it_warm_json"
-echo "sweep (warm, GB/s, one run each):"
-for args in "--copy-streams 1" "--staging-mib 256 --slot-mib 8" "--staging-mib 64 --slot-mib 2" "--backend pread"; do
-  # shellcheck disable=SC2086
-  printf '  %-32s %s %s\n' "$args" "$(json "$(it_load $args)" gbps)" "$(json "$(it_load $args)" gbps)"
-done
+if [ "$integrity" = 1 ]; then
+  section "verifying: a plain load and verified ones side by side (docs/benchmarks.md#verify)"
+  "$bin/instanttensor_bench_integrity" --device 0 --runs "$runs" --threads 2 --threads 4 --decrypt-threads 8 \
+    --decrypt-threads 15 "$ckpt"
+fi
 
-echo "group of one over NCCL (warm):"
-it_group=() it_group_json='{"peak_device_bytes": 0, "staging_bytes": 0}'
-for r in $(seq "$runs"); do
-  it_group_json=$(it_load --ranks 1) && it_group+=("$(json "$it_group_json" gbps)") || it_group+=(0)
-  echo "run $r: ${it_group[-1]} GB/s"
-done
-
-echo "== verifying: a plain load and verified ones side by side (docs/benchmarks.md#verify)"
-"$bin/instanttensor_bench_integrity" --device 0 --runs "$runs" --threads 2 --threads 4 --decrypt-threads 8 --decrypt-threads 15 $([ "$cold" = 1 ] || echo --warm-only) "$ckpt"
-
-hfc=$(best "${hf_cold[@]}") itc=$(best "${it_cold[@]}") hfw=$(best "${hf_warm[@]}") itw=$(best "${it_warm[@]}")
-itg=$(best "${it_group[@]}")
-mib() { echo $(( $1 / 1048576 )); }
-echo
-echo "== results (best of $runs; $(json "$it_warm_json" bytes) bytes in $(json "$it_warm_json" tensors) tensors, 4 shards)"
-printf '%-6s %-22s %9s %14s %12s %12s %12s %14s\n' cache path GB/s vs_safetensors vs_ceiling peak_dev_MiB pinned_MiB cache_growth
-printf '%-6s %-22s %9.2f %14s %12s %12s %12s %14s\n' cold "O_DIRECT read ceiling" "$odirect" - 1.00 - - -
-printf '%-6s %-22s %9.2f %14s %12.2f %12s %12s %14s\n' cold safetensors "$hfc" 1.00 "$(ratio "$hfc" "$odirect")" - - -
-printf '%-6s %-22s %9.2f %14.2f %12.2f %12s %12s %14s\n' cold instanttensor "$itc" "$(ratio "$itc" "$hfc")" \
-  "$(ratio "$itc" "$odirect")" "$(mib "$(json "$it_cold_json" peak_device_bytes)")" \
-  "$(mib "$(json "$it_cold_json" staging_bytes)")" "$(( growth_kib / 1024 )) MiB"
-printf '%-6s %-22s %9.2f %14s %12s %12s %12s %14s\n' warm "pinned H2D ceiling" "$h2d" - 1.00 - - -
-printf '%-6s %-22s %9.2f %14s %12.2f %12s %12s %14s\n' warm safetensors "$hfw" 1.00 "$(ratio "$hfw" "$h2d")" - - -
-printf '%-6s %-22s %9.2f %14.2f %12.2f %12s %12s %14s\n' warm instanttensor "$itw" "$(ratio "$itw" "$hfw")" \
-  "$(ratio "$itw" "$h2d")" "$(mib "$(json "$it_warm_json" peak_device_bytes)")" \
-  "$(mib "$(json "$it_warm_json" staging_bytes)")" -
-printf '%-6s %-22s %9.2f %14.2f %12.2f %12s %12s %14s\n' warm "instanttensor, NCCL x1" "$itg" "$(ratio "$itg" "$hfw")" \
-  "$(ratio "$itg" "$h2d")" "$(mib "$(json "$it_group_json" peak_device_bytes)")" \
-  "$(mib "$(json "$it_group_json" staging_bytes)")" -
-echo "device ring $(mib "$(json "$it_warm_json" ring_bytes)") MiB; targets: warm >= 0.85 x H2D, cold >= 0.95 x O_DIRECT, cache growth <= 64 MiB"
+side_by_side() {  # CHECKPOINT: every loader, cold and warm, the table last
+  python3 bench/python_side_by_side.py "$1" --device cuda:0 --runs "$runs" --bin "$bin" --ceilings "$h2d,$odirect" \
+    ${peer:+--peer-path "$peer"} 2>&1 | tee "$data/side-by-side-$(basename "$1").md"
+}
+section "every loader side by side"
+[ "$moe" = 0 ] || side_by_side "$moe_ckpt"
+side_by_side "$ckpt"
+echo "targets: warm >= 0.92 x the pinned ceiling, cold >= 0.95 x O_DIRECT and >= the best peer, page cache <= 64 MiB"
