@@ -25,6 +25,8 @@ Errors are ``instanttensor.Error`` (see ``instanttensor.errors``): a malformed c
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import sys
 import time
@@ -57,6 +59,18 @@ _NUMPY_DTYPES = {
     "I32": "int32", "U32": "uint32", "F32": "float32", "C64": "complex64", "F64": "float64",
     "I64": "int64", "U64": "uint64",
 }
+
+
+# The dtypes DLPack names: the module hands these out with their dtype and shape (no view after).
+_DLPACK_DTYPES = ("BOOL", "U8", "I8", "I16", "U16", "F16", "BF16", "I32", "U32", "F32", "C64", "F64", "I64", "U64")
+
+
+def _typed_dtypes(framework: str) -> list[str]:
+    """The dtypes of `_DLPACK_DTYPES` that `framework` has."""
+    if framework == "pt":
+        import torch
+        return [d for d in _DLPACK_DTYPES if hasattr(torch, _TORCH_DTYPES[d])]
+    return [d for d in _DLPACK_DTYPES if d in _NUMPY_DTYPES]
 
 
 def _layout(dtype: str, shape, nbytes: int, framework: str):
@@ -161,9 +175,9 @@ class _Shares(NamedTuple):
 def _landing(checkpoint, names: list[str], options: _Options, framework: str, device_index: int,
              destinations: Mapping[str, Any] | None, sizes: Mapping[str, int],
              shares: _Shares | None = None, block: tuple[int, int, int] | None = None) -> Iterator[tuple[str, Any]]:
-    """Loads `names` of `checkpoint` (alone, or as one rank of `shares.group`); yields (name, flat
-    uint8 or None) in load order, for the tensors this rank keeps (alone: of each, `block` where
-    given, (dim, first, count)).
+    """Loads `names` of `checkpoint` (alone, or as one rank of `shares.group`); yields (name, array
+    or None, typed) in load order, for the tensors this rank keeps (alone: of each, `block` where
+    given, (dim, first, count)): the array of its dtype and shape where typed, else flat uint8.
 
     `destinations` maps each yielded name to the torch tensor its bytes land in (required on the
     device); `sizes` each yielded name to its bytes, for the progress bar.
@@ -175,19 +189,22 @@ def _landing(checkpoint, names: list[str], options: _Options, framework: str, de
     pointers = None
     if destinations is not None:
         pointers = {n: (t.data_ptr(), t.numel() * t.element_size()) for n, t in destinations.items()}
-    request = options.request(names, device_index, stream)
+    # Every tensor, alone, is asked for as no selection at all: the module then sorts and searches
+    # no list. (A group load's shares are listed by name.)
+    everything = shares is None and len(names) == len(checkpoint) and len(set(names)) == len(names)
+    request = options.request(None if everything else names, device_index, stream)
     if shares is not None:
         request.group, request.shares = shares.group, shares.table
     request.block = block
-    load = _core.Load(checkpoint, request, framework, pointers)
+    load = _core.Load(checkpoint, request, framework, pointers, _typed_dtypes(framework))
     progress = None
     if options.progress:
         progress = _Progress(sum(sizes.values()), "loading")
     try:
-        for name, flat in load:
+        for name, array, typed in load:
             if progress:
                 progress.advance(sizes[name])
-            yield name, flat
+            yield name, array, typed
     finally:
         load.close()
         if shares is not None:
@@ -378,10 +395,13 @@ class safe_open:
         ``(name, tensor)`` in file order as each lands. Only the selected tensors' bytes are read.
         In a group load, it yields the tensors this rank keeps, a split one as its block."""
         checkpoint = self._open()
-        selected = list(names) if names is not None else checkpoint.names_in_load_order()
+        if names is None:
+            selected = checkpoint.names_in_load_order()
+        else:
+            selected = list(names)
+            self._open(selected)
         if filter is not None:
             selected = [n for n in selected if filter(n)]
-        self._open(selected)
         return self._load(selected, self._shares(selected))
 
     def _shares(self, names: list[str]) -> _Shares | None:
@@ -414,24 +434,44 @@ class safe_open:
 
     def _load(self, names: list[str], shares: _Shares | None,
               block: tuple[int, int, int] | None = None) -> Iterator[tuple[str, Any]]:
-        planned = self._plan(names, shares, block)
+        # The plan (each tensor's layout and bytes) is made before the load only where it is needed
+        # then: for the device's tensors and the progress bar; else on the first tensor handed out
+        # untyped (its per-tensor cost shows on checkpoints of 100,000 small tensors).
+        planned = self._plan(names, shares, block) if self._device_index >= 0 or self._options.progress else None
         destinations = None
         if self._device_index >= 0:  # land in tensors torch allocated on the device
             import torch
             destinations = {n: torch.empty(shape, dtype=dtype, device=self._device)
                             for n, ((dtype, shape), _) in planned.items()}
-        sizes = {n: nbytes for n, (_, nbytes) in planned.items()}
-        for name, flat in _landing(self._checkpoint, names, self._options, self._framework, self._device_index,
-                                   destinations, sizes, shares, block):
+        sizes = {n: nbytes for n, (_, nbytes) in planned.items()} if planned is not None else {}
+        for name, array, typed in _landing(self._checkpoint, names, self._options, self._framework, self._device_index,
+                                           destinations, sizes, shares, block):
             if destinations is not None:
                 yield name, destinations.pop(name)
+            elif typed:
+                yield name, array
             else:
-                yield name, _typed(flat, planned[name][0], self._framework)
+                planned = planned if planned is not None else self._plan(names, shares, block)
+                yield name, _typed(array, planned[name][0], self._framework)
+
+
+@contextlib.contextmanager
+def _collector_paused():
+    """Pauses Python's cyclic garbage collector: a load makes a few objects per tensor, none in a
+    cycle, and over 100,000 tensors the collector would otherwise run hundreds of times across the
+    growing dict of them (a seventh of such a load's time)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def load_file(paths: Paths, device: Any = "cpu", *, framework: str = "pt", **options) -> dict[str, Any]:
     """Loads every tensor into a dict, as ``safetensors.torch.load_file`` (options: see ``safe_open``)."""
-    with safe_open(paths, framework=framework, device=device, **options) as f:
+    with safe_open(paths, framework=framework, device=device, **options) as f, _collector_paused():
         return dict(f.tensors())
 
 

@@ -2,10 +2,13 @@
 // python/instanttensor/__init__.py; this module gives it two things:
 //
 //   Checkpoint(paths)   a validated tensor table (format::Checkpoint): names, dtypes, shapes, metadata
-//   Load(...)           one load, iterated: yields (name, bytes) per selected tensor in load order,
-//                       where bytes is a flat uint8 array of the framework's kind in memory the
-//                       caller owns (host: allocated here per tensor, freed with the array), or
-//                       None where the caller gave the destination (load_into, every device load)
+//   Load(...)           one load, iterated: yields (name, array, typed) per selected tensor in load
+//                       order, where array is in memory the caller owns (host: allocated here per
+//                       tensor, freed with the array) and of the framework's kind: of the tensor's
+//                       dtype and shape where its dtype is one of the `typed` names the framework
+//                       takes through DLPack (typed is then True), else flat uint8 (for Python to
+//                       view); or None where the caller gave the destination (load_into, every
+//                       device load)
 //
 // A group load (LoadRequest.group) runs the library's group pipeline over a torch.distributed
 // process group: ProcessGroupTransport hands each window's exchange to the group's own collectives
@@ -26,6 +29,7 @@
 #include <nanobind/stl/vector.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
@@ -294,10 +298,18 @@ class Load {
 public:
     /// `destinations` maps each selected name to (address, bytes) of caller-owned memory: on the
     /// device for a device load (required there), on the host otherwise (none: allocated here).
+    /// `typed`: the dtype names (BF16, F32...) the framework takes through DLPack, whose arrays
+    /// come with their dtype and shape.
     Load(const it::format::Checkpoint& checkpoint, LoadRequest request, std::string framework,
-         std::optional<std::unordered_map<std::string, std::pair<std::uintptr_t, std::uint64_t>>> destinations)
+         std::optional<std::unordered_map<std::string, std::pair<std::uintptr_t, std::uint64_t>>> destinations,
+         const std::vector<std::string>& typed)
         : framework_(std::move(framework)) {
         if (framework_ != "pt" && framework_ != "np") throw it::usage_error("instanttensor", "framework is 'pt' or 'np', not '" + framework_ + "'");
+        for (const std::string& name : typed) {
+            const auto dtype = it::format::parse_dtype(name);
+            if (!dtype || !dlpack_dtype(*dtype)) throw it::usage_error("instanttensor", "'" + name + "' is no dtype DLPack names");
+            typed_[static_cast<std::size_t>(*dtype)] = true;
+        }
         it::LoadOptions options;
         if (request.names) options.filter = it::select_names(checkpoint, *request.names);
         if (request.slot_bytes != 0) options.slot_bytes = request.slot_bytes;
@@ -385,7 +397,7 @@ public:
     Load& operator=(const Load&) = delete;
     ~Load() { close(); }
 
-    /// (name, array or None) of the next tensor; StopIteration at the end.
+    /// (name, array or None, typed) of the next tensor; StopIteration at the end.
     nb::tuple next() {
         if (!steps_) throw nb::stop_iteration();
         const it::TensorView* view = nullptr;
@@ -395,13 +407,14 @@ public:
         }
         if (view == nullptr) throw nb::stop_iteration();
         nb::str name(view->name.data(), view->name.size());
-        if (given_mode_) return nb::make_tuple(name, nb::none());
+        if (given_mode_) return nb::make_tuple(name, nb::none(), false);
+        const bool typed = typed_[static_cast<std::size_t>(view->dtype)];
         const auto held = allocated_.find(view->ref);
         if (held == allocated_.end())  // 0 bytes: the loader asked for no memory
-            return nb::make_tuple(name, array(it::sink::TensorMemory(*view->ref, 0, 0)));
+            return nb::make_tuple(name, array(it::sink::TensorMemory(*view->ref, 0, 0), *view, typed), typed);
         it::sink::TensorMemory memory = std::move(held->second);
         allocated_.erase(held);
-        return nb::make_tuple(name, array(std::move(memory)));
+        return nb::make_tuple(name, array(std::move(memory), *view, typed), typed);
     }
 
     /// Stops the load (waiting for reads in flight) and frees what it holds; arrays already
@@ -412,21 +425,50 @@ public:
     }
 
 private:
-    /// A flat uint8 array over `memory`, of the framework's kind, that frees it when collected.
-    nb::object array(it::sink::TensorMemory memory) const {
+    /// The DLPack dtype of `dtype`, where DLPack has one that torch and numpy read.
+    static std::optional<nb::dlpack::dtype> dlpack_dtype(it::format::Dtype dtype) {
+        using it::format::Dtype;
+        using Code = nb::dlpack::dtype_code;
+        const auto of = [](Code code, unsigned bits) { return nb::dlpack::dtype{static_cast<std::uint8_t>(code), static_cast<std::uint8_t>(bits), 1}; };
+        switch (dtype) {
+        case Dtype::BOOL: return of(Code::Bool, 8);
+        case Dtype::U8: return of(Code::UInt, 8);
+        case Dtype::I8: return of(Code::Int, 8);
+        case Dtype::I16: return of(Code::Int, 16);
+        case Dtype::U16: return of(Code::UInt, 16);
+        case Dtype::F16: return of(Code::Float, 16);
+        case Dtype::BF16: return of(Code::Bfloat, 16);
+        case Dtype::I32: return of(Code::Int, 32);
+        case Dtype::U32: return of(Code::UInt, 32);
+        case Dtype::F32: return of(Code::Float, 32);
+        case Dtype::C64: return of(Code::Complex, 64);
+        case Dtype::F64: return of(Code::Float, 64);
+        case Dtype::I64: return of(Code::Int, 64);
+        case Dtype::U64: return of(Code::UInt, 64);
+        default: return std::nullopt;
+        }
+    }
+
+    /// An array over `memory`, of the framework's kind, that frees it when collected: of `view`'s
+    /// dtype and shape where `typed`, else flat uint8. One array per tensor, no view of it after:
+    /// a checkpoint of 100,000 small tensors pays this per tensor.
+    nb::object array(it::sink::TensorMemory memory, const it::TensorView& view, bool typed) const {
         const std::span<std::byte> bytes = memory.span();
         std::byte* data = bytes.data();
         nb::capsule owner(memory.release(), [](void* p) noexcept { std::free(p); });
-        const std::size_t shape[1] = {bytes.size()};
-        if (framework_ == "pt")
-            return nb::cast(nb::ndarray<nb::pytorch, std::uint8_t, nb::ndim<1>>(data, 1, shape, owner));
-        return nb::cast(nb::ndarray<nb::numpy, std::uint8_t, nb::ndim<1>>(data, 1, shape, owner));
+        std::vector<std::size_t> shape(view.shape.begin(), view.shape.end());
+        nb::dlpack::dtype dtype = nb::dtype<std::uint8_t>();
+        if (typed) dtype = *dlpack_dtype(view.dtype);
+        else shape.assign(1, bytes.size());
+        if (framework_ == "pt") return nb::cast(nb::ndarray<nb::pytorch>(data, shape.size(), shape.data(), owner, nullptr, dtype));
+        return nb::cast(nb::ndarray<nb::numpy>(data, shape.size(), shape.data(), owner, nullptr, dtype));
     }
 
     using HostLoader = it::Loader<it::storage::automatic, it::transport::single, it::sink::placement>;
 
     std::string framework_;
     bool given_mode_ = false;  // bytes land in the caller's memory: nothing to hand out
+    std::array<bool, 256> typed_{};  // by format::Dtype: handed out with its dtype and shape
     std::unordered_map<std::string, std::span<std::byte>> given_;
     std::unordered_map<const it::format::TensorRef*, it::sink::TensorMemory> allocated_;  // landed or landing, not yet handed out
     std::unique_ptr<Steps> steps_;  // last: destroyed first, so no read is in flight into the buffers above
@@ -514,8 +556,9 @@ NB_MODULE(_core, m) {
 
     nb::class_<Load>(m, "Load", "One load of a checkpoint's selected tensors, iterated once.")
         .def(nb::init<const it::format::Checkpoint&, LoadRequest, std::string,
-                      std::optional<std::unordered_map<std::string, std::pair<std::uintptr_t, std::uint64_t>>>>(),
-             nb::arg("checkpoint"), nb::arg("request"), nb::arg("framework"), nb::arg("destinations").none(),
+                      std::optional<std::unordered_map<std::string, std::pair<std::uintptr_t, std::uint64_t>>>,
+                      const std::vector<std::string>&>(),
+             nb::arg("checkpoint"), nb::arg("request"), nb::arg("framework"), nb::arg("destinations").none(), nb::arg("typed"),
              nb::keep_alive<1, 2>())
         .def("__iter__", [](nb::handle self) { return self; })
         .def("__next__", &Load::next)

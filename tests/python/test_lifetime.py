@@ -27,6 +27,20 @@ def checkpoint(tmp_path):
     return path, tensors
 
 
+def test_load_file_leaves_the_garbage_collector_as_it_was(checkpoint):
+    """load_file pauses the cyclic collector while it loads (many small tensors), and only then."""
+    path, expected = checkpoint
+    assert gc.isenabled()
+    try:
+        assert all(torch.equal(t, expected[n]) for n, t in it.load_file(path).items())
+        assert gc.isenabled()
+        gc.disable()
+        it.load_file(path)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def test_tensors_outlive_the_loader_and_the_next_tensor(checkpoint):
     path, expected = checkpoint
     kept = []
