@@ -425,7 +425,8 @@ public:
     }
 
 private:
-    /// The DLPack dtype of `dtype`, where DLPack has one that torch and numpy read.
+    /// The DLPack dtype of `dtype`, where DLPack has one (which of these a framework reads, the
+    /// `typed` names say: numpy has no bfloat16).
     static std::optional<nb::dlpack::dtype> dlpack_dtype(it::format::Dtype dtype) {
         using it::format::Dtype;
         using Code = nb::dlpack::dtype_code;
