@@ -30,8 +30,12 @@ Each loader puts every tensor into memory the caller owns and keeps, on --device
                    loaders do (the reference for instanttensor's Python API); --device cpu only
   command_group    the command as a group of one over NCCL (`--ranks 1`: pinned staging, uploads into
                    window buffers, device-to-device landing); GPU only
-Each run is a fresh process that imports torch and its loader, then times the load alone: from the
-call to the last tensor in memory (for the command, the load's own seconds from `--json`). Warm runs read
+Each run is a fresh process that imports torch and its loader (and on a GPU makes its CUDA context),
+then times the load alone: from the call, the opening of the checkpoint included, to the last
+tensor in memory. The command is timed the same way on the host (`"total_seconds"` of `--json`:
+from the open); on a GPU by the load's own `"seconds"`, since its total includes making the CUDA
+context, which the Python loaders make before the clock (the open is then left out: a few
+milliseconds for a checkpoint of hundreds of tensors, a tenth of a second for 100,000). Warm runs read
 the files through the page cache first and run each loader once untimed; cold runs drop the
 files' pages before each run (posix_fadvise DONTNEED: no root needed). Loaders alternate run by
 run, so that the machine's drift hits all alike. Prints GB/s (tensor bytes / seconds) per loader:
@@ -134,6 +138,9 @@ def child(loader, checkpoint, device):
     import torch
     if loader in MODULES:  # imported before the clock starts, as the command's start is not timed either
         importlib.import_module(MODULES[loader])
+    if device != "cpu":  # the CUDA context too
+        torch.zeros(1, device=device)
+        torch.cuda.synchronize()
     files = [str(f) for f in checkpoint_files(checkpoint)]
     load = globals()[f"load_{loader}"]
     start = time.perf_counter()
@@ -156,7 +163,7 @@ def run_once(loader, checkpoint, device, command, peer_path):
         if out.returncode != 0:
             sys.exit(f"the command failed ({out.returncode}): {out.stderr.strip()}")
         report = json.loads(out.stdout)
-        return report["gbps"]
+        return report["bytes"] / report["total_seconds" if device == "cpu" else "seconds"] / 1e9
     env = None
     if loader in PEERS_APART:  # the peer's package, not this project's, answers `import instanttensor`
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [peer_path, os.environ.get("PYTHONPATH")])))

@@ -233,9 +233,10 @@ case_load_backends() {
         python3 - "$work/stdout" <<'PY' || fail "load --json: $(cat "$work/stdout")"
 import json, sys
 doc = json.load(open(sys.argv[1]))
-for key in ("device", "backend", "tensors", "bytes", "seconds", "gbps", "staging_bytes", "ring_bytes", "peak_rss_bytes"):
+for key in ("device", "backend", "tensors", "bytes", "seconds", "total_seconds", "gbps", "staging_bytes", "ring_bytes", "peak_rss_bytes"):
     assert key in doc, key
 assert doc["device"] == "cpu" and doc["backend"] == "pread" and doc["bytes"] > 0, doc
+assert 0 < doc["seconds"] <= doc["total_seconds"], doc
 PY
     fi
     # --ring-mib sizes the host ring; one smaller than twice the largest tensor is refused, saying so.
