@@ -5,7 +5,7 @@
 // staging, the host or device ring, the peak of device memory in use, the peak resident
 // set. --json prints the same as one object, for scripts such as scripts/gpu-check.sh, with
 // "seconds" (the load's own, from its first read to its last tensor, as GB/s counts) and
-// "total_seconds" (from the opening of the checkpoint, its headers and the plan included, as a
+// "total_seconds" (from the opening of the checkpoint to the last tensor, headers and plan included, as a
 // caller of the library waits and as the Python package's figures are timed). --verify
 // and --verify-with check every tensor against its expected digest before it counts as loaded;
 // --verify-files each file's SHA-256 against a manifest as sha256sum writes it. --keep lands every
@@ -35,7 +35,7 @@ int run_load(const LoadCommand& command) {
     const auto opened = std::chrono::steady_clock::now();
     const auto checkpoint = format::Checkpoint::open(to_paths(command.paths));
     const auto report = load_checkpoint(checkpoint, command.settings, false, [](const TensorView&, std::span<const std::byte>) {});
-    const double total_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - opened).count();
+    const double total_seconds = std::chrono::duration<double>(report.finished - opened).count();
     const double seconds = report.stats.seconds;
     const double gbps = seconds > 0 ? static_cast<double>(report.stats.tensor_bytes) / seconds / 1e9 : 0.0;
     if (command.json) {

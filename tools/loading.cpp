@@ -41,8 +41,10 @@ void drain(Loader& loader, const format::Checkpoint& checkpoint, const LoadSetti
     }
 }
 
+/// Fills `report` from a loader that has yielded its last tensor (so, before it and its memory go).
 template <class Loader>
 void fill_report(LoadReport& report, const Loader& loader) {
+    report.finished = clock_type::now();
     const auto& storage = loader.storage();
     report.backend = std::string(storage.name());
     if constexpr (requires { storage.fallback_reason(); }) report.fallback = storage.fallback_reason();

@@ -106,6 +106,7 @@ struct LoadReport {
     std::uint64_t peak_device_bytes = 0;  ///< device memory in use at the peak of the load, over its start
     std::uint64_t peak_rss_bytes = 0;     ///< the process's peak resident memory
     int ranks = 0;                        ///< group loads: the group's size (0: not a group load)
+    std::chrono::steady_clock::time_point finished;  ///< when the last tensor landed, before the load's memory was freed
 };
 
 /// Called with each tensor as it lands; `host_bytes` holds its bytes in host memory (copied back
