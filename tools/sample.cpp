@@ -168,11 +168,7 @@ int run_sample(const SampleOptions& options) {
                                            std::to_string(options.size_mib));
     const auto tensors = llama_tensors(shape, dtype, options.experts);
     std::uint64_t total = 0;
-    for (const TensorSpec& t : tensors) {
-        std::uint64_t elements = 1;
-        for (const std::uint64_t d : t.shape) elements *= d;
-        total += elements * element_bytes;
-    }
+    for (const TensorSpec& t : tensors) total += *format::byte_size(t.dtype, t.shape);  // whole-byte dtypes (check_dtype)
     if (options.dry_run) {
         print("{}\n", escape_control((std::filesystem::path(options.directory) / "model.safetensors.index.json").string()));
     } else {

@@ -53,6 +53,13 @@ using CurlEasy = std::unique_ptr<CURL, CurlEasyDeleter>;
 using CurlList = std::unique_ptr<curl_slist, CurlListDeleter>;
 
 /// What the headers of a response said (of the last response, where redirects were followed).
+/// `text` with ASCII letters in lower case (header names, tokens and hosts compare so).
+inline std::string ascii_lower(std::string_view text) {
+    std::string out(text);
+    std::transform(out.begin(), out.end(), out.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    return out;
+}
+
 struct ResponseHead {
     long status = 0;
     std::string reason;
@@ -81,8 +88,7 @@ struct ResponseHead {
         }
         const auto colon = line.find(':');
         if (colon == std::string_view::npos) return;
-        std::string name(line.substr(0, colon));
-        std::transform(name.begin(), name.end(), name.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+        const std::string name = ascii_lower(line.substr(0, colon));
         std::string_view value = line.substr(colon + 1);
         while (value.starts_with(' ')) value.remove_prefix(1);
         if (name == "etag") etag = value;
@@ -93,8 +99,7 @@ struct ResponseHead {
             length_known = std::from_chars(value.data(), value.data() + value.size(), length).ec == std::errc{};
             empty_body = length_known && length == 0;
         } else if (name == "connection") {
-            std::string tokens(value);
-            std::transform(tokens.begin(), tokens.end(), tokens.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+            const std::string tokens = ascii_lower(value);
             if (tokens.find("close") != std::string::npos) close = true;
             else if (tokens.find("keep-alive") != std::string::npos) close = false;
         }

@@ -19,7 +19,6 @@
 #include <curl/curl.h>
 
 #include <algorithm>
-#include <cctype>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -65,9 +64,8 @@ struct HttpTarget {
         const std::string port = url_parts.part(CURLUPART_PORT);                     // as written, else empty
         const std::string any_port = url_parts.part(CURLUPART_PORT, CURLU_DEFAULT_PORT);  // the scheme's where none is
         const std::string path = url_parts.part(CURLUPART_PATH);
-        std::string origin = scheme + "://" + host + ":" + any_port;  // one key however the URL writes it
-        std::transform(origin.begin(), origin.end(), origin.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-        return {origin, port.empty() ? host : host + ":" + port, path.empty() ? "/" : path, url_parts.part(CURLUPART_QUERY)};
+        return {ascii_lower(scheme + "://" + host + ":" + any_port),  // one key however the URL writes it
+                port.empty() ? host : host + ":" + port, path.empty() ? "/" : path, url_parts.part(CURLUPART_QUERY)};
     }
 
     /// The request line's target: the path and the query.
