@@ -172,16 +172,12 @@ class _Shares(NamedTuple):
     table: bytes
 
 
-def _landing(checkpoint, names: list[str], options: _Options, framework: str, device_index: int,
-             destinations: Mapping[str, Any] | None, sizes: Mapping[str, int],
-             shares: _Shares | None = None, block: tuple[int, int, int] | None = None) -> Iterator[tuple[str, Any]]:
-    """Loads `names` of `checkpoint` (alone, or as one rank of `shares.group`); yields (name, array
-    or None, typed) in load order, for the tensors this rank keeps (alone: of each, `block` where
-    given, (dim, first, count)): the array of its dtype and shape where typed, else flat uint8.
-
-    `destinations` maps each yielded name to the torch tensor its bytes land in (required on the
-    device); `sizes` each yielded name to its bytes, for the progress bar.
-    """
+def _begin(checkpoint, names: list[str] | None, options: _Options, framework: str, device_index: int,
+           destinations: Mapping[str, Any] | None, shares: _Shares | None = None,
+           block: tuple[int, int, int] | None = None):
+    """The module's load of `names` of `checkpoint` (None: every tensor), alone or as one rank of
+    `shares.group`; of each tensor, `block` where given, (dim, first, count). `destinations` maps
+    each tensor it yields to the torch tensor its bytes land in (required on the device)."""
     stream = 0
     if device_index >= 0:
         import torch
@@ -189,14 +185,24 @@ def _landing(checkpoint, names: list[str], options: _Options, framework: str, de
     pointers = None
     if destinations is not None:
         pointers = {n: (t.data_ptr(), t.numel() * t.element_size()) for n, t in destinations.items()}
-    # Every tensor, alone, is asked for as no selection at all: the module then sorts and searches
-    # no list. (A group load's shares are listed by name.)
-    everything = shares is None and len(names) == len(checkpoint) and len(set(names)) == len(names)
-    request = options.request(None if everything else names, device_index, stream)
+    request = options.request(names, device_index, stream)
     if shares is not None:
         request.group, request.shares = shares.group, shares.table
     request.block = block
-    load = _core.Load(checkpoint, request, framework, pointers, _typed_dtypes(framework))
+    return _core.Load(checkpoint, request, framework, pointers, _typed_dtypes(framework))
+
+
+def _landing(checkpoint, names: list[str], options: _Options, framework: str, device_index: int,
+             destinations: Mapping[str, Any] | None, sizes: Mapping[str, int],
+             shares: _Shares | None = None, block: tuple[int, int, int] | None = None) -> Iterator[tuple[str, Any]]:
+    """Loads `names` as `_begin` does; yields (name, array or None, typed) in load order, for the
+    tensors this rank keeps: the array of its dtype and shape where typed, else flat uint8.
+    `sizes` maps each yielded name to its bytes, for the progress bar.
+    """
+    # Every tensor, alone, is asked for as no selection at all: the module then sorts and searches
+    # no list. (A group load's shares are listed by name.)
+    everything = shares is None and len(names) == len(checkpoint) and len(set(names)) == len(names)
+    load = _begin(checkpoint, None if everything else names, options, framework, device_index, destinations, shares, block)
     progress = None
     if options.progress:
         progress = _Progress(sum(sizes.values()), "loading")
@@ -432,6 +438,24 @@ class safe_open:
             planned[name] = (_layout(dtype, shape, nbytes, self._framework), nbytes)
         return planned
 
+    def _everything(self) -> dict[str, Any]:
+        """{name: tensor} of every tensor this rank keeps, in file order (``load_file``). A host load
+        alone without a bar is drained by the module: no Python frame runs per tensor, which shows on
+        checkpoints of 100,000 small tensors."""
+        if self._device_index >= 0 or self._options.progress or self._group is not None:
+            return dict(self.tensors())
+        checkpoint, tensors = self._open(), {}
+        load = _begin(checkpoint, None, self._options, self._framework, -1, None)
+        try:
+            untyped = load.drain(tensors)
+        finally:
+            load.close()
+        if untyped:
+            planned = self._plan(untyped, None)
+            for name in untyped:
+                tensors[name] = _typed(tensors[name], planned[name][0], self._framework)
+        return tensors
+
     def _load(self, names: list[str], shares: _Shares | None,
               block: tuple[int, int, int] | None = None) -> Iterator[tuple[str, Any]]:
         # The plan (each tensor's layout and bytes) is made before the load only where it is needed
@@ -472,7 +496,7 @@ def _collector_paused():
 def load_file(paths: Paths, device: Any = "cpu", *, framework: str = "pt", **options) -> dict[str, Any]:
     """Loads every tensor into a dict, as ``safetensors.torch.load_file`` (options: see ``safe_open``)."""
     with safe_open(paths, framework=framework, device=device, **options) as f, _collector_paused():
-        return dict(f.tensors())
+        return f._everything()
 
 
 class IncompatibleKeys(NamedTuple):

@@ -8,15 +8,18 @@
 //                       dtype and shape where its dtype is one of the `typed` names the framework
 //                       takes through DLPack (typed is then True), else flat uint8 (for Python to
 //                       view); or None where the caller gave the destination (load_into, every
-//                       device load)
+//                       device load); or drained into a dict at once (load_file's path), the
+//                       loader stepping on a thread of its own while the arrays are made
 //
 // A group load (LoadRequest.group) runs the library's group pipeline over a torch.distributed
 // process group: ProcessGroupTransport hands each window's exchange to the group's own collectives
 // (instanttensor/_group.py), so the bytes move through torch's communicator and its libnccl (or
 // gloo's sockets); this module calls no NCCL.
 //
-// The GIL is released while bytes move (inside each step of the loader); no Python object is
-// touched then, except by the group transport, which takes the GIL for each call it makes.
+// The GIL is released while bytes move (inside each step of the loader, or while a drain waits
+// for the stepping thread); no Python object is touched then, except by the group transport,
+// which takes the GIL for each call it makes. Host arrays reach torch as DLPack capsules through
+// torch._C._from_dlpack, a third of the cost per tensor of torch.utils.dlpack.from_dlpack.
 // Library errors become the instanttensor.errors classes, named after the C++ ones.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
@@ -30,14 +33,23 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdlib>
+#include <exception>
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
+#include <thread>
 #include <tuple>
+#include <type_traits>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "instanttensor/loader.hpp"
@@ -294,6 +306,81 @@ it::format::TensorDigests digests_of(const it::format::TensorDigests& all, const
     return some;
 }
 
+/// A tensor taken out of a load, for its array to be made of.
+struct Landed {
+    std::string_view name;  // the checkpoint's
+    it::format::Dtype dtype{};
+    std::vector<std::int64_t> shape;  // of what the load keeps of the tensor
+    it::sink::TensorMemory memory;    // empty where the bytes landed in the caller's memory
+};
+
+/// Tensors passed from the thread that steps a load to the thread that makes their arrays, in
+/// batches: a wake per tensor would cost more than its array.
+class Handover {
+public:
+    /// On the stepping thread: queues what `next` returns until it returns nothing, throws (the
+    /// failure is take()'s to rethrow), or stop() was called.
+    template <class Next>
+    void produce(Next next) noexcept {
+        try {
+            while (!stopped_.load(std::memory_order_relaxed)) {
+                std::optional<Landed> landed = next();
+                if (!landed) break;
+                const std::lock_guard lock(mutex_);
+                queue_.push_back(std::move(*landed));
+                if (queue_.size() >= batch) ready_.notify_one();
+            }
+        } catch (...) {
+            const std::lock_guard lock(mutex_);
+            failure_ = std::current_exception();
+        }
+        const std::lock_guard lock(mutex_);
+        finished_ = true;
+        ready_.notify_one();
+    }
+
+    /// What was queued, once a batch is, the producer finished, or a tenth of a second passed;
+    /// `finished` once the producer has and nothing is left. Rethrows the producer's failure.
+    std::vector<Landed> take(bool& finished) {
+        std::unique_lock lock(mutex_);
+        ready_.wait_for(lock, std::chrono::milliseconds(100), [this] { return finished_ || queue_.size() >= batch; });
+        if (failure_) std::rethrow_exception(failure_);
+        finished = finished_;
+        return std::exchange(queue_, {});
+    }
+
+    void stop() noexcept { stopped_.store(true, std::memory_order_relaxed); }
+
+private:
+    static constexpr std::size_t batch = 256;
+    std::mutex mutex_;
+    std::condition_variable ready_;
+    std::vector<Landed> queue_;
+    bool finished_ = false;
+    std::exception_ptr failure_;
+    std::atomic<bool> stopped_{false};
+};
+
+/// DLPack's DLManagedTensor (its stable C ABI, unversioned), which torch takes in a capsule named
+/// "dltensor" and frees through `deleter`, from any thread and without the GIL.
+struct ManagedTensor {
+    nb::dlpack::dltensor dl_tensor;
+    void* manager_ctx = nullptr;
+    void (*deleter)(ManagedTensor*) = nullptr;
+};
+
+/// A host tensor handed to torch: the DLPack description, its shape, and the memory it frees.
+struct HandedTensor {
+    ManagedTensor managed{.deleter = [](ManagedTensor* m) noexcept {
+        auto* self = reinterpret_cast<HandedTensor*>(m);  // managed is the first member
+        std::free(self->allocation);
+        delete self;
+    }};
+    void* allocation = nullptr;
+    std::vector<std::int64_t> shape;
+};
+static_assert(std::is_standard_layout_v<HandedTensor>);
+
 class Load {
 public:
     /// `destinations` maps each selected name to (address, bytes) of caller-owned memory: on the
@@ -303,7 +390,7 @@ public:
     Load(const it::format::Checkpoint& checkpoint, LoadRequest request, std::string framework,
          std::optional<std::unordered_map<std::string, std::pair<std::uintptr_t, std::uint64_t>>> destinations,
          const std::vector<std::string>& typed)
-        : framework_(std::move(framework)) {
+        : framework_(std::move(framework)), checkpoint_(&checkpoint) {
         if (framework_ != "pt" && framework_ != "np") throw it::usage_error("instanttensor", "framework is 'pt' or 'np', not '" + framework_ + "'");
         for (const std::string& name : typed) {
             const auto dtype = it::format::parse_dtype(name);
@@ -329,6 +416,11 @@ public:
         if (!direct) throw it::usage_error("instanttensor", "direct '" + request.direct + "': expected auto, on or off");
         storage.direct = *direct;
 
+        if (framework_ == "pt") {
+            const nb::module_ torch = nb::module_::import_("torch._C");
+            from_dlpack_ = nb::hasattr(torch, "_from_dlpack") ? torch.attr("_from_dlpack")
+                                                              : nb::module_::import_("torch.utils.dlpack").attr("from_dlpack");
+        }
         given_mode_ = destinations.has_value() || request.device >= 0;
         if (destinations) {
             for (auto& [name, where] : *destinations)
@@ -357,8 +449,12 @@ public:
             options.share = [block = it::Share::block(dim, first, count)](const it::format::TensorRef&, int, int) { return block; };
             kept_size = [share = options.share](const it::format::TensorRef& t) { return it::kept_bytes(t, share(t, 0, 1)).size(); };
         }
-        auto allocate = [this, kept_size, read = options.slot_bytes](const it::format::TensorRef& t) -> std::span<std::byte> {
-            auto [at, fresh] = allocated_.emplace(&t, it::sink::TensorMemory(t, kept_size(t), read));
+        grouped_ = grouped;
+        selected_ = options.filter;
+        memory_for_ = [kept_size, read = options.slot_bytes](const it::format::TensorRef& t) { return it::sink::TensorMemory(t, kept_size(t), read); };
+        auto allocate = [this](const it::format::TensorRef& t) -> std::span<std::byte> {  // unless drain() allocated it
+            auto at = allocated_.find(&t);
+            if (at == allocated_.end()) at = allocated_.emplace(&t, memory_for_(t)).first;
             return at->second.span();
         };
         if (request.device >= 0) {
@@ -406,15 +502,58 @@ public:
             view = steps_->next();
         }
         if (view == nullptr) throw nb::stop_iteration();
-        nb::str name(view->name.data(), view->name.size());
-        if (given_mode_) return nb::make_tuple(name, nb::none(), false);
-        const bool typed = typed_[static_cast<std::size_t>(view->dtype)];
-        const auto held = allocated_.find(view->ref);
-        if (held == allocated_.end())  // 0 bytes: the loader asked for no memory
-            return nb::make_tuple(name, array(it::sink::TensorMemory(*view->ref, 0, 0), *view, typed), typed);
-        it::sink::TensorMemory memory = std::move(held->second);
-        allocated_.erase(held);
-        return nb::make_tuple(name, array(std::move(memory), *view, typed), typed);
+        auto [name, array, typed] = hand_out(take(*view));
+        return nb::make_tuple(std::move(name), std::move(array), typed);
+    }
+
+    /// Every tensor left into `into`, name → array, in load order; returns the names whose arrays
+    /// are flat uint8 (for Python to view). load_file's path, for a host load of arrays made here:
+    /// the loader steps on a thread of its own while this one makes the arrays, a batch at a
+    /// time, so that making 100,000 small tensors' arrays (a tenth of such a load when done in
+    /// turn) overlaps the copies, which leave the second core mostly idle. Ctrl-C is seen within
+    /// a tenth of a second and stops the load after the tensor landing then.
+    nb::list drain(nb::dict into) {
+        if (given_mode_ || grouped_) throw it::usage_error("instanttensor", "drain() hands out the arrays of a host load alone");
+        nb::list untyped;
+        if (!steps_) return untyped;
+        // Every selected tensor's memory, allocated on this thread before the stepping one starts:
+        // glibc gives each thread an arena of its own, and one grown by a thread that also copies
+        // made the load of 100,000 small tensors a tenth slower than the command's (whose thread
+        // allocates from the main arena).
+        for (const it::format::TensorRef& t : checkpoint_->tensors())
+            if ((!selected_ || selected_(t)) && !allocated_.contains(&t)) allocated_.emplace(&t, memory_for_(t));
+        Handover handover;
+        std::thread stepper([this, &handover] {
+            handover.produce([this]() -> std::optional<Landed> {
+                const it::TensorView* view = steps_->next();
+                return view == nullptr ? std::nullopt : std::optional<Landed>(take(*view));
+            });
+        });
+        const auto join = [&] {
+            handover.stop();
+            nb::gil_scoped_release unlocked;
+            stepper.join();
+        };
+        try {
+            for (bool finished = false; !finished;) {
+                std::vector<Landed> batch;
+                {
+                    nb::gil_scoped_release unlocked;
+                    batch = handover.take(finished);
+                }
+                for (Landed& landed : batch) {
+                    auto [name, array, typed] = hand_out(std::move(landed));
+                    if (!typed) untyped.append(name);
+                    into[std::move(name)] = std::move(array);
+                }
+                if (PyErr_CheckSignals() != 0) throw nb::python_error();
+            }
+        } catch (...) {
+            join();
+            throw;
+        }
+        join();
+        return untyped;
     }
 
     /// Stops the load (waiting for reads in flight) and frees what it holds; arrays already
@@ -425,6 +564,30 @@ public:
     }
 
 private:
+    /// Takes a tensor that landed out of the load: its memory (none where it landed in the
+    /// caller's), and its name and shape, which the checkpoint holds for a whole tensor and the
+    /// loader only until its next step for a block.
+    Landed take(const it::TensorView& view) {
+        Landed landed{.name = view.name, .dtype = view.dtype, .shape = {view.shape.begin(), view.shape.end()}};
+        if (given_mode_) return landed;
+        const auto held = allocated_.find(view.ref);
+        if (held == allocated_.end()) {  // 0 bytes: the loader asked for no memory
+            landed.memory = it::sink::TensorMemory(*view.ref, 0, 0);
+        } else {
+            landed.memory = std::move(held->second);
+            allocated_.erase(held);
+        }
+        return landed;
+    }
+
+    /// (name, array or None, typed) of a tensor taken out of the load: its memory passes to the array.
+    std::tuple<nb::str, nb::object, bool> hand_out(Landed landed) {
+        nb::str name(landed.name.data(), landed.name.size());
+        if (given_mode_) return {std::move(name), nb::none(), false};
+        const bool typed = typed_[static_cast<std::size_t>(landed.dtype)];
+        return {std::move(name), array(std::move(landed), typed), typed};
+    }
+
     /// The DLPack dtype of `dtype`, where DLPack has one (which of these a framework reads, the
     /// `typed` names say: numpy has no bfloat16).
     static std::optional<nb::dlpack::dtype> dlpack_dtype(it::format::Dtype dtype) {
@@ -450,27 +613,49 @@ private:
         }
     }
 
-    /// An array over `memory`, of the framework's kind, that frees it when collected: of `view`'s
-    /// dtype and shape where `typed`, else flat uint8. One array per tensor, no view of it after:
-    /// a checkpoint of 100,000 small tensors pays this per tensor.
-    nb::object array(it::sink::TensorMemory memory, const it::TensorView& view, bool typed) const {
-        const std::span<std::byte> bytes = memory.span();
-        std::byte* data = bytes.data();
-        nb::capsule owner(memory.release(), [](void* p) noexcept { std::free(p); });
-        std::vector<std::size_t> shape(view.shape.begin(), view.shape.end());
+    /// An array over `landed`'s memory, of the framework's kind, that frees it when collected: of
+    /// its dtype and shape where `typed`, else flat uint8. One array per tensor, no view of it
+    /// after: a checkpoint of 100,000 small tensors pays this per tensor.
+    nb::object array(Landed landed, bool typed) const {
+        const std::span<std::byte> bytes = landed.memory.span();
         nb::dlpack::dtype dtype = nb::dtype<std::uint8_t>();
-        if (typed) dtype = *dlpack_dtype(view.dtype);
-        else shape.assign(1, bytes.size());
-        if (framework_ == "pt") return nb::cast(nb::ndarray<nb::pytorch>(data, shape.size(), shape.data(), owner, nullptr, dtype));
-        return nb::cast(nb::ndarray<nb::numpy>(data, shape.size(), shape.data(), owner, nullptr, dtype));
+        if (typed) dtype = *dlpack_dtype(landed.dtype);
+        else landed.shape.assign(1, static_cast<std::int64_t>(bytes.size()));
+        if (framework_ == "pt") {
+            auto* handed = new HandedTensor{.allocation = landed.memory.release(), .shape = std::move(landed.shape)};
+            handed->managed.dl_tensor = {.data = bytes.data(), .device = {nb::device::cpu::value, 0}, .ndim = static_cast<std::int32_t>(handed->shape.size()),
+                                         .dtype = dtype, .shape = handed->shape.data()};
+            // A capsule torch has taken is renamed "used_dltensor" and freed by torch; one it has not, here.
+            PyObject* capsule = PyCapsule_New(&handed->managed, "dltensor", [](PyObject* o) noexcept {
+                if (PyCapsule_IsValid(o, "dltensor") != 0) {
+                    auto* m = static_cast<ManagedTensor*>(PyCapsule_GetPointer(o, "dltensor"));
+                    m->deleter(m);
+                }
+            });
+            if (capsule == nullptr) {
+                handed->managed.deleter(&handed->managed);
+                throw nb::python_error();
+            }
+            return from_dlpack_(nb::steal(capsule));
+        }
+        std::vector<std::size_t> shape(landed.shape.begin(), landed.shape.end());
+        nb::capsule owner(landed.memory.release(), [](void* p) noexcept { std::free(p); });
+        return nb::cast(nb::ndarray<nb::numpy>(bytes.data(), shape.size(), shape.data(), owner, nullptr, dtype));
     }
 
     using HostLoader = it::Loader<it::storage::automatic, it::transport::single, it::sink::placement>;
 
     std::string framework_;
+    /// torch's C entry point for a DLPack capsule: torch.utils.dlpack.from_dlpack adds 1 µs of
+    /// protocol checks per tensor around it (that one where a torch lacks the private name).
+    nb::object from_dlpack_;
     bool given_mode_ = false;  // bytes land in the caller's memory: nothing to hand out
     std::array<bool, 256> typed_{};  // by format::Dtype: handed out with its dtype and shape
     std::unordered_map<std::string, std::span<std::byte>> given_;
+    const it::format::Checkpoint* checkpoint_;  // kept alive by the Python object
+    bool grouped_ = false;
+    it::TensorFilter selected_;  // empty: every tensor
+    std::function<it::sink::TensorMemory(const it::format::TensorRef&)> memory_for_;  // host memory for what the load keeps of a tensor
     std::unordered_map<const it::format::TensorRef*, it::sink::TensorMemory> allocated_;  // landed or landing, not yet handed out
     std::unique_ptr<Steps> steps_;  // last: destroyed first, so no read is in flight into the buffers above
 };
@@ -563,5 +748,7 @@ NB_MODULE(_core, m) {
              nb::keep_alive<1, 2>())
         .def("__iter__", [](nb::handle self) { return self; })
         .def("__next__", &Load::next)
+        .def("drain", &Load::drain, nb::arg("into"),
+             "Every tensor left into the dict `into`, in load order; returns the names whose arrays are flat uint8.")
         .def("close", &Load::close);
 }
