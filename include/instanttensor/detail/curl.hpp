@@ -52,7 +52,6 @@ struct CurlListDeleter {
 using CurlEasy = std::unique_ptr<CURL, CurlEasyDeleter>;
 using CurlList = std::unique_ptr<curl_slist, CurlListDeleter>;
 
-/// What the headers of a response said (of the last response, where redirects were followed).
 /// `text` with ASCII letters in lower case (header names, tokens and hosts compare so).
 inline std::string ascii_lower(std::string_view text) {
     std::string out(text);
@@ -60,6 +59,7 @@ inline std::string ascii_lower(std::string_view text) {
     return out;
 }
 
+/// What the headers of a response said (of the last response, where redirects were followed).
 struct ResponseHead {
     long status = 0;
     std::string reason;
