@@ -277,6 +277,8 @@ public:
     virtual ~Steps() = default;
     /// The next tensor that landed, or nullptr at the end.
     virtual const it::TensorView* next() = 0;
+    /// What the load reads and yields, in order.
+    virtual const it::Plan& plan() const = 0;
 };
 
 template <class L>
@@ -290,6 +292,7 @@ public:
         else ++*current_;
         return *current_ == std::default_sentinel ? nullptr : &**current_;
     }
+    const it::Plan& plan() const override { return loader_.plan(); }
 
 private:
     L loader_;
@@ -390,7 +393,7 @@ public:
     Load(const it::format::Checkpoint& checkpoint, LoadRequest request, std::string framework,
          std::optional<std::unordered_map<std::string, std::pair<std::uintptr_t, std::uint64_t>>> destinations,
          const std::vector<std::string>& typed)
-        : framework_(std::move(framework)), checkpoint_(&checkpoint) {
+        : framework_(std::move(framework)) {
         if (framework_ != "pt" && framework_ != "np") throw it::usage_error("instanttensor", "framework is 'pt' or 'np', not '" + framework_ + "'");
         for (const std::string& name : typed) {
             const auto dtype = it::format::parse_dtype(name);
@@ -450,7 +453,6 @@ public:
             kept_size = [share = options.share](const it::format::TensorRef& t) { return it::kept_bytes(t, share(t, 0, 1)).size(); };
         }
         grouped_ = grouped;
-        selected_ = options.filter;
         memory_for_ = [kept_size, read = options.slot_bytes](const it::format::TensorRef& t) { return it::sink::TensorMemory(t, kept_size(t), read); };
         auto allocate = [this](const it::format::TensorRef& t) -> std::span<std::byte> {  // unless drain() allocated it
             auto at = allocated_.find(&t);
@@ -516,12 +518,12 @@ public:
         if (given_mode_ || grouped_) throw it::usage_error("instanttensor", "drain() hands out the arrays of a host load alone");
         nb::list untyped;
         if (!steps_) return untyped;
-        // Every selected tensor's memory, allocated on this thread before the stepping one starts:
+        // Every planned tensor's memory, allocated on this thread before the stepping one starts:
         // glibc gives each thread an arena of its own, and one grown by a thread that also copies
         // made the load of 100,000 small tensors a tenth slower than the command's (whose thread
         // allocates from the main arena).
-        for (const it::format::TensorRef& t : checkpoint_->tensors())
-            if ((!selected_ || selected_(t)) && !allocated_.contains(&t)) allocated_.emplace(&t, memory_for_(t));
+        for (const it::PlannedTensor& t : steps_->plan().tensors)
+            if (!allocated_.contains(t.ref)) allocated_.emplace(t.ref, memory_for_(*t.ref));
         Handover handover;
         std::thread stepper([this, &handover] {
             handover.produce([this]() -> std::optional<Landed> {
@@ -652,9 +654,7 @@ private:
     bool given_mode_ = false;  // bytes land in the caller's memory: nothing to hand out
     std::array<bool, 256> typed_{};  // by format::Dtype: handed out with its dtype and shape
     std::unordered_map<std::string, std::span<std::byte>> given_;
-    const it::format::Checkpoint* checkpoint_;  // kept alive by the Python object
     bool grouped_ = false;
-    it::TensorFilter selected_;  // empty: every tensor
     std::function<it::sink::TensorMemory(const it::format::TensorRef&)> memory_for_;  // host memory for what the load keeps of a tensor
     std::unordered_map<const it::format::TensorRef*, it::sink::TensorMemory> allocated_;  // landed or landing, not yet handed out
     std::unique_ptr<Steps> steps_;  // last: destroyed first, so no read is in flight into the buffers above
