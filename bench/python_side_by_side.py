@@ -41,7 +41,8 @@ files' pages before each run (posix_fadvise DONTNEED: no root needed). Loaders a
 run, so that the machine's drift hits all alike. Prints GB/s (tensor bytes / seconds) per loader:
 the median, the range, and the median's ratio to safetensors' (and with --ceilings to the given
 warm and cold ceilings, GB/s); instanttensor's to the command's (command_keep's on the host) and to
-fresh_memory's.
+fresh_memory's. Last, where the command's time went in the same runs (`"times"` of `--json`,
+LoadStats::times: median shares of its seconds).
 Needs the peers installed: pip install safetensors fastsafetensors runai-model-streamer.
 """
 import argparse
@@ -154,7 +155,11 @@ def child(loader, checkpoint, device):
 
 # ---- the side by side ------------------------------------------------------------------------
 
+TIMES = ("landing", "storage_idle", "copies_idle", "staging_full", "sink_full", "consumer")
+
+
 def run_once(loader, checkpoint, device, command, peer_path):
+    """GB/s of one run, and for the command the shares of its seconds in LoadStats::times (else None)."""
     if loader.startswith("command"):
         target = "cpu" if device == "cpu" else device.split(":")[-1]
         extra = {"command_keep": ["--keep"], "command_group": ["--ranks", "1"]}.get(loader, [])
@@ -163,7 +168,8 @@ def run_once(loader, checkpoint, device, command, peer_path):
         if out.returncode != 0:
             sys.exit(f"the command failed ({out.returncode}): {out.stderr.strip()}")
         report = json.loads(out.stdout)
-        return report["bytes"] / report["total_seconds" if device == "cpu" else "seconds"] / 1e9
+        shares = {k: report["times"][k] / report["seconds"] for k in TIMES} if report["seconds"] > 0 else None
+        return report["bytes"] / report["total_seconds" if device == "cpu" else "seconds"] / 1e9, shares
     env = None
     if loader in PEERS_APART:  # the peer's package, not this project's, answers `import instanttensor`
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [peer_path, os.environ.get("PYTHONPATH")])))
@@ -172,7 +178,7 @@ def run_once(loader, checkpoint, device, command, peer_path):
     if out.returncode != 0:
         sys.exit(f"{loader} failed ({out.returncode}): {out.stderr.strip()[-2000:]}")
     report = json.loads(out.stdout.strip().splitlines()[-1])
-    return report["bytes"] / report["seconds"] / 1e9
+    return report["bytes"] / report["seconds"] / 1e9, None
 
 
 def main():
@@ -204,9 +210,10 @@ def main():
     command = os.path.join(args.bin, "instanttensor")
     files = checkpoint_files(args.checkpoint)
     size = sum(os.path.getsize(f) for f in files)
-    results = {}
+    results, breakdowns = {}, {}
     for cache in ("warm", "cold"):
         figures = {name: [] for name in loaders}
+        shares = {name: [] for name in loaders}
         if cache == "warm":
             fill_pages(files)
             for name in loaders:
@@ -215,8 +222,11 @@ def main():
             for name in loaders:
                 if cache == "cold":
                     drop_pages(files)
-                figures[name].append(run_once(name, args.checkpoint, args.device, command, args.peer_path))
-        results[cache] = figures
+                gbps, times = run_once(name, args.checkpoint, args.device, command, args.peer_path)
+                figures[name].append(gbps)
+                if times:
+                    shares[name].append(times)
+        results[cache], breakdowns[cache] = figures, shares
 
     print(f"{args.checkpoint}: {len(files)} files, {size / 1e9:.2f} GB, to {args.device}; "
           f"{args.runs} runs each, alternating; GB/s")
@@ -240,6 +250,17 @@ def main():
                                ("fresh_memory", "fresh memory")):
                 if name in figures:
                     print(f"{cache}: instanttensor from Python / {what}: {python / statistics.median(figures[name]):.2f}")
+    commands = [name for name in loaders if breakdowns["warm"][name]]
+    if commands:
+        print()
+        print("Where the command's time went (LoadStats::times), median share of its seconds:")
+        print()
+        print("| cache | loader | " + " | ".join(k.replace("_", " ") for k in TIMES) + " |")
+        print("|---|---|" + "---:|" * len(TIMES))
+        for cache, shares in breakdowns.items():
+            for name in commands:
+                medians = [statistics.median(run[k] for run in shares[name]) for k in TIMES]
+                print(f"| {cache} | {name} | " + " | ".join(f"{m:.2f}" for m in medians) + " |")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@
 #   - the page cache's growth during a cold `instanttensor load`,
 #   - with --integrity, what verifying digests and decrypting cost (instanttensor_bench_integrity).
 # The side-by-side table comes last: median and range of --runs runs, ratios to safetensors and to
-# the ceiling. Needs root (drop_caches) and python3 with torch and safetensors.
+# the ceiling, and where the command's time went in those runs (LoadStats::times: the storage or
+# the copy engine idle, staging or the device ring full, the loader's thread landing reads). Needs root (drop_caches) and python3 with torch and safetensors.
 #   scripts/gpu-check.sh [--bin DIR] [--data DIR] [--size-mib N] [--runs N] [--skip-tests] [--moe] [--integrity]
 # --bin takes what scripts/gpu-bundle.sh made (.device/bin beside .device/lib, .device/wheels and
 # .device/peer); without it the script builds the command into build-gpu here and measures the

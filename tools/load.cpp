@@ -1,9 +1,9 @@
 // tools/load.cpp: `instanttensor load PATH...`: loads every tensor and reports how fast.
 //
 // Loads to the GPU (--device N, or auto when one is present) or to host memory (--device cpu),
-// then prints bytes, seconds, GB/s, the storage backend chosen and the memory the load held:
+// then prints bytes, seconds, GB/s, the storage backend chosen, the memory the load held:
 // staging, the host or device ring, the peak of device memory in use, the peak resident
-// set. --json prints the same as one object, for scripts such as scripts/gpu-check.sh, with
+// set, and where the time went (LoadStats::times, as shares of the seconds). --json prints the same as one object, for scripts such as scripts/gpu-check.sh, with
 // "seconds" (the load's own, from its first read to its last tensor, as GB/s counts) and
 // "total_seconds" (from the opening of the checkpoint to the last tensor, headers and plan included, as a
 // caller of the library waits and as the Python package's figures are timed). --verify
@@ -30,6 +30,17 @@ struct LoadCommand {
     LoadSettings settings;
     bool json = false;
 };
+
+/// Where the load's time went, as shares of it (LoadTimes): what bounded it.
+std::string time_breakdown(const LoadStats& stats, bool to_device) {
+    const LoadTimes& t = stats.times;
+    const auto share = [&](double s) { return stats.seconds > 0 ? 100 * s / stats.seconds : 0.0; };
+    std::string line = fmt::format("time: landing {:.0f}%, storage idle {:.0f}%", share(t.landing), share(t.storage_idle));
+    if (to_device) line += fmt::format(", copies idle {:.0f}%", share(t.copies_idle));
+    line += fmt::format(", staging full {:.0f}%, sink full {:.0f}%, consumer {:.0f}%", share(t.staging_full), share(t.sink_full),
+                        share(t.consumer));
+    return line;
+}
 
 int run_load(const LoadCommand& command) {
     const auto opened = std::chrono::steady_clock::now();
@@ -63,6 +74,10 @@ int run_load(const LoadCommand& command) {
         o["received_bytes"] = report.stats.received_bytes;
         o["verified"] = report.stats.verified;
         o["verified_files"] = report.stats.verified_files;
+        const LoadTimes& times = report.stats.times;
+        o["times"] = {{"consumer", times.consumer},         {"landing", times.landing},
+                      {"storage_idle", times.storage_idle}, {"copies_idle", times.copies_idle},
+                      {"staging_full", times.staging_full}, {"sink_full", times.sink_full}};
         print("{}\n", boost::json::serialize(o));
         return exit_ok;
     }
@@ -77,6 +92,7 @@ int run_load(const LoadCommand& command) {
                command.settings.keep ? "tensors kept" : report.device == "cpu" ? "host ring" : "device ring",
                human_bytes(command.settings.keep ? report.kept_bytes : report.ring_bytes), human_bytes(report.peak_device_bytes),
                human_bytes(report.peak_rss_bytes));
+    if (report.ranks == 0) print("{}\n", time_breakdown(report.stats, report.device != "cpu"));
     if (report.stats.verified > 0 || command.settings.verify || !command.settings.verify_with.empty())
         print("verified {} against {}\n", count_of(report.stats.verified, "tensor"),
               command.settings.verify_with.empty() ? std::string("the checkpoint's seals") : escape_control(command.settings.verify_with));
@@ -94,7 +110,9 @@ void add_load(CLI::App& app, Action& action) {
     auto command = std::make_shared<LoadCommand>();
     auto* sub = app.add_subcommand("load", "Load every tensor to a GPU or host memory and report the speed");
     sub->footer("Prints tensors, bytes, seconds and GB/s, the storage backend chosen (and why the ones tried\n"
-                "before it were passed over), and the memory the load held. A progress bar shows on a terminal.");
+                "before it were passed over), the memory the load held, and where its time went: shares of it\n"
+                "spent landing reads, with the storage or the copies idle, with staging or the sink full, and\n"
+                "in the consumer (docs/architecture.md). A progress bar shows on a terminal.");
     add_checkpoint_paths(*sub, command->paths);
     add_load_options(*sub, command->settings, "auto");
     sub->add_flag("--keep", command->settings.keep,

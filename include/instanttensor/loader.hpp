@@ -187,6 +187,8 @@ private:
     void advance() {
         if (failure_) detail::throw_stopped(failure_);
         try {
+            if (current_ != before_first)  // the caller had the tensor in view until now
+                pipeline_.stats().times.consumer += std::chrono::duration<double>(std::chrono::steady_clock::now() - yielded_).count();
             const std::size_t tensors = plan().tensors.size();
             if (current_ < tensors) pipeline_.release(static_cast<std::uint32_t>(current_));
             do ++current_;
@@ -198,6 +200,7 @@ private:
             }
             pipeline_.load(static_cast<std::uint32_t>(current_));
             set_view(static_cast<std::uint32_t>(current_));
+            yielded_ = std::chrono::steady_clock::now();
         } catch (...) {
             failure_ = std::current_exception();
             throw;
@@ -225,6 +228,7 @@ private:
     std::vector<std::uint64_t> view_shape_;  // a split tensor's shape on this rank
     std::exception_ptr failure_;
     std::chrono::steady_clock::time_point start_;
+    std::chrono::steady_clock::time_point yielded_;  // when the tensor in view_ was yielded
 };
 
 /// A loader over the first of two storages that opens: `preferred` where given (GPUDirect Storage,

@@ -21,7 +21,7 @@ LAYERS = [
     ("plan", [r"pipeline/(plan|share|group_plan|options)\.hpp"]),
     ("concepts", [r"concepts\.hpp"]),
     ("policies", [r"storage/.*", r"sink/.*", r"transport/.*"]),
-    ("pipeline machinery", [r"pipeline/(open|staging|read_queue|destinations|group_link|verifier|decryptor)\.hpp"]),
+    ("pipeline machinery", [r"pipeline/(open|staging|timeline|read_queue|destinations|group_link|verifier|decryptor)\.hpp"]),
     ("pipelines", [r"pipeline/(single|group)\.hpp"]),
     ("loader", [r"loader\.hpp"]),
 ]

@@ -7,14 +7,18 @@
 // copy runs only once the loader has asked about it `latency` times, or waits for it, and it reads
 // its source only then, so a slot reused too early or a tensor yielded too early shows up as wrong
 // bytes. Its destructor runs what is still queued, as a device sink synchronizes its stream: under
-// AddressSanitizer that catches a loader that frees staging before its sink.
+// AddressSanitizer that catches a loader that frees staging before its sink. With a delay, a copy
+// also runs no sooner than that after it was queued, as a slow copy engine's would.
 #pragma once
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <deque>
 #include <span>
+#include <thread>
+#include <vector>
 
 #include "instanttensor/concepts.hpp"
 #include "instanttensor/loader.hpp"
@@ -38,7 +42,9 @@ public:
     /// `latency`: how many times copies_done() answers "not yet" before the queued copies run (a
     /// loader that only polls, as the group pipeline does, needs it finite; the single pipeline
     /// waits when it has nothing else to do).
-    explicit LateCopySink(unsigned latency, std::uint64_t ring_bytes = 0) : ring_(ring_bytes), latency_(latency) {}
+    /// `delay`: how long after its extent was stored a copy runs at the soonest.
+    explicit LateCopySink(unsigned latency, std::uint64_t ring_bytes = 0, std::chrono::microseconds delay = {})
+        : ring_(ring_bytes), latency_(latency), delay_(delay) {}
     LateCopySink(LateCopySink&&) = default;
     LateCopySink& operator=(LateCopySink&&) = delete;
     ~LateCopySink() { run_through(next_ticket_); }
@@ -55,10 +61,13 @@ public:
     void release(const instanttensor::format::TensorRef& tensor) { ring_.release(tensor); }
 
     void prepare_copies(std::size_t slots) { stats_.slots = slots; }
-    std::uint64_t extent_stored() { return next_ticket_++; }
+    std::uint64_t extent_stored() {
+        due_.push_back(Clock::now() + delay_);
+        return next_ticket_++;
+    }
     bool copies_done(std::uint64_t ticket) {
         if (ticket < done_) return true;
-        if (asks_++ < latency_) {
+        if (Clock::now() < due_[ticket] || asks_++ < latency_) {
             ++stats_.refused;
             return false;
         }
@@ -67,12 +76,15 @@ public:
     }
     void wait_copies(std::uint64_t ticket) {
         ++stats_.waits;
+        if (ticket >= done_) std::this_thread::sleep_until(due_[ticket]);
         run_through(ticket);
     }
 
     [[nodiscard]] const Stats& stats() const noexcept { return stats_; }
 
 private:
+    using Clock = std::chrono::steady_clock;
+
     struct Copy {
         std::byte* destination;
         const std::byte* source;
@@ -93,7 +105,9 @@ private:
 
     instanttensor::sink::host ring_;
     unsigned latency_;
+    std::chrono::microseconds delay_;
     std::deque<Copy> queued_;
+    std::vector<Clock::time_point> due_;  // per ticket: when its copies may run
     std::uint64_t next_ticket_ = 0;  // the ticket of the copies being stored
     std::uint64_t done_ = 0;         // tickets below this ran
     unsigned asks_ = 0;              // "not yet" answers since copies last ran

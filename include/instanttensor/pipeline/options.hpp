@@ -53,6 +53,20 @@ struct LoadOptions {
     std::chrono::milliseconds group_timeout = std::chrono::minutes(10);
 };
 
+/// Where a load's time went, in seconds, to find what bounds it. `consumer` is the caller's own
+/// time between tensors; the others count the rest (LoadStats::seconds less `consumer`), single
+/// loads alone (a group load leaves them 0), and overlap: storage, copies and the loader's thread
+/// work at once, and each says how long one part of the pipeline was idle or full
+/// (pipeline/timeline.hpp).
+struct LoadTimes {
+    double consumer = 0;      ///< the caller held the loader's thread between tensors
+    double landing = 0;       ///< the loader's thread stored landed reads: a host sink's copies, a device sink's queuing of them
+    double storage_idle = 0;  ///< bytes were left to read, none in flight: the storage had nothing to do
+    double copies_idle = 0;   ///< asynchronous sinks (a GPU's): no copy queued or running, as far as the loader's thread saw
+    double staging_full = 0;  ///< bytes were left to read, every staging slot held a read or its copies
+    double sink_full = 0;     ///< bytes were left to read, a slot free, and the sink had no room for them (the consumer holds it)
+};
+
 /// What a load did, for reports.
 struct LoadStats {
     std::uint64_t tensors = 0;        ///< tensors yielded so far
@@ -68,6 +82,7 @@ struct LoadStats {
     std::uint64_t received_bytes = 0; ///< group loads: bytes this rank receives from the others (whole load)
     std::uint64_t window_memory = 0;  ///< group loads: bytes of the window buffers (transport's memory)
     double seconds = 0;               ///< from begin() to the last tensor
+    LoadTimes times;                  ///< where those seconds went
 };
 
 }  // namespace instanttensor

@@ -30,6 +30,7 @@
 #include "instanttensor/pipeline/read_queue.hpp"
 #include "instanttensor/pipeline/share.hpp"
 #include "instanttensor/pipeline/staging.hpp"
+#include "instanttensor/pipeline/timeline.hpp"
 #include "instanttensor/pipeline/verifier.hpp"
 
 namespace instanttensor::pipeline {
@@ -154,7 +155,11 @@ private:
             const std::uint64_t digested = verifier_ ? verifier_->progress() : 0;
             reclaim_slots();
             submit_reads();
-            if (done()) return;
+            if (done()) {
+                timeline_.leave(stats_.times);
+                return;
+            }
+            timeline_.look(stats_.times, holding());
             const bool watching_copies = asynchronous && staging_.copying();
             if (reads_.in_flight() > 0) {
                 if (reads_.reap(!watching_copies && !decryption_.busy(), [this](const Read& r) { arrived(r); }) == 0) {
@@ -175,10 +180,14 @@ private:
 
     /// Starts reads while staging slots, the queue and the sink's room allow.
     void submit_reads() {
+        sink_full_ = false;
         while (next_extent_ < plan_.extents.size() && staging_.has_free() && !reads_.full()) {
             const Extent& e = plan_.extents[next_extent_];
             // The sink is full until the consumer moves on. (An extent of a header has no piece.)
-            if (e.piece_count > 0 && !destinations_.reserve_through(plan_.pieces[e.first_piece + e.piece_count - 1].tensor)) return;
+            if (e.piece_count > 0 && !destinations_.reserve_through(plan_.pieces[e.first_piece + e.piece_count - 1].tensor)) {
+                sink_full_ = true;
+                return;
+            }
             const std::uint32_t slot = staging_.take();
             reads_.submit({e.file, e.offset, e.length, e.needed, read_buffer(e, slot), {next_extent_, slot}});
             ++next_extent_;
@@ -201,6 +210,15 @@ private:
         return staging_.slot(slot);
     }
 
+    /// What holds while the loop waits (LoadStats::times).
+    Holding holding() const {
+        const bool left = next_extent_ < plan_.extents.size();
+        return {.storage_idle = left && reads_.in_flight() == 0,
+                .copies_idle = asynchronous && !staging_.copying(),
+                .staging_full = left && !staging_.has_free(),
+                .sink_full = left && sink_full_};
+    }
+
     /// A read is complete: it lands, once decrypted if the checkpoint is encrypted.
     void arrived(const Read& read) {
 #if INSTANTTENSOR_HAS_CRYPTO
@@ -215,6 +233,7 @@ private:
     /// Stores the pieces of a complete read to their tensors (unless it was read in place) and
     /// frees its slot, once the copies ran for an asynchronous sink.
     void land(const Read& read) {
+        const Stopwatch landing(stats_.times.landing);
         const Extent& e = plan_.extents[read.job.extent];
         const std::byte* staged = staging_.slot(read.job.slot);
         const bool in_place = read.buffer != staged;
@@ -280,6 +299,8 @@ private:
     Destinations<Sk> destinations_;
     ReadQueue<Storage, Job> reads_;
     std::uint32_t next_extent_ = 0;
+    bool sink_full_ = false;  // submit_reads stopped at a tensor the sink had no room for
+    Timeline timeline_;
     std::unique_ptr<Verifier> verifier_;  // with LoadOptions::verify; destroyed first: its threads read staging and the sink
     Decryption<Read> decryption_;  // with LoadOptions::key; destroyed first: its threads write staging and the sink
 };
