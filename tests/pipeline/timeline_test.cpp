@@ -64,50 +64,56 @@ private:
     std::deque<it::ReadResult> completed_;            // by the inner storage, in the order it said so
 };
 
-/// 24 tensors of 16 KiB: with 16 KiB slots, a read each.
-std::vector<fmt::TensorSpec> even_specs() {
-    std::vector<fmt::TensorSpec> specs;
-    for (int i = 0; i < 24; ++i) specs.push_back({"t." + std::to_string(100 + i), fmt::Dtype::U8, {16 << 10}});
-    return specs;
-}
-
-/// Loads every tensor, calling `consume` on each; checks them and what LoadStats::times add up to.
-template <class L, class Consume>
-it::LoadTimes load_and_time(const fmt::Checkpoint& checkpoint, L& loader, Consume consume) {
-    Outcome out;
-    for (const it::TensorView& t : loader) {
-        consume(t);
-        out.tensors.push_back({std::string(t.name), t.dtype, {t.shape.begin(), t.shape.end()}, {t.data.begin(), t.data.end()}, t.ref});
-    }
-    out.stats = loader.stats();
-    out.plan_read_bytes = loader.plan().read_bytes;
-    check_outcome(checkpoint, out);
-    const it::LoadStats& s = loader.stats();
-    const it::LoadTimes& t = s.times;
-    const double own = s.seconds - t.consumer;  // the loader's own time, which the others share out
-    CHECK(t.consumer >= 0);
-    CHECK(own > 0);
-    for (const double part : {t.landing, t.storage_idle, t.copies_idle, t.staging_full, t.sink_full}) {
-        CHECK(part >= 0);
-        CHECK(part <= own * 1.001 + 1e-4);
-    }
-    MESSAGE("seconds " << s.seconds << ": consumer " << t.consumer << ", landing " << t.landing << ", storage idle "
-                       << t.storage_idle << ", copies idle " << t.copies_idle << ", staging full " << t.staging_full
-                       << ", sink full " << t.sink_full);
-    return t;
-}
+/// What a load's time went to, and the loader's own part of it (its seconds less the consumer's).
+struct Timed {
+    it::LoadTimes times;
+    double own = 0;
+};
 
 const auto nothing = [](const it::TensorView&) {};
 
+/// A file of 24 tensors of 16 KiB (with 16 KiB slots, a read each), and its loads.
+struct EvenCheckpoint {
+    TempDir dir;
+    fmt::Checkpoint checkpoint = fmt::Checkpoint::open(write_file(dir / "even.safetensors", [] {
+        std::vector<fmt::TensorSpec> specs;
+        for (int i = 0; i < 24; ++i) specs.push_back({"t." + std::to_string(100 + i), fmt::Dtype::U8, {16 << 10}});
+        return specs;
+    }()));
+
+    /// Loads every tensor, calling `consume` on each; checks them and what LoadStats::times add up to.
+    template <class L, class Consume = decltype(nothing)>
+    Timed load(L& loader, Consume consume = nothing) {
+        Outcome out;
+        for (const it::TensorView& t : loader) {
+            consume(t);
+            out.tensors.push_back({std::string(t.name), t.dtype, {t.shape.begin(), t.shape.end()}, {t.data.begin(), t.data.end()}, t.ref});
+        }
+        out.stats = loader.stats();
+        out.plan_read_bytes = loader.plan().read_bytes;
+        check_outcome(checkpoint, out);
+        const it::LoadStats& s = loader.stats();
+        const it::LoadTimes& t = s.times;
+        const double own = s.seconds - t.consumer;
+        CHECK(t.consumer >= 0);
+        CHECK(own > 0);
+        for (const double part : {t.landing, t.storage_idle, t.copies_idle, t.staging_full, t.sink_full}) {
+            CHECK(part >= 0);
+            CHECK(part <= own * 1.001 + 1e-4);
+        }
+        MESSAGE("seconds " << s.seconds << ": consumer " << t.consumer << ", landing " << t.landing << ", storage idle "
+                           << t.storage_idle << ", copies idle " << t.copies_idle << ", staging full " << t.staging_full
+                           << ", sink full " << t.sink_full);
+        return {t, own};
+    }
+};
+
 }  // namespace
 
-TEST_CASE("timeline: slow reads keep the storage busy and the slots full, and the copies idle") {
-    TempDir dir;
-    const auto checkpoint = fmt::Checkpoint::open(write_file(dir / "even.safetensors", even_specs()));
+TEST_CASE_FIXTURE(EvenCheckpoint, "timeline: slow reads keep the storage busy and the slots full, and the copies idle") {
     LateLoaderOf<Slow<it::storage::memory>> loader(checkpoint, Slow(it::storage::memory(), 3ms), {}, LateCopySink(0),
                                                    ring_of(32 << 10, 16 << 10));
-    const it::LoadTimes t = load_and_time(checkpoint, loader, nothing);
-    const double own = loader.stats().seconds - t.consumer;
+    const auto [t, own] = load(loader);
     CHECK(own >= 12 * 0.003);  // 24 reads of 3 ms, two at a time
     CHECK(t.staging_full >= 0.7 * own);
     CHECK(t.copies_idle >= 0.7 * own);
@@ -115,12 +121,9 @@ TEST_CASE("timeline: slow reads keep the storage busy and the slots full, and th
     CHECK(t.sink_full == 0);
 }
 
-TEST_CASE("timeline: slow copies leave the storage idle and the slots full") {
-    TempDir dir;
-    const auto checkpoint = fmt::Checkpoint::open(write_file(dir / "even.safetensors", even_specs()));
+TEST_CASE_FIXTURE(EvenCheckpoint, "timeline: slow copies leave the storage idle and the slots full") {
     LateLoaderOf<it::storage::memory> loader(checkpoint, it::storage::memory(), {}, LateCopySink(0, 0, 3ms), ring_of(32 << 10, 16 << 10));
-    const it::LoadTimes t = load_and_time(checkpoint, loader, nothing);
-    const double own = loader.stats().seconds - t.consumer;
+    const auto [t, own] = load(loader);
     CHECK(own >= 12 * 0.003);  // 24 copies of 3 ms (after their reads), two slots
     CHECK(t.storage_idle >= 0.7 * own);
     CHECK(t.staging_full >= 0.7 * own);
@@ -128,29 +131,23 @@ TEST_CASE("timeline: slow copies leave the storage idle and the slots full") {
     CHECK(t.sink_full == 0);
 }
 
-TEST_CASE("timeline: a slow consumer's time is the consumer's, and none of the loader's") {
-    TempDir dir;
-    const auto checkpoint = fmt::Checkpoint::open(write_file(dir / "even.safetensors", even_specs()));
+TEST_CASE_FIXTURE(EvenCheckpoint, "timeline: a slow consumer's time is the consumer's, and none of the loader's") {
     // Reads of four tensors each, copied out of staging into the ring.
     HostLoaderOf<it::storage::memory> loader(checkpoint, it::storage::memory(), {}, it::sink::host(), ring_of(128 << 10, 64 << 10));
-    const it::LoadTimes t = load_and_time(checkpoint, loader, [](const it::TensorView&) { std::this_thread::sleep_for(2ms); });
+    const auto [t, own] = load(loader, [](const it::TensorView&) { std::this_thread::sleep_for(2ms); });
     CHECK(t.consumer >= 24 * 0.002);
-    CHECK(t.consumer <= loader.stats().seconds);
     for (const double part : {t.storage_idle, t.staging_full, t.sink_full}) CHECK(part <= 0.1 * t.consumer);
     CHECK(loader.stats().in_place_bytes == 0);
     CHECK(t.landing > 0);       // the copies out of staging
     CHECK(t.copies_idle == 0);  // a host sink's copies are the landing itself
 }
 
-TEST_CASE("timeline: a ring with room for two tensors holds the reads back while the slots are free") {
-    TempDir dir;
-    const auto checkpoint = fmt::Checkpoint::open(write_file(dir / "even.safetensors", even_specs()));
+TEST_CASE_FIXTURE(EvenCheckpoint, "timeline: a ring with room for two tensors holds the reads back while the slots are free") {
     // Eight slots, but each read waits for the ring, which takes a tensor once the consumer let
     // the one before the last go.
     LateLoaderOf<Slow<it::storage::memory>> loader(checkpoint, Slow(it::storage::memory(), 3ms), {}, LateCopySink(0, 32 << 10),
                                                    ring_of(128 << 10, 16 << 10));
-    const it::LoadTimes t = load_and_time(checkpoint, loader, nothing);
-    const double own = loader.stats().seconds - t.consumer;
+    const auto [t, own] = load(loader);
     CHECK(t.sink_full >= 0.5 * own);
     CHECK(t.staging_full == 0);
 }
