@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Loads one checkpoint with every Python loader, side by side, warm and cold.
 
-    bench/python_side_by_side.py CHECKPOINT [--runs 5] [--device cpu|cuda:0] [--bin build/bin] [--peer-path DIR]
+    bench/python_side_by_side.py CHECKPOINT [--runs 5] [--budget-s S] [--device cpu|cuda:0] [--bin build/bin] [--peer-path DIR]
                                  [--loaders fresh_memory,safetensors,fastsafetensors,runai,InstantTensor,
                                             InstantTensor_buffered,instanttensor,command,command_keep,command_group]
                                  [--ceilings WARM,COLD]
@@ -38,7 +38,10 @@ context, which the Python loaders make before the clock (the open is then left o
 milliseconds for a checkpoint of hundreds of tensors, a tenth of a second for 100,000). Warm runs read
 the files through the page cache first and run each loader once untimed; cold runs drop the
 files' pages before each run (posix_fadvise DONTNEED: no root needed). Loaders alternate run by
-run, so that the machine's drift hits all alike. Prints GB/s (tensor bytes / seconds) per loader:
+run, so that the machine's drift hits all alike; with --budget-s, rounds of runs stop once another
+would overrun it (a third of it for warm runs), so that a machine lent for minutes still yields the
+table. Each run's figure goes to stderr as it comes; a loader that fails is left out of the runs
+after it, shows as failed in the table, and what it said is printed last (exit status 1). Prints GB/s (tensor bytes / seconds) per loader:
 the median, the range, and the median's ratio to safetensors' (and with --ceilings to the given
 warm and cold ceilings, GB/s); instanttensor's to the command's (command_keep's on the host) and to
 fresh_memory's. Last, where the command's time went in the same runs (`"times"` of `--json`,
@@ -158,15 +161,23 @@ def child(loader, checkpoint, device):
 TIMES = ("landing", "storage_idle", "copies_idle", "staging_full", "sink_full", "consumer")
 
 
+class LoaderFailed(Exception):
+    """A loader's run failed: the others go on, and the table says so."""
+
+
 def run_once(loader, checkpoint, device, command, peer_path):
-    """GB/s of one run, and for the command the shares of its seconds in LoadStats::times (else None)."""
+    """GB/s of one run, and for the command the shares of its seconds in LoadStats::times (else
+    None); LoaderFailed with what the loader said."""
     if loader.startswith("command"):
         target = "cpu" if device == "cpu" else device.split(":")[-1]
         extra = {"command_keep": ["--keep"], "command_group": ["--ranks", "1"]}.get(loader, [])
-        out = subprocess.run([command, "load", "--device", target, *extra, "--json", checkpoint],
-                             capture_output=True, text=True)
+        try:
+            out = subprocess.run([command, "load", "--device", target, *extra, "--json", checkpoint],
+                                 capture_output=True, text=True)
+        except OSError as e:  # no command there
+            raise LoaderFailed(str(e)) from e
         if out.returncode != 0:
-            sys.exit(f"the command failed ({out.returncode}): {out.stderr.strip()}")
+            raise LoaderFailed(f"exit status {out.returncode}: {out.stderr.strip()[-2000:]}")
         report = json.loads(out.stdout)
         shares = {k: report["times"][k] / report["seconds"] for k in TIMES} if report["seconds"] > 0 else None
         return report["bytes"] / report["total_seconds" if device == "cpu" else "seconds"] / 1e9, shares
@@ -176,7 +187,7 @@ def run_once(loader, checkpoint, device, command, peer_path):
     out = subprocess.run([sys.executable, __file__, "--child", loader, checkpoint, "--device", device],
                          capture_output=True, text=True, env=env)
     if out.returncode != 0:
-        sys.exit(f"{loader} failed ({out.returncode}): {out.stderr.strip()[-2000:]}")
+        raise LoaderFailed(f"exit status {out.returncode}: {out.stderr.strip()[-2000:]}")
     report = json.loads(out.stdout.strip().splitlines()[-1])
     return report["bytes"] / report["seconds"] / 1e9, None
 
@@ -184,7 +195,10 @@ def run_once(loader, checkpoint, device, command, peer_path):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint")
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=5, help="runs of each loader, warm and cold (at most, with --budget-s)")
+    parser.add_argument("--budget-s", type=float, default=0,
+                        help="seconds for the whole measurement: a round (each loader once) starts only while the "
+                             "last one would fit again (a third for warm, the rest for cold); one round at least")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--bin", default="build/bin", help="directory of the instanttensor command")
     parser.add_argument("--loaders", default=",".join(LOADERS))
@@ -210,47 +224,73 @@ def main():
     command = os.path.join(args.bin, "instanttensor")
     files = checkpoint_files(args.checkpoint)
     size = sum(os.path.getsize(f) for f in files)
-    results, breakdowns = {}, {}
+    results, breakdowns, failures = {}, {}, {}
+    started = time.monotonic()
+    deadlines = {"warm": started + args.budget_s / 3, "cold": started + args.budget_s}
+
+    def run(cache, name):
+        """One run of `name`; its figure, or None once it failed (its first failure is kept)."""
+        if name in failures:
+            return None
+        try:
+            gbps, times = run_once(name, args.checkpoint, args.device, command, args.peer_path)
+        except LoaderFailed as e:  # its last line (the exception) under the table, the whole of it here
+            failures[name] = f"{cache}: " + str(e).strip().splitlines()[-1]
+            print(f"{cache}: {name} failed: {e}", file=sys.stderr, flush=True)
+            return None
+        print(f"{cache}: {name} {gbps:.2f} GB/s ({time.monotonic() - started:.0f} s in)", file=sys.stderr, flush=True)
+        return gbps, times
+
     for cache in ("warm", "cold"):
         figures = {name: [] for name in loaders}
         shares = {name: [] for name in loaders}
         if cache == "warm":
             fill_pages(files)
             for name in loaders:
-                run_once(name, args.checkpoint, args.device, command, args.peer_path)
-        for _ in range(args.runs):
+                run(cache, name)
+        for round_number in range(args.runs):
+            began = time.monotonic()
             for name in loaders:
                 if cache == "cold":
                     drop_pages(files)
-                gbps, times = run_once(name, args.checkpoint, args.device, command, args.peer_path)
-                figures[name].append(gbps)
-                if times:
-                    shares[name].append(times)
+                if (got := run(cache, name)) is not None:
+                    figures[name].append(got[0])
+                    if got[1]:
+                        shares[name].append(got[1])
+            took = time.monotonic() - began
+            if args.budget_s and round_number + 1 < args.runs and time.monotonic() + took > deadlines[cache]:
+                print(f"{cache}: {round_number + 1} of {args.runs} runs fit in the budget", file=sys.stderr, flush=True)
+                break
         results[cache], breakdowns[cache] = figures, shares
 
+    runs = {cache: max((len(v) for v in figures.values()), default=0) for cache, figures in results.items()}
     print(f"{args.checkpoint}: {len(files)} files, {size / 1e9:.2f} GB, to {args.device}; "
-          f"{args.runs} runs each, alternating; GB/s")
+          f"{runs['warm']} warm and {runs['cold']} cold runs of each, alternating; GB/s")
     print()
     ceilings = dict(zip(("warm", "cold"), map(float, args.ceilings.split(",")))) if args.ceilings else {}
     print("| cache | loader | median GB/s | range | × safetensors |" + (" × ceiling |" if ceilings else ""))
     print("|---|---|---:|---|---:|" + ("---:|" if ceilings else ""))
     for cache, figures in results.items():
-        medians = {name: statistics.median(values) for name, values in figures.items()}
+        medians = {name: statistics.median(values) for name, values in figures.items() if values}
         if ceilings:
             print(f"| {cache} | ceiling | {ceilings[cache]:.2f} | | | 1.00 |")
         for name, values in figures.items():
+            if not values:
+                print(f"| {cache} | {name} | failed | | |" + (" |" if ceilings else ""))
+                continue
             ratio = f"{medians[name] / medians['safetensors']:.2f}" if "safetensors" in medians else ""
             of_ceiling = f" {medians[name] / ceilings[cache]:.2f} |" if ceilings else ""
             print(f"| {cache} | {name} | {medians[name]:.2f} | {min(values):.2f}–{max(values):.2f} | {ratio} |{of_ceiling}")
-    if "instanttensor" in loaders:
+    if "instanttensor" in loaders and "instanttensor" not in failures:
         print()
         for cache, figures in results.items():
             python = statistics.median(figures["instanttensor"])
             for name, what in (("command", "the command"), ("command_keep", "the command --keep"),
                                ("fresh_memory", "fresh memory")):
-                if name in figures:
+                if name in figures and figures[name]:
                     print(f"{cache}: instanttensor from Python / {what}: {python / statistics.median(figures[name]):.2f}")
-    commands = [name for name in loaders if breakdowns["warm"][name]]
+    # A group load counts only its consumer's time (LoadStats::times): its row would say nothing.
+    commands = [name for name in loaders if name != "command_group" and any(b[name] for b in breakdowns.values())]
     if commands:
         print()
         print("Where the command's time went (LoadStats::times), median share of its seconds:")
@@ -258,9 +298,14 @@ def main():
         print("| cache | loader | " + " | ".join(k.replace("_", " ") for k in TIMES) + " |")
         print("|---|---|" + "---:|" * len(TIMES))
         for cache, shares in breakdowns.items():
-            for name in commands:
+            for name in (n for n in commands if shares[n]):
                 medians = [statistics.median(run[k] for run in shares[name]) for k in TIMES]
                 print(f"| {cache} | {name} | " + " | ".join(f"{m:.2f}" for m in medians) + " |")
+    if failures:
+        print()
+        for name, what in failures.items():
+            print(f"{name} failed, {what}")
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -13,24 +13,29 @@
 # The side-by-side table comes last: median and range of --runs runs, ratios to safetensors and to
 # the ceiling, and where the command's time went in those runs (LoadStats::times: the storage or
 # the copy engine idle, staging or the device ring full, the loader's thread landing reads). Needs root (drop_caches) and python3 with torch and safetensors.
-#   scripts/gpu-check.sh [--bin DIR] [--data DIR] [--size-mib N] [--runs N] [--skip-tests] [--moe] [--integrity]
+# --budget-s bounds the whole script's seconds (default 540, under the device tool's 10 minutes a
+# command): the side by side gets what is left (split between the checkpoints with --moe) and runs
+# at most --runs rounds of every loader that fit in it (a third for warm), one at least. Its tables
+# are also written to $OUT (the device tool brings that folder back) when it is set.
+#   scripts/gpu-check.sh [--bin DIR] [--data DIR] [--size-mib N] [--runs N] [--budget-s S] [--skip-tests] [--moe] [--integrity]
 # --bin takes what scripts/gpu-bundle.sh made (.device/bin beside .device/lib, .device/wheels and
 # .device/peer); without it the script builds the command into build-gpu here and measures the
 # loaders already installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bin="" data=/tmp/instanttensor-gpu-check size_mib=16384 runs=3 tests=1 moe=0 integrity=0
+bin="" data=/tmp/instanttensor-gpu-check size_mib=16384 runs=3 budget=540 tests=1 moe=0 integrity=0
 while [ $# -gt 0 ]; do
   case $1 in
     --bin) bin=$2; shift 2 ;;
     --data) data=$2; shift 2 ;;
     --size-mib) size_mib=$2; shift 2 ;;
     --runs) runs=$2; shift 2 ;;
+    --budget-s) budget=$2; shift 2 ;;
     --skip-tests) tests=0; shift ;;
     --moe) moe=1; shift ;;
     --integrity) integrity=1; shift ;;
-    *) echo "usage: scripts/gpu-check.sh [--bin DIR] [--data DIR] [--size-mib N] [--runs N] [--skip-tests] [--moe] [--integrity]" >&2
+    *) echo "usage: scripts/gpu-check.sh [--bin DIR] [--data DIR] [--size-mib N] [--runs N] [--budget-s S] [--skip-tests] [--moe] [--integrity]" >&2
        exit 2 ;;
   esac
 done
@@ -61,14 +66,18 @@ nvidia-smi --query-gpu=name,memory.total,pcie.link.gen.current,pcie.link.width.c
 echo "kernel $(uname -r), $(nproc) cores, commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 python3 -c "import torch, safetensors; print('torch', torch.__version__, 'safetensors', safetensors.__version__)"
 
+# A failing test or check is said and makes the exit status 1, but the measurements still run: the
+# machine is lent for minutes, and a second try costs a new start.
+failed=0
+fail() { echo "FAILED: $*" >&2; failed=1; }
+
 if [ "$tests" = 1 ]; then
   section "GPU tests"
-  INSTANTTENSOR_FIXTURES_DIR=$PWD/tests/fixtures "$bin/instanttensor_gpu_test"
+  INSTANTTENSOR_FIXTURES_DIR=$PWD/tests/fixtures "$bin/instanttensor_gpu_test" || fail "the C++ GPU tests"
   if python3 -c "import instanttensor" 2>/dev/null; then
-    python3 -m pytest -q -m gpu -p no:cacheprovider tests/python
+    python3 -m pytest -q -m gpu -p no:cacheprovider tests/python || fail "the Python GPU tests"
   else
-    echo "the Python package is not installed here: its GPU tests did not run" >&2
-    exit 1
+    fail "the Python package is not installed here: its GPU tests did not run"
   fi
 fi
 
@@ -83,9 +92,10 @@ sync
 
 if [ "$tests" = 1 ]; then
   section "group path bit-exact on the checkpoint (hash through a group of one over NCCL = hash through the plain loader)"
-  "$cli" hash --device 0 "$ckpt" >"$data/hash.single"
-  "$cli" hash --device 0 --ranks 1 --window-mib 64 "$ckpt" >"$data/hash.group"
-  cmp "$data/hash.single" "$data/hash.group" && echo "identical: $(wc -l <"$data/hash.group") tensors"
+  "$cli" hash --device 0 "$ckpt" >"$data/hash.single" || fail "hash --device 0"
+  "$cli" hash --device 0 --ranks 1 --window-mib 64 "$ckpt" >"$data/hash.group" || fail "hash --device 0 --ranks 1"
+  if cmp "$data/hash.single" "$data/hash.group"; then echo "identical: $(wc -l <"$data/hash.group") tensors"
+  else fail "the group path's hashes differ from the plain loader's"; fi
 fi
 
 section "GPUDirect Storage (expected to be refused where nvidia-fs is missing)"
@@ -100,7 +110,7 @@ odirect=$(echo "$ceil" | sed -n 's/^odirect_read_gbps=//p')
 section "page cache during a cold load (instanttensor load --device 0)"
 sync; echo 3 >/proc/sys/vm/drop_caches
 before=$(awk '/^Cached:/ {print $2}' /proc/meminfo)
-cold_json=$("$cli" load --device 0 --json "$ckpt")
+cold_json=$("$cli" load --device 0 --json "$ckpt") || fail "load --device 0, cold"
 after=$(awk '/^Cached:/ {print $2}' /proc/meminfo)
 echo "$cold_json"
 echo "page cache +$(( (after - before) / 1024 )) MiB (target: at most 64)"
@@ -111,11 +121,18 @@ if [ "$integrity" = 1 ]; then
     --decrypt-threads 15 "$ckpt"
 fi
 
-side_by_side() {  # CHECKPOINT: every loader, cold and warm, the table last
-  python3 bench/python_side_by_side.py "$1" --device cuda:0 --runs "$runs" --bin "$bin" --ceilings "$h2d,$odirect" \
-    ${peer:+--peer-path "$peer"} 2>&1 | tee "$data/side-by-side-$(basename "$1").md"
+side_by_side() {  # CHECKPOINT SECONDS: every loader, cold and warm, the table last
+  local table
+  table="$data/side-by-side-$(basename "$1").md"
+  # A loader that fails is in the table as failed; the next checkpoint is still measured.
+  python3 bench/python_side_by_side.py "$1" --device cuda:0 --runs "$runs" --budget-s "$(( $2 > 1 ? $2 : 1 ))" \
+    --bin "$bin" --ceilings "$h2d,$odirect" ${peer:+--peer-path "$peer"} | tee "$table" || fail "a loader of the side by side of $1"
+  [ -z "${OUT:-}" ] || cp "$table" "$OUT/"
 }
 section "every loader side by side"
-[ "$moe" = 0 ] || side_by_side "$moe_ckpt"
-side_by_side "$ckpt"
+left=$(( budget - SECONDS ))
+echo "$left s of the budget left for it"
+[ "$moe" = 0 ] || { side_by_side "$moe_ckpt" $(( left / 2 )); left=$(( budget - SECONDS )); }
+side_by_side "$ckpt" "$left"
 echo "targets: warm >= 0.92 x the pinned ceiling, cold >= 0.95 x O_DIRECT and >= the best peer, page cache <= 64 MiB"
+exit "$failed"

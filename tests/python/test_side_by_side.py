@@ -1,0 +1,56 @@
+"""bench/python_side_by_side.py, which scripts/gpu-check.sh runs once on a machine lent for minutes:
+its table, the command's time breakdown, a loader that fails (the others measured, the failure
+said), and a time budget that cuts the runs short rather than losing the table."""
+import subprocess
+import sys
+from pathlib import Path
+
+from command import COMMAND, run
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "bench" / "python_side_by_side.py"
+
+
+def side_by_side(checkpoint, *args, commands=COMMAND.parent):
+    return subprocess.run([sys.executable, str(BENCH), str(checkpoint), "--bin", str(commands), *map(str, args)],
+                          capture_output=True, text=True, timeout=600)
+
+
+def sample(tmp_path):
+    run("sample", tmp_path / "ckpt", "--size-mib", 8, "--shards", 2)
+    return tmp_path / "ckpt"
+
+
+def test_table_and_breakdown(tmp_path):
+    out = side_by_side(sample(tmp_path), "--loaders", "command,command_keep", "--runs", 3)
+    assert out.returncode == 0, out.stderr
+    assert "3 warm and 3 cold runs of each" in out.stdout
+    for cache in ("warm", "cold"):
+        for loader in ("command", "command_keep"):
+            assert f"| {cache} | {loader} | " in out.stdout
+            # each run said as it came: the warm-up run too
+            assert out.stderr.count(f"{cache}: {loader} ") == (4 if cache == "warm" else 3), out.stderr
+    breakdown = out.stdout.split("Where the command's time went")[1]
+    rows = [line for line in breakdown.splitlines() if line.startswith("| warm | command |")]
+    assert len(rows) == 1, breakdown
+    shares = [float(x) for x in rows[0].strip("|").split("|")[2:]]
+    assert len(shares) == 6 and all(0 <= x <= 1 for x in shares), rows
+
+
+def test_a_failing_loader_leaves_the_others_measured(tmp_path):
+    out = side_by_side(sample(tmp_path), "--loaders", "fresh_memory,command", "--runs", 2, commands=tmp_path / "nowhere")
+    assert out.returncode == 1
+    assert "| warm | command | failed |" in out.stdout and "| cold | command | failed |" in out.stdout
+    assert "| warm | fresh_memory | " in out.stdout and "| cold | fresh_memory | " in out.stdout
+    assert "command failed, warm: " in out.stdout and "nowhere" in out.stdout
+    assert out.stderr.count("cold: fresh_memory ") == 2, out.stderr  # measured to the end
+    assert out.stderr.count("command failed") == 1, out.stderr  # and the failed one tried once
+
+
+def test_budget_cuts_the_runs_short(tmp_path):
+    out = side_by_side(sample(tmp_path), "--loaders", "command", "--runs", 100000, "--budget-s", 2)
+    assert out.returncode == 0, out.stderr
+    assert "runs fit in the budget" in out.stderr
+    warm = int(out.stdout.split(" warm and ")[0].split()[-1])
+    cold = int(out.stdout.split(" warm and ")[1].split()[0])
+    assert 1 <= warm < 100000 and 1 <= cold < 100000
