@@ -58,6 +58,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from lib.command_load import TIMES, LoadFailed, run_load, time_shares  # noqa: E402
 from lib.page_cache import checkpoint_files, drop_pages, fill_pages  # noqa: E402
 
 LOADERS = ["fresh_memory", "safetensors", "fastsafetensors", "runai", "InstantTensor", "InstantTensor_buffered", "instanttensor",
@@ -158,36 +159,22 @@ def child(loader, checkpoint, device):
 
 # ---- the side by side ------------------------------------------------------------------------
 
-TIMES = ("landing", "storage_idle", "copies_idle", "staging_full", "sink_full", "consumer")
-
-
-class LoaderFailed(Exception):
-    """A loader's run failed: the others go on, and the table says so."""
-
-
 def run_once(loader, checkpoint, device, command, peer_path):
     """GB/s of one run, and for the command the shares of its seconds in LoadStats::times (else
-    None); LoaderFailed with what the loader said."""
+    None); LoadFailed with what the loader said."""
     if loader.startswith("command"):
         target = "cpu" if device == "cpu" else device.split(":")[-1]
         extra = {"command_keep": ["--keep"], "command_group": ["--ranks", "1"]}.get(loader, [])
-        try:
-            out = subprocess.run([command, "load", "--device", target, *extra, "--json", checkpoint],
-                                 capture_output=True, text=True)
-        except OSError as e:  # no command there
-            raise LoaderFailed(str(e)) from e
-        if out.returncode != 0:
-            raise LoaderFailed(f"exit status {out.returncode}: {out.stderr.strip()[-2000:]}")
-        report = json.loads(out.stdout)
-        shares = {k: report["times"][k] / report["seconds"] for k in TIMES} if report["seconds"] > 0 else None
-        return report["bytes"] / report["total_seconds" if device == "cpu" else "seconds"] / 1e9, shares
+        report = run_load(command, target, checkpoint, extra)
+        return report["bytes"] / report["total_seconds" if device == "cpu" else "seconds"] / 1e9, time_shares(report)
     env = None
     if loader in PEERS_APART:  # the peer's package, not this project's, answers `import instanttensor`
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [peer_path, os.environ.get("PYTHONPATH")])))
     out = subprocess.run([sys.executable, __file__, "--child", loader, checkpoint, "--device", device],
                          capture_output=True, text=True, env=env)
     if out.returncode != 0:
-        raise LoaderFailed(f"exit status {out.returncode}: {out.stderr.strip()[-2000:]}")
+        said = out.stderr.strip()[-2000:]  # a traceback: its last line is the exception
+        raise LoadFailed(f"exit status {out.returncode}: {said}", said.splitlines()[-1] if said else None)
     report = json.loads(out.stdout.strip().splitlines()[-1])
     return report["bytes"] / report["seconds"] / 1e9, None
 
@@ -234,8 +221,8 @@ def main():
             return None
         try:
             gbps, times = run_once(name, args.checkpoint, args.device, command, args.peer_path)
-        except LoaderFailed as e:  # its last line (the exception) under the table, the whole of it here
-            failures[name] = f"{cache}: " + str(e).strip().splitlines()[-1]
+        except LoadFailed as e:  # its summary under the table, the whole of it here
+            failures[name] = f"{cache}: {e.summary}"
             print(f"{cache}: {name} failed: {e}", file=sys.stderr, flush=True)
             return None
         print(f"{cache}: {name} {gbps:.2f} GB/s ({time.monotonic() - started:.0f} s in)", file=sys.stderr, flush=True)

@@ -9,6 +9,8 @@
 #     defaults, and BUFFERED as its README advises for warm loads), instanttensor's Python API,
 #     `instanttensor load --device 0` and the same as a group of one over NCCL (--ranks 1),
 #   - the page cache's growth during a cold `instanttensor load`,
+#   - warm `instanttensor load --device 0` under other staging, slot, stream and backend settings,
+#     with where each one's time went (bench/load_variants.py),
 #   - with --integrity, what verifying digests and decrypting cost (instanttensor_bench_integrity).
 # The side-by-side table comes last: median and range of --runs runs, ratios to safetensors and to
 # the ceiling, and where the command's time went in those runs (LoadStats::times: the storage or
@@ -120,6 +122,14 @@ if [ "$integrity" = 1 ]; then
   "$bin/instanttensor_bench_integrity" --device 0 --runs "$runs" --threads 2 --threads 4 --decrypt-threads 8 \
     --decrypt-threads 15 "$ckpt"
 fi
+
+section "warm loads under other options, and where their time goes (bench/load_variants.py)"
+python3 bench/load_variants.py "$ckpt" --device 0 --bin "$bin" --runs 3 --budget-s 60 "defaults=" \
+  "one copy stream=--copy-streams 1" "64 MiB in 2 MiB slots=--staging-mib 64 --slot-mib 2" \
+  "64 MiB in 4 MiB slots=--staging-mib 64 --slot-mib 4" "256 MiB in 4 MiB slots=--staging-mib 256 --slot-mib 4" \
+  "256 MiB in 8 MiB slots=--staging-mib 256 --slot-mib 8" "pread=--backend pread" | tee "$data/variants.md" ||
+  fail "a variant of the warm load"
+[ -z "${OUT:-}" ] || cp "$data/variants.md" "$OUT/"
 
 side_by_side() {  # CHECKPOINT SECONDS: every loader, cold and warm, the table last
   local table

@@ -37,8 +37,8 @@ std::string time_breakdown(const LoadStats& stats, bool to_device) {
     const auto share = [&](double s) { return stats.seconds > 0 ? 100 * s / stats.seconds : 0.0; };
     std::string line = fmt::format("time: landing {:.0f}%, storage idle {:.0f}%", share(t.landing), share(t.storage_idle));
     if (to_device) line += fmt::format(", copies idle {:.0f}%", share(t.copies_idle));
-    line += fmt::format(", staging full {:.0f}%, sink full {:.0f}%, consumer {:.0f}%", share(t.staging_full), share(t.sink_full),
-                        share(t.consumer));
+    line += fmt::format(", staging full {:.0f}%, queue full {:.0f}%, sink full {:.0f}%, consumer {:.0f}%", share(t.staging_full),
+                        share(t.queue_full), share(t.sink_full), share(t.consumer));
     return line;
 }
 
@@ -77,7 +77,8 @@ int run_load(const LoadCommand& command) {
         const LoadTimes& times = report.stats.times;
         o["times"] = {{"consumer", times.consumer},         {"landing", times.landing},
                       {"storage_idle", times.storage_idle}, {"copies_idle", times.copies_idle},
-                      {"staging_full", times.staging_full}, {"sink_full", times.sink_full}};
+                      {"staging_full", times.staging_full}, {"queue_full", times.queue_full},
+                      {"sink_full", times.sink_full}};
         print("{}\n", boost::json::serialize(o));
         return exit_ok;
     }
@@ -111,8 +112,8 @@ void add_load(CLI::App& app, Action& action) {
     auto* sub = app.add_subcommand("load", "Load every tensor to a GPU or host memory and report the speed");
     sub->footer("Prints tensors, bytes, seconds and GB/s, the storage backend chosen (and why the ones tried\n"
                 "before it were passed over), the memory the load held, and where its time went: shares of it\n"
-                "spent landing reads, with the storage or the copies idle, with staging or the sink full, and\n"
-                "in the consumer (docs/architecture.md). A progress bar shows on a terminal.");
+                "spent landing reads, with the storage or the copies idle, with staging, the storage's queue or\n"
+                "the sink full, and in the consumer (README: How a load runs). A progress bar shows on a terminal.");
     add_checkpoint_paths(*sub, command->paths);
     add_load_options(*sub, command->settings, "auto");
     sub->add_flag("--keep", command->settings.keep,

@@ -228,7 +228,7 @@ case_load_backends() {
     expect_success load --device cpu "$work/sample"
     grep -Eq '^loaded [0-9]+ tensors .* to cpu in [0-9.]+ s: [0-9.]+ GB/s$' "$work/stdout" || fail "load summary: $(cat "$work/stdout")"
     grep -q '^backend ' "$work/stdout" || fail "load does not report its backend"
-    grep -Eq '^time: landing [0-9]+%, storage idle [0-9]+%, staging full [0-9]+%, sink full [0-9]+%, consumer [0-9]+%$' \
+    grep -Eq '^time: landing [0-9]+%, storage idle [0-9]+%, staging full [0-9]+%, queue full [0-9]+%, sink full [0-9]+%, consumer [0-9]+%$' \
         "$work/stdout" || fail "load does not say where its time went: $(cat "$work/stdout")"
     expect_success load --device cpu --backend pread --json "$work/sample"
     if command -v python3 >/dev/null; then
@@ -240,7 +240,7 @@ for key in ("device", "backend", "tensors", "bytes", "seconds", "total_seconds",
 assert doc["device"] == "cpu" and doc["backend"] == "pread" and doc["bytes"] > 0, doc
 assert 0 < doc["seconds"] <= doc["total_seconds"], doc
 times = doc["times"]
-assert set(times) == {"consumer", "landing", "storage_idle", "copies_idle", "staging_full", "sink_full"}, times
+assert set(times) == {"consumer", "landing", "storage_idle", "copies_idle", "staging_full", "queue_full", "sink_full"}, times
 assert all(0 <= s <= doc["seconds"] for s in times.values()), times
 assert times["copies_idle"] == 0, times  # a host load's copies are its landing
 PY

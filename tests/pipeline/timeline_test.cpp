@@ -24,17 +24,18 @@ using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
 /// A storage whose reads complete `latency` after they were submitted, no sooner, each in its own
-/// time (reads in flight together overlap), as a device's would.
+/// time (reads in flight together overlap), as a device's would; `depth` reads in flight at most
+/// (0: the inner storage's depth).
 template <it::StorageBackend Inner>
 class Slow {
 public:
     static constexpr it::MemoryKind destination = Inner::destination;
 
-    Slow(Inner inner, std::chrono::microseconds latency) : inner_(std::move(inner)), latency_(latency) {}
+    Slow(Inner inner, std::chrono::microseconds latency, std::size_t depth = 0) : inner_(std::move(inner)), latency_(latency), depth_(depth) {}
 
     void open(const fmt::Checkpoint& checkpoint) { inner_.open(checkpoint); }
     [[nodiscard]] std::uint64_t alignment(std::uint32_t file) const { return inner_.alignment(file); }
-    [[nodiscard]] std::size_t queue_depth() const { return inner_.queue_depth(); }
+    [[nodiscard]] std::size_t queue_depth() const { return depth_ != 0 ? depth_ : inner_.queue_depth(); }
     [[nodiscard]] std::string_view name() const { return "slow"; }
 
     void submit(const it::ReadRequest& request) {
@@ -60,6 +61,7 @@ public:
 private:
     Inner inner_;
     std::chrono::microseconds latency_;
+    std::size_t depth_;
     std::map<std::uint64_t, Clock::time_point> due_;  // by tag: when the read may complete
     std::deque<it::ReadResult> completed_;            // by the inner storage, in the order it said so
 };
@@ -97,13 +99,13 @@ struct EvenCheckpoint {
         const double own = s.seconds - t.consumer;
         CHECK(t.consumer >= 0);
         CHECK(own > 0);
-        for (const double part : {t.landing, t.storage_idle, t.copies_idle, t.staging_full, t.sink_full}) {
+        for (const double part : {t.landing, t.storage_idle, t.copies_idle, t.staging_full, t.queue_full, t.sink_full}) {
             CHECK(part >= 0);
             CHECK(part <= own * 1.001 + 1e-4);
         }
         MESSAGE("seconds " << s.seconds << ": consumer " << t.consumer << ", landing " << t.landing << ", storage idle "
                            << t.storage_idle << ", copies idle " << t.copies_idle << ", staging full " << t.staging_full
-                           << ", sink full " << t.sink_full);
+                           << ", queue full " << t.queue_full << ", sink full " << t.sink_full);
         return {t, own};
     }
 };
@@ -118,7 +120,17 @@ TEST_CASE_FIXTURE(EvenCheckpoint, "timeline: slow reads keep the storage busy an
     CHECK(t.staging_full >= 0.7 * own);
     CHECK(t.copies_idle >= 0.7 * own);
     CHECK(t.storage_idle <= 0.2 * own);
+    CHECK(t.queue_full == 0);
     CHECK(t.sink_full == 0);
+}
+
+TEST_CASE_FIXTURE(EvenCheckpoint, "timeline: a storage that takes two reads at a time holds the others back while slots are free") {
+    LateLoaderOf<Slow<it::storage::memory>> loader(checkpoint, Slow(it::storage::memory(), 3ms, 2), {}, LateCopySink(0),
+                                                   ring_of(128 << 10, 16 << 10));
+    const auto [t, own] = load(loader);
+    CHECK(t.queue_full >= 0.7 * own);
+    CHECK(t.staging_full == 0);
+    CHECK(t.storage_idle <= 0.2 * own);
 }
 
 TEST_CASE_FIXTURE(EvenCheckpoint, "timeline: slow copies leave the storage idle and the slots full") {
@@ -136,7 +148,7 @@ TEST_CASE_FIXTURE(EvenCheckpoint, "timeline: a slow consumer's time is the consu
     HostLoaderOf<it::storage::memory> loader(checkpoint, it::storage::memory(), {}, it::sink::host(), ring_of(128 << 10, 64 << 10));
     const auto [t, own] = load(loader, [](const it::TensorView&) { std::this_thread::sleep_for(2ms); });
     CHECK(t.consumer >= 24 * 0.002);
-    for (const double part : {t.storage_idle, t.staging_full, t.sink_full}) CHECK(part <= 0.1 * t.consumer);
+    for (const double part : {t.storage_idle, t.staging_full, t.queue_full, t.sink_full}) CHECK(part <= 0.1 * t.consumer);
     CHECK(loader.stats().in_place_bytes == 0);
     CHECK(t.landing > 0);       // the copies out of staging
     CHECK(t.copies_idle == 0);  // a host sink's copies are the landing itself
@@ -150,4 +162,5 @@ TEST_CASE_FIXTURE(EvenCheckpoint, "timeline: a ring with room for two tensors ho
     const auto [t, own] = load(loader);
     CHECK(t.sink_full >= 0.5 * own);
     CHECK(t.staging_full == 0);
+    CHECK(t.queue_full == 0);
 }

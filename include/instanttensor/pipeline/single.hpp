@@ -216,6 +216,7 @@ private:
         return {.storage_idle = left && reads_.in_flight() == 0,
                 .copies_idle = asynchronous && !staging_.copying(),
                 .staging_full = left && !staging_.has_free(),
+                .queue_full = left && staging_.has_free() && reads_.full(),
                 .sink_full = left && sink_full_};
     }
 

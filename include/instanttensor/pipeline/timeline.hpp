@@ -1,7 +1,7 @@
 // instanttensor/pipeline/timeline.hpp: where a single load's time goes (LoadStats::times). Each
 // time the pipeline's loop is about to wait, the loader's thread reads the clock and counts the
 // time since its last look to what held then: no read in flight, no copy queued, every staging
-// slot taken, the sink without room. The loop waits in short steps (a poll, one read, one copy),
+// slot taken, the storage's queue full, the sink without room. The loop waits in short steps (a poll, one read, one copy),
 // so the counts are as fine as its steps; a load that never waits reads no clock.
 #pragma once
 
@@ -16,6 +16,7 @@ struct Holding {
     bool storage_idle = false;
     bool copies_idle = false;
     bool staging_full = false;
+    bool queue_full = false;
     bool sink_full = false;
 };
 
@@ -46,6 +47,7 @@ private:
         if (held_.storage_idle) times.storage_idle += s;
         if (held_.copies_idle) times.copies_idle += s;
         if (held_.staging_full) times.staging_full += s;
+        if (held_.queue_full) times.queue_full += s;
         if (held_.sink_full) times.sink_full += s;
     }
 

@@ -1,6 +1,7 @@
-"""bench/python_side_by_side.py, which scripts/gpu-check.sh runs once on a machine lent for minutes:
-its table, the command's time breakdown, a loader that fails (the others measured, the failure
-said), and a time budget that cuts the runs short rather than losing the table."""
+"""The benchmark scripts scripts/gpu-check.sh runs once on a machine lent for minutes:
+bench/python_side_by_side.py (its table, the command's time breakdown, a loader that fails while
+the others are measured, a time budget that cuts the runs short rather than losing the table) and
+bench/load_variants.py (the command under several sets of options)."""
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from command import COMMAND, run
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "bench" / "python_side_by_side.py"
+VARIANTS = ROOT / "bench" / "load_variants.py"
 
 
 def side_by_side(checkpoint, *args, commands=COMMAND.parent):
@@ -34,7 +36,7 @@ def test_table_and_breakdown(tmp_path):
     rows = [line for line in breakdown.splitlines() if line.startswith("| warm | command |")]
     assert len(rows) == 1, breakdown
     shares = [float(x) for x in rows[0].strip("|").split("|")[2:]]
-    assert len(shares) == 6 and all(0 <= x <= 1 for x in shares), rows
+    assert len(shares) == 7 and all(0 <= x <= 1 for x in shares), rows
 
 
 def test_a_failing_loader_leaves_the_others_measured(tmp_path):
@@ -54,3 +56,21 @@ def test_budget_cuts_the_runs_short(tmp_path):
     warm = int(out.stdout.split(" warm and ")[0].split()[-1])
     cold = int(out.stdout.split(" warm and ")[1].split()[0])
     assert 1 <= warm < 100000 and 1 <= cold < 100000
+
+
+def test_variants_side_by_side(tmp_path):
+    checkpoint = sample(tmp_path)
+    out = subprocess.run([sys.executable, str(VARIANTS), str(checkpoint), "--bin", str(COMMAND.parent), "--runs", "2",
+                          "defaults=", "small=--staging-mib 2 --slot-mib 1", "refused=--staging-mib 1 --slot-mib 3"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 1, out.stderr  # the refused variant
+    assert "2 runs each" in out.stdout
+    rows = {line.split("|")[1].strip(): line for line in out.stdout.splitlines() if line.startswith("| ") and "---" not in line}
+    assert "queue full" in rows["variant"]
+    for label in ("defaults", "small"):
+        cells = [c.strip() for c in rows[label].strip("|").split("|")]
+        assert float(cells[2]) > 0 and len(cells) == 4 + 7, rows[label]
+        assert all(0 <= float(x) <= 1 for x in cells[4:]), rows[label]
+    assert "| refused | `--staging-mib 1 --slot-mib 3` | failed |" in rows["refused"]
+    assert "refused failed: --slot-mib: must be at most half of --staging-mib" in out.stdout
+    assert out.stderr.count("small: ") == 3  # the untimed warm run and two timed ones

@@ -1,0 +1,33 @@
+"""One `instanttensor load --json` run and where its time went, for the scripts that time the
+command (bench/python_side_by_side.py, bench/load_variants.py)."""
+import json
+import subprocess
+
+# LoadStats::times, as `load --json` names them under "times", in the order tables show them.
+TIMES = ("landing", "storage_idle", "copies_idle", "staging_full", "queue_full", "sink_full", "consumer")
+
+
+class LoadFailed(Exception):
+    """A run failed: the message says all the loader said, `summary` what a table's footnote shows."""
+
+    def __init__(self, message, summary=None):
+        super().__init__(message)
+        self.summary = summary or message
+
+
+def run_load(command, device, checkpoint, extra=()):
+    """The report of `command load --device DEVICE EXTRA --json CHECKPOINT` (device: cpu or an ordinal)."""
+    try:
+        out = subprocess.run([str(command), "load", "--device", str(device), *extra, "--json", str(checkpoint)],
+                             capture_output=True, text=True)
+    except OSError as e:  # no command there
+        raise LoadFailed(str(e)) from e
+    if out.returncode != 0:  # the command says why in a line or two
+        said = out.stderr.strip()[-2000:]
+        raise LoadFailed(f"exit status {out.returncode}: {said}", " / ".join(said.splitlines())[:300])
+    return json.loads(out.stdout)
+
+
+def time_shares(report):
+    """Each of LoadStats::times over the load's seconds (None for a load that took none)."""
+    return {k: report["times"][k] / report["seconds"] for k in TIMES} if report["seconds"] > 0 else None
