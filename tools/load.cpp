@@ -3,7 +3,8 @@
 // Loads to the GPU (--device N, or auto when one is present) or to host memory (--device cpu),
 // then prints bytes, seconds, GB/s, the storage backend chosen, the memory the load held:
 // staging, the host or device ring, the peak of device memory in use, the peak resident
-// set, and where the time went (LoadStats::times, as shares of the seconds). --json prints the same as one object, for scripts such as scripts/gpu-check.sh, with
+// set, and where the time went (LoadStats::times, as shares of the seconds). --json prints the
+// same as one object, for scripts such as scripts/gpu-check.sh, with
 // "seconds" (the load's own, from its first read to its last tensor, as GB/s counts) and
 // "total_seconds" (from the opening of the checkpoint to the last tensor, headers and plan included, as a
 // caller of the library waits and as the Python package's figures are timed). --verify

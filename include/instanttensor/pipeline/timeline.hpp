@@ -1,8 +1,9 @@
 // instanttensor/pipeline/timeline.hpp: where a single load's time goes (LoadStats::times). Each
 // time the pipeline's loop is about to wait, the loader's thread reads the clock and counts the
 // time since its last look to what held then: no read in flight, no copy queued, every staging
-// slot taken, the storage's queue full, the sink without room. The loop waits in short steps (a poll, one read, one copy),
-// so the counts are as fine as its steps; a load that never waits reads no clock.
+// slot taken, the storage's queue full, the sink without room. The loop waits in short steps (a
+// poll, one read, one copy), so the counts are as fine as its steps; a load that never waits
+// reads no clock.
 #pragma once
 
 #include <chrono>
