@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from lib.command_load import TIMES, LoadFailed, run_load, time_shares  # noqa: E402
+from lib.command_load import TIMES, LoadFailed, exit_if_failed, median_shares, run_load, time_shares  # noqa: E402
 from lib.page_cache import checkpoint_files, drop_pages, fill_pages  # noqa: E402
 
 
@@ -91,14 +91,9 @@ def main():
         if not values:
             print(f"| {label} | `{' '.join(options)}` | failed | |" + " |" * len(TIMES))
             continue
-        medians = [statistics.median(s[k] for s in shares[label]) if shares[label] else 0 for k in TIMES]
         print(f"| {label} | `{' '.join(options)}` | {statistics.median(values):.2f} | {min(values):.2f}–{max(values):.2f} | "
-              + " | ".join(f"{m:.2f}" for m in medians) + " |")
-    if failures:
-        print()
-        for label, what in failures.items():
-            print(f"{label} failed: {what}")
-        sys.exit(1)
+              + median_shares(shares[label]) + " |")
+    exit_if_failed(failures)
 
 
 if __name__ == "__main__":

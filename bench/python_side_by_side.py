@@ -58,7 +58,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from lib.command_load import TIMES, LoadFailed, run_load, time_shares  # noqa: E402
+from lib.command_load import TIMES, LoadFailed, exit_if_failed, median_shares, run_load, time_shares  # noqa: E402
 from lib.page_cache import checkpoint_files, drop_pages, fill_pages  # noqa: E402
 
 LOADERS = ["fresh_memory", "safetensors", "fastsafetensors", "runai", "InstantTensor", "InstantTensor_buffered", "instanttensor",
@@ -286,13 +286,8 @@ def main():
         print("|---|---|" + "---:|" * len(TIMES))
         for cache, shares in breakdowns.items():
             for name in (n for n in commands if shares[n]):
-                medians = [statistics.median(run[k] for run in shares[name]) for k in TIMES]
-                print(f"| {cache} | {name} | " + " | ".join(f"{m:.2f}" for m in medians) + " |")
-    if failures:
-        print()
-        for name, what in failures.items():
-            print(f"{name} failed, {what}")
-        sys.exit(1)
+                print(f"| {cache} | {name} | " + median_shares(shares[name]) + " |")
+    exit_if_failed(failures)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """One `instanttensor load --json` run and where its time went, for the scripts that time the
 command (bench/python_side_by_side.py, bench/load_variants.py)."""
 import json
+import statistics
 import subprocess
+import sys
 
 # LoadStats::times, as `load --json` names them under "times", in the order tables show them.
 TIMES = ("landing", "storage_idle", "copies_idle", "staging_full", "queue_full", "sink_full", "consumer")
@@ -31,3 +33,17 @@ def run_load(command, device, checkpoint, extra=()):
 def time_shares(report):
     """Each of LoadStats::times over the load's seconds (None for a load that took none)."""
     return {k: report["times"][k] / report["seconds"] for k in TIMES} if report["seconds"] > 0 else None
+
+
+def median_shares(runs):
+    """Table cells: the median over `runs` (time_shares of each) of each of TIMES; empty without runs."""
+    return " | ".join(f"{statistics.median(run[k] for run in runs):.2f}" if runs else "" for k in TIMES)
+
+
+def exit_if_failed(failures):
+    """Under a table, what each failed loader said ({name: summary}); exit status 1 if any failed."""
+    if failures:
+        print()
+        for name, what in failures.items():
+            print(f"{name} failed: {what}")
+        sys.exit(1)

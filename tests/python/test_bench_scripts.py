@@ -44,7 +44,7 @@ def test_a_failing_loader_leaves_the_others_measured(tmp_path):
     assert out.returncode == 1
     assert "| warm | command | failed |" in out.stdout and "| cold | command | failed |" in out.stdout
     assert "| warm | fresh_memory | " in out.stdout and "| cold | fresh_memory | " in out.stdout
-    assert "command failed, warm: " in out.stdout and "nowhere" in out.stdout
+    assert "command failed: warm: " in out.stdout and "nowhere" in out.stdout
     assert out.stderr.count("cold: fresh_memory ") == 2, out.stderr  # measured to the end
     assert out.stderr.count("command failed") == 1, out.stderr  # and the failed one tried once
 
