@@ -133,6 +133,17 @@ concept CopiesAsynchronously = requires(K& k, std::size_t tickets, std::uint64_t
     k.wait_copies(ticket);
 };
 
+/// A Sink whose destinations all lie in one buffer of its own (a ring) says so with
+/// `static constexpr bool one_buffer = true`: the loader may then merge the stores of adjacent
+/// pieces into one where both their staged bytes and their destinations are adjacent, as runs of
+/// small tensors whose sizes are multiples of the ring's alignment are (one cudaMemcpyAsync instead
+/// of hundreds). A sink of memory it does not own must not: two of the caller's allocations may
+/// happen to be adjacent, and CUDA refuses one copy across both.
+template <class K>
+concept OneBuffer = requires {
+    requires K::one_buffer;
+};
+
 /// The storage reads into memory the sink can take: a backend that writes device memory (GDS)
 /// needs a device sink.
 template <class S, class K>

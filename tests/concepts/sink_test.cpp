@@ -1,5 +1,5 @@
-// Sink and CopiesAsynchronously: the library's sinks model them; each near-miss breaks one
-// required expression.
+// Sink, CopiesAsynchronously and OneBuffer: the library's sinks model them; each near-miss breaks
+// one required expression.
 #include <doctest/doctest.h>
 
 #include "instanttensor/loader.hpp"
@@ -95,5 +95,16 @@ TEST_CASE("CopiesAsynchronously: the sinks whose copies are only queued") {
 #if INSTANTTENSOR_HAS_CUDA
     CHECK(it::CopiesAsynchronously<it::sink::device_ring>);
     CHECK(it::CopiesAsynchronously<it::sink::device_placement>);
+#endif
+}
+
+TEST_CASE("OneBuffer: the ring sinks, whose adjacent stores may merge; not the sinks of the caller's memory") {
+    CHECK(it::OneBuffer<it::sink::host>);
+    CHECK_FALSE(it::OneBuffer<it::sink::placement>);
+    CHECK(it::OneBuffer<instanttensor_test::LateCopySink>);
+    CHECK_FALSE(it::OneBuffer<SinkWithoutRelease>);  // says nothing: not one buffer
+#if INSTANTTENSOR_HAS_CUDA
+    CHECK(it::OneBuffer<it::sink::device_ring>);
+    CHECK_FALSE(it::OneBuffer<it::sink::device_placement>);
 #endif
 }

@@ -29,6 +29,7 @@ namespace instanttensor_test {
 class LateCopySink {
 public:
     static constexpr instanttensor::MemoryKind memory = instanttensor::MemoryKind::host;
+    static constexpr bool one_buffer = true;  // its destinations are sink::host's ring
 
     /// What the sink saw, to show that copies really ran late.
     struct Stats {

@@ -5,7 +5,9 @@
 // a sink that copies asynchronously, the copy ticket of its last piece. A tensor is complete once
 // no piece is left and that ticket's copies ran. A group load lands only the bytes this rank keeps
 // (its KeptBytes), a single load what its share keeps (every tensor whole by default); a block cut
-// along a dimension other than the first lands packed from strided bytes (store_strided).
+// along a dimension other than the first lands packed from strided bytes (store_strided). Into a
+// sink with one buffer, the pieces of a read that follow on both in staging and in the buffer land
+// in one store (store_merging).
 #pragma once
 
 #include <cstdint>
@@ -73,6 +75,31 @@ public:
         if (bytes.length == 0) return;
         store_strided(*sink_, spans_[t].data() + k.block_offset(bytes.at), source + (bytes.at - from), bytes);
     }
+    /// As store(), but a sink with one buffer (OneBuffer) may get it later, merged with the next
+    /// stores while their destinations and sources follow on; flush() stores what is held. A
+    /// single load's pieces of one read, in order, merge into a store per run of adjacent tensors.
+    void store_merging(std::uint32_t t, std::uint64_t from, std::uint64_t to, const std::byte* source) {
+        if constexpr (OneBuffer<Sk>) {
+            if (kept_.empty()) {  // every tensor whole, so each piece lands as it is
+                std::byte* destination = spans_[t].data() + from;
+                if (held_.bytes == 0 || held_.destination + held_.bytes != destination || held_.source + held_.bytes != source) {
+                    flush();
+                    held_ = {destination, source, 0};
+                }
+                held_.bytes += to - from;
+                return;
+            }
+        }
+        store(t, from, to, source);
+    }
+    /// Stores what store_merging() holds.
+    void flush() {
+        if constexpr (OneBuffer<Sk>) {
+            if (held_.bytes != 0) sink_->store(held_.destination, held_.source, held_.bytes);
+            held_ = {};
+        }
+    }
+
     /// Stores the `length` bytes tensor `t` keeps from its byte `from` on, packed at `source` (a
     /// block's runs that a group exchange brought packed).
     void store_packed(std::uint32_t t, std::uint64_t from, std::uint64_t length, const std::byte* source) {
@@ -114,6 +141,12 @@ public:
     }
 
 private:
+    struct Held {  // a store held back by store_merging
+        std::byte* destination = nullptr;
+        const std::byte* source = nullptr;
+        std::uint64_t bytes = 0;
+    };
+
     Sk* sink_ = nullptr;
     const Plan* plan_ = nullptr;
     std::span<const KeptBytes> kept_;
@@ -122,6 +155,7 @@ private:
     std::vector<bool> reserved_;            // whether the sink holds a destination
     std::vector<std::uint64_t> tickets_;    // copy ticket of each tensor's last piece (asynchronous sinks)
     std::uint32_t next_ = 0;                // tensors below it were reserved (or need nothing)
+    Held held_;
 };
 
 }  // namespace instanttensor::pipeline

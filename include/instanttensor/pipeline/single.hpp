@@ -231,8 +231,9 @@ private:
         land(read);
     }
 
-    /// Stores the pieces of a complete read to their tensors (unless it was read in place) and
-    /// frees its slot, once the copies ran for an asynchronous sink.
+    /// Stores the pieces of a complete read to their tensors (unless it was read in place), a run
+    /// of adjacent ones in one store where the sink has one buffer, and frees its slot, once the
+    /// copies ran for an asynchronous sink.
     void land(const Read& read) {
         const Stopwatch landing(stats_.times.landing);
         const Extent& e = plan_.extents[read.job.extent];
@@ -242,9 +243,10 @@ private:
             const Piece& piece = plan_.pieces[p];
             if (!destinations_.lands_here(piece)) continue;  // between the runs of a block
             if (in_place) stats_.in_place_bytes += piece.length;
-            else destinations_.store(piece.tensor, piece.tensor_offset, piece.tensor_offset + piece.length, staged + piece.extent_offset);
+            else destinations_.store_merging(piece.tensor, piece.tensor_offset, piece.tensor_offset + piece.length, staged + piece.extent_offset);
             destinations_.piece_stored(piece.tensor);
         }
+        destinations_.flush();
         if (verifier_) verifier_->digest(read.job.extent, read.buffer, read.job.slot);
         if constexpr (asynchronous) {
             const std::uint64_t ticket = sink_.extent_stored();

@@ -29,6 +29,7 @@ namespace instanttensor::sink {
 class device_ring : public detail::DeviceCopier {
 public:
     static constexpr MemoryKind memory = MemoryKind::device;
+    static constexpr bool one_buffer = true;  ///< every destination is in the ring (OneBuffer)
     /// Tensor data starts at multiples of this (cudaMalloc's own alignment).
     static constexpr std::uint64_t tensor_alignment = 256;
 

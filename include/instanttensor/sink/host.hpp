@@ -22,6 +22,7 @@ namespace instanttensor::sink {
 class host {
 public:
     static constexpr MemoryKind memory = MemoryKind::host;
+    static constexpr bool one_buffer = true;  ///< every destination is in the ring (OneBuffer)
     /// Tensor data starts at multiples of this (any dtype, and SIMD loads, are aligned).
     static constexpr std::uint64_t tensor_alignment = 256;
     /// The default ring is what the plan needs (Plan::ring_needed: at least twice the largest
