@@ -138,7 +138,7 @@ concept CopiesAsynchronously = requires(K& k, std::size_t tickets, std::uint64_t
 /// pieces into one where both their staged bytes and their destinations are adjacent, as runs of
 /// small tensors whose sizes are multiples of the ring's alignment are (one cudaMemcpyAsync instead
 /// of hundreds). A sink of memory it does not own must not: two of the caller's allocations may
-/// happen to be adjacent, and CUDA refuses one copy across both.
+/// happen to be adjacent, and CUDA does not promise one copy across two allocations.
 template <class K>
 concept OneBuffer = requires {
     requires K::one_buffer;
