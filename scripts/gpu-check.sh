@@ -14,7 +14,8 @@
 #   - with --integrity, what verifying digests and decrypting cost (instanttensor_bench_integrity).
 # The side-by-side table comes last: median and range of --runs runs, ratios to safetensors and to
 # the ceiling, and where the command's time went in those runs (LoadStats::times: the storage or
-# the copy engine idle, staging or the device ring full, the loader's thread landing reads). Needs root (drop_caches) and python3 with torch and safetensors.
+# the copy engine idle, staging or the device ring full, the loader's thread landing reads).
+# Needs root (drop_caches) and python3 with torch and safetensors.
 # --budget-s bounds the whole script's seconds (default 540, under the device tool's 10 minutes a
 # command): the side by side gets what is left (split between the checkpoints with --moe) and runs
 # at most --runs rounds of every loader that fit in it (a third for warm), one at least. Its tables
