@@ -41,10 +41,10 @@ files' pages before each run (posix_fadvise DONTNEED: no root needed). Loaders a
 run, so that the machine's drift hits all alike; with --budget-s, rounds of runs stop once another
 would overrun it (a third of it for warm runs), so that a machine lent for minutes still yields the
 table. Each run's figure goes to stderr as it comes; a loader that fails is left out of the runs
-after it, shows as failed in the table, and what it said is printed last (exit status 1). Prints GB/s (tensor bytes / seconds) per loader:
-the median, the range, and the median's ratio to safetensors' (and with --ceilings to the given
-warm and cold ceilings, GB/s); instanttensor's to the command's (command_keep's on the host) and to
-fresh_memory's. Last, where the command's time went in the same runs (`"times"` of `--json`,
+after it, shows as failed in the table, and what it said is printed last (exit status 1). Prints
+GB/s (tensor bytes / seconds) per loader: the median, the range, and the median's ratio to
+safetensors' (and with --ceilings to the given warm and cold ceilings, GB/s); instanttensor's to
+the command's (command_keep's on the host) and to fresh_memory's. Last, where the command's time went in the same runs (`"times"` of `--json`,
 LoadStats::times: median shares of its seconds).
 Needs the peers installed: pip install safetensors fastsafetensors runai-model-streamer.
 """
