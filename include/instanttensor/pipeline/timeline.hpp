@@ -2,8 +2,9 @@
 // time the pipeline's loop is about to wait, the loader's thread reads the clock and counts the
 // time since its last look to what held then: no read in flight, no copy queued, every staging
 // slot taken, the storage's queue full, the sink without room. The loop waits in short steps (a
-// poll, one read, one copy), so the counts are as fine as its steps; a load that never waits
-// reads no clock.
+// poll, one read, one copy), so the counts are as fine as its steps; it reads no clock for a
+// tensor that had landed when the consumer asked for it. (Landing and the consumer's time cost
+// two clock reads per read and per tensor: about 20 ns each with the TSC.)
 #pragma once
 
 #include <chrono>
