@@ -58,7 +58,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from lib.command_load import TIMES, LoadFailed, exit_if_failed, median_shares, run_load, time_shares  # noqa: E402
+from lib.command_load import TIMES, LoadFailed, median_shares, read_report, run_load, time_shares  # noqa: E402
 from lib.page_cache import checkpoint_files, drop_pages, fill_pages  # noqa: E402
 
 LOADERS = ["fresh_memory", "safetensors", "fastsafetensors", "runai", "InstantTensor", "InstantTensor_buffered", "instanttensor",
@@ -175,8 +175,57 @@ def run_once(loader, checkpoint, device, command, peer_path):
     if out.returncode != 0:
         said = out.stderr.strip()[-2000:]  # a traceback: its last line is the exception
         raise LoadFailed(f"exit status {out.returncode}: {said}", said.splitlines()[-1] if said else None)
-    report = json.loads(out.stdout.strip().splitlines()[-1])
+    report = read_report(out.stdout.strip().splitlines()[-1] if out.stdout.strip() else "", ("bytes", "seconds"))
     return report["bytes"] / report["seconds"] / 1e9, None
+
+
+def ceilings_of(text):
+    """WARM,COLD: two positive GB/s figures."""
+    try:
+        warm, cold = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}': expected WARM,COLD in GB/s") from None
+    if warm <= 0 or cold <= 0:
+        raise argparse.ArgumentTypeError(f"'{text}': the ceilings must be above 0")
+    return {"warm": warm, "cold": cold}
+
+
+def table(title, loaders, results, breakdowns, failures, ceilings):
+    """The side by side of the runs so far, as markdown lines."""
+    lines = [title, "", "| cache | loader | median GB/s | range | × safetensors |" + (" × ceiling |" if ceilings else ""),
+             "|---|---|---:|---|---:|" + ("---:|" if ceilings else "")]
+    for cache, figures in results.items():
+        medians = {name: statistics.median(values) for name, values in figures.items() if values}
+        if ceilings:
+            lines.append(f"| {cache} | ceiling | {ceilings[cache]:.2f} | | | 1.00 |")
+        for name, values in figures.items():
+            if not values:
+                lines.append(f"| {cache} | {name} | {'failed' if name in failures else 'no run yet'} | | |" + (" |" if ceilings else ""))
+                continue
+            ratio = f"{medians[name] / medians['safetensors']:.2f}" if "safetensors" in medians else ""
+            of_ceiling = f" {medians[name] / ceilings[cache]:.2f} |" if ceilings else ""
+            lines.append(f"| {cache} | {name} | {medians[name]:.2f} | {min(values):.2f}–{max(values):.2f} | {ratio} |{of_ceiling}")
+    ratios = []
+    for cache, figures in results.items():
+        if not figures.get("instanttensor"):
+            continue
+        python = statistics.median(figures["instanttensor"])
+        for name, what in (("command", "the command"), ("command_keep", "the command --keep"), ("fresh_memory", "fresh memory")):
+            if figures.get(name):
+                ratios.append(f"{cache}: instanttensor from Python / {what}: {python / statistics.median(figures[name]):.2f}")
+    if ratios:
+        lines += [""] + ratios
+    # A group load counts only its consumer's time (LoadStats::times): its row would say nothing.
+    commands = [name for name in loaders if name != "command_group" and any(b.get(name) for b in breakdowns.values())]
+    if commands:
+        lines += ["", "Where the command's time went (LoadStats::times), median share of its seconds:", "",
+                  "| cache | loader | " + " | ".join(k.replace("_", " ") for k in TIMES) + " |",
+                  "|---|---|" + "---:|" * len(TIMES)]
+        for cache, shares in breakdowns.items():
+            lines += [f"| {cache} | {name} | " + median_shares(shares[name]) + " |" for name in commands if shares.get(name)]
+    if failures:
+        lines += [""] + [f"{name} failed: {what}" for name, what in failures.items()]
+    return lines
 
 
 def main():
@@ -190,7 +239,9 @@ def main():
     parser.add_argument("--bin", default="build/bin", help="directory of the instanttensor command")
     parser.add_argument("--loaders", default=",".join(LOADERS))
     parser.add_argument("--peer-path", default="", help="where InstantTensor (PyPI instanttensor 0.2.x) is installed")
-    parser.add_argument("--ceilings", help="WARM,COLD: GB/s of the ceilings, for a column of ratios to them")
+    parser.add_argument("--ceilings", type=ceilings_of, help="WARM,COLD: GB/s of the ceilings, for a column of ratios to them")
+    parser.add_argument("--table-file", help="where the table of the runs so far is written after every round (a run cut "
+                                             "short still leaves one)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -228,9 +279,15 @@ def main():
         print(f"{cache}: {name} {gbps:.2f} GB/s ({time.monotonic() - started:.0f} s in)", file=sys.stderr, flush=True)
         return gbps, times
 
+    def side_by_side():
+        runs = {cache: max((len(v) for v in figures.values()), default=0) for cache, figures in results.items()}
+        title = (f"{args.checkpoint}: {len(files)} files, {size / 1e9:.2f} GB, to {args.device}; "
+                 f"{runs.get('warm', 0)} warm and {runs.get('cold', 0)} cold runs of each, alternating; GB/s")
+        return table(title, loaders, results, breakdowns, failures, args.ceilings)
+
     for cache in ("warm", "cold"):
-        figures = {name: [] for name in loaders}
-        shares = {name: [] for name in loaders}
+        figures = results[cache] = {name: [] for name in loaders}
+        shares = breakdowns[cache] = {name: [] for name in loaders}
         if cache == "warm":
             fill_pages(files)
             for name in loaders:
@@ -244,50 +301,15 @@ def main():
                     figures[name].append(got[0])
                     if got[1]:
                         shares[name].append(got[1])
+            if args.table_file:
+                Path(args.table_file).write_text("\n".join(side_by_side()) + "\n")
             took = time.monotonic() - began
             if args.budget_s and round_number + 1 < args.runs and time.monotonic() + took > deadlines[cache]:
                 print(f"{cache}: {round_number + 1} of {args.runs} runs fit in the budget", file=sys.stderr, flush=True)
                 break
-        results[cache], breakdowns[cache] = figures, shares
 
-    runs = {cache: max((len(v) for v in figures.values()), default=0) for cache, figures in results.items()}
-    print(f"{args.checkpoint}: {len(files)} files, {size / 1e9:.2f} GB, to {args.device}; "
-          f"{runs['warm']} warm and {runs['cold']} cold runs of each, alternating; GB/s")
-    print()
-    ceilings = dict(zip(("warm", "cold"), map(float, args.ceilings.split(",")))) if args.ceilings else {}
-    print("| cache | loader | median GB/s | range | × safetensors |" + (" × ceiling |" if ceilings else ""))
-    print("|---|---|---:|---|---:|" + ("---:|" if ceilings else ""))
-    for cache, figures in results.items():
-        medians = {name: statistics.median(values) for name, values in figures.items() if values}
-        if ceilings:
-            print(f"| {cache} | ceiling | {ceilings[cache]:.2f} | | | 1.00 |")
-        for name, values in figures.items():
-            if not values:
-                print(f"| {cache} | {name} | failed | | |" + (" |" if ceilings else ""))
-                continue
-            ratio = f"{medians[name] / medians['safetensors']:.2f}" if "safetensors" in medians else ""
-            of_ceiling = f" {medians[name] / ceilings[cache]:.2f} |" if ceilings else ""
-            print(f"| {cache} | {name} | {medians[name]:.2f} | {min(values):.2f}–{max(values):.2f} | {ratio} |{of_ceiling}")
-    if "instanttensor" in loaders and "instanttensor" not in failures:
-        print()
-        for cache, figures in results.items():
-            python = statistics.median(figures["instanttensor"])
-            for name, what in (("command", "the command"), ("command_keep", "the command --keep"),
-                               ("fresh_memory", "fresh memory")):
-                if name in figures and figures[name]:
-                    print(f"{cache}: instanttensor from Python / {what}: {python / statistics.median(figures[name]):.2f}")
-    # A group load counts only its consumer's time (LoadStats::times): its row would say nothing.
-    commands = [name for name in loaders if name != "command_group" and any(b[name] for b in breakdowns.values())]
-    if commands:
-        print()
-        print("Where the command's time went (LoadStats::times), median share of its seconds:")
-        print()
-        print("| cache | loader | " + " | ".join(k.replace("_", " ") for k in TIMES) + " |")
-        print("|---|---|" + "---:|" * len(TIMES))
-        for cache, shares in breakdowns.items():
-            for name in (n for n in commands if shares[n]):
-                print(f"| {cache} | {name} | " + median_shares(shares[name]) + " |")
-    exit_if_failed(failures)
+    print("\n".join(side_by_side()))
+    sys.exit(1 if failures else 0)
 
 
 if __name__ == "__main__":

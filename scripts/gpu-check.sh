@@ -16,10 +16,12 @@
 # the ceiling, and where the command's time went in those runs (LoadStats::times: the storage or
 # the copy engine idle, staging or the device ring full, the loader's thread landing reads).
 # Needs root (drop_caches) and python3 with torch and safetensors.
-# --budget-s bounds the whole script's seconds (default 540, under the device tool's 10 minutes a
-# command): the side by side gets what is left (split between the checkpoints with --moe) and runs
-# at most --runs rounds of every loader that fit in it (a third for warm), one at least. Its tables
-# are also written to $OUT (the device tool brings that folder back) when it is set.
+# --budget-s is the seconds the whole script aims at (default 540, under the device tool's 10
+# minutes a command): what the tests, checkpoints, ceilings and variants leave goes to the side by
+# side (split between the checkpoints with --moe), which runs as many of --runs rounds of every
+# loader as fit (a third for warm; one at least, so a budget spent early is overrun) and writes its
+# table after every round: into $OUT when it is set (the device tool brings that folder back, also
+# from a command that ran out of time), else into --data.
 #   scripts/gpu-check.sh [--bin DIR] [--data DIR] [--size-mib N] [--runs N] [--budget-s S] [--skip-tests] [--moe] [--integrity]
 # --bin takes what scripts/gpu-bundle.sh made (.device/bin beside .device/lib, .device/wheels and
 # .device/peer); without it the script builds the command into build-gpu here and measures the
@@ -34,7 +36,8 @@ while [ $# -gt 0 ]; do
     --data) data=$2; shift 2 ;;
     --size-mib) size_mib=$2; shift 2 ;;
     --runs) runs=$2; shift 2 ;;
-    --budget-s) budget=$2; shift 2 ;;
+    --budget-s) budget=$2; shift 2
+      [[ $budget =~ ^[0-9]+$ ]] || { echo "gpu-check: --budget-s takes whole seconds, not '$budget'" >&2; exit 2; } ;;
     --skip-tests) tests=0; shift ;;
     --moe) moe=1; shift ;;
     --integrity) integrity=1; shift ;;
@@ -95,9 +98,9 @@ sync
 
 if [ "$tests" = 1 ]; then
   section "group path bit-exact on the checkpoint (hash through a group of one over NCCL = hash through the plain loader)"
-  "$cli" hash --device 0 "$ckpt" >"$data/hash.single" || fail "hash --device 0"
-  "$cli" hash --device 0 --ranks 1 --window-mib 64 "$ckpt" >"$data/hash.group" || fail "hash --device 0 --ranks 1"
-  if cmp "$data/hash.single" "$data/hash.group"; then echo "identical: $(wc -l <"$data/hash.group") tensors"
+  if ! "$cli" hash --device 0 "$ckpt" >"$data/hash.single"; then fail "hash --device 0"
+  elif ! "$cli" hash --device 0 --ranks 1 --window-mib 64 "$ckpt" >"$data/hash.group"; then fail "hash --device 0 --ranks 1"
+  elif cmp "$data/hash.single" "$data/hash.group"; then echo "identical: $(wc -l <"$data/hash.group") tensors"
   else fail "the group path's hashes differ from the plain loader's"; fi
 fi
 
@@ -105,10 +108,12 @@ section "GPUDirect Storage (expected to be refused where nvidia-fs is missing)"
 "$cli" load --device 0 --backend gds "$ckpt" || true
 
 section "ceilings"
-ceil=$("$bin/instanttensor_bench_ceilings" "$ckpt")
+ceil=$("$bin/instanttensor_bench_ceilings" "$ckpt") || fail "the ceilings"
 echo "$ceil"
 h2d=$(echo "$ceil" | sed -n 's/^pinned_h2d_gbps=//p')
 odirect=$(echo "$ceil" | sed -n 's/^odirect_read_gbps=//p')
+ceilings=()  # the side by side's column of ratios, where both ceilings were measured
+if awk -v w="$h2d" -v c="$odirect" 'BEGIN { exit !(w + 0 > 0 && c + 0 > 0) }'; then ceilings=(--ceilings "$h2d,$odirect"); fi
 
 section "page cache during a cold load (instanttensor load --device 0)"
 sync; echo 3 >/proc/sys/vm/drop_caches
@@ -121,7 +126,7 @@ echo "page cache +$(( (after - before) / 1024 )) MiB (target: at most 64)"
 if [ "$integrity" = 1 ]; then
   section "verifying: a plain load and verified ones side by side (docs/benchmarks.md#verify)"
   "$bin/instanttensor_bench_integrity" --device 0 --runs "$runs" --threads 2 --threads 4 --decrypt-threads 8 \
-    --decrypt-threads 15 "$ckpt"
+    --decrypt-threads 15 "$ckpt" || fail "the integrity benchmark"
 fi
 
 section "warm loads under other options, and where their time goes (bench/load_variants.py)"
@@ -133,12 +138,10 @@ python3 bench/load_variants.py "$ckpt" --device 0 --bin "$bin" --runs 3 --budget
 [ -z "${OUT:-}" ] || cp "$data/variants.md" "$OUT/"
 
 side_by_side() {  # CHECKPOINT SECONDS: every loader, cold and warm, the table last
-  local table
-  table="$data/side-by-side-$(basename "$1").md"
   # A loader that fails is in the table as failed; the next checkpoint is still measured.
   python3 bench/python_side_by_side.py "$1" --device cuda:0 --runs "$runs" --budget-s "$(( $2 > 1 ? $2 : 1 ))" \
-    --bin "$bin" --ceilings "$h2d,$odirect" ${peer:+--peer-path "$peer"} | tee "$table" || fail "a loader of the side by side of $1"
-  [ -z "${OUT:-}" ] || cp "$table" "$OUT/"
+    --bin "$bin" "${ceilings[@]}" ${peer:+--peer-path "$peer"} --table-file "${OUT:-$data}/side-by-side-$(basename "$1").md" ||
+    fail "a loader of the side by side of $1"
 }
 section "every loader side by side"
 left=$(( budget - SECONDS ))

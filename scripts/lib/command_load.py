@@ -27,7 +27,20 @@ def run_load(command, device, checkpoint, extra=()):
     if out.returncode != 0:  # the command says why in a line or two
         said = out.stderr.strip()[-2000:]
         raise LoadFailed(f"exit status {out.returncode}: {said}", " / ".join(said.splitlines())[:300])
-    return json.loads(out.stdout)
+    return read_report(out.stdout, ("bytes", "seconds", "total_seconds", "times"))
+
+
+def read_report(text, keys):
+    """The JSON object a run printed, which must hold `keys`; LoadFailed where it is not one (a
+    command older than this script, a loader that printed something else)."""
+    try:
+        report = json.loads(text)
+        missing = [k for k in keys if k not in report]
+    except (ValueError, TypeError) as e:
+        raise LoadFailed(f"no report: {e}: {text[-300:]!r}") from e
+    if missing:
+        raise LoadFailed(f"the report lacks {', '.join(missing)}: {text[-300:]!r}")
+    return report
 
 
 def time_shares(report):

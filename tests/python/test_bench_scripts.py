@@ -24,8 +24,9 @@ def sample(tmp_path):
 
 
 def test_table_and_breakdown(tmp_path):
-    out = side_by_side(sample(tmp_path), "--loaders", "command,command_keep", "--runs", 3)
+    out = side_by_side(sample(tmp_path), "--loaders", "command,command_keep", "--runs", 3, "--table-file", tmp_path / "t.md")
     assert out.returncode == 0, out.stderr
+    assert (tmp_path / "t.md").read_text() == out.stdout  # written after each round, the last one whole
     assert "3 warm and 3 cold runs of each" in out.stdout
     for cache in ("warm", "cold"):
         for loader in ("command", "command_keep"):
@@ -74,3 +75,9 @@ def test_variants_side_by_side(tmp_path):
     assert "| refused | `--staging-mib 1 --slot-mib 3` | failed |" in rows["refused"]
     assert "refused failed: --slot-mib: must be at most half of --staging-mib" in out.stdout
     assert out.stderr.count("small: ") == 3  # the untimed warm run and two timed ones
+
+
+def test_ceilings_are_checked_before_any_run(tmp_path):
+    for wrong in (",", "55,0", "fast,slow"):
+        out = side_by_side(tmp_path, "--ceilings", wrong)
+        assert out.returncode == 2 and "--ceilings" in out.stderr, out.stderr

@@ -63,6 +63,7 @@ struct LoadTimes {
     double landing = 0;       ///< the loader's thread stored landed reads: a host sink's copies, a device sink's queuing of them
     double storage_idle = 0;  ///< bytes were left to read, none in flight: the storage had nothing to do
     double copies_idle = 0;   ///< asynchronous sinks (a GPU's): no copy queued or running, as far as the loader's thread saw
+                              ///< (a verified load's slots count as copying until digested too)
     double staging_full = 0;  ///< bytes were left to read, every staging slot held a read or its copies
     double queue_full = 0;    ///< bytes were left to read, a slot free, and the storage had all the reads in flight it takes
     double sink_full = 0;     ///< bytes were left to read, a slot free, and the sink had no room for them (the consumer holds it)
