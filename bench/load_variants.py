@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from lib.command_load import TIMES, LoadFailed, exit_if_failed, median_shares, run_load, time_shares  # noqa: E402
+from lib.command_load import (  # noqa: E402
+    TIMES, LoadFailed, budgeted_rounds, exit_if_failed, median_shares, run_load, time_shares)
 from lib.page_cache import checkpoint_files, drop_pages, fill_pages  # noqa: E402
 
 
@@ -69,17 +70,13 @@ def main():
         for label, options in args.variants:
             run(label, options)
     rounds = 0
-    while rounds < args.runs:
-        began = time.monotonic()
+    for _ in budgeted_rounds(args.runs, started + args.budget_s if args.budget_s else None):
         for label, options in args.variants:
             if got := run(label, options):
                 figures[label].append(got[0])
                 if got[1]:
                     shares[label].append(got[1])
         rounds += 1
-        if args.budget_s and rounds < args.runs and time.monotonic() + (time.monotonic() - began) > started + args.budget_s:
-            print(f"{rounds} of {args.runs} runs fit in the budget", file=sys.stderr)
-            break
 
     print(f"{args.checkpoint} to {args.device}, {args.cache}: `instanttensor load` under each set of options, "
           f"{rounds} runs each, alternating; GB/s, and the median share of the load's seconds of each of LoadStats::times")

@@ -58,7 +58,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from lib.command_load import TIMES, LoadFailed, median_shares, read_report, run_load, time_shares  # noqa: E402
+from lib.command_load import (  # noqa: E402
+    TIMES, LoadFailed, budgeted_rounds, median_shares, read_report, run_load, time_shares)
 from lib.page_cache import checkpoint_files, drop_pages, fill_pages  # noqa: E402
 
 LOADERS = ["fresh_memory", "safetensors", "fastsafetensors", "runai", "InstantTensor", "InstantTensor_buffered", "instanttensor",
@@ -264,7 +265,7 @@ def main():
     size = sum(os.path.getsize(f) for f in files)
     results, breakdowns, failures = {}, {}, {}
     started = time.monotonic()
-    deadlines = {"warm": started + args.budget_s / 3, "cold": started + args.budget_s}
+    deadlines = {"warm": started + args.budget_s / 3, "cold": started + args.budget_s} if args.budget_s else {}
 
     def run(cache, name):
         """One run of `name`; its figure, or None once it failed (its first failure is kept)."""
@@ -292,8 +293,7 @@ def main():
             fill_pages(files)
             for name in loaders:
                 run(cache, name)
-        for round_number in range(args.runs):
-            began = time.monotonic()
+        for _ in budgeted_rounds(args.runs, deadlines.get(cache), f"{cache}: "):
             for name in loaders:
                 if cache == "cold":
                     drop_pages(files)
@@ -303,10 +303,6 @@ def main():
                         shares[name].append(got[1])
             if args.table_file:
                 Path(args.table_file).write_text("\n".join(side_by_side()) + "\n")
-            took = time.monotonic() - began
-            if args.budget_s and round_number + 1 < args.runs and time.monotonic() + took > deadlines[cache]:
-                print(f"{cache}: {round_number + 1} of {args.runs} runs fit in the budget", file=sys.stderr, flush=True)
-                break
 
     print("\n".join(side_by_side()))
     sys.exit(1 if failures else 0)

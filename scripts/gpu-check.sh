@@ -133,9 +133,8 @@ section "warm loads under other options, and where their time goes (bench/load_v
 python3 bench/load_variants.py "$ckpt" --device 0 --bin "$bin" --runs 3 --budget-s 60 "defaults=" \
   "one copy stream=--copy-streams 1" "64 MiB in 2 MiB slots=--staging-mib 64 --slot-mib 2" \
   "64 MiB in 4 MiB slots=--staging-mib 64 --slot-mib 4" "256 MiB in 4 MiB slots=--staging-mib 256 --slot-mib 4" \
-  "256 MiB in 8 MiB slots=--staging-mib 256 --slot-mib 8" "pread=--backend pread" | tee "$data/variants.md" ||
+  "256 MiB in 8 MiB slots=--staging-mib 256 --slot-mib 8" "pread=--backend pread" | tee "${OUT:-$data}/variants.md" ||
   fail "a variant of the warm load"
-[ -z "${OUT:-}" ] || cp "$data/variants.md" "$OUT/"
 
 side_by_side() {  # CHECKPOINT SECONDS: every loader, cold and warm, the table last
   # A loader that fails is in the table as failed; the next checkpoint is still measured.

@@ -1,9 +1,11 @@
-"""One `instanttensor load --json` run and where its time went, for the scripts that time the
-command (bench/python_side_by_side.py, bench/load_variants.py)."""
+"""One `instanttensor load --json` run and where its time went, and rounds of runs within a time
+budget, for the scripts that time loads side by side (bench/python_side_by_side.py,
+bench/load_variants.py)."""
 import json
 import statistics
 import subprocess
 import sys
+import time
 
 # LoadStats::times, as `load --json` names them under "times", in the order tables show them.
 TIMES = ("landing", "storage_idle", "copies_idle", "staging_full", "queue_full", "sink_full", "consumer")
@@ -46,6 +48,19 @@ def read_report(text, keys):
 def time_shares(report):
     """Each of LoadStats::times over the load's seconds (None for a load that took none)."""
     return {k: report["times"][k] / report["seconds"] for k in TIMES} if report["seconds"] > 0 else None
+
+
+def budgeted_rounds(runs, deadline=None, what=""):
+    """Round numbers, `runs` of them, ending early once another round as long as the last would end
+    past `deadline` (time.monotonic(); None: no bound), one round at least; says so on stderr,
+    after `what`."""
+    for number in range(runs):
+        began = time.monotonic()
+        yield number
+        took = time.monotonic() - began
+        if deadline is not None and number + 1 < runs and time.monotonic() + took > deadline:
+            print(f"{what}{number + 1} of {runs} runs fit in the budget", file=sys.stderr, flush=True)
+            return
 
 
 def median_shares(runs):
